@@ -1,0 +1,40 @@
+"""pfm: Preference Flow Matching (Kim et al., NeurIPS 2024).
+
+Learn a flow that carries a black-box model's rejected outputs onto its preferred ones, then push fresh outputs
+through it. The public API, nothing else:
+"""
+
+__version__ = "0.1.0"
+
+from .compat import OptimalTransportConditionalFlowMatching
+from .coupling import couple
+from .data import PreferenceDataset, collect_preferences
+from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
+from .fields import MLPField, UNetField
+from .flow import PreferenceFlow
+from .path import flow_matching_loss, sample_path
+from .runtime import data_dir, seed_everything
+from .solve import solve
+from .train import History, optimize
+
+__all__ = [
+    "OptimalTransportConditionalFlowMatching",
+    "PreferenceDataset",
+    "PreferenceFlow",
+    "MLPField",
+    "UNetField",
+    "History",
+    "collect_preferences",
+    "couple",
+    "sample_path",
+    "flow_matching_loss",
+    "solve",
+    "optimize",
+    "seed_everything",
+    "data_dir",
+    "PFMError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "FlowFileError",
+    "MissingFileError",
+]

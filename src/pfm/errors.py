@@ -1,0 +1,28 @@
+"""Exceptions raised by pfm.
+
+Every error a user can cause by passing bad input derives from :class:`PFMError`, so a caller (and the CLI) can catch
+them apart from bugs. They also derive from the built-in type a Python user would expect (``ValueError``,
+``TypeError``, ``FileNotFoundError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class PFMError(Exception):
+    """Base class of the errors pfm raises on bad input."""
+
+
+class InvalidInputError(PFMError, ValueError):
+    """An argument has the wrong shape, length or values (NaN/inf, empty)."""
+
+
+class InvalidTypeError(PFMError, TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+class FlowFileError(PFMError, ValueError):
+    """A file or directory is not what it should be: not a flow, corrupt, or written for another model."""
+
+
+class MissingFileError(PFMError, FileNotFoundError):
+    """A path that must exist does not."""

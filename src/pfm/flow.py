@@ -1,0 +1,414 @@
+"""PreferenceFlow: a vector field that carries rejected outputs onto preferred ones, with fit, transform, iterate,
+save and load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import _validate as V
+from ._io import atomic_dir
+from .coupling import COUPLINGS, couple
+from .data import PreferenceDataset, as_context
+from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
+from .fields import FIELDS
+from .path import flow_matching_loss
+from .solve import METHODS, solve
+from .train import History, optimize, resolve_steps
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+FORMAT = "pfm.PreferenceFlow"
+FORMAT_VERSION = 1
+
+
+class PreferenceFlow(nn.Module):
+    """A flow ``y -> y(1)`` of ``dy/dt = v(t, y, context)`` trained to move rejected outputs onto preferred ones.
+
+    Args:
+        output_shape: shape of one output, e.g. ``(2,)`` or ``(1, 28, 28)``.
+        num_classes: number of class labels, for label contexts ``(N,)``.
+        context_shape: shape of one float context, for contexts ``(N, *context_shape)``.
+        field: ``"mlp"``, ``"unet"`` (images ``(C, H, W)``), or any ``nn.Module`` called as
+            ``field(t, y, context)`` with ``t: (B,)``.
+        **field_kwargs: passed to the built-in field (e.g. ``hidden=256, depth=3``).
+
+    The field works in normalized units: ``fit(normalize=True)`` stores the outputs' per-feature mean and one
+    overall scale (which keeps the geometry, and so the OT pairing, of the data) and the float contexts' per-feature
+    mean and scale; ``forward`` and ``transform`` take and return data in the user's units.
+    """
+
+    def __init__(
+        self,
+        output_shape: Sequence[int],
+        *,
+        num_classes: Optional[int] = None,
+        context_shape: Optional[Sequence[int]] = None,
+        field: str | nn.Module = "mlp",
+        **field_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(output_shape, int):
+            output_shape = (output_shape,)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        if not self.output_shape or any(s <= 0 for s in self.output_shape):
+            raise InvalidInputError(f"output_shape must be a non-empty tuple of positive sizes, got {output_shape!r}")
+        if num_classes is not None:
+            V.check_positive_int(num_classes, "num_classes")
+        if num_classes is not None and context_shape is not None:
+            raise InvalidInputError("give num_classes (label contexts) or context_shape (float contexts), not both")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.context_shape = None if context_shape is None else tuple(int(s) for s in context_shape)
+        if isinstance(field, str):
+            V.check_choice(field, "field", tuple(FIELDS))
+            self.field_type = field
+            self.field = FIELDS[field](self.output_shape, num_classes=self.num_classes,
+                                       context_shape=self.context_shape, **field_kwargs)
+        elif isinstance(field, nn.Module):
+            if field_kwargs:
+                raise InvalidInputError(f"field_kwargs {sorted(field_kwargs)} apply to built-in fields only")
+            self.field_type = "custom"
+            self.field = field
+        else:
+            raise InvalidTypeError(f"field must be 'mlp', 'unet' or an nn.Module, got {type(field).__name__}")
+        self.register_buffer("y_shift", torch.zeros(self.output_shape))
+        self.register_buffer("y_scale", torch.ones(()))
+        cshape = self.context_shape or (1,)
+        self.register_buffer("c_shift", torch.zeros(cshape))
+        self.register_buffer("c_scale", torch.ones(cshape))
+        self.solver: dict[str, Any] = {"method": "midpoint", "steps": 16, "atol": 1e-4, "rtol": 1e-4}
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def for_dataset(cls, dataset: PreferenceDataset, field: str | nn.Module = "mlp", **field_kwargs: Any):
+        """A flow whose output and context shapes are those of ``dataset``."""
+        if not isinstance(dataset, PreferenceDataset):
+            raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
+        return cls(dataset.output_shape, num_classes=dataset.num_classes, context_shape=dataset.context_shape,
+                   field=field, **field_kwargs)
+
+    @property
+    def context_kind(self) -> Optional[str]:
+        if self.num_classes is not None:
+            return "label"
+        return "vector" if self.context_shape is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.y_scale.device
+
+    # ------------------------------------------------------------------------------------------ normalization
+    def _norm_y(self, y: Tensor) -> Tensor:
+        return (y - self.y_shift.to(y.dtype)) / self.y_scale.to(y.dtype)
+
+    def _denorm_y(self, z: Tensor) -> Tensor:
+        return z * self.y_scale.to(z.dtype) + self.y_shift.to(z.dtype)
+
+    def _norm_c(self, c: Optional[Tensor]) -> Optional[Tensor]:
+        if c is None or not c.is_floating_point():
+            return c
+        return (c - self.c_shift.to(c.dtype)) / self.c_scale.to(c.dtype)
+
+    @torch.no_grad()
+    def _set_normalization(self, ds: PreferenceDataset) -> None:
+        ys = torch.cat([ds.chosen, ds.rejected]).double()
+        shift = ys.mean(0)
+        scale = (ys - shift).pow(2).mean().sqrt()
+        self.y_shift.copy_(shift.to(self.y_shift))
+        self.y_scale.copy_(scale.clamp_min(1e-8).to(self.y_scale))
+        if ds.context_kind == "vector":
+            c = ds.context.double()
+            cs = c.mean(0)
+            sd = c.std(0, unbiased=False) if len(c) > 1 else torch.ones_like(cs)
+            sd = torch.where(sd > 1e-6 * sd.max().clamp_min(1e-12), sd, torch.ones_like(sd))
+            self.c_shift.copy_(cs.to(self.c_shift))
+            self.c_scale.copy_(sd.to(self.c_scale))
+
+    def forward(self, t: Tensor, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """The velocity ``dy/dt`` at ``(t, y)`` in data units; ``t: (B,)``, ``y: (B, *output_shape)``."""
+        return self.field(t, self._norm_y(y), self._norm_c(context)) * self.y_scale.to(y.dtype)
+
+    def _normalized_field(self, t: Tensor, z: Tensor, context: Optional[Tensor]) -> Tensor:
+        return self.field(t, z, context)
+
+    # ------------------------------------------------------------------------------------------ training
+    def _check_dataset(self, ds: Any) -> PreferenceDataset:
+        if not isinstance(ds, PreferenceDataset):
+            raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(ds).__name__}")
+        if ds.output_shape != self.output_shape:
+            raise InvalidInputError(f"dataset outputs have shape {ds.output_shape}, this flow's are "
+                                    f"{self.output_shape}")
+        if ds.context_kind != self.context_kind:
+            raise InvalidInputError(f"dataset has context {ds.context_kind or 'none'}, this flow expects "
+                                    f"{self.context_kind or 'none'}")
+        if ds.context_kind == "label" and ds.num_classes > self.num_classes:
+            raise InvalidInputError(f"dataset has label {ds.num_classes - 1}, this flow has num_classes="
+                                    f"{self.num_classes}")
+        if ds.context_kind == "vector" and ds.context_shape != self.context_shape:
+            raise InvalidInputError(f"dataset contexts have shape {ds.context_shape}, this flow's are "
+                                    f"{self.context_shape}")
+        return ds
+
+    def fit(
+        self,
+        dataset: PreferenceDataset,
+        *,
+        steps: Optional[int] = None,
+        epochs: Optional[float] = None,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        coupling: str = "ot",
+        sigma: float = 0.1,
+        normalize: bool = True,
+        within_context: bool = True,
+        context_weight: float = 10.0,
+        weight_decay: float = 0.0,
+        grad_clip: Optional[float] = 1.0,
+        ema_decay: Optional[float] = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> History:
+        """Train the field by conditional flow matching from the rejected to the preferred outputs.
+
+        Args:
+            dataset: the preference triples.
+            steps / epochs: length of training (default 2,000 steps).
+            batch_size, lr, weight_decay, grad_clip, ema_decay: optimizer settings (Adam/AdamW).
+            coupling: ``ot`` (default), ``sinkhorn``, ``independent`` or ``paired``; see :mod:`pfm.coupling`.
+            sigma: noise of the path, in units of the data's overall standard deviation when ``normalize`` is on
+                (the default), else in the data's units.
+            normalize: learn in standardized units (see the class docstring).
+            within_context, context_weight: see :func:`pfm.coupling.couple`.
+            seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
+            device: where to train (default: where the flow is).
+
+        Returns:
+            :class:`pfm.train.History` with the loss of every step.
+        """
+        ds = self._check_dataset(dataset)
+        V.check_choice(coupling, "coupling", COUPLINGS)
+        V.check_nonneg_float(sigma, "sigma")
+        V.check_positive_int(batch_size, "batch_size")
+        if device is not None:
+            self.to(device)
+        device = self.device
+        n_steps = resolve_steps(steps, epochs, len(ds), batch_size, default=2000)
+        if normalize:
+            self._set_normalization(ds)
+        dtype = next(self.field.parameters()).dtype
+        y0_all = self._norm_y(ds.rejected.to(device, dtype))
+        y1_all = self._norm_y(ds.chosen.to(device, dtype))
+        c_all = None if ds.context is None else self._norm_c(
+            ds.context.to(device, dtype if ds.context.is_floating_point() else torch.int64))
+        sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
+
+        def loss_fn(index: Tensor, gen: torch.Generator) -> Tensor:
+            y0, y1 = y0_all[index], y1_all[index]
+            c = None if c_all is None else c_all[index]
+            i0, i1 = couple(y0, y1, c, coupling, within_context=within_context,
+                            context_weight=context_weight, generator=gen)
+            return flow_matching_loss(self.field, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
+
+        return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
+                        device=device, progress=progress, desc="fitting flow")
+
+    # ------------------------------------------------------------------------------------------ inference
+    def _prepare_context(self, context: Any, n: int) -> Optional[Tensor]:
+        if self.context_kind is None:
+            if context is not None:
+                raise InvalidInputError("this flow is unconditional; context must be None")
+            return None
+        if context is None:
+            raise InvalidInputError(f"this flow is conditional ({self.context_kind} contexts): context is required")
+        if self.context_kind == "label" and isinstance(context, (int, np.integer)) and not isinstance(context, bool):
+            context = torch.full((n,), int(context), dtype=torch.int64)
+        c = V.as_tensor(context, "context")
+        if self.context_kind == "vector" and tuple(c.shape) == self.context_shape:
+            c = c.unsqueeze(0).expand(n, *self.context_shape)  # one context for every row
+        if self.context_kind == "label" and c.dim() == 0:
+            c = c.reshape(1).expand(n)
+        c = as_context(c, "context", n=n)
+        if self.context_kind == "label":
+            if c.is_floating_point():
+                raise InvalidTypeError("this flow takes integer class labels as context, got a float tensor")
+            if int(c.max()) >= self.num_classes:
+                raise InvalidInputError(f"context holds label {int(c.max())}, but num_classes={self.num_classes}")
+        else:
+            if not c.is_floating_point():
+                c = c.float()
+            V.check_trailing_shape(c, "context", self.context_shape, "flow's contexts")
+        return c
+
+    @torch.no_grad()
+    def transform(
+        self,
+        y: Any,
+        context: Any = None,
+        *,
+        method: Optional[str] = None,
+        steps: Optional[int] = None,
+        atol: Optional[float] = None,
+        rtol: Optional[float] = None,
+        batch_size: int = 8192,
+        return_trajectory: bool = False,
+    ) -> Any:
+        """Push outputs ``y`` ``(N, *output_shape)`` through the flow from t = 0 to 1.
+
+        Args:
+            y: tensor or NumPy array; the result has its shape, dtype and device (or is an array).
+            context: labels ``(N,)`` or a single label; float contexts ``(N, *context_shape)`` or one context.
+            method, steps, atol, rtol: solver settings (defaults in ``self.solver``; see :func:`pfm.solve.solve`).
+            batch_size: rows solved at once.
+            return_trajectory: return ``(steps + 1, N, *output_shape)`` states instead of the end points.
+        """
+        as_numpy = isinstance(y, np.ndarray)
+        y_t = V.as_float(y, "y")
+        V.check_min_dim(y_t, "y", 1 + len(self.output_shape), "(N, " + ", ".join(map(str, self.output_shape)) + ")")
+        V.check_trailing_shape(y_t, "y", self.output_shape, "flow's outputs")
+        V.check_nonempty(y_t, "y")
+        V.check_finite(y_t, "y")
+        V.check_positive_int(batch_size, "batch_size")
+        c = self._prepare_context(context, y_t.shape[0])
+        opts = dict(self.solver)
+        for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):
+            if v is not None:
+                opts[k] = v
+        V.check_choice(opts["method"], "method", METHODS)
+        dev, dtype = self.device, self.y_shift.dtype
+        if dev.type == "cpu" and y_t.dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        was_training = self.training
+        self.eval()
+        out = []
+        for s in range(0, y_t.shape[0], batch_size):
+            z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
+            cb = None if c is None else self._norm_c(c[s:s + batch_size].to(dev))
+            if cb is not None and cb.is_floating_point():
+                cb = cb.to(dtype)
+            z = solve(self._normalized_field, z, cb, return_trajectory=return_trajectory, **opts)
+            out.append(self._denorm_y(z))
+        self.train(was_training)
+        res = torch.cat(out, dim=1 if return_trajectory else 0)
+        if as_numpy:
+            return res.cpu().numpy().astype(y.dtype if y.dtype.kind == "f" else np.float32, copy=False)
+        return res.to(device=y_t.device, dtype=y_t.dtype)
+
+    def iterate(self, y: Any, context: Any = None, k: int = 2, **solver: Any) -> Any:
+        """Apply the flow ``k`` times ("PFM x k"): ``transform(transform(...y...))``. Keyword arguments go to
+        :meth:`transform`. This re-applies one trained flow; re-collecting preferences and training a new flow
+        each round is the paper's iterative method, a different thing."""
+        V.check_positive_int(k, "k")
+        for _ in range(k):
+            y = self.transform(y, context, **solver)
+        return y
+
+    # ------------------------------------------------------------------------------------------ files
+    def config(self) -> dict[str, Any]:
+        from . import __version__
+
+        field: dict[str, Any]
+        if self.field_type == "custom":
+            cls = type(self.field)
+            field = {"type": "custom", "class": f"{cls.__module__}:{cls.__qualname__}"}
+        else:
+            field = {"type": self.field_type, "config": self.field.config()}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "pfm_version": __version__,
+                "output_shape": list(self.output_shape), "num_classes": self.num_classes,
+                "context_shape": None if self.context_shape is None else list(self.context_shape),
+                "field": field, "solver": dict(self.solver),
+                "dtype": str(self.y_shift.dtype).replace("torch.", "")}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``weights.safetensors`` into ``directory`` (replaced atomically)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise InvalidInputError(f"{str(directory)!r} exists and is not a directory")
+        if directory.exists() and any(directory.iterdir()) and not (directory / CONFIG_NAME).exists():
+            raise InvalidInputError(f"{str(directory)!r} is a non-empty directory that holds no flow; "
+                                    "refusing to replace it")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_dir(directory) as tmp:
+            save_file(state, str(tmp / WEIGHTS_NAME))
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, field: Optional[nn.Module] = None,
+             device: torch.device | str = "cpu") -> "PreferenceFlow":
+        """Rebuild a flow saved by :meth:`save`. A custom field's module must be passed as ``field``."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg = read_config(directory)
+        fcfg = cfg["field"]
+        common = dict(num_classes=cfg.get("num_classes"), context_shape=cfg.get("context_shape"))
+        try:
+            if fcfg.get("type") == "custom":
+                if field is None:
+                    raise FlowFileError(f"{str(directory)!r} holds a custom field ({fcfg.get('class')}); pass an "
+                                        "instance of it as load(..., field=module)")
+                flow = cls(cfg["output_shape"], field=field, **common)
+            else:
+                if fcfg.get("type") not in FIELDS:
+                    raise FlowFileError(f"{str(directory)!r} names an unknown field type {fcfg.get('type')!r}")
+                kw = {k: v for k, v in fcfg["config"].items() if k not in ("output_shape", "num_classes",
+                                                                            "context_shape")}
+                flow = cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
+        except (TypeError, KeyError, InvalidInputError) as exc:
+            if isinstance(exc, FlowFileError):
+                raise
+            raise FlowFileError(f"{str(directory)!r} has a config this version cannot build: {exc}") from None
+        flow.solver.update(cfg.get("solver", {}))
+        weights = directory / WEIGHTS_NAME
+        if not weights.exists():
+            raise FlowFileError(f"{str(directory)!r} has no {WEIGHTS_NAME}")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FlowFileError(f"{str(weights)!r} is not a readable safetensors file ({exc})") from None
+        dtype = getattr(torch, cfg.get("dtype", "float32"), torch.float32)
+        flow.to(dtype)
+        try:
+            flow.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {first}") from None
+        return flow.to(device).eval()
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config of a saved flow, checked to be one."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise MissingFileError(f"no such flow directory: {str(directory)!r}")
+    if not directory.is_dir():
+        raise FlowFileError(f"{str(directory)!r} is a file; a saved flow is a directory with {CONFIG_NAME} "
+                            f"and {WEIGHTS_NAME}")
+    path = directory / CONFIG_NAME
+    if not path.exists():
+        raise FlowFileError(f"{str(directory)!r} is not a saved flow: it has no {CONFIG_NAME}")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise FlowFileError(f"{str(directory)!r} was written in flow format {cfg.get('format_version')}; this "
+                            f"version of pfm reads format {FORMAT_VERSION}")
+    for key in ("output_shape", "field"):
+        if key not in cfg:
+            raise FlowFileError(f"{str(path)!r} lacks {key!r}")
+    return cfg

@@ -1,0 +1,217 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pfm import FlowFileError, InvalidInputError, InvalidTypeError, PreferenceDataset, PreferenceFlow, seed_everything
+from pfm.errors import MissingFileError
+
+
+def shifted(n=600, shape=(2,), context=None, seed=0):
+    """Rejected ~ N(0, I), preferred ~ N(+3, I) (label 1: N(-3, I))."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.ones(n) if context is None else 1 - 2 * context.float()
+    shift = 3 * sign.view(-1, *([1] * len(shape)))
+    return PreferenceDataset(torch.randn(n, *shape, generator=g) + shift, torch.randn(n, *shape, generator=g), context)
+
+
+def test_moves_rejected_toward_preferred_never_back():
+    ds = shifted()
+    flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)
+    flow.fit(ds, steps=300, progress=False)
+    y = torch.randn(500, 2)
+    out = flow.transform(y)
+    # preferred side is +3 in both coordinates: mean moves from 0 to about +3, never toward -3
+    assert torch.all(out.mean(0) > 2.4) and torch.all(out.mean(0) < 3.6)
+    assert float(((out - y).sum(1) > 0).float().mean()) > 0.97
+
+
+def test_label_context_moves_each_label_its_own_way():
+    labels = torch.randint(0, 2, (800,))
+    ds = shifted(800, context=labels)
+    flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)
+    flow.fit(ds, steps=400, progress=False)
+    y = torch.randn(400, 2)
+    c = torch.tensor([0, 1]).repeat(200)
+    out = flow.transform(y, c)
+    assert torch.all(out[c == 0].mean(0) > 2.3) and torch.all(out[c == 1].mean(0) < -2.3)
+    # a single label is broadcast to every row
+    torch.testing.assert_close(flow.transform(y[:5], 1), flow.transform(y[:5], torch.ones(5, dtype=torch.long)))
+
+
+def test_within_context_pairing_beats_the_released_codes_pairing():
+    # both labels draw from the same reference, but prefer opposite directions: a context-blind OT coupling pairs a
+    # rejected output of one label with a nearby preferred output of the other, and the flow barely moves.
+    labels = torch.randint(0, 2, (1000,))
+    ds = shifted(1000, context=labels)
+    moved = {}
+    for within in (True, False):
+        flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)
+        flow.fit(ds, steps=400, within_context=within, progress=False, seed=1)
+        out = flow.transform(torch.randn(400, 2), torch.zeros(400, dtype=torch.long))
+        moved[within] = float(out.mean())
+    assert moved[True] > 2.3
+    assert moved[True] - moved[False] > 1.0
+
+
+def test_transform_keeps_shape_dtype_and_batches():
+    ds = shifted(200, shape=(2, 3))
+    flow = PreferenceFlow.for_dataset(ds, hidden=32, depth=2)
+    flow.fit(ds, steps=50, progress=False)
+    y = torch.randn(37, 2, 3, dtype=torch.float64)
+    out = flow.transform(y)
+    assert out.shape == y.shape and out.dtype == torch.float64
+    torch.testing.assert_close(flow.transform(y, batch_size=5), out, rtol=1e-5, atol=1e-5)  # float32 inside
+    arr = flow.transform(y.numpy().astype(np.float32))
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == (37, 2, 3)
+    traj = flow.transform(y, return_trajectory=True, steps=4)
+    assert traj.shape == (5, 37, 2, 3)
+    torch.testing.assert_close(flow.iterate(y, k=2), flow.transform(flow.transform(y)))
+
+
+def test_transform_errors():
+    flow = PreferenceFlow((2,), num_classes=3, hidden=8)
+    y = torch.randn(4, 2)
+    with pytest.raises(InvalidInputError, match="context is required"):
+        flow.transform(y)
+    with pytest.raises(InvalidInputError, match="num_classes=3"):
+        flow.transform(y, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(InvalidInputError, match="\\(N, 2\\)"):
+        flow.transform(torch.randn(4, 3), 0)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        flow.transform(torch.tensor([[np.nan, 0.0]]), 0)
+    with pytest.raises(InvalidInputError, match="outputs have 4"):
+        flow.transform(y, torch.tensor([0, 1]))
+    with pytest.raises(InvalidTypeError, match="integer"):
+        flow.transform(y, torch.zeros(4))
+    with pytest.raises(InvalidInputError, match="unconditional"):
+        PreferenceFlow((2,), hidden=8).transform(y, 0)
+    with pytest.raises(InvalidInputError, match="method"):
+        flow.transform(y, 0, method="nope")
+
+
+def test_fit_rejects_mismatched_dataset():
+    flow = PreferenceFlow((3,), hidden=8)
+    with pytest.raises(InvalidInputError, match="shape"):
+        flow.fit(shifted(10), steps=1, progress=False)
+    with pytest.raises(InvalidInputError, match="context"):
+        PreferenceFlow((2,), hidden=8).fit(shifted(10, context=torch.zeros(10, dtype=torch.long)), steps=1)
+    with pytest.raises(InvalidTypeError):
+        flow.fit((torch.zeros(3, 3), torch.zeros(3, 3)), steps=1)
+    with pytest.raises(InvalidInputError, match="coupling"):
+        PreferenceFlow((2,), hidden=8).fit(shifted(10), coupling="greedy")
+
+
+def test_seeded_runs_are_reproducible():
+    ds = shifted(300)
+
+    def run():
+        seed_everything(7)
+        flow = PreferenceFlow.for_dataset(ds, hidden=32, depth=2)
+        hist = flow.fit(ds, steps=40, seed=3, progress=False)
+        return flow, hist
+
+    (f1, h1), (f2, h2) = run(), run()
+    assert h1.loss == h2.loss
+    for a, b in zip(f1.state_dict().values(), f2.state_dict().values()):
+        assert torch.equal(a, b)
+    seed_everything(7)
+    f3 = PreferenceFlow.for_dataset(ds, hidden=32, depth=2)
+    h3 = f3.fit(ds, steps=40, seed=4, progress=False)
+    assert h3.loss != h1.loss
+
+
+@pytest.mark.parametrize("field,shape,ctx", [("mlp", (2,), "vector"), ("unet", (1, 6, 6), "label")])
+def test_save_load_round_trip(tmp_path, field, shape, ctx):
+    n = 64
+    c = torch.randn(n, 3) if ctx == "vector" else torch.randint(0, 4, (n,))
+    ds = PreferenceDataset(torch.randn(n, *shape) + 1, torch.randn(n, *shape), c)
+    kw = dict(hidden=16, depth=2) if field == "mlp" else dict(channels=(8,), emb_dim=8)
+    flow = PreferenceFlow.for_dataset(ds, field=field, **kw)
+    flow.fit(ds, steps=20, progress=False)
+    flow.solver["steps"] = 5
+    flow.save(tmp_path / "f")
+    back = PreferenceFlow.load(tmp_path / "f")
+    assert back.solver["steps"] == 5
+    y = torch.randn(9, *shape)
+    torch.testing.assert_close(back.transform(y, c[:9]), flow.transform(y, c[:9]), rtol=0, atol=0)
+    flow.save(tmp_path / "f")  # overwriting a flow is allowed
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, t, y, context):
+        return self.lin(torch.cat([y, t[:, None]], 1))
+
+
+def test_custom_field_save_load(tmp_path):
+    ds = shifted(100)
+    flow = PreferenceFlow((2,), field=Custom())
+    flow.fit(ds, steps=20, progress=False)
+    flow.save(tmp_path / "c")
+    with pytest.raises(FlowFileError, match="custom field"):
+        PreferenceFlow.load(tmp_path / "c")
+    back = PreferenceFlow.load(tmp_path / "c", field=Custom())
+    y = torch.randn(5, 2)
+    torch.testing.assert_close(back.transform(y), flow.transform(y))
+
+
+def test_load_refuses_what_is_not_a_flow(tmp_path):
+    with pytest.raises(MissingFileError):
+        PreferenceFlow.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlowFileError, match="not a saved flow"):
+        PreferenceFlow.load(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FlowFileError, match="is a file"):
+        PreferenceFlow.load(tmp_path / "file")
+
+    flow = PreferenceFlow((2,), hidden=8, depth=1)
+    d = flow.save(tmp_path / "f")
+    cfg = json.loads((d / "config.json").read_text())
+
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(FlowFileError, match="JSON"):
+        PreferenceFlow.load(d)
+    (d / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(FlowFileError, match="format 99"):
+        PreferenceFlow.load(d)
+    (d / "config.json").write_text(json.dumps({**cfg, "format": "something.else"}))
+    with pytest.raises(FlowFileError, match="not a pfm flow"):
+        PreferenceFlow.load(d)
+    # weights of another output shape
+    (d / "config.json").write_text(json.dumps({**cfg, "output_shape": [3],
+                                               "field": {**cfg["field"], "config": {**cfg["field"]["config"],
+                                                                                    "output_shape": [3]}}}))
+    with pytest.raises(FlowFileError, match="do not match"):
+        PreferenceFlow.load(d)
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "weights.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(FlowFileError, match="safetensors"):
+        PreferenceFlow.load(d)
+    (tmp_path / "notflow").mkdir()
+    (tmp_path / "notflow" / "precious.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="refusing"):
+        flow.save(tmp_path / "notflow")
+    assert (tmp_path / "notflow" / "precious.txt").read_text() == "keep me"
+
+
+def test_failed_save_keeps_previous_flow(tmp_path, monkeypatch):
+    flow = PreferenceFlow((2,), hidden=8, depth=1)
+    d = flow.save(tmp_path / "f")
+    before = (d / "weights.safetensors").read_bytes()
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        PreferenceFlow((2,), hidden=16, depth=1).save(d)
+    assert (d / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -1,0 +1,48 @@
+import pytest
+import torch
+from torch import nn
+
+from pfm import InvalidInputError, optimize
+from pfm.train import NonFiniteLossError, resolve_steps
+
+
+def test_optimize_fits_a_line_and_records_history():
+    x = torch.linspace(-1, 1, 100)[:, None]
+    y = 3 * x + 1
+    model = nn.Linear(1, 1)
+    hist = optimize(model, lambda idx, g: (model(x[idx]) - y[idx]).pow(2).mean(), 100, steps=400, batch_size=32,
+                    lr=0.05, progress=False)
+    assert len(hist.loss) == 400 and hist.steps == 400 and hist.seconds > 0
+    assert hist.loss[-1] < 1e-3
+    assert abs(hist.epochs - 400 * 32 / 100) < 1e-9
+
+
+def test_ema_and_steps_from_epochs():
+    model = nn.Linear(1, 1)
+    x = torch.randn(50, 1)
+    optimize(model, lambda idx, g: model(x[idx]).pow(2).mean(), 50, steps=10, ema_decay=0.9, progress=False)
+    assert resolve_steps(None, 2, n=100, batch_size=32, default=5) == 8
+    assert resolve_steps(None, None, n=100, batch_size=32, default=5) == 5
+    with pytest.raises(InvalidInputError, match="not both"):
+        resolve_steps(3, 2, n=100, batch_size=32, default=5)
+
+
+def test_non_finite_loss_names_the_step():
+    model = nn.Linear(1, 1)
+    calls = []
+
+    def loss(idx, g):
+        calls.append(1)
+        out = model(torch.ones(1, 1)).sum() * 0
+        return out + (float("nan") if len(calls) == 7 else 1.0)
+
+    with pytest.raises(NonFiniteLossError, match="step 7"):
+        optimize(model, loss, 10, steps=30, progress=False, sync_every=5)
+
+
+def test_optimize_bad_args():
+    model = nn.Linear(1, 1)
+    with pytest.raises(InvalidInputError, match="ema_decay"):
+        optimize(model, lambda i, g: model.weight.sum(), 5, steps=1, ema_decay=1.5, progress=False)
+    with pytest.raises(InvalidInputError, match="steps"):
+        optimize(model, lambda i, g: model.weight.sum(), 5, steps=0, progress=False)
