@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import PFMError
+from .solve import METHODS
 
 log = logging.getLogger("pfm")
 
@@ -53,8 +54,8 @@ def _apply(args: argparse.Namespace) -> int:
     arrays = read_npz(args.input)
     key = args.key
     if key is None:
-        candidates = [k for k in ("y", "outputs", "rejected") if k in arrays] or (
-            [k for k in arrays if k != "context"] if len(arrays) <= 2 else [])
+        others = [k for k in arrays if k != args.context_key]
+        candidates = [k for k in ("y", "outputs", "rejected") if k in arrays] or (others if len(others) == 1 else [])
         if not candidates:
             raise FlowFileError(f"{args.input!r} holds {sorted(arrays)}; name the outputs' array with --key")
         key = candidates[0]
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.1)")
     f.add_argument("--no-normalize", action="store_true", help="train on raw units (sigma then in data units)")
     f.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay, e.g. 0.999")
-    f.add_argument("--method", default="midpoint", help="default ODE solver saved with the flow (default midpoint)")
+    f.add_argument("--method", default="midpoint", choices=METHODS, metavar="METHOD",
+                   help="default ODE solver saved with the flow: " + ", ".join(METHODS) + " (default midpoint)")
     f.add_argument("--solver-steps", type=int, default=16, help="default solver steps saved with the flow (16)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cuda if available)")
@@ -138,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
     a.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
     a.add_argument("--iterations", type=int, default=1, help="apply the flow this many times (PFM x k; default 1)")
-    a.add_argument("--method", default=None, help="ODE solver: euler, midpoint, rk4, dopri5, ... (default: the "
-                   "flow's)")
+    a.add_argument("--method", default=None, choices=METHODS, metavar="METHOD",
+                   help="ODE solver: " + ", ".join(METHODS) + " (default: the flow's)")
     a.add_argument("--steps", type=int, default=None, help="solver steps (default: the flow's)")
     a.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     a.set_defaults(func=_apply)

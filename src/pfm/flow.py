@@ -135,9 +135,6 @@ class PreferenceFlow(nn.Module):
         """The velocity ``dy/dt`` at ``(t, y)`` in data units; ``t: (B,)``, ``y: (B, *output_shape)``."""
         return self.field(t, self._norm_y(y), self._norm_c(context)) * self.y_scale.to(y.dtype)
 
-    def _normalized_field(self, t: Tensor, z: Tensor, context: Optional[Tensor]) -> Tensor:
-        return self.field(t, z, context)
-
     # ------------------------------------------------------------------------------------------ training
     def _check_dataset(self, ds: Any) -> PreferenceDataset:
         if not isinstance(ds, PreferenceDataset):
@@ -294,7 +291,7 @@ class PreferenceFlow(nn.Module):
             cb = None if c is None else self._norm_c(c[s:s + batch_size].to(dev))
             if cb is not None and cb.is_floating_point():
                 cb = cb.to(dtype)
-            z = solve(self._normalized_field, z, cb, return_trajectory=return_trajectory, **opts)
+            z = solve(self.field, z, cb, return_trajectory=return_trajectory, **opts)
             out.append(self._denorm_y(z))
         self.train(was_training)
         res = torch.cat(out, dim=1 if return_trajectory else 0)
@@ -404,7 +401,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+        found = cfg.get("format") if isinstance(cfg, dict) else None
+        raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {found!r})")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise FlowFileError(f"{str(directory)!r} was written in flow format {cfg.get('format_version')}; this "
                             f"version of pfm reads format {FORMAT_VERSION}")
