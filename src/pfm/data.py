@@ -138,9 +138,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         if not 0.0 < float(test_fraction) < 1.0:
             raise InvalidInputError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
         n = len(self)
-        n_test = min(max(1, round(n * float(test_fraction))), n - 1)
         if n < 2:
             raise InvalidInputError("a data set of one row cannot be split")
+        n_test = min(max(1, round(n * float(test_fraction))), n - 1)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return self.subset(perm[n_test:]), self.subset(perm[:n_test])
 

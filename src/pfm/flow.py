@@ -20,7 +20,7 @@ from .data import PreferenceDataset, as_context
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
 from .fields import FIELDS
 from .path import flow_matching_loss
-from .solve import METHODS, solve
+from .solve import solve
 from .train import History, optimize, resolve_steps
 
 CONFIG_NAME = "config.json"
@@ -227,7 +227,7 @@ class PreferenceFlow(nn.Module):
         if context is None:
             raise InvalidInputError(f"this flow is conditional ({self.context_kind} contexts): context is required")
         if self.context_kind == "label" and isinstance(context, (int, np.integer)) and not isinstance(context, bool):
-            context = torch.full((n,), int(context), dtype=torch.int64)
+            context = torch.tensor(int(context))  # broadcast below, like a 0-dim tensor
         c = V.as_tensor(context, "context")
         if self.context_kind == "vector" and tuple(c.shape) == self.context_shape:
             c = c.unsqueeze(0).expand(n, *self.context_shape)  # one context for every row
@@ -279,10 +279,7 @@ class PreferenceFlow(nn.Module):
         for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):
             if v is not None:
                 opts[k] = v
-        V.check_choice(opts["method"], "method", METHODS)
         dev, dtype = self.device, self.y_shift.dtype
-        if dev.type == "cpu" and y_t.dtype in (torch.float16, torch.bfloat16):
-            dtype = torch.float32
         was_training = self.training
         self.eval()
         out = []
