@@ -1,7 +1,8 @@
 """pfm: Preference Flow Matching (Kim et al., NeurIPS 2024).
 
 Learn a flow that carries a black-box model's rejected outputs onto its preferred ones, then push fresh outputs
-through it. The public API, nothing else:
+through it. The public API, nothing else (the baselines live in :mod:`pfm.baselines`, policies with a density in
+:mod:`pfm.policies`, experiments in :mod:`pfm.tasks`):
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ from .data import PreferenceDataset, collect_preferences
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
 from .fields import MLPField, UNetField
 from .flow import PreferenceFlow
+from .iterative import FlowChain, iterative_pfm
 from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
 from .solve import solve
@@ -21,6 +23,8 @@ __all__ = [
     "OptimalTransportConditionalFlowMatching",
     "PreferenceDataset",
     "PreferenceFlow",
+    "FlowChain",
+    "iterative_pfm",
     "MLPField",
     "UNetField",
     "History",

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,21 +18,24 @@ from .errors import InvalidInputError
 
 log = logging.getLogger("pfm")
 
-LossFn = Callable[[Tensor, torch.Generator], Tensor]
-"""``loss_fn(index, generator) -> scalar``: the loss of the rows ``index`` (int64 ``(batch,)``)."""
+LossFn = Callable[[Tensor, torch.Generator], Union[Tensor, tuple[Tensor, dict[str, Tensor]]]]
+"""``loss_fn(index, generator) -> scalar``: the loss of the rows ``index`` (int64 ``(batch,)``); or
+``(loss, {name: scalar})`` to also record other quantities (e.g. RLHF's reward and KL) in ``History.extras``."""
 
 
 @dataclass
 class History:
-    """What a training run did: the loss of every step, and the time it took."""
+    """What a training run did: the loss of every step, other recorded quantities per step, and the time it took."""
 
     loss: list[float] = field(default_factory=list)
     steps: int = 0
     epochs: float = 0.0
     seconds: float = 0.0
+    extras: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds}
+        return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
+                "extras": self.extras}
 
 
 class NonFiniteLossError(InvalidInputError):
@@ -108,6 +111,7 @@ def optimize(
 
     history = History()
     pending: list[Tensor] = []
+    pending_extras: dict[str, list[Tensor]] = {}
     order = torch.empty(0, dtype=torch.int64)
     pos = 0
     start = time.perf_counter()
@@ -119,7 +123,8 @@ def optimize(
                 pos = 0
             index = order[pos:pos + batch_size].to(device)
             pos += batch_size
-            loss = loss_fn(index, gen)
+            out = loss_fn(index, gen)
+            loss, extras = out if isinstance(out, tuple) else (out, {})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -128,6 +133,8 @@ def optimize(
             if ema is not None:
                 ema.update_parameters(module)
             pending.append(loss.detach())
+            for name, value in extras.items():
+                pending_extras.setdefault(name, []).append(torch.as_tensor(value).detach().float().reshape(()))
             if len(pending) == sync_every or step == steps - 1:
                 values = torch.stack(pending).float().cpu().tolist()
                 first = len(history.loss)
@@ -137,9 +144,15 @@ def optimize(
                             f"the loss became {v} at step {first + j + 1}; lower lr, set grad_clip, "
                             "or check the data's scale (normalize=True)")
                 history.loss.extend(values)
+                shown = {"loss": f"{values[-1]:.4g}"}
+                for name, vals in pending_extras.items():
+                    got = torch.stack(vals).cpu().tolist()
+                    history.extras.setdefault(name, []).extend(got)
+                    shown[name] = f"{got[-1]:.4g}"
                 bar.update(len(values))
-                bar.set_postfix(loss=f"{values[-1]:.4g}")
+                bar.set_postfix(shown)
                 pending.clear()
+                pending_extras.clear()
     if ema is not None:
         with torch.no_grad():
             for p, q in zip(module.parameters(), ema.module.parameters()):

@@ -1,0 +1,45 @@
+"""What the policy baselines share: checking a policy, freezing a reference copy, log-probs in batches."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InvalidInputError, InvalidTypeError
+
+
+def check_policy(policy: Any, name: str = "policy") -> nn.Module:
+    if not isinstance(policy, nn.Module):
+        raise InvalidTypeError(f"{name} must be an nn.Module with sample(context, n) and log_prob(y, context), "
+                               f"got {type(policy).__name__}")
+    for method in ("sample", "log_prob"):
+        if not callable(getattr(policy, method, None)):
+            raise InvalidTypeError(f"{name} must have a {method}() method (see pfm.policies)")
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise InvalidInputError(f"{name} has no trainable parameters to fine-tune")
+    return policy
+
+
+def frozen_copy(policy: nn.Module) -> nn.Module:
+    """A deep copy with gradients off, in eval mode: the fixed pi_ref of the KL term."""
+    ref = copy.deepcopy(policy)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+@torch.no_grad()
+def log_probs(policy: nn.Module, y: Tensor, context: Optional[Tensor], batch_size: int = 8192) -> Tensor:
+    """``policy.log_prob`` over ``y`` in batches, without gradient: ``(n,)``."""
+    out = []
+    for s in range(0, y.shape[0], batch_size):
+        c = None if context is None else context[s:s + batch_size]
+        out.append(policy.log_prob(y[s:s + batch_size], c).reshape(-1))
+    return torch.cat(out)
+
+
+def trainable_copy(policy: nn.Module) -> nn.Module:
+    """A deep copy in train mode that keeps which parameters are trainable: the policy a baseline fine-tunes."""
+    return copy.deepcopy(policy).train()

@@ -1,0 +1,109 @@
+"""Each baseline on a 1D Gaussian problem whose answer is known in closed form."""
+
+import pytest
+import torch
+
+from pfm import InvalidInputError, InvalidTypeError, PreferenceDataset, collect_preferences
+from pfm.baselines import RewardModel, dpo, implicit_accuracy, ipo, preference_loss, rlhf
+from pfm.policies import GaussianPolicy
+
+A = 1.0  # true reward r(y) = A * y; reference N(0, 1)
+
+
+def bt_pairs(n: int, seed: int = 0) -> PreferenceDataset:
+    g = torch.Generator().manual_seed(seed)
+    return collect_preferences(lambda c, m: torch.randn(m, 1, generator=g),
+                               lambda ya, yb, c: torch.sigmoid(A * (ya - yb))[:, 0], n=n, seed=seed + 1000)
+    # (not the reference's seed: the same stream would correlate the outputs with the coin flips)
+
+
+def test_rlhf_reaches_the_kl_regularized_optimum():
+    # pi* ∝ N(0, 1) exp(A y / beta) = N(A / beta, 1)
+    for beta in (0.5, 2.0):
+        pi, hist = rlhf(GaussianPolicy(1), lambda y, c: A * y[:, 0], beta=beta, steps=800, batch_size=32,
+                        samples_per_context=8, lr=2e-2, progress=False)
+        assert abs(pi.mean0.item() - A / beta) < 0.05, beta
+        assert abs(pi.log_std0.exp().item() - 1.0) < 0.05, beta
+        assert set(hist.extras) == {"reward", "kl"} and len(hist.extras["kl"]) == 800
+        # KL(N(m, 1) || N(0, 1)) = m^2 / 2
+        assert abs(sum(hist.extras["kl"][-100:]) / 100 - (A / beta) ** 2 / 2) < 0.1
+
+
+def test_rlhf_with_contexts_learns_per_label_shifts():
+    pol = GaussianPolicy(1, num_classes=2, hidden=32)
+    labels = torch.arange(2).repeat(32)
+    sign = torch.tensor([1.0, -1.0])
+    pi, _ = rlhf(pol, lambda y, c: sign[c] * y[:, 0], labels, beta=1.0, steps=600, batch_size=16, lr=1e-2,
+                 progress=False)
+    means = pi.distribution(torch.tensor([0, 1]), 2)[0][:, 0]
+    torch.testing.assert_close(means, torch.tensor([1.0, -1.0]), atol=0.15, rtol=0)
+    # the policy handed in is untouched
+    assert pol.distribution(torch.tensor([0, 1]), 2)[0].abs().max().item() == 0.0
+
+
+def logistic_mle(d: torch.Tensor, beta: float) -> float:
+    """argmin_m mean(-log sigmoid(beta m d)) by Newton's method (the finite-sample DPO optimum)."""
+    m = torch.zeros((), dtype=torch.float64)
+    d = d.double()
+    for _ in range(50):
+        s = torch.sigmoid(beta * m * d)
+        grad = -(beta * d * (1 - s)).mean()
+        hess = (beta ** 2 * d * d * s * (1 - s)).mean()
+        m = m - grad / hess
+    return float(m)
+
+
+def test_dpo_and_ipo_reach_their_finite_sample_optima():
+    ds = bt_pairs(4000)
+    d = (ds.chosen - ds.rejected)[:, 0]
+    beta = 0.5
+    pol = GaussianPolicy(1, learn_std=False)  # log pi/pi_ref = m y - m^2/2, so the margin is h = m d
+    pi, hist = dpo(pol, ds, beta=beta, steps=1500, batch_size=len(ds), lr=2e-2, progress=False)
+    expect = logistic_mle(d, beta)
+    assert abs(expect - A / beta) < 0.25            # and the population optimum is A / beta
+    assert abs(pi.mean0.item() - expect) < 0.01 * expect
+    assert "acc" in hist.extras
+    pi, _ = ipo(pol, ds, beta=beta, steps=1500, batch_size=len(ds), lr=2e-2, progress=False)
+    expect = float(d.sum() / (2 * beta * (d * d).sum()))  # least squares of m d on 1 / (2 beta)
+    assert abs(pi.mean0.item() - expect) < 0.01 * expect
+    assert implicit_accuracy(pi, pol, ds) == pytest.approx(float((d > 0).float().mean()))
+    assert pol.mean0.item() == 0.0
+
+
+def test_preference_losses_by_hand():
+    h = torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(preference_loss(h, 2.0, "dpo"), -torch.nn.functional.logsigmoid(2 * h).mean())
+    torch.testing.assert_close(preference_loss(h, 2.0, "ipo"), ((h - 0.25) ** 2).mean())
+    with pytest.raises(InvalidInputError, match="kind"):
+        preference_loss(h, 1.0, "kto")
+
+
+def test_reward_model_recovers_a_linear_reward_and_reports_accuracy():
+    train, test = bt_pairs(6000, seed=1).split(0.2, seed=0)
+    rm = RewardModel.for_dataset(train, hidden=32)
+    hist = rm.fit(train, steps=800, progress=False)
+    y = torch.linspace(-2, 2, 5)[:, None]
+    r = rm.score(y)
+    slope = (r[-1] - r[0]) / 4
+    assert abs(float(slope) - A) < 0.2
+    # Bayes accuracy on BT(A y) pairs of N(0,1) draws is E[sigmoid(A |d|)] with d ~ N(0, 2): about 0.74
+    assert 0.70 < rm.accuracy(test) < 0.78
+    assert len(hist.extras["acc"]) == 800
+
+
+def test_baselines_refuse_bad_input():
+    ds = bt_pairs(50)
+    with pytest.raises(InvalidTypeError, match="nn.Module"):
+        dpo(lambda c, n: torch.zeros(n, 1), ds)
+    with pytest.raises(InvalidInputError, match="beta"):
+        dpo(GaussianPolicy(1), ds, beta=0.0)
+    with pytest.raises(InvalidTypeError, match="PreferenceDataset"):
+        ipo(GaussianPolicy(1), {"chosen": ds.chosen})
+    with pytest.raises(InvalidInputError, match="samples_per_context"):
+        rlhf(GaussianPolicy(1), lambda y, c: y[:, 0], samples_per_context=1)
+    with pytest.raises(InvalidInputError, match=r"must return \(256,\)"):
+        rlhf(GaussianPolicy(1), lambda y, c: y.repeat(1, 2), steps=1, progress=False)
+    with pytest.raises(InvalidInputError, match="shape"):
+        RewardModel(3).fit(ds, steps=1, progress=False)
+    with pytest.raises(InvalidInputError, match="conditional"):
+        RewardModel(1, num_classes=2).fit(ds, steps=1, progress=False)
