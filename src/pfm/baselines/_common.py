@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
 from ..errors import InvalidInputError, InvalidTypeError
 
 
@@ -43,3 +44,22 @@ def log_probs(policy: nn.Module, y: Tensor, context: Optional[Tensor], batch_siz
 def trainable_copy(policy: nn.Module) -> nn.Module:
     """A deep copy in train mode that keeps which parameters are trainable: the policy a baseline fine-tunes."""
     return copy.deepcopy(policy).train()
+
+
+def check_beta(beta: Any) -> float:
+    V.check_nonneg_float(beta, "beta")
+    if beta <= 0:
+        raise InvalidInputError(f"beta must be > 0, got {beta!r}")
+    return float(beta)
+
+
+def policy_pair(policy: nn.Module, reference: Optional[nn.Module],
+                device: torch.device | str | None) -> tuple[nn.Module, nn.Module, torch.device]:
+    """The copy to fine-tune and the frozen pi_ref (a copy of ``policy`` unless given), both on ``device``."""
+    check_policy(policy)
+    ref = frozen_copy(policy) if reference is None else check_policy(reference, "reference")
+    pi = trainable_copy(policy)
+    if device is not None:
+        pi.to(device)
+        ref.to(device)
+    return pi, ref, next(pi.parameters()).device

@@ -20,7 +20,7 @@ from .. import _validate as V
 from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize, resolve_steps
-from ._common import check_policy, frozen_copy, trainable_copy, log_probs
+from ._common import check_beta, check_policy, log_probs, policy_pair
 
 LOSSES = ("dpo", "ipo")
 
@@ -62,21 +62,13 @@ def dpo(
     Returns:
         ``(fine_tuned_policy, history)``; ``history.extras["acc"]`` is the fraction of the batch with ``h > 0``.
     """
-    check_policy(policy)
     if not isinstance(dataset, PreferenceDataset):
         raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
     V.check_choice(loss, "loss", LOSSES)
-    V.check_nonneg_float(beta, "beta")
-    if beta <= 0:
-        raise InvalidInputError(f"beta must be > 0, got {beta!r}")
+    beta = check_beta(beta)
     V.check_positive_int(batch_size, "batch_size")
     total = resolve_steps(steps, epochs, len(dataset), batch_size, default=1000)
-    ref = frozen_copy(policy) if reference is None else check_policy(reference, "reference")
-    pi = trainable_copy(policy)
-    if device is not None:
-        pi.to(device)
-        ref.to(device)
-    dev = next(pi.parameters()).device
+    pi, ref, dev = policy_pair(policy, reference, device)
     ds = dataset.to(dev)
     ref_chosen = log_probs(ref, ds.chosen, ds.context)
     ref_rejected = log_probs(ref, ds.rejected, ds.context)

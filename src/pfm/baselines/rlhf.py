@@ -19,7 +19,7 @@ from .. import _validate as V
 from ..data import as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize
-from ._common import check_policy, frozen_copy, trainable_copy
+from ._common import check_beta, policy_pair
 
 
 def rlhf(
@@ -52,22 +52,14 @@ def rlhf(
     Returns:
         ``(fine_tuned_policy, history)``; ``history.extras`` holds ``reward`` and ``kl`` per step.
     """
-    check_policy(policy)
     if not callable(reward):
         raise InvalidTypeError(f"reward must be callable as reward(y, context), got {type(reward).__name__}")
-    V.check_nonneg_float(beta, "beta")
-    if beta <= 0:
-        raise InvalidInputError(f"beta must be > 0, got {beta!r}")
+    beta = check_beta(beta)
     V.check_positive_int(samples_per_context, "samples_per_context")
     if samples_per_context < 2:
         raise InvalidInputError("samples_per_context must be >= 2 (the leave-one-out baseline needs two samples)")
     V.check_positive_int(batch_size, "batch_size")
-    ref = frozen_copy(policy) if reference is None else check_policy(reference, "reference")
-    pi = trainable_copy(policy)
-    if device is not None:
-        pi.to(device)
-        ref.to(device)
-    dev = next(pi.parameters()).device
+    pi, ref, dev = policy_pair(policy, reference, device)
     ctx = as_context(contexts, "contexts")
     if ctx is not None:
         V.check_nonempty(ctx, "contexts")
