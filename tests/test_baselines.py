@@ -107,3 +107,12 @@ def test_baselines_refuse_bad_input():
         RewardModel(3).fit(ds, steps=1, progress=False)
     with pytest.raises(InvalidInputError, match="conditional"):
         RewardModel(1, num_classes=2).fit(ds, steps=1, progress=False)
+
+
+def test_a_frozen_reference_is_accepted_and_checked():
+    ds = bt_pairs(200)
+    ref = GaussianPolicy(1).requires_grad_(False)
+    pi, _ = dpo(GaussianPolicy(1), ds, beta=1.0, steps=5, reference=ref, progress=False)
+    assert 0.0 <= implicit_accuracy(pi, ref, ds) <= 1.0
+    with pytest.raises(InvalidTypeError, match="reference must be an nn.Module"):
+        implicit_accuracy(pi, lambda y, c: y, ds)

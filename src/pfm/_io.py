@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a file that is not JSON raises :class:`FlowFileError` naming it."""
+    from .errors import FlowFileError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
 
 
 def _umask() -> int:

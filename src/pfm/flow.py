@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from ._io import atomic_dir
+from ._io import atomic_dir, read_json
 from .coupling import COUPLINGS, couple
 from .data import PreferenceDataset, as_context
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
@@ -393,10 +393,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.exists():
         raise FlowFileError(f"{str(directory)!r} is not a saved flow: it has no {CONFIG_NAME}")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         found = cfg.get("format") if isinstance(cfg, dict) else None
         raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {found!r})")

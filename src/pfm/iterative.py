@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from ._io import atomic_dir
+from ._io import atomic_dir, read_json
 from .data import PreferenceDataset, collect_preferences
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
 from .flow import PreferenceFlow
@@ -82,10 +82,7 @@ class FlowChain(nn.Module):
             raise MissingFileError(f"no such flow chain directory: {str(directory)!r}")
         if not path.exists():
             raise FlowFileError(f"{str(directory)!r} is not a saved flow chain: it has no {CHAIN_NAME}")
-        try:
-            cfg = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
+        cfg = read_json(path)
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
             raise FlowFileError(f"{str(path)!r} is not a pfm flow chain of format version {FORMAT_VERSION}")
         return cls([PreferenceFlow.load(directory / name, device=device) for name in cfg["flows"]])

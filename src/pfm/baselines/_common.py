@@ -12,14 +12,15 @@ from .. import _validate as V
 from ..errors import InvalidInputError, InvalidTypeError
 
 
-def check_policy(policy: Any, name: str = "policy") -> nn.Module:
+def check_policy(policy: Any, name: str = "policy", trainable: bool = True) -> nn.Module:
+    """An ``nn.Module`` with ``sample`` and ``log_prob``; with ``trainable``, one that has parameters to train."""
     if not isinstance(policy, nn.Module):
         raise InvalidTypeError(f"{name} must be an nn.Module with sample(context, n) and log_prob(y, context), "
                                f"got {type(policy).__name__}")
     for method in ("sample", "log_prob"):
         if not callable(getattr(policy, method, None)):
             raise InvalidTypeError(f"{name} must have a {method}() method (see pfm.policies)")
-    if not any(p.requires_grad for p in policy.parameters()):
+    if trainable and not any(p.requires_grad for p in policy.parameters()):
         raise InvalidInputError(f"{name} has no trainable parameters to fine-tune")
     return policy
 
@@ -57,7 +58,7 @@ def policy_pair(policy: nn.Module, reference: Optional[nn.Module],
                 device: torch.device | str | None) -> tuple[nn.Module, nn.Module, torch.device]:
     """The copy to fine-tune and the frozen pi_ref (a copy of ``policy`` unless given), both on ``device``."""
     check_policy(policy)
-    ref = frozen_copy(policy) if reference is None else check_policy(reference, "reference")
+    ref = frozen_copy(policy) if reference is None else check_policy(reference, "reference", trainable=False)
     pi = trainable_copy(policy)
     if device is not None:
         pi.to(device)

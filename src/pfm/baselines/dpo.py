@@ -97,7 +97,8 @@ def implicit_accuracy(policy: nn.Module, reference: nn.Module, dataset: Preferen
 
     A criterion that needs only held-out pairs, usable to pick beta for any fine-tuned policy (DPO, IPO, RLHF).
     """
-    check_policy(policy)
+    check_policy(policy, trainable=False)
+    check_policy(reference, "reference", trainable=False)
     if not isinstance(dataset, PreferenceDataset):
         raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
     dev = next(policy.parameters()).device

@@ -35,6 +35,7 @@ from torch import Tensor
 from .._io import atomic_file
 from ..baselines import RewardModel, dpo, implicit_accuracy, ipo, rlhf
 from ..data import PreferenceDataset, collect_preferences
+from ..errors import InvalidInputError
 from ..flow import PreferenceFlow
 from ..iterative import FlowChain, iterative_pfm
 from ..policies import GaussianMixturePolicy
@@ -66,7 +67,7 @@ def reference_policy() -> GaussianMixturePolicy:
 def true_reward(y: Tensor, layout: str = "inside") -> Tensor:
     """``(n, 2) -> (n,)``: a sum of Gaussian bumps (:data:`REWARDS`), in [0, ~1]."""
     if layout not in REWARDS:
-        raise ValueError(f"reward layout must be one of {tuple(REWARDS)}, got {layout!r}")
+        raise InvalidInputError(f"reward layout must be one of {tuple(REWARDS)}, got {layout!r}")
     centers, heights, widths = (t.to(y) for t in REWARDS[layout])
     d2 = (y[:, None, :] - centers[None]).pow(2).sum(-1)
     return (heights * torch.exp(-d2 / (2 * widths ** 2))).sum(1)
@@ -83,7 +84,7 @@ def preference_model(kind: str, layout: str = "inside") -> Callable[[Tensor, Ten
             ga, gb = (true_reward(a, layout) >= GOOD).float(), (true_reward(b, layout) >= GOOD).float()
             return 0.5 + 0.5 * (ga - gb)
     else:
-        raise ValueError(f"preference must be one of {PREFERENCES}, got {kind!r}")
+        raise InvalidInputError(f"preference must be one of {PREFERENCES}, got {kind!r}")
     return prefer
 
 
@@ -199,7 +200,8 @@ def run_one(cfg: Config, preference: str, seed: int, progress: bool = False) -> 
     rm = RewardModel.for_dataset(train, hidden=128, depth=2)
     rm.fit(train, steps=cfg.reward_steps, seed=seed, progress=progress)
     M["reward model"] = {"heldout_accuracy": rm.accuracy(heldout), "train_accuracy": rm.accuracy(train)}
-    out["learned_reward_grid"] = rm.score(_grid()[2]).numpy().reshape(_grid()[0].shape)
+    gx, _, grid = _grid()
+    out["learned_reward_grid"] = rm.score(grid).numpy().reshape(gx.shape)
     times["reward model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -416,7 +418,7 @@ def reproduce(
     if preferences is not None:
         for p in preferences:
             if p not in PREFERENCES:
-                raise ValueError(f"preferences must be among {PREFERENCES}, got {p!r}")
+                raise InvalidInputError(f"preferences must be among {PREFERENCES}, got {p!r}")
         cfg.preferences = tuple(preferences)
     true_reward(torch.zeros(1, 2), reward)  # checks the layout
     cfg.reward = reward
