@@ -2,7 +2,8 @@
 
 Learn a flow that carries a black-box model's rejected outputs onto its preferred ones, then push fresh outputs
 through it. The public API, nothing else (the baselines live in :mod:`pfm.baselines`, policies with a density in
-:mod:`pfm.policies`, experiments in :mod:`pfm.tasks`):
+:mod:`pfm.policies`, experiments in :mod:`pfm.tasks`, the change of variables in :mod:`pfm.likelihood`, the
+theorems' quantities in :mod:`pfm.objective`):
 """
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingF
 from .fields import MLPField, UNetField
 from .flow import PreferenceFlow
 from .iterative import FlowChain, iterative_pfm
+from .likelihood import FlowDensity, KLEstimate, kl_to_reference
 from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
 from .solve import solve
@@ -25,6 +27,9 @@ __all__ = [
     "PreferenceFlow",
     "FlowChain",
     "iterative_pfm",
+    "kl_to_reference",
+    "FlowDensity",
+    "KLEstimate",
     "MLPField",
     "UNetField",
     "History",

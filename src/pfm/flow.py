@@ -296,6 +296,41 @@ class PreferenceFlow(nn.Module):
             return res.cpu().numpy().astype(y.dtype if y.dtype.kind == "f" else np.float32, copy=False)
         return res.to(device=y_t.device, dtype=y_t.dtype)
 
+    @torch.no_grad()
+    def divergence_pass(self, y: Tensor, context: Any = None, *, inverse: bool = False, divergence: str = "auto",
+                        probes: int = 8, generator: Optional[torch.Generator] = None,
+                        **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Solve the flow from ``y`` ``(B, *output_shape)`` (t: 0 -> 1, or 1 -> 0 when ``inverse``) with the integral
+        of its divergence over t in [0, 1]: ``(end points, integral (B,), standard error (B,))``; see
+        :func:`pfm.likelihood.divergence_integral`. The divergence is the same in data and normalized units (the
+        normalization is one shift and one scale), so it is integrated on the normalized field."""
+        from .likelihood import divergence_integral
+
+        y = V.as_float(y, "y")
+        V.check_trailing_shape(y, "y", self.output_shape, "flow's outputs")
+        c = self._prepare_context(context, y.shape[0])
+        opts = {**self.solver, **{k: v for k, v in solver.items() if v is not None}}
+        dev, dtype = self.device, self.y_shift.dtype
+        cb = None if c is None else self._norm_c(c.to(dev))
+        if cb is not None and cb.is_floating_point():
+            cb = cb.to(dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            z, integral, se = divergence_integral(self.field, self._norm_y(y.to(dev, dtype)), cb, inverse=inverse,
+                                                  divergence=divergence, probes=probes, generator=generator, **opts)
+        finally:
+            self.train(was_training)
+        return self._denorm_y(z), integral, se
+
+    def log_prob(self, y: Any, context: Any = None, *, reference: Any, k: int = 1, **options: Any) -> Tensor:
+        """Log-density ``(N,)`` of this flow's outputs (applied ``k`` times) at the aligned outputs ``y``, given
+        the reference's ``log_prob``: ``y`` is solved back to t = 0 and scored there by the change of variables.
+        Options (``divergence``, ``probes``, ``method``, ``steps``, ...) go to :func:`pfm.likelihood.log_prob`."""
+        from .likelihood import log_prob
+
+        return log_prob(self, y, context, reference=reference, given="output", k=k, **options).log_prob
+
     def iterate(self, y: Any, context: Any = None, k: int = 2, **solver: Any) -> Any:
         """Apply the flow ``k`` times ("PFM x k"): ``transform(transform(...y...))``. Keyword arguments go to
         :meth:`transform`. This re-applies one trained flow; re-collecting preferences and training a new flow
