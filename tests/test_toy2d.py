@@ -43,6 +43,35 @@ def test_quick_run_shows_the_papers_ordering(quick_run):
     assert m["reference"]["metrics"]["out_of_support"] < 0.03
 
 
+def test_quick_run_measures_what_the_theorems_predict(quick_run):
+    out, result = quick_run
+    run = result["runs"][0]
+    th = run["theorems"]
+    # Theorem 1 on this reference and preference model: E_ref[w] = 1/2, and J of pi ∝ pi_ref w^a peaks at a = 1
+    assert abs(th["mean_w_reference"] - 0.5) < 0.02
+    best = max(th["tempered"], key=lambda r: r["J"])
+    assert best["power"] == 1.0 and abs(best["J"] - th["plugin_bound"]) < 1e-9
+    # every method's KL and J, and none beats the bound beyond its standard error
+    for name, entry in run["methods"].items():
+        if "metrics" not in entry:
+            continue
+        m = entry["metrics"]
+        assert m["kl"] is not None and m["J"] is not None, name
+        assert m["J_gap"] < 3 * m["J_se"] + 0.01, name
+    assert abs(run["methods"]["reference"]["metrics"]["kl"]) < 1e-9
+    # J - bound = -KL(pi || p1). PFM as the paper applies it (to fresh reference samples) overshoots p1; the flow
+    # applied to the input it was trained on (fresh y-), or one trained from pi_ref's samples, lands near it
+    assert -0.35 < run["methods"]["PFM"]["metrics"]["J_gap"] < th["PFM on y-"]["J_gap"]
+    assert th["PFM on y-"]["J_gap"] > -0.15 and th["flow from pi_ref to y+"]["J_gap"] > -0.15
+    # Theorem 2: the predicted entropy falls round by round, and so does iterative PFM's
+    pred = [r["entropy"] for r in th["iterated"]]
+    measured = [run["methods"]["reference"]["metrics"]["entropy"]] + [
+        r["entropy"] for r in run["methods"]["iterative PFM (2 rounds)"]["rounds"]]
+    assert all(a > b for a, b in zip(pred, pred[1:])) and all(a > b for a, b in zip(measured, measured[1:]))
+    assert "What the theorems predict" in (out / "toy2d.md").read_text()
+    assert matplotlib.image.imread(out / "toy2d-bt-theory.png").std() > 0.05
+
+
 def test_preference_models():
     a, b = torch.tensor([[2.2, 1.2], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]])
     p = toy2d.preference_model("bt")(a, b)

@@ -6,7 +6,9 @@ With pairs drawn independently from pi_ref and ``y+`` picked with probability ``
   with ``w(y) = E_{y' ~ pi_ref} P(y > y')`` (the chance that ``y`` beats a fresh reference sample);
 - Theorem 1: ``J(pi) = E_{y ~ pi}[log w(y)] - KL(pi || pi_ref)`` is at most ``log E_ref[w] = -log 2``
   (:data:`BOUND`), reached at ``p1`` (Gibbs' inequality; ``E_ref[w] = 1/2`` whenever
-  ``P(a > b) + P(b > a) = 1``);
+  ``P(a > b) + P(b > a) = 1``). Gibbs' inequality holds for any ``w > 0``, so with a Monte Carlo estimate of ``w``
+  the exact bound of the estimated ``J`` is ``log`` of that estimate's mean under pi_ref (the plug-in bound): compare
+  against it, and the estimate's common error cancels to first order;
 - Theorem 2: iterating ``p_{k+1} = 2 p_k w_{p_k}`` (collect preferences on ``p_k``'s outputs, move to their preferred
   marginal) concentrates the mass on the maximizers of ``w``.
 
@@ -17,7 +19,7 @@ importance weights on reference samples, so it needs nothing but the preference 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -58,14 +60,23 @@ def win_probability(prefer: Prefer, y: Any, opponents: Any, context: Any = None,
     return w
 
 
-def preferred_log_density(log_ref: Tensor, w: Tensor) -> Tensor:
-    """``log p1 = log 2 + log pi_ref + log w``: the density of ``y+`` when pairs come independently from pi_ref."""
-    return math.log(2.0) + log_ref.double() + w.double().log()
+def preferred_log_density(log_ref: Tensor, w: Tensor, normalizer: float = 0.5) -> Tensor:
+    """``log p1 = log pi_ref + log w - log E_ref[w]``: the density of ``y+`` when pairs come independently from
+    pi_ref (``E_ref[w] = 1/2`` exactly, so ``p1 = 2 pi_ref w``). Pass the Monte Carlo ``normalizer`` of an estimated
+    ``w`` to keep the density normalized for that estimate."""
+    _check_normalizer(normalizer)
+    return log_ref.double() + w.double().log() - math.log(normalizer)
 
 
-def rejected_log_density(log_ref: Tensor, w: Tensor) -> Tensor:
-    """``log p0 = log 2 + log pi_ref + log(1 - w)``: the density of ``y-``."""
-    return math.log(2.0) + log_ref.double() + torch.log1p(-w.double())
+def rejected_log_density(log_ref: Tensor, w: Tensor, normalizer: float = 0.5) -> Tensor:
+    """``log p0 = log pi_ref + log(1 - w) - log(1 - E_ref[w])``: the density of ``y-`` (``2 pi_ref (1 - w)``)."""
+    _check_normalizer(normalizer)
+    return log_ref.double() + torch.log1p(-w.double()) - math.log1p(-normalizer)
+
+
+def _check_normalizer(z: float) -> None:
+    if not 0.0 < float(z) < 1.0:
+        raise InvalidInputError(f"normalizer is E_ref[w], in (0, 1); got {z!r}")
 
 
 class ObjectiveEstimate(NamedTuple):
@@ -162,15 +173,23 @@ def _pairs(prefer: Prefer, a: Tensor, b: Tensor, context: Any) -> Tensor:
     return p.view(n, M)
 
 
-def tempered_objective(w: Tensor, powers: Sequence[float]) -> list[dict[str, float]]:
+def tempered_objective(w: Tensor, powers: Sequence[float],
+                       values: Optional[Mapping[str, Tensor]] = None) -> list[dict[str, float]]:
     """``J`` of ``p_a ∝ pi_ref w^a`` for each power ``a``, from ``w`` at reference samples ``(M,)``.
 
     ``a = 0`` is pi_ref, ``a = 1`` is ``p1`` (Theorem 1's maximizer), ``a > 1`` sharpens toward the maximizers of
-    ``w``. Self-normalized importance weights; each row has ``power``, ``J``, ``kl``, ``expected_log_w``, ``ess``.
+    ``w``. Self-normalized importance weights; each row has ``power``, ``J``, ``kl``, ``expected_log_w``, ``ess``,
+    and ``mean_<name>`` for each of ``values`` (``(M,)`` quantities at the same samples, e.g. a reward).
     """
     w = V.as_float(w, "w").double().cpu()
     if w.dim() != 1 or not len(w) or bool((w <= 0).any()):
         raise InvalidInputError("w must have shape (M,) with values in (0, 1]")
+    vals = {}
+    for name, v in (values or {}).items():
+        v = V.as_float(v, f"values[{name!r}]").double().cpu()
+        if v.shape != w.shape:
+            raise InvalidInputError(f"values[{name!r}] must have shape {tuple(w.shape)} like w, got {V.shape_of(v)}")
+        vals[name] = v
     out = []
     for a in powers:
         log_u = float(a) * w.log()
@@ -178,6 +197,8 @@ def tempered_objective(w: Tensor, powers: Sequence[float]) -> list[dict[str, flo
         u = log_u.exp()
         e_log_w = float((u * w.log()).mean())
         kl = float((u * log_u).mean())
-        out.append({"power": float(a), "J": e_log_w - kl, "kl": kl, "expected_log_w": e_log_w,
-                    "ess": float(u.sum() ** 2 / u.pow(2).sum())})
+        row = {"power": float(a), "J": e_log_w - kl, "kl": kl, "expected_log_w": e_log_w,
+               "ess": float(u.sum() ** 2 / u.pow(2).sum())}
+        row.update({f"mean_{name}": float((u * v).mean()) for name, v in vals.items()})
+        out.append(row)
     return out
