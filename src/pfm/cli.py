@@ -31,12 +31,21 @@ def _fit(args: argparse.Namespace) -> int:
     kw = {"hidden": args.hidden, "depth": args.depth} if args.field == "mlp" else {"channels": args.channels}
     flow = PreferenceFlow.for_dataset(ds, field=args.field, **kw)
     flow.solver.update(method=args.method, steps=args.solver_steps)
+    from ._io import atomic_file
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = args.checkpoint_dir
+    if ckpt is None and (args.checkpoint_every or args.resume):
+        ckpt = str(Path(args.out).with_name(Path(args.out).name + ".checkpoint"))
+    if args.resume and not (Path(ckpt) / "checkpoint.pt").exists():
+        log.warning("no checkpoint in %s: starting from step 0", ckpt)
     history = flow.fit(ds, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        coupling=args.coupling, sigma=args.sigma, normalize=not args.no_normalize,
-                       ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet)
+                       ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet,
+                       checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume)
     flow.save(args.out)
-    (Path(args.out) / "history.json").write_text(json.dumps(history.to_dict()))
+    with atomic_file(Path(args.out) / "history.json", "w") as fh:
+        json.dump(history.to_dict(), fh)
     print(f"saved flow to {args.out} ({history.steps} steps, {history.seconds:.1f} s, "
           f"final loss {history.loss[-1]:.4g})")
     return 0
@@ -139,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--solver-steps", type=int, default=16, help="default solver steps saved with the flow (16)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cuda if available)")
+    f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write the training state every N steps (to OUT.checkpoint/ unless --checkpoint-dir)")
+    f.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoint/ when "
+                   "--checkpoint-every or --resume is given)")
+    f.add_argument("--resume", action="store_true", help="go on from the checkpoint of an interrupted run with the "
+                   "same data and options; ends with the same weights as an uninterrupted run")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_fit)
 

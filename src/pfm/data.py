@@ -71,6 +71,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         for t, name in ((chosen_t, "chosen"), (rejected_t, "rejected")):
             V.check_min_dim(t, name, 1, "(N, *shape)")
             V.check_nonempty(t, name)
+            if t.numel() == 0:
+                raise InvalidInputError(f"{name} has outputs of size zero (shape {V.shape_of(t)}); each output "
+                                        "needs at least one value")
         if chosen_t.shape != rejected_t.shape:
             raise InvalidInputError(
                 f"chosen and rejected must have the same shape, got chosen {V.shape_of(chosen_t)} "
@@ -121,6 +124,20 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return f"PreferenceDataset(n={len(self)}, output_shape={self.output_shape}, context={ctx})"
 
     # ----------------------------------------------------------------------------------------- views
+    def digest(self) -> str:
+        """A SHA-1 of the shapes, dtypes and bytes of every tensor: identifies the data behind a checkpoint."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for t in (self.chosen, self.rejected, self.context):
+            if t is None:
+                h.update(b"none")
+                continue
+            a = t.detach().cpu().contiguous().numpy()
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
+
     def to(self, device: torch.device | str) -> "PreferenceDataset":
         """A copy on ``device`` (no validation repeated)."""
         return self._new(self.chosen.to(device), self.rejected.to(device),

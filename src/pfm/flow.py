@@ -172,6 +172,9 @@ class PreferenceFlow(nn.Module):
         seed: int = 0,
         device: torch.device | str | None = None,
         progress: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: Optional[int] = None,
+        resume: bool = False,
     ) -> History:
         """Train the field by conditional flow matching from the rejected to the preferred outputs.
 
@@ -186,6 +189,8 @@ class PreferenceFlow(nn.Module):
             within_context, context_weight: see :func:`pfm.coupling.couple`.
             seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
             device: where to train (default: where the flow is).
+            checkpoint_dir, checkpoint_every, resume: write the training state every ``checkpoint_every`` steps and
+                resume from it (see :func:`pfm.optimize`); a checkpoint of other data or settings is refused.
 
         Returns:
             :class:`pfm.train.History` with the loss of every step.
@@ -214,9 +219,15 @@ class PreferenceFlow(nn.Module):
                             context_weight=context_weight, generator=gen)
             return flow_matching_loss(self.field, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
 
+        fingerprint = None
+        if checkpoint_dir is not None:
+            fingerprint = {"data": ds.digest(), "coupling": coupling, "sigma": sigma, "normalize": bool(normalize),
+                           "within_context": bool(within_context), "context_weight": float(context_weight),
+                           "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True)}
         return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
-                        device=device, progress=progress, desc="fitting flow")
+                        device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
+                        checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint)
 
     # ------------------------------------------------------------------------------------------ inference
     def _prepare_context(self, context: Any, n: int) -> Optional[Tensor]:

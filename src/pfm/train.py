@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from . import _validate as V
+from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import InvalidInputError
 
 log = logging.getLogger("pfm")
@@ -73,6 +75,10 @@ def optimize(
     progress: bool = True,
     desc: str = "training",
     sync_every: int = 25,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: Optional[int] = None,
+    resume: bool = False,
+    fingerprint: Optional[dict[str, Any]] = None,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
 
@@ -80,6 +86,13 @@ def optimize(
     exponential moving average of the weights is kept and copied into ``module`` at the end. The loss is read back
     every ``sync_every`` steps (not every step, which would stall a GPU); a NaN or infinite loss stops the run with
     :class:`NonFiniteLossError` naming the step.
+
+    With ``checkpoint_dir``, the whole training state is written there (see :mod:`pfm.checkpoint`) every
+    ``checkpoint_every`` steps (default: 10 times a run) and at the end; with ``resume``, a run starts from the
+    checkpoint found there, and ends with the same weights as an uninterrupted run (bit for bit on CPU). ``steps``
+    may be raised on resume to train longer. ``fingerprint`` adds facts (e.g. a digest of the data) that must match
+    for a checkpoint to be resumed. A checkpoint is only written after the losses since the last one were checked
+    finite, so a run stopped by a non-finite loss keeps its last good checkpoint.
     """
     V.check_positive_int(n, "n")
     V.check_positive_int(steps, "steps")
@@ -89,6 +102,9 @@ def optimize(
     V.check_nonneg_float(grad_clip, "grad_clip", allow_none=True)
     if ema_decay is not None and not 0.0 < float(ema_decay) < 1.0:
         raise InvalidInputError(f"ema_decay must be in (0, 1), got {ema_decay!r}")
+    V.check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
+    if resume and checkpoint_dir is None:
+        raise InvalidInputError("resume=True needs checkpoint_dir, where the checkpoint is")
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise InvalidInputError("the module has no trainable parameters")
@@ -114,10 +130,70 @@ def optimize(
     pending_extras: dict[str, list[Tensor]] = {}
     order = torch.empty(0, dtype=torch.int64)
     pos = 0
+    first_step = 0
+    elapsed = 0.0
+    run_id = {"n": int(n), "batch_size": int(batch_size), "seed": int(seed), "lr": float(lr),
+              "weight_decay": float(weight_decay), "ema_decay": ema_decay, "optimizer": opt_cls.__name__,
+              "parameters": [list(p.shape) for p in params], **(fingerprint or {})}
+    every = None
+    if checkpoint_dir is not None:
+        every = int(checkpoint_every) if checkpoint_every else max(1, steps // 10)
+        state = load_checkpoint(checkpoint_dir) if resume else None
+        if state is not None:
+            check_fingerprint(checkpoint_path(checkpoint_dir), state["run"], run_id)
+            module.load_state_dict(state["module"])
+            opt.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            gen.set_state(state["gen"])
+            order_gen.set_state(state["order_gen"])
+            order, pos, first_step = state["order"], int(state["pos"]), int(state["step"])
+            history.loss = list(state["loss"])
+            history.extras = {k: list(v) for k, v in state["extras"].items()}
+            elapsed = float(state["seconds"])
+            log.info("%s: resuming at step %d from %s", desc, first_step, checkpoint_dir)
+            if first_step > steps:
+                raise InvalidInputError(f"the checkpoint in {str(checkpoint_dir)!r} is at step {first_step}, past "
+                                        f"steps={steps}; pass steps >= {first_step}")
+
+    def flush(step: int) -> None:
+        """Check and record the losses since the last flush; ``step`` is the 0-based index of the last one."""
+        values = torch.stack(pending).float().cpu().tolist()
+        first = step + 1 - len(values)
+        for j, v in enumerate(values):
+            if not math.isfinite(v):
+                raise NonFiniteLossError(
+                    f"the loss became {v} at step {first + j + 1}; lower lr, set grad_clip, "
+                    "or check the data's scale (normalize=True)"
+                    + (f"; the last good checkpoint is in {str(checkpoint_dir)!r}" if checkpoint_dir else ""))
+        history.loss.extend(values)
+        shown = {"loss": f"{values[-1]:.4g}"}
+        for name, vals in pending_extras.items():
+            got = torch.stack(vals).cpu().tolist()
+            history.extras.setdefault(name, []).extend(got)
+            shown[name] = f"{got[-1]:.4g}"
+        bar.update(len(values))
+        bar.set_postfix(shown)
+        pending.clear()
+        pending_extras.clear()
+
+    def save(step: int) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise NonFiniteLossError(f"the weights became non-finite by step {step}; the last good checkpoint is in "
+                                     f"{str(checkpoint_dir)!r}")
+        assert checkpoint_dir is not None
+        save_checkpoint(checkpoint_dir, {
+            "run": run_id, "step": step, "module": module.state_dict(), "optimizer": opt.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {}, "gen": gen.get_state(),
+            "order_gen": order_gen.get_state(), "order": order, "pos": pos, "loss": list(history.loss),
+            "extras": {k: list(v) for k, v in history.extras.items()},
+            "seconds": elapsed + time.perf_counter() - start})
+
     start = time.perf_counter()
     module.train()
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for step in range(steps):
+    with tqdm(total=steps, initial=first_step, desc=desc, unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for step in range(first_step, steps):
             if pos + batch_size > len(order):
                 order = torch.randperm(n, generator=order_gen)
                 pos = 0
@@ -135,24 +211,12 @@ def optimize(
             pending.append(loss.detach())
             for name, value in extras.items():
                 pending_extras.setdefault(name, []).append(torch.as_tensor(value).detach().float().reshape(()))
-            if len(pending) == sync_every or step == steps - 1:
-                values = torch.stack(pending).float().cpu().tolist()
-                first = len(history.loss)
-                for j, v in enumerate(values):
-                    if not math.isfinite(v):
-                        raise NonFiniteLossError(
-                            f"the loss became {v} at step {first + j + 1}; lower lr, set grad_clip, "
-                            "or check the data's scale (normalize=True)")
-                history.loss.extend(values)
-                shown = {"loss": f"{values[-1]:.4g}"}
-                for name, vals in pending_extras.items():
-                    got = torch.stack(vals).cpu().tolist()
-                    history.extras.setdefault(name, []).extend(got)
-                    shown[name] = f"{got[-1]:.4g}"
-                bar.update(len(values))
-                bar.set_postfix(shown)
-                pending.clear()
-                pending_extras.clear()
+            done = step + 1
+            at_checkpoint = every is not None and (done % every == 0 or done == steps)
+            if len(pending) == sync_every or done == steps or (at_checkpoint and pending):
+                flush(step)
+            if at_checkpoint:
+                save(done)
     if ema is not None:
         with torch.no_grad():
             for p, q in zip(module.parameters(), ema.module.parameters()):
@@ -160,6 +224,6 @@ def optimize(
     module.eval()
     history.steps = steps
     history.epochs = steps * batch_size / n
-    history.seconds = time.perf_counter() - start
+    history.seconds = elapsed + time.perf_counter() - start
     log.info("%s: %d steps in %.1f s, final loss %.4g", desc, steps, history.seconds, history.loss[-1])
     return history
