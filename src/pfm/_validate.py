@@ -26,7 +26,7 @@ def as_tensor(x: Any, name: str) -> Tensor:
     elif isinstance(x, np.ndarray):
         if x.dtype.kind not in "biuf":
             raise InvalidTypeError(f"{name} must hold real numbers, got a NumPy array of dtype {x.dtype}")
-        arr = np.ascontiguousarray(x)
+        arr = np.ascontiguousarray(x).reshape(x.shape)  # ascontiguousarray makes a 0-d array 1-d
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     elif isinstance(x, (list, tuple)):
         try:

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="train a flow on a preference file",
@@ -213,12 +214,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (PFMError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"pfm: error: {exc}", file=sys.stderr)
+    except (PFMError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        if args.debug:
+            raise
+        print(f"pfm: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pfm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, and the way to see more
+        if args.debug:
+            raise
+        print(f"pfm: internal error: {type(exc).__name__}: {_one_line(exc)} (please report it; --debug shows the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -221,7 +221,10 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        why = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ValueError) and "pickled" in str(exc):  # numpy's guess for a file that is no array at all
+            why = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
+        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({why})") from None
     missing = [k for k in required if k not in arrays]
     if missing:
         raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(arrays)}")

@@ -206,8 +206,18 @@ class PreferenceFlow(nn.Module):
         if normalize:
             self._set_normalization(ds)
         dtype = next(self.field.parameters()).dtype
+        limit = torch.finfo(dtype).max
+        for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
+            top = float(raw.abs().max())
+            if top > limit:
+                raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
+                                        f"{str(dtype).replace('torch.', '')} ({limit:.3g}); rescale the outputs or "
+                                        "train a float64 flow (flow.double())")
         y0_all = self._norm_y(ds.rejected.to(device, dtype))
         y1_all = self._norm_y(ds.chosen.to(device, dtype))
+        if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
+            raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
+                                    f"for {str(dtype).replace('torch.', '')})")
         c_all = None if ds.context is None else self._norm_c(
             ds.context.to(device, dtype if ds.context.is_floating_point() else torch.int64))
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
@@ -285,6 +295,10 @@ class PreferenceFlow(nn.Module):
         V.check_nonempty(y_t, "y")
         V.check_finite(y_t, "y")
         V.check_positive_int(batch_size, "batch_size")
+        limit = torch.finfo(self.y_shift.dtype).max
+        if float(y_t.abs().max()) > limit:
+            raise InvalidInputError(f"y holds values up to {float(y_t.abs().max()):.3g}, beyond the range of this "
+                                    f"flow's {str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g})")
         c = self._prepare_context(context, y_t.shape[0])
         opts = dict(self.solver)
         for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):
@@ -423,7 +437,9 @@ class PreferenceFlow(nn.Module):
         try:
             flow.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
+                         lines[0] if lines else "")
             raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {first}") from None
         return flow.to(device).eval()
 
