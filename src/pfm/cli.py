@@ -19,20 +19,41 @@ log = logging.getLogger("pfm")
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from .data import PreferenceDataset
-    from .flow import PreferenceFlow
-    from .runtime import seed_everything
 
     ds = PreferenceDataset.load(args.data)
     log.info("loaded %r", ds)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
+        cuda = torch.cuda.is_available() and args.device != "cpu"
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(args.device)
+        try:
+            code = _fit_on(args, ds, rank)
+            torch.distributed.barrier()  # nobody tears the group down while rank 0 still writes
+            return code
+        finally:
+            torch.distributed.destroy_process_group()
+    return _fit_on(args, ds, rank)
+
+
+def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
+    import torch
+
+    from ._io import atomic_file
+    from .flow import PreferenceFlow
+    from .runtime import seed_everything
+
     seed_everything(args.seed)
     kw = {"hidden": args.hidden, "depth": args.depth} if args.field == "mlp" else {"channels": args.channels}
     flow = PreferenceFlow.for_dataset(ds, field=args.field, **kw)
     flow.solver.update(method=args.method, steps=args.solver_steps)
-    from ._io import atomic_file
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = args.checkpoint_dir
     if ckpt is None and (args.checkpoint_every or args.resume):
@@ -43,6 +64,8 @@ def _fit(args: argparse.Namespace) -> int:
                        coupling=args.coupling, sigma=args.sigma, normalize=not args.no_normalize,
                        ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet,
                        checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if rank != 0:  # one writer
+        return 0
     flow.save(args.out)
     with atomic_file(Path(args.out) / "history.json", "w") as fh:
         json.dump(history.to_dict(), fh)

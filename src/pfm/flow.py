@@ -188,6 +188,10 @@ class PreferenceFlow(nn.Module):
             normalize: learn in standardized units (see the class docstring).
             within_context, context_weight: see :func:`pfm.coupling.couple`.
             seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
+                Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and
+                couples its own minibatch of ``batch_size`` pairs (exact OT within it): the optimizer step sees
+                ``world_size * batch_size`` pairs, but OT pairs only within each rank's share, as it would with
+                that per-rank batch on one process. See :func:`pfm.optimize`.
             device: where to train (default: where the flow is).
             checkpoint_dir, checkpoint_every, resume: write the training state every ``checkpoint_every`` steps and
                 resume from it (see :func:`pfm.optimize`); a checkpoint of other data or settings is refused.
@@ -222,12 +226,12 @@ class PreferenceFlow(nn.Module):
             ds.context.to(device, dtype if ds.context.is_floating_point() else torch.int64))
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
 
-        def loss_fn(index: Tensor, gen: torch.Generator) -> Tensor:
+        def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
             y0, y1 = y0_all[index], y1_all[index]
             c = None if c_all is None else c_all[index]
             i0, i1 = couple(y0, y1, c, coupling, within_context=within_context,
                             context_weight=context_weight, generator=gen)
-            return flow_matching_loss(self.field, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
+            return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
 
         fingerprint = None
         if checkpoint_dir is not None:

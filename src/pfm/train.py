@@ -20,9 +20,11 @@ from .errors import InvalidInputError
 
 log = logging.getLogger("pfm")
 
-LossFn = Callable[[Tensor, torch.Generator], Union[Tensor, tuple[Tensor, dict[str, Tensor]]]]
+LossFn = Callable[..., Union[Tensor, tuple[Tensor, dict[str, Tensor]]]]
 """``loss_fn(index, generator) -> scalar``: the loss of the rows ``index`` (int64 ``(batch,)``); or
-``(loss, {name: scalar})`` to also record other quantities (e.g. RLHF's reward and KL) in ``History.extras``."""
+``(loss, {name: scalar})`` to also record other quantities (e.g. RLHF's reward and KL) in ``History.extras``.
+A loss that takes a third argument, ``loss_fn(index, generator, model)``, gets the module to call: under
+``torch.distributed`` that is the module wrapped in DistributedDataParallel, whose backward averages gradients."""
 
 
 @dataclass
@@ -42,6 +44,25 @@ class History:
 
 class NonFiniteLossError(InvalidInputError):
     """The loss became NaN or infinite."""
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size under an initialized ``torch.distributed`` process group, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _takes_model(loss_fn: Callable) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def resolve_steps(steps: Optional[int], epochs: Optional[float], n: int, batch_size: int, default: int) -> int:
@@ -87,6 +108,12 @@ def optimize(
     every ``sync_every`` steps (not every step, which would stall a GPU); a NaN or infinite loss stops the run with
     :class:`NonFiniteLossError` naming the step.
 
+    Under ``torch.distributed`` (e.g. launched by ``torchrun``, with the process group initialized), every rank
+    trains the same module wrapped in DistributedDataParallel (gradients averaged across ranks), draws its own
+    disjoint part of each epoch from a ``DistributedSampler`` (so the effective batch is ``world_size *
+    batch_size``), its own noise (seed + rank), records the loss averaged over ranks, and only rank 0 shows progress
+    and writes checkpoints (holding every rank's generator state). ``loss_fn`` must take the ``model`` argument.
+
     With ``checkpoint_dir``, the whole training state is written there (see :mod:`pfm.checkpoint`) every
     ``checkpoint_every`` steps (default: 10 times a run) and at the end; with ``resume``, a run starts from the
     checkpoint found there, and ends with the same weights as an uninterrupted run (bit for bit on CPU). ``steps``
@@ -120,8 +147,27 @@ def optimize(
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)))
-    gen = torch.Generator(device=device).manual_seed(seed)
+    rank, world = _rank_and_world()
+    takes_model = _takes_model(loss_fn)
+    model: nn.Module = module
+    if world > 1:
+        if not takes_model:
+            raise InvalidInputError("training under torch.distributed needs loss_fn(index, generator, model), which "
+                                    "calls the DistributedDataParallel-wrapped model")
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    gen = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
     order_gen = torch.Generator().manual_seed(seed + 1)
+    sampler = None
+    if world > 1:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=n >= world)
+        batch_size = min(batch_size, max(1, len(sampler)))
+    epoch = 0
+    progress = progress and rank == 0
 
     from tqdm.auto import tqdm
 
@@ -134,7 +180,7 @@ def optimize(
     elapsed = 0.0
     run_id = {"n": int(n), "batch_size": int(batch_size), "seed": int(seed), "lr": float(lr),
               "weight_decay": float(weight_decay), "ema_decay": ema_decay, "optimizer": opt_cls.__name__,
-              "parameters": [list(p.shape) for p in params], **(fingerprint or {})}
+              "parameters": [list(p.shape) for p in params], "world_size": world, **(fingerprint or {})}
     every = None
     if checkpoint_dir is not None:
         every = int(checkpoint_every) if checkpoint_every else max(1, steps // 10)
@@ -145,9 +191,10 @@ def optimize(
             opt.load_state_dict(state["optimizer"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
-            gen.set_state(state["gen"])
+            gen.set_state(state["gen"][rank])
             order_gen.set_state(state["order_gen"])
-            order, pos, first_step = state["order"], int(state["pos"]), int(state["step"])
+            order, pos, first_step = state["order"][rank], int(state["pos"]), int(state["step"])
+            epoch = int(state["epoch"])
             history.loss = list(state["loss"])
             history.extras = {k: list(v) for k, v in state["extras"].items()}
             elapsed = float(state["seconds"])
@@ -158,7 +205,11 @@ def optimize(
 
     def flush(step: int) -> None:
         """Check and record the losses since the last flush; ``step`` is the 0-based index of the last one."""
-        values = torch.stack(pending).float().cpu().tolist()
+        stacked = torch.stack(pending).float()
+        if world > 1:  # every rank sees the same mean loss, so a non-finite one stops them all
+            torch.distributed.all_reduce(stacked)
+            stacked /= world
+        values = stacked.cpu().tolist()
         first = step + 1 - len(values)
         for j, v in enumerate(values):
             if not math.isfinite(v):
@@ -182,10 +233,17 @@ def optimize(
             raise NonFiniteLossError(f"the weights became non-finite by step {step}; the last good checkpoint is in "
                                      f"{str(checkpoint_dir)!r}")
         assert checkpoint_dir is not None
+        gens, orders = [gen.get_state()], [order]
+        if world > 1:  # every rank's own generator and shard, gathered to rank 0
+            gens, orders = [None] * world, [None] * world
+            torch.distributed.all_gather_object(gens, gen.get_state())
+            torch.distributed.all_gather_object(orders, order)
+        if rank != 0:
+            return
         save_checkpoint(checkpoint_dir, {
             "run": run_id, "step": step, "module": module.state_dict(), "optimizer": opt.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {}, "gen": gen.get_state(),
-            "order_gen": order_gen.get_state(), "order": order, "pos": pos, "loss": list(history.loss),
+            "ema": ema.state_dict() if ema is not None else {}, "gen": gens, "order_gen": order_gen.get_state(),
+            "order": orders, "pos": pos, "epoch": epoch, "loss": list(history.loss),
             "extras": {k: list(v) for k, v in history.extras.items()},
             "seconds": elapsed + time.perf_counter() - start})
 
@@ -195,11 +253,16 @@ def optimize(
               dynamic_ncols=True) as bar:
         for step in range(first_step, steps):
             if pos + batch_size > len(order):
-                order = torch.randperm(n, generator=order_gen)
+                if sampler is None:
+                    order = torch.randperm(n, generator=order_gen)
+                else:
+                    sampler.set_epoch(epoch)
+                    order = torch.tensor(list(iter(sampler)), dtype=torch.int64)
+                epoch += 1
                 pos = 0
             index = order[pos:pos + batch_size].to(device)
             pos += batch_size
-            out = loss_fn(index, gen)
+            out = loss_fn(index, gen, model) if takes_model else loss_fn(index, gen)
             loss, extras = out if isinstance(out, tuple) else (out, {})
             opt.zero_grad(set_to_none=True)
             loss.backward()
