@@ -163,3 +163,37 @@ def test_collect_ties_and_errors():
         collect_preferences(_reference, lambda a, b, c: torch.full((len(a),), 2.0), n=5)
     with pytest.raises(InvalidTypeError, match="reference"):
         collect_preferences(None, lambda y, c: y.sum(1), n=5)
+
+
+def test_npy_directory_is_memory_mapped_and_trains_like_memory(tmp_path):
+    import numpy as np
+
+    from pfm import FlowFileError, PreferenceFlow
+
+    g = torch.Generator().manual_seed(0)
+    y0 = torch.randn(3000, 2, generator=g)
+    ds = PreferenceDataset(y0 + 1.0, y0, torch.arange(3000) % 3)
+    ds.save(tmp_path / "prefs")
+    assert sorted(p.name for p in (tmp_path / "prefs").iterdir()) == ["chosen.npy", "context.npy", "rejected.npy"]
+    mm = PreferenceDataset.load(tmp_path / "prefs")
+    assert mm.memory_mapped and not ds.memory_mapped
+    assert torch.equal(mm.chosen, ds.chosen) and torch.equal(mm.context, ds.context)
+    flows = []
+    for data in (ds, mm):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(data, hidden=16, depth=2)
+        flow.fit(data, steps=30, batch_size=64, progress=False)
+        flows.append(flow)
+    a, b = (f.state_dict() for f in flows)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # batch-by-batch reads change nothing
+    writer = np.load(tmp_path / "prefs" / "chosen.npy", mmap_mode="r+")
+    writer[-1] = 123.0
+    writer.flush()
+    assert float(mm.chosen[-1, 0]) == 123.0  # the tensor reads the file's pages (Linux): no copy was made
+    (tmp_path / "prefs" / "rejected.npy").unlink()
+    with pytest.raises(FlowFileError, match="no rejected.npy"):
+        PreferenceDataset.load(tmp_path / "prefs")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("x")
+    with pytest.raises(InvalidInputError, match="not a data set directory"):
+        ds.save(tmp_path / "other")

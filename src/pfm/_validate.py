@@ -51,10 +51,28 @@ def as_float(x: Any, name: str) -> Tensor:
     return t
 
 
+CHUNK = 1 << 22  # elements looked at at once by the checks below, so a memory-mapped array is never copied whole
+
+
+def row_chunks(x: Tensor, elements: int = CHUNK):
+    """Slices of ``x`` along its first dimension, each about ``elements`` values (views, no copies)."""
+    per_row = max(1, x[0].numel()) if x.dim() and x.shape[0] else 1
+    rows = max(1, elements // per_row)
+    for s in range(0, max(x.shape[0], 1) if x.dim() else 1, rows):
+        yield x[s:s + rows] if x.dim() else x
+
+
 def check_finite(x: Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
+    if not x.is_floating_point():
+        return
+    bad = sum(int((~torch.isfinite(c)).sum()) for c in row_chunks(x))
+    if bad:
         raise InvalidInputError(f"{name} contains {bad} NaN or infinite value(s); clean or drop those rows first")
+
+
+def abs_max(x: Tensor) -> float:
+    """The largest magnitude in ``x``, chunk by chunk."""
+    return max((float(c.abs().max()) for c in row_chunks(x) if c.numel()), default=0.0)
 
 
 def check_min_dim(x: Tensor, name: str, min_dim: int, what: str) -> None:

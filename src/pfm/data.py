@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as V
-from ._io import atomic_file
+from ._io import atomic_dir, atomic_file
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
 
 ContextKind = Optional[Literal["label", "vector"]]
@@ -88,6 +88,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         self.chosen: Tensor = chosen_t
         self.rejected: Tensor = rejected_t
         self.context: Optional[Tensor] = as_context(context, "context", n=len(chosen_t))
+        self.memory_mapped = False  # True when loaded from a directory of .npy files (rows stay on disk)
 
     # ----------------------------------------------------------------------------------------- description
     def __len__(self) -> int:
@@ -180,8 +181,16 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 np.savez(f, **arrays)
         elif suffix == ".parquet":
             _save_parquet(self, path)
+        elif suffix == "":
+            if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "chosen.npy").exists())):
+                raise InvalidInputError(f"{str(path)!r} exists and is not a data set directory; refusing to replace it")
+            with atomic_dir(path) as tmp:
+                for name, t in (("chosen", self.chosen), ("rejected", self.rejected), ("context", self.context)):
+                    if t is not None:
+                        np.save(tmp / f"{name}.npy", t.cpu().numpy())
         else:
-            raise InvalidInputError(f"path must end in .npz or .parquet, got {str(path)!r}")
+            raise InvalidInputError(f"path must end in .npz or .parquet, or name a directory for .npy files, got "
+                                    f"{str(path)!r}")
         return path
 
     @classmethod
@@ -192,7 +201,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
         if not path.exists():
             raise MissingFileError(f"no such file: {str(path)!r}")
         if path.is_dir():
-            raise InvalidInputError(f"{str(path)!r} is a directory; expected a .npz or .parquet file")
+            if (path / "chosen.npy").exists():
+                return _load_npy_dir(cls, path)
+            raise InvalidInputError(f"{str(path)!r} is a directory without chosen.npy; expected a .npz or .parquet "
+                                    "file, or a directory of .npy files")
         suffix = path.suffix.lower()
         if suffix == ".npz":
             arrays = read_npz(path, required=("chosen", "rejected"))
@@ -229,6 +241,25 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     if missing:
         raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(arrays)}")
     return arrays
+
+
+def _load_npy_dir(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
+    """``chosen.npy``, ``rejected.npy`` and an optional ``context.npy``, memory-mapped: rows are read from disk when
+    a batch needs them, so the data may be larger than memory (copy-on-write maps; the files are never written)."""
+    arrays = {}
+    for name in ("chosen", "rejected", "context"):
+        f = path / f"{name}.npy"
+        if not f.exists():
+            if name == "context":
+                continue
+            raise FlowFileError(f"{str(path)!r} holds chosen.npy but no {name}.npy")
+        try:
+            arrays[name] = np.load(f, mmap_mode="c", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise FlowFileError(f"{str(f)!r} is not a readable .npy file ({exc})") from None
+    ds = cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
+    ds.memory_mapped = True
+    return ds
 
 
 def _save_parquet(ds: PreferenceDataset, path: Path) -> None:

@@ -118,9 +118,16 @@ class PreferenceFlow(nn.Module):
 
     @torch.no_grad()
     def _set_normalization(self, ds: PreferenceDataset) -> None:
-        ys = torch.cat([ds.chosen, ds.rejected]).double()
-        shift = ys.mean(0)
-        scale = (ys - shift).pow(2).mean().sqrt()
+        if 2 * ds.chosen.numel() <= V.CHUNK:
+            ys = torch.cat([ds.chosen, ds.rejected]).double()
+            shift = ys.mean(0)
+            scale = (ys - shift).pow(2).mean().sqrt()
+        else:  # large or memory-mapped data: two passes, chunk by chunk, never a copy of it all
+            parts = [c for t in (ds.chosen, ds.rejected) for c in V.row_chunks(t)]
+            count = 2 * len(ds)
+            shift = sum(c.double().sum(0) for c in parts) / count
+            scale = (sum(float((c.double() - shift).pow(2).sum()) for c in parts) / (count * shift.numel())) ** 0.5
+            scale = torch.tensor(scale, dtype=torch.float64)
         self.y_shift.copy_(shift.to(self.y_shift))
         self.y_scale.copy_(scale.clamp_min(1e-8).to(self.y_scale))
         if ds.context_kind == "vector":
@@ -212,23 +219,34 @@ class PreferenceFlow(nn.Module):
         dtype = next(self.field.parameters()).dtype
         limit = torch.finfo(dtype).max
         for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
-            top = float(raw.abs().max())
+            top = V.abs_max(raw)
             if top > limit:
                 raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
                                         f"{str(dtype).replace('torch.', '')} ({limit:.3g}); rescale the outputs or "
                                         "train a float64 flow (flow.double())")
-        y0_all = self._norm_y(ds.rejected.to(device, dtype))
-        y1_all = self._norm_y(ds.chosen.to(device, dtype))
-        if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
-            raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
-                                    f"for {str(dtype).replace('torch.', '')})")
-        c_all = None if ds.context is None else self._norm_c(
-            ds.context.to(device, dtype if ds.context.is_floating_point() else torch.int64))
+        cdtype = dtype if ds.context is not None and ds.context.is_floating_point() else torch.int64
+
+        def rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+            """Normalized rejected, chosen and context rows ``index``, on the device."""
+            i = index.cpu()
+            c = None if ds.context is None else self._norm_c(ds.context[i].to(device, cdtype))
+            return self._norm_y(ds.rejected[i].to(device, dtype)), self._norm_y(ds.chosen[i].to(device, dtype)), c
+
+        if ds.memory_mapped:  # rows are read from disk batch by batch; the data set is never copied whole
+            batch_rows = rows
+        else:  # in memory: normalize once and keep it all on the device
+            y0_all, y1_all, c_all = rows(torch.arange(len(ds)))
+
+            def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+                return y0_all[index], y1_all[index], None if c_all is None else c_all[index]
+
+            if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
+                raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
+                                        f"for {str(dtype).replace('torch.', '')})")
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
 
         def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
-            y0, y1 = y0_all[index], y1_all[index]
-            c = None if c_all is None else c_all[index]
+            y0, y1, c = batch_rows(index)
             i0, i1 = couple(y0, y1, c, coupling, within_context=within_context,
                             context_weight=context_weight, generator=gen)
             return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
