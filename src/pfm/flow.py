@@ -288,6 +288,20 @@ class PreferenceFlow(nn.Module):
             V.check_trailing_shape(c, "context", self.context_shape, "flow's contexts")
         return c
 
+    def check_outputs(self, y: Any, name: str = "y") -> Tensor:
+        """``y`` as a float tensor ``(N, *output_shape)``, checked: shape, rows, finite, within the flow's dtype."""
+        y_t = V.as_float(y, name)
+        V.check_min_dim(y_t, name, 1 + len(self.output_shape),
+                        "(N, " + ", ".join(map(str, self.output_shape)) + ")")
+        V.check_trailing_shape(y_t, name, self.output_shape, "flow's outputs")
+        V.check_nonempty(y_t, name)
+        V.check_finite(y_t, name)
+        limit, top = torch.finfo(self.y_shift.dtype).max, V.abs_max(y_t)
+        if top > limit:
+            raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
+                                    f"{str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g})")
+        return y_t
+
     @torch.no_grad()
     def transform(
         self,
@@ -311,16 +325,8 @@ class PreferenceFlow(nn.Module):
             return_trajectory: return ``(steps + 1, N, *output_shape)`` states instead of the end points.
         """
         as_numpy = isinstance(y, np.ndarray)
-        y_t = V.as_float(y, "y")
-        V.check_min_dim(y_t, "y", 1 + len(self.output_shape), "(N, " + ", ".join(map(str, self.output_shape)) + ")")
-        V.check_trailing_shape(y_t, "y", self.output_shape, "flow's outputs")
-        V.check_nonempty(y_t, "y")
-        V.check_finite(y_t, "y")
+        y_t = self.check_outputs(y)
         V.check_positive_int(batch_size, "batch_size")
-        limit = torch.finfo(self.y_shift.dtype).max
-        if float(y_t.abs().max()) > limit:
-            raise InvalidInputError(f"y holds values up to {float(y_t.abs().max()):.3g}, beyond the range of this "
-                                    f"flow's {str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g})")
         c = self._prepare_context(context, y_t.shape[0])
         opts = dict(self.solver)
         for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):

@@ -205,12 +205,7 @@ def log_prob(
     V.check_choice(given, "given", ("output", "reference"))
     maps = _as_flows(flows, k)
     log_ref = reference_log_prob(reference)
-    first = maps[0]
-    y_t = V.as_float(y, "y")
-    V.check_min_dim(y_t, "y", 1 + len(first.output_shape), "(N, " + ", ".join(map(str, first.output_shape)) + ")")
-    V.check_trailing_shape(y_t, "y", first.output_shape, "flow's outputs")
-    V.check_nonempty(y_t, "y")
-    V.check_finite(y_t, "y")
+    y_t = maps[0].check_outputs(y)
     V.check_positive_int(batch_size, "batch_size")
     unknown = set(solver) - {"method", "steps", "atol", "rtol"}
     if unknown:
