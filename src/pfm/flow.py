@@ -111,6 +111,13 @@ class PreferenceFlow(nn.Module):
     def _denorm_y(self, z: Tensor) -> Tensor:
         return z * self.y_scale.to(z.dtype) + self.y_shift.to(z.dtype)
 
+    def _field_context(self, c: Optional[Tensor]) -> Optional[Tensor]:
+        """Contexts as the field takes them: on the flow's device, float ones normalized in the flow's dtype."""
+        if c is None:
+            return None
+        c = self._norm_c(c.to(self.device))
+        return c.to(self.y_shift.dtype) if c.is_floating_point() else c
+
     def _norm_c(self, c: Optional[Tensor]) -> Optional[Tensor]:
         if c is None or not c.is_floating_point():
             return c
@@ -217,25 +224,20 @@ class PreferenceFlow(nn.Module):
         if normalize:
             self._set_normalization(ds)
         dtype = next(self.field.parameters()).dtype
-        limit = torch.finfo(dtype).max
         for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
-            top = V.abs_max(raw)
-            if top > limit:
-                raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
-                                        f"{str(dtype).replace('torch.', '')} ({limit:.3g}); rescale the outputs or "
-                                        "train a float64 flow (flow.double())")
+            self._check_range(raw, name, "; rescale the outputs or train a float64 flow (flow.double())")
         cdtype = dtype if ds.context is not None and ds.context.is_floating_point() else torch.int64
 
-        def rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-            """Normalized rejected, chosen and context rows ``index``, on the device."""
-            i = index.cpu()
+        def rows(index: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+            """Normalized rejected, chosen and context rows ``index`` (all rows: None), on the device."""
+            i = slice(None) if index is None else index.cpu()
             c = None if ds.context is None else self._norm_c(ds.context[i].to(device, cdtype))
             return self._norm_y(ds.rejected[i].to(device, dtype)), self._norm_y(ds.chosen[i].to(device, dtype)), c
 
         if ds.memory_mapped:  # rows are read from disk batch by batch; the data set is never copied whole
             batch_rows = rows
         else:  # in memory: normalize once and keep it all on the device
-            y0_all, y1_all, c_all = rows(torch.arange(len(ds)))
+            y0_all, y1_all, c_all = rows(None)
 
             def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
                 return y0_all[index], y1_all[index], None if c_all is None else c_all[index]
@@ -288,6 +290,13 @@ class PreferenceFlow(nn.Module):
             V.check_trailing_shape(c, "context", self.context_shape, "flow's contexts")
         return c
 
+    def _check_range(self, t: Tensor, name: str, hint: str = "") -> None:
+        """Refuse values that the flow's dtype cannot hold (they would turn into inf, then NaN, silently)."""
+        limit, top = torch.finfo(self.y_shift.dtype).max, V.abs_max(t)
+        if top > limit:
+            raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
+                                    f"{str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g}){hint}")
+
     def check_outputs(self, y: Any, name: str = "y") -> Tensor:
         """``y`` as a float tensor ``(N, *output_shape)``, checked: shape, rows, finite, within the flow's dtype."""
         y_t = V.as_float(y, name)
@@ -296,10 +305,7 @@ class PreferenceFlow(nn.Module):
         V.check_trailing_shape(y_t, name, self.output_shape, "flow's outputs")
         V.check_nonempty(y_t, name)
         V.check_finite(y_t, name)
-        limit, top = torch.finfo(self.y_shift.dtype).max, V.abs_max(y_t)
-        if top > limit:
-            raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
-                                    f"{str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g})")
+        self._check_range(y_t, name)
         return y_t
 
     @torch.no_grad()
@@ -338,9 +344,7 @@ class PreferenceFlow(nn.Module):
         out = []
         for s in range(0, y_t.shape[0], batch_size):
             z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
-            cb = None if c is None else self._norm_c(c[s:s + batch_size].to(dev))
-            if cb is not None and cb.is_floating_point():
-                cb = cb.to(dtype)
+            cb = None if c is None else self._field_context(c[s:s + batch_size])
             z = solve(self.field, z, cb, return_trajectory=return_trajectory, **opts)
             out.append(self._denorm_y(z))
         self.train(was_training)
@@ -364,9 +368,7 @@ class PreferenceFlow(nn.Module):
         c = self._prepare_context(context, y.shape[0])
         opts = {**self.solver, **{k: v for k, v in solver.items() if v is not None}}
         dev, dtype = self.device, self.y_shift.dtype
-        cb = None if c is None else self._norm_c(c.to(dev))
-        if cb is not None and cb.is_floating_point():
-            cb = cb.to(dtype)
+        cb = self._field_context(c)
         was_training = self.training
         self.eval()
         try:

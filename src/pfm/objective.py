@@ -19,7 +19,7 @@ importance weights on reference samples, so it needs nothing but the preference 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -52,9 +52,7 @@ def win_probability(prefer: Prefer, y: Any, opponents: Any, context: Any = None,
     if y.shape[1:] != opp.shape[1:]:
         raise InvalidInputError(f"y rows have shape {tuple(y.shape[1:])} but opponents rows "
                                 f"{tuple(opp.shape[1:])}; they must match")
-    N, M = y.shape[0], opp.shape[0]
-    rows = max(1, int(chunk) // M)
-    w = torch.cat([_pairs(prefer, y[s:s + rows], opp, context).mean(1) for s in range(0, N, rows)])
+    w = torch.cat([p.mean(1) for p in _pair_tables(prefer, y, opp, context, chunk)])
     if bool(((w < 0) | (w > 1) | torch.isnan(w)).any()):
         raise InvalidInputError("prefer returned values outside [0, 1]")
     return w
@@ -145,8 +143,7 @@ def iterate_marginals(prefer: Prefer, samples: Any, log_ref: Any, rounds: int, c
                                 f"{V.shape_of(lr)}")
     V.check_finite(lr, "log_ref")
     M = ys.shape[0]
-    rows = max(1, int(chunk) // M)
-    P = torch.cat([_pairs(prefer, ys[s:s + rows], ys, context) for s in range(0, M, rows)])  # (M, M)
+    P = torch.cat(list(_pair_tables(prefer, ys, ys, context, chunk)))  # (M, M)
     u = torch.ones(M, dtype=torch.float64)
     weights, norms = [u], []
     for _ in range(int(rounds)):
@@ -159,8 +156,15 @@ def iterate_marginals(prefer: Prefer, samples: Any, log_ref: Any, rounds: int, c
     logW = torch.where(W > 0, W.log(), torch.zeros_like(W))
     kl = (W * logW).mean(1)
     entropy = -(W * (lr[None] + logW)).mean(1)
-    ess = W.sum(1).pow(2) / W.pow(2).sum(1)
+    ess = effective_sample_size(W)
     return IteratedMarginals(W, entropy, kl, ess, torch.tensor(norms, dtype=torch.float64))
+
+
+def _pair_tables(prefer: Prefer, a: Tensor, b: Tensor, context: Any, chunk: int) -> Iterator[Tensor]:
+    """``P(a_i > b_j)`` in row blocks ``(rows, M)`` of at most ``chunk`` comparisons each."""
+    rows = max(1, int(chunk) // b.shape[0])
+    for s in range(0, a.shape[0], rows):
+        yield _pairs(prefer, a[s:s + rows], b, context)
 
 
 def _pairs(prefer: Prefer, a: Tensor, b: Tensor, context: Any) -> Tensor:
@@ -192,13 +196,23 @@ def tempered_objective(w: Tensor, powers: Sequence[float],
         vals[name] = v
     out = []
     for a in powers:
-        log_u = float(a) * w.log()
-        log_u = log_u - torch.logsumexp(log_u, 0) + math.log(len(w))  # mean of u = 1
+        log_u = normalized_log_weights(float(a) * w.log())
         u = log_u.exp()
         e_log_w = float((u * w.log()).mean())
         kl = float((u * log_u).mean())
         row = {"power": float(a), "J": e_log_w - kl, "kl": kl, "expected_log_w": e_log_w,
-               "ess": float(u.sum() ** 2 / u.pow(2).sum())}
+               "ess": float(effective_sample_size(u))}
         row.update({f"mean_{name}": float((u * v).mean()) for name, v in vals.items()})
         out.append(row)
     return out
+
+
+def normalized_log_weights(log_u: Tensor) -> Tensor:
+    """Self-normalized importance weights in log space: ``log u`` shifted so that ``mean(u) = 1``. With ``u`` the
+    ratio ``p / pi_ref`` at reference samples, ``mean(u * f)`` estimates ``E_p[f]`` and ``mean(u * log u)`` the KL."""
+    return log_u - torch.logsumexp(log_u, -1, keepdim=log_u.dim() > 1) + math.log(log_u.shape[-1])
+
+
+def effective_sample_size(u: Tensor) -> Tensor:
+    """Kish's effective sample size ``(sum u)^2 / sum u^2`` of weights ``(..., M)``: how many samples they are worth."""
+    return u.sum(-1).pow(2) / u.pow(2).sum(-1)

@@ -286,7 +286,7 @@ def optimize(
                 p.copy_(q)
     module.eval()
     history.steps = steps
-    history.epochs = steps * batch_size / n
+    history.epochs = steps * batch_size * world / n  # every rank takes its own batch a step
     history.seconds = elapsed + time.perf_counter() - start
     log.info("%s: %d steps in %.1f s, final loss %.4g", desc, steps, history.seconds, history.loss[-1])
     return history

@@ -39,8 +39,9 @@ from ..errors import InvalidInputError
 from ..flow import PreferenceFlow
 from ..iterative import FlowChain, iterative_pfm
 from ..likelihood import log_prob
-from ..objective import (BOUND, iterate_marginals, preference_objective, preferred_log_density,
-                         rejected_log_density, tempered_objective, win_probability)
+from ..objective import (BOUND, effective_sample_size, iterate_marginals, normalized_log_weights,
+                         preference_objective, preferred_log_density, rejected_log_density, tempered_objective,
+                         win_probability)
 from ..policies import GaussianMixturePolicy
 
 log = logging.getLogger("pfm")
@@ -348,10 +349,9 @@ def theorems(cfg: Config, preference: str, flow: PreferenceFlow, train: Preferen
     rf = true_reward(ref.sample(None, cfg.frontier_samples, generator=gen), cfg.reward).double()
     frontier = []
     for beta in np.geomspace(1.0, 0.01, 25):
-        lu = rf / beta
-        lu = lu - torch.logsumexp(lu, 0) + np.log(len(rf))
+        lu = normalized_log_weights(rf / beta)
         u = lu.exp()
-        ess = float(u.sum() ** 2 / u.pow(2).sum())
+        ess = float(effective_sample_size(u))
         if ess < 200:
             break
         frontier.append({"beta": float(beta), "reward": float((u * rf).mean()), "kl": float((u * lu).mean()),
