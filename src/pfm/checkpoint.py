@@ -1,8 +1,9 @@
 """Training checkpoints: everything :func:`pfm.optimize` needs to go on exactly where a run stopped.
 
-One file, ``checkpoint.pt`` in a directory: the module's and the optimizer's state, the EMA, the step, both random
-generators, the epoch's batch order and the position in it, and the history so far, with a fingerprint of the run
-(data size, batch size, seed, parameter shapes, ...) so that a checkpoint of another run is refused. It is written
+One file, ``checkpoint.pt`` in a directory: the module's and the optimizer's state, the EMA, the step, every rank's
+noise generator, and the history so far (the batch order is a function of the seed and the step, so it is not
+stored), with a fingerprint of the run (data size, batch size, seed, parameter shapes, ...) so that a checkpoint of
+another run is refused. It is written
 with ``torch.save`` to a temporary file, fsynced and renamed over the old one, so a crash mid-write leaves the previous
 checkpoint whole; it is read with ``torch.load(weights_only=True)``, which never unpickles code.
 """

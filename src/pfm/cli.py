@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay, e.g. 0.999")
     f.add_argument("--method", default="midpoint", choices=METHODS, metavar="METHOD",
                    help="default ODE solver saved with the flow: " + ", ".join(METHODS) + " (default midpoint)")
-    f.add_argument("--solver-steps", type=int, default=16, help="default solver steps saved with the flow (16)")
+    f.add_argument("--solver-steps", type=int, default=4, help="default solver steps saved with the flow (4)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cuda if available)")
     f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",

@@ -19,6 +19,7 @@ from .coupling import COUPLINGS, couple
 from .data import PreferenceDataset, as_context
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
 from .fields import FIELDS
+from .pairing import PairingPlan
 from .path import flow_matching_loss
 from .solve import solve
 from .train import History, optimize, resolve_steps
@@ -83,7 +84,7 @@ class PreferenceFlow(nn.Module):
         cshape = self.context_shape or (1,)
         self.register_buffer("c_shift", torch.zeros(cshape))
         self.register_buffer("c_scale", torch.ones(cshape))
-        self.solver: dict[str, Any] = {"method": "midpoint", "steps": 16, "atol": 1e-4, "rtol": 1e-4}
+        self.solver: dict[str, Any] = {"method": "midpoint", "steps": 4, "atol": 1e-4, "rtol": 1e-4}
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -189,6 +190,7 @@ class PreferenceFlow(nn.Module):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: Optional[int] = None,
         resume: bool = False,
+        recouple_every: Optional[int] = 10,
     ) -> History:
         """Train the field by conditional flow matching from the rejected to the preferred outputs.
 
@@ -201,6 +203,11 @@ class PreferenceFlow(nn.Module):
                 (the default), else in the data's units.
             normalize: learn in standardized units (see the class docstring).
             within_context, context_weight: see :func:`pfm.coupling.couple`.
+            recouple_every: for ``ot`` and ``sinkhorn``, the epochs a set of minibatch couplings is kept before a
+                new one is solved (``None``: one for the whole run; ``1``: every epoch, as in the paper's code). The
+                couplings are solved in a background thread ahead of the steps (see :mod:`pfm.pairing`); keeping
+                them for 10 epochs takes the solver off the step's path, at the same quality (see the README's
+                Performance section).
             seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
                 Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and
                 couples its own minibatch of ``batch_size`` pairs (exact OT within it): the optimizer step sees
@@ -215,6 +222,7 @@ class PreferenceFlow(nn.Module):
         """
         ds = self._check_dataset(dataset)
         V.check_choice(coupling, "coupling", COUPLINGS)
+        V.check_positive_int(recouple_every, "recouple_every", allow_none=True)
         V.check_nonneg_float(sigma, "sigma")
         V.check_positive_int(batch_size, "batch_size")
         if device is not None:
@@ -228,40 +236,79 @@ class PreferenceFlow(nn.Module):
             self._check_range(raw, name, "; rescale the outputs or train a float64 flow (flow.double())")
         cdtype = dtype if ds.context is not None and ds.context.is_floating_point() else torch.int64
 
+        def read(t: Tensor, index: Optional[Tensor], kind: torch.dtype) -> Tensor:
+            return t[slice(None) if index is None else index.cpu()].to(device, kind)
+
         def rows(index: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
             """Normalized rejected, chosen and context rows ``index`` (all rows: None), on the device."""
-            i = slice(None) if index is None else index.cpu()
-            c = None if ds.context is None else self._norm_c(ds.context[i].to(device, cdtype))
-            return self._norm_y(ds.rejected[i].to(device, dtype)), self._norm_y(ds.chosen[i].to(device, dtype)), c
+            c = None if ds.context is None else self._norm_c(read(ds.context, index, cdtype))
+            return self._norm_y(read(ds.rejected, index, dtype)), self._norm_y(read(ds.chosen, index, dtype)), c
 
         if ds.memory_mapped:  # rows are read from disk batch by batch; the data set is never copied whole
             batch_rows = rows
+
+            def chosen_rows(index: Tensor) -> Tensor:
+                return self._norm_y(read(ds.chosen, index, dtype))
+
+            def rejected_rows(index: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+                c = None if ds.context is None else self._norm_c(read(ds.context, index, cdtype))
+                return self._norm_y(read(ds.rejected, index, dtype)), c
         else:  # in memory: normalize once and keep it all on the device
             y0_all, y1_all, c_all = rows(None)
 
             def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+                index = index.to(y0_all.device)
                 return y0_all[index], y1_all[index], None if c_all is None else c_all[index]
+
+            def chosen_rows(index: Tensor) -> Tensor:
+                return y1_all[index.to(y1_all.device)]
+
+            def rejected_rows(index: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+                index = index.to(y0_all.device)
+                return y0_all[index], None if c_all is None else c_all[index]
 
             if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
                 raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
                                         f"for {str(dtype).replace('torch.', '')})")
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
+        couple_kwargs = {"within_context": within_context, "context_weight": context_weight}
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        plan = None
+        if coupling in ("ot", "sinkhorn") and not distributed:
+            plan = PairingPlan(batch_rows, len(ds), batch_size, method=coupling, recouple_every=recouple_every,
+                               seed=seed, **couple_kwargs)
 
         def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
+            if plan is not None:  # the partners were solved ahead, in the plan's thread
+                y0, c = rejected_rows(index)
+                y1 = chosen_rows(plan.partners(index))
+                return flow_matching_loss(model, y0, y1, c, sigma, gen)
             y0, y1, c = batch_rows(index)
-            i0, i1 = couple(y0, y1, c, coupling, within_context=within_context,
-                            context_weight=context_weight, generator=gen)
+            i0, i1 = couple(y0, y1, c, coupling, generator=gen, **couple_kwargs)
             return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
 
         fingerprint = None
         if checkpoint_dir is not None:
             fingerprint = {"data": ds.digest(), "coupling": coupling, "sigma": sigma, "normalize": bool(normalize),
                            "within_context": bool(within_context), "context_weight": float(context_weight),
-                           "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True)}
-        return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
-                        device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
-                        checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint)
+                           "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True),
+                           "recouple_every": recouple_every if plan is not None else None}
+        threads = torch.get_num_threads()
+        if plan is not None and device.type == "cpu" and threads > 1 and threads >= (os.cpu_count() or 1):
+            # the plan's thread needs a core while it solves: leave it one, or the OpenMP team of every step waits
+            # on a core the solver holds (2D, batch 256, 2 cores: 2.1 ms a step this way, 2.7-3.1 ms with both
+            # threads); restored when fit returns
+            torch.set_num_threads(threads - 1)
+        try:
+            return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
+                            device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
+                            checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
+                            order=None if plan is None else plan.order)
+        finally:
+            if plan is not None:
+                plan.close()
+            torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------------------------------ inference
     def _prepare_context(self, context: Any, n: int) -> Optional[Tensor]:
@@ -449,6 +496,7 @@ class PreferenceFlow(nn.Module):
                     raise FlowFileError(f"{str(directory)!r} names an unknown field type {fcfg.get('type')!r}")
                 kw = {k: v for k, v in fcfg["config"].items() if k not in ("output_shape", "num_classes",
                                                                             "context_shape")}
+                kw.setdefault("time_max_freq", 1000.0)  # files written before the setting existed
                 flow = cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
         except (TypeError, KeyError, InvalidInputError) as exc:
             if isinstance(exc, FlowFileError):

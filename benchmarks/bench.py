@@ -1,0 +1,372 @@
+"""Speed of pfm against a bare training step and against the peer pipeline (torchcfm + torchdiffeq), side by side.
+
+Parts (``--parts``, all by default):
+    overhead   time per step of ``PreferenceFlow.fit`` against a bare forward + backward + Adam step of the same field
+               on batches that are already paired, for several batch and output sizes (MLP and UNet fields);
+    peer       the paper's pipeline (torchcfm's ExactOptimalTransportConditionalFlowMatcher + Adam, dopri5 at
+               atol = rtol = 1e-4) and pfm on the same 2D preference data, field and number of steps: training
+               throughput and the final flow's quality;
+    inference  end-point error, number of field evaluations (NFE) and wall time per 10,000 samples for fixed-step
+               and adaptive solvers, and memory while transforming 10^5 to 10^6 rows;
+    batch      where exact OT stops paying off: the solve time of one block and the transport cost of exact OT,
+               Sinkhorn and independent pairing as the batch grows.
+
+Writes ``results/bench.json`` (or ``--out``), prints Markdown tables and draws ``results/bench.png``.
+
+    python benchmarks/bench.py            # the full run (about 15 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # a small run (under 2 minutes), what the tests run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pfm import PreferenceDataset, PreferenceFlow
+from pfm._io import atomic_file
+from pfm.coupling import couple, transport_cost
+from pfm.train import _adam
+
+SIGMA = 0.1
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def rss_anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakMemory:
+    """Peak growth of the process's anonymous memory (MB) while the ``with`` block runs, sampled every 5 ms."""
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        self.base = rss_anon_mb()
+        self.peak = self.base
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, rss_anon_mb())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_anon_mb())
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.base
+
+
+def synthetic(n: int, shape: tuple[int, ...], labels: int = 0, seed: int = 0) -> PreferenceDataset:
+    """``n`` pairs: rejected ~ N(0, I), preferred ~ N(0.5, I) (per label shifted by the label when labelled)."""
+    g = torch.Generator().manual_seed(seed)
+    y0 = torch.randn(n, *shape, generator=g)
+    y1 = torch.randn(n, *shape, generator=g) + 0.5
+    c = None
+    if labels:
+        c = torch.randint(0, labels, (n,), generator=g)
+        shift = c.float().view(-1, *([1] * len(shape))) / labels
+        y0, y1 = y0 + shift, y1 + shift
+    return PreferenceDataset(y1, y0, c)
+
+
+def field_kwargs(kind: str) -> dict[str, Any]:
+    return {"hidden": 128, "depth": 3} if kind == "mlp" else {"channels": (16, 32)}
+
+
+def time_fit(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: Any) -> float:
+    """Seconds per step of ``PreferenceFlow.fit`` (everything it does: normalization, checks, couplings, steps)."""
+    flow = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind))
+    t = time.perf_counter()
+    flow.fit(ds, steps=steps, batch_size=batch, progress=False, **fit)
+    return (time.perf_counter() - t) / steps
+
+
+def time_bare(ds: PreferenceDataset, kind: str, batch: int, steps: int) -> float:
+    """Seconds per step of the same field trained on pairs given in advance: sample t and the path point, forward,
+    loss, backward, Adam. No coupling, clipping, checks or bookkeeping."""
+    field = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind)).field
+    opt = _adam(torch.optim.Adam, list(field.parameters()), lr=1e-3)  # the same (fused) Adam as fit
+    y0, y1, c = ds.rejected, ds.chosen, ds.context
+    n = len(ds)
+    t0 = time.perf_counter()
+    order = torch.randperm(n)
+    for s in range(steps):
+        i = order[(s * batch) % (n - batch + 1):][:batch]
+        t = torch.rand(batch)
+        tb = t.view(-1, *([1] * (y0.dim() - 1)))
+        yt = (1 - tb) * y0[i] + tb * y1[i] + SIGMA * torch.randn_like(y0[i])
+        loss = (field(t, yt, None if c is None else c[i]) - (y1[i] - y0[i])).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+# ---------------------------------------------------------------------------------------------- overhead
+def fit_costs(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: Any) -> tuple[float, float]:
+    """``(ms per step in steady state, start-up seconds)`` of ``fit``: from runs of ``steps`` and ``2 * steps``; the
+    start-up is what a run costs beyond its steps (checks, normalization, the first epoch's couplings)."""
+    short = time_fit(ds, kind, batch, steps, **fit) * steps
+    long = time_fit(ds, kind, batch, 2 * steps, **fit) * 2 * steps
+    per_step = max(long - short, 1e-9) / steps
+    return 1e3 * per_step, max(0.0, short - steps * per_step)
+
+
+def overhead(quick: bool) -> list[dict[str, Any]]:
+    n = 4096 if quick else 10_000
+    steps = 60 if quick else 400
+    cases: list[tuple[str, tuple[int, ...], int, int]] = []  # field, output shape, labels, batch
+    for d in ((2,), (64,)) if quick else ((2,), (64,), (784,)):
+        for b in (64, 256) if quick else (64, 256, 1024):
+            cases.append(("mlp", d, 0, b))
+    cases.append(("mlp", (784,), 10, 256))
+    if not quick:
+        cases += [("unet", (1, 28, 28), 10, 64)]
+    rows = []
+    for kind, shape, labels, b in cases:
+        ds = synthetic(n, shape, labels)
+        s = max(8, steps // 20) if kind == "unet" else steps
+        time_bare(ds, kind, b, 3)  # warm-up: imports, allocator, kernels
+        time_fit(ds, kind, b, 3)
+        bare = float(np.median([time_bare(ds, kind, b, s) for _ in range(3)]))
+        row: dict[str, Any] = {"field": kind, "shape": list(shape), "labels": labels, "batch": b, "pairs": n,
+                               "steps": s, "bare_ms": 1e3 * bare}
+        row["pfm_ms"], row["pfm_startup_s"] = fit_costs(ds, kind, b, s)
+        if b <= 256 and kind == "mlp":  # every epoch at 1024 in 2-d would take minutes: see the batch part
+            row["pfm_recouple1_ms"], row["pfm_recouple1_startup_s"] = fit_costs(ds, kind, b, s, recouple_every=1)
+        row["overhead"] = row["pfm_ms"] / row["bare_ms"] - 1
+        default_steps = 2000
+        row["overhead_2000_steps"] = (row["pfm_ms"] * default_steps + 1e3 * row["pfm_startup_s"]) / (
+            row["bare_ms"] * default_steps) - 1
+        rows.append(row)
+        print(f"  {kind} {tuple(shape)} labels={labels} batch {b}: bare {row['bare_ms']:.2f} ms, pfm {row['pfm_ms']:.2f} "
+              f"ms ({100 * row['overhead']:+.0f}%) + {row['pfm_startup_s']:.2f} s start-up"
+              + (f"; recoupling every epoch {row['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in row else ""),
+              flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- peer
+def toy_data(seed: int, n: int = 3000, n_test: int = 10_000) -> tuple[PreferenceDataset, PreferenceDataset, Tensor]:
+    """The 2D task's preference pairs (Bradley-Terry), test pairs, and fresh reference outputs."""
+    from pfm import collect_preferences
+    from pfm.tasks import toy2d
+
+    gen = torch.Generator().manual_seed(seed)
+    ref, prefer = toy2d.reference_policy(), toy2d.preference_model("bt")
+    train = collect_preferences(lambda c, k: ref.sample(c, k, generator=gen), prefer, n=n, kind="pairwise",
+                                seed=10_000 + seed)
+    test = collect_preferences(lambda c, k: ref.sample(c, k, generator=gen), prefer, n=n_test, kind="pairwise",
+                               seed=20_000 + seed)
+    return train, test, ref.sample(None, n_test, generator=gen)
+
+
+def swd(a: Tensor, b: Tensor) -> float:
+    import ot
+
+    return float(ot.sliced_wasserstein_distance(a.double().numpy(), b.double().numpy(), n_projections=256, seed=0))
+
+
+def train_peer(train: PreferenceDataset, batch: int, steps: int, seed: int) -> tuple[torch.nn.Module, float]:
+    """The paper's pipeline: torchcfm's exact-OT matcher (sigma 0.1), the same field, Adam (lr 1e-3), random
+    batches of the raw pairs. Returns the field and the seconds it took."""
+    from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # torchcfm draws the pairs from the plan with numpy
+    field = PreferenceFlow.for_dataset(train, hidden=128, depth=3).field
+    opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+    matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=SIGMA)
+    x0_all, x1_all = train.rejected, train.chosen
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        i = torch.randint(0, len(train), (batch,))
+        t, xt, ut = matcher.sample_location_and_conditional_flow(x0_all[i], x1_all[i])
+        loss = (field(t, xt, None) - ut).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return field.eval(), time.perf_counter() - t0
+
+
+@torch.no_grad()
+def peer_transform(field: torch.nn.Module, y: Tensor) -> Tensor:
+    """The paper's inference: torchdiffeq dopri5, atol = rtol = 1e-4, from t = 0 to 1."""
+    import torchdiffeq
+
+    def f(t: Tensor, x: Tensor) -> Tensor:
+        return field(t.expand(len(x)), x, None)
+
+    return torchdiffeq.odeint(f, y, torch.tensor([0.0, 1.0]), method="dopri5", atol=1e-4, rtol=1e-4)[-1]
+
+
+def peer(quick: bool) -> dict[str, Any]:
+    from pfm.tasks import toy2d
+
+    steps = 150 if quick else 1000
+    seeds = (0,) if quick else (0, 1, 2)
+    rows = []
+    flows = {}
+    warm, _, _ = toy_data(0, n=512, n_test=10)  # first calls: imports, kernels, allocator
+    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False)
+    train_peer(warm, 64, 20, 0)
+    for batch in (64, 256):
+        for seed in seeds:
+            train, test, y_ref = toy_data(seed)
+            flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
+            t = time.perf_counter()
+            flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False)
+            ours_s = time.perf_counter() - t
+            t = time.perf_counter()
+            ours_out = flow.transform(y_ref)
+            ours_inf = time.perf_counter() - t
+            field, peer_s = train_peer(train, batch, steps, seed)
+            t = time.perf_counter()
+            peer_out = peer_transform(field, y_ref)
+            peer_inf = time.perf_counter() - t
+            row = {"batch": batch, "seed": seed, "steps": steps,
+                   "pfm_train_s": ours_s, "peer_train_s": peer_s, "speedup": peer_s / ours_s,
+                   "pfm_infer_s": ours_inf, "peer_infer_s": peer_inf,
+                   # quality: the flow applied to fresh reference outputs, scored against the preferred marginal
+                   # (sliced Wasserstein to test y+, lower is better) and by the task's true reward
+                   "pfm_swd": swd(ours_out, test.chosen), "peer_swd": swd(peer_out, test.chosen),
+                   "pfm_reward": float(toy2d.true_reward(ours_out).mean()),
+                   "peer_reward": float(toy2d.true_reward(peer_out).mean()),
+                   "reference_swd": swd(y_ref, test.chosen), "reference_reward": float(toy2d.true_reward(y_ref).mean())}
+            rows.append(row)
+            flows[(batch, seed)] = flow
+            print(f"  batch {batch} seed {seed}: train {ours_s:.1f} s vs peer {peer_s:.1f} s ({row['speedup']:.2f}x); "
+                  f"SWD to y+ {row['pfm_swd']:.3f} vs {row['peer_swd']:.3f}; reward {row['pfm_reward']:.3f} vs "
+                  f"{row['peer_reward']:.3f}; inference {ours_inf:.2f} s vs {peer_inf:.2f} s", flush=True)
+    summary = {}
+    for batch in (64, 256):
+        rs = [r for r in rows if r["batch"] == batch]
+        summary[str(batch)] = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("batch", "seed")}
+        summary[str(batch)].update({k + "_std": float(np.std([r[k] for r in rs])) for k in ("pfm_swd", "peer_swd")})
+    _PEER_FLOW["flow"] = flows[(256, 0)]
+    return {"rows": rows, "summary": summary}
+
+
+_PEER_FLOW: dict[str, PreferenceFlow] = {}  # the peer part's flow, reused by the inference part
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def inference(quick: bool) -> dict[str, Any]:
+    flow = _PEER_FLOW.get("flow")
+    train, test, y_ref = toy_data(0)
+    if flow is None:
+        flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
+        flow.fit(train, steps=150 if quick else 1000, batch_size=256, progress=False)
+    calls = [0]
+    hook = flow.field.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    scale = float(flow.y_scale)
+    exact = flow.double().transform(y_ref.double(), method="dopri5", atol=1e-9, rtol=1e-9, batch_size=len(y_ref))
+    flow.float()
+    grid: list[tuple[str, dict[str, Any]]] = [("dopri5", {"atol": tol, "rtol": tol}) for tol in (1e-3, 1e-4, 1e-5)]
+    grid += [("euler", {"steps": k}) for k in (4, 8, 16, 32, 64)]
+    grid += [("midpoint", {"steps": k}) for k in (2, 4, 8, 16, 32)]
+    grid += [("rk4", {"steps": k}) for k in (1, 2, 4, 8)]
+    rows, ends = [], {}
+    for method, kw in grid:
+        calls[0] = 0
+        t = time.perf_counter()
+        out = flow.transform(y_ref, method=method, batch_size=len(y_ref), **kw)
+        wall = time.perf_counter() - t
+        name = f"{method} " + (f"tol {kw['atol']:g}" if "atol" in kw else f"{kw['steps']} steps")
+        ends[name] = out
+        rows.append({"solver": name, "method": method, **kw, "nfe": calls[0], "seconds_per_10k": wall * 1e4 / len(y_ref),
+                     "error_vs_exact": float((out.double() - exact).norm(dim=1).mean()) / scale})
+    hook.remove()
+    ref = ends["dopri5 tol 0.0001"]
+    for r in rows:
+        r["distance_to_dopri5_1e-4"] = float((ends[r["solver"]] - ref).norm(dim=1).mean()) / scale
+    for r in rows:
+        print(f"  {r['solver']:>18}: NFE {r['nfe']:4d}, {1e3 * r['seconds_per_10k']:7.1f} ms per 10k, error "
+              f"{r['error_vs_exact']:.2e}, distance to dopri5(1e-4) {r['distance_to_dopri5_1e-4']:.2e} (x data scale)",
+              flush=True)
+    # memory while transforming many rows: transform solves batch_size rows at a time
+    memory = []
+    for n in (10**5,) if quick else (10**5, 10**6):
+        y = torch.randn(n, 2) * scale
+        with PeakMemory() as m:
+            out = flow.transform(y)
+        io_mb = 2 * y.numel() * 4 / 2**20
+        memory.append({"rows": n, "anon_mb_growth": m.growth, "input_output_mb": io_mb})
+        print(f"  transform of {n:,} rows: anonymous memory +{m.growth:.0f} MB (input + output {io_mb:.0f} MB)",
+              flush=True)
+        del y, out
+    return {"rows": rows, "memory": memory, "data_scale": scale, "samples": len(y_ref)}
+
+
+# ---------------------------------------------------------------------------------------------- batch
+def batch_scaling(quick: bool) -> list[dict[str, Any]]:
+    train, _, _ = toy_data(0, n=4096, n_test=10)
+    flow = PreferenceFlow.for_dataset(train)
+    flow._set_normalization(train)
+    y0, y1 = flow._norm_y(train.rejected), flow._norm_y(train.chosen)
+    rows = []
+    for b in (64, 256, 1024) if quick else (64, 128, 256, 512, 1024, 2048):
+        i = torch.randperm(len(train), generator=torch.Generator().manual_seed(b))[:b]
+        row: dict[str, Any] = {"batch": b}
+        for method in ("independent", "ot", "sinkhorn"):
+            reps = 1 if b >= 1024 else 3
+            t = time.perf_counter()
+            for _ in range(reps):
+                i0, i1 = couple(y0[i], y1[i], None, method, generator=torch.Generator().manual_seed(0))
+            row[f"{method}_ms"] = 1e3 * (time.perf_counter() - t) / reps
+            row[f"{method}_cost"] = transport_cost(y0[i], y1[i], i0, i1)
+        ds = PreferenceDataset(train.chosen[:b], train.rejected[:b])
+        row["bare_step_ms"] = 1e3 * float(np.median([time_bare(ds, "mlp", b, 20) for _ in range(3)]))
+        rows.append(row)
+        print(f"  batch {b}: exact OT {row['ot_ms']:.1f} ms, sinkhorn {row['sinkhorn_ms']:.1f} ms, bare step "
+              f"{row['bare_step_ms']:.1f} ms; transport cost independent {row['independent_cost']:.3f}, OT "
+              f"{row['ot_cost']:.3f}, sinkhorn {row['sinkhorn_cost']:.3f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--parts", nargs="+", default=["overhead", "peer", "inference", "batch"])
+    parser.add_argument("--out", default="results/bench.json")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "torch": torch.__version__, "date": datetime.date.today().isoformat(), "quick": args.quick}
+    parts: dict[str, Callable[[bool], Any]] = {"overhead": overhead, "peer": peer, "inference": inference,
+                                               "batch": batch_scaling}
+    for name in args.parts:
+        print(f"{name}:", flush=True)
+        t = time.perf_counter()
+        result[name] = parts[name](args.quick)
+        result.setdefault("seconds", {})[name] = time.perf_counter() - t
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
