@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfm import InvalidInputError, InvalidTypeError, PreferenceDataset, collect_preferences
+from pfm import InvalidInputError, InvalidTypeError, PreferenceDataset, PreferenceFlow, collect_preferences
 from pfm.errors import FlowFileError, MissingFileError
 
 
@@ -197,3 +197,10 @@ def test_npy_directory_is_memory_mapped_and_trains_like_memory(tmp_path):
     (tmp_path / "other" / "x").write_text("x")
     with pytest.raises(InvalidInputError, match="not a data set directory"):
         ds.save(tmp_path / "other")
+
+
+def test_a_split_of_a_data_set_trains():
+    ds = PreferenceDataset(torch.randn(100, 2) + 1, torch.randn(100, 2))
+    train, test = ds.split(0.2)
+    assert not train.memory_mapped and not test.to("cpu").memory_mapped
+    PreferenceFlow.for_dataset(train, hidden=8, depth=1).fit(train, steps=3, progress=False)

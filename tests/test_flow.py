@@ -215,3 +215,18 @@ def test_failed_save_keeps_previous_flow(tmp_path, monkeypatch):
         PreferenceFlow((2,), hidden=16, depth=1).save(d)
     assert (d / "weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_flow_saved_before_time_max_freq_existed_loads_with_its_1000_rad_features(tmp_path):
+    import json
+
+    flow = PreferenceFlow((2,), hidden=8, depth=1)
+    assert float(flow.field.time.freqs.max()) == pytest.approx(10.0)
+    flow.save(tmp_path / "f")
+    cfg_path = tmp_path / "f" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["field"]["config"]["time_max_freq"]  # what an older version wrote
+    cfg_path.write_text(json.dumps(cfg))
+    old = PreferenceFlow.load(tmp_path / "f")
+    assert float(old.field.time.freqs.max()) == pytest.approx(1000.0)
+    assert float(PreferenceFlow.load(tmp_path / "f").field.time.freqs.min()) == pytest.approx(1.0)

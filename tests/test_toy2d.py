@@ -13,7 +13,9 @@ from pfm.tasks import toy2d
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy2d")
-    assert main(["reproduce", "toy2d", "--quick", "--quiet", "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # a fresh data directory: never the user's cached parts
+        mp.setenv("PFM_DATA_DIR", str(tmp_path_factory.mktemp("pfm-data")))
+        assert main(["reproduce", "toy2d", "--quick", "--quiet", "--out", str(out)]) == 0
     return out, json.loads((out / "toy2d.json").read_text())
 
 

@@ -166,6 +166,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def _new(cls, chosen: Tensor, rejected: Tensor, context: Optional[Tensor]) -> "PreferenceDataset":
         ds = cls.__new__(cls)
         ds.chosen, ds.rejected, ds.context = chosen, rejected, context
+        ds.memory_mapped = False  # a subset or a copy is a tensor in memory
         return ds
 
     # ----------------------------------------------------------------------------------------- files

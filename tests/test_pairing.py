@@ -1,0 +1,131 @@
+"""Couplings solved ahead (pfm.pairing): a plan's first epoch is minibatch OT on its own batches, later epochs keep its
+partners, runs are reproducible and resume exactly whatever the thread's timing, errors reach the training loop."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from pfm import InvalidInputError, PreferenceDataset, PreferenceFlow
+from pfm.coupling import squared_distances
+from pfm.pairing import PairingPlan
+from pfm.train import epoch_order
+
+
+def rows_of(y0, y1, c=None):
+    def rows(index):
+        return y0[index], y1[index], None if c is None else c[index]
+    return rows
+
+
+def test_the_first_epoch_of_a_plan_is_exact_ot_on_each_batch():
+    g = torch.Generator().manual_seed(0)
+    n, b = 200, 64  # three full blocks and a tail of 8
+    y0, y1 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) + 1
+    with PairingPlan(rows_of(y0, y1), n, b, recouple_every=2, seed=3) as plan:
+        order = plan.order(0)
+        assert torch.equal(order, plan.partition(0))
+        for start in range(0, n, b):
+            block = order[start:start + b]
+            got = plan.partners(block)
+            cost = squared_distances(y0[block], y1[block]).double().numpy()
+            rows, cols = linear_sum_assignment(cost)
+            assert np.isclose(cost[np.arange(len(block)), _positions(block, got)].sum(), cost[rows, cols].sum())
+        partner = plan.partners(torch.arange(n))
+        assert sorted(partner.tolist()) == list(range(n))  # a permutation of the rows: everyone is used once
+        # the next epoch keeps the plan's partners in a fresh order; the epoch after it draws a new plan
+        again = plan.order(1)
+        assert not torch.equal(again, order) and sorted(again.tolist()) == list(range(n))
+        assert torch.equal(plan.partners(torch.arange(n)), partner)
+        plan.order(2)
+        assert not torch.equal(plan.partners(torch.arange(n)), partner)
+
+
+def _positions(block, partners):
+    """Column (position within the block) of each row's partner."""
+    where = {int(r): i for i, r in enumerate(block)}
+    return np.array([where[int(p)] for p in partners])
+
+
+def test_label_contexts_pair_within_their_label():
+    g = torch.Generator().manual_seed(1)
+    n = 300
+    y0, y1 = torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g)
+    c = torch.randint(0, 4, (n,), generator=g)
+    with PairingPlan(rows_of(y0, y1, c), n, 128, seed=0) as plan:
+        plan.order(0)
+        partner = plan.partners(torch.arange(n))
+    assert torch.equal(c[partner], c)
+
+
+def test_fits_are_reproducible_and_leave_threads_and_settings_as_they_were():
+    g = torch.Generator().manual_seed(2)
+    y0 = torch.randn(700, 2, generator=g)
+    ds = PreferenceDataset(y0 + 1.5, y0)
+    threads = torch.get_num_threads()
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(ds, hidden=16, depth=2)
+        flow.fit(ds, steps=120, batch_size=64, seed=4, progress=False, recouple_every=3)
+        weights.append(flow.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name == "pfm-pairing"]
+
+
+@pytest.mark.parametrize("every,coupling", [(1, "ot"), (3, "ot"), (None, "ot"), (2, "sinkhorn")])
+def test_resume_in_the_middle_of_a_plan_is_bit_identical(tmp_path, every, coupling):
+    g = torch.Generator().manual_seed(3)
+    y0 = torch.randn(400, 2, generator=g)
+    ds = PreferenceDataset(y0 + 1.0, y0)
+
+    def run(steps, **kw):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(ds, hidden=16, depth=2)
+        flow.fit(ds, steps=steps, batch_size=64, seed=1, progress=False, coupling=coupling, recouple_every=every,
+                 **kw)
+        return flow.state_dict()
+
+    full = run(100)
+    run(40, checkpoint_dir=tmp_path, checkpoint_every=40)  # 6 steps an epoch: stops in epoch 6, mid-plan for 3
+    resumed = run(100, checkpoint_dir=tmp_path, checkpoint_every=40, resume=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_recoupling_every_epoch_differs_from_keeping_one_plan():
+    g = torch.Generator().manual_seed(4)
+    y0 = torch.randn(256, 2, generator=g)
+    ds = PreferenceDataset(y0 + 1.0, y0)
+    out = []
+    for every in (1, None):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(ds, hidden=16, depth=2)
+        flow.fit(ds, steps=40, batch_size=64, seed=0, progress=False, recouple_every=every)
+        out.append(flow.state_dict())
+    assert not all(torch.equal(out[0][k], out[1][k]) for k in out[0])
+
+
+def test_an_error_in_the_solver_thread_reaches_the_training_loop():
+    def rows(index):
+        raise ValueError("disk gone")
+
+    with PairingPlan(rows, 100, 32, seed=0) as plan:
+        plan.order(0)
+        with pytest.raises(ValueError, match="disk gone"):
+            plan.partners(torch.arange(32))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "3", True])
+def test_recouple_every_is_checked(bad):
+    ds = PreferenceDataset(torch.randn(64, 2) + 1, torch.randn(64, 2))
+    with pytest.raises(InvalidInputError, match="recouple_every"):
+        PreferenceFlow.for_dataset(ds, hidden=8, depth=1).fit(ds, steps=2, recouple_every=bad, progress=False)
+
+
+def test_epoch_orders_depend_on_seed_and_epoch_only():
+    assert torch.equal(epoch_order(50, 3, 7), epoch_order(50, 3, 7))
+    assert not torch.equal(epoch_order(50, 3, 7), epoch_order(50, 4, 7))
+    assert not torch.equal(epoch_order(50, 1, 0), epoch_order(50, 0, 1))  # neighbouring seeds are not shifted epochs
