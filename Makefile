@@ -1,5 +1,6 @@
 # `make demo`: a virtualenv, the package, and a small end-to-end run that prints a before/after table.
 # `make test`: the test suite (what CI runs).
+# `make bench`: benchmarks/bench.py, pfm against a bare step and against the peer pipeline (torchcfm + torchdiffeq).
 PYTHON ?= python3
 VENV   ?= .venv
 # The CPU build of torch; on these machines pip takes it from local disk. Override for a CUDA build, e.g.
@@ -7,13 +8,16 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[test,plot]'
+	# the peer pipeline of the benchmark: --no-deps, or pip may replace the CPU torch (and pull torchdyn, lightning);
+	# the module it uses needs only torch, numpy, scipy and POT
+	$(BIN)/pip install -q --no-deps 'torchcfm==1.0.7'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -23,6 +27,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

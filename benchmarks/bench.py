@@ -23,12 +23,11 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -159,8 +158,8 @@ def overhead(quick: bool) -> list[dict[str, Any]]:
         row["overhead_2000_steps"] = (row["pfm_ms"] * default_steps + 1e3 * row["pfm_startup_s"]) / (
             row["bare_ms"] * default_steps) - 1
         rows.append(row)
-        print(f"  {kind} {tuple(shape)} labels={labels} batch {b}: bare {row['bare_ms']:.2f} ms, pfm {row['pfm_ms']:.2f} "
-              f"ms ({100 * row['overhead']:+.0f}%) + {row['pfm_startup_s']:.2f} s start-up"
+        print(f"  {kind} {tuple(shape)} labels={labels} batch {b}: bare {row['bare_ms']:.2f} ms, "
+              f"pfm {row['pfm_ms']:.2f} ms ({100 * row['overhead']:+.0f}%) + {row['pfm_startup_s']:.2f} s start-up"
               + (f"; recoupling every epoch {row['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in row else ""),
               flush=True)
     return rows
@@ -263,51 +262,73 @@ def peer(quick: bool) -> dict[str, Any]:
         rs = [r for r in rows if r["batch"] == batch]
         summary[str(batch)] = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("batch", "seed")}
         summary[str(batch)].update({k + "_std": float(np.std([r[k] for r in rs])) for k in ("pfm_swd", "peer_swd")})
-    _PEER_FLOW["flow"] = flows[(256, 0)]
+    _PEER_FLOWS[:] = [(seed, flows[(256, seed)]) for seed in seeds]
     return {"rows": rows, "summary": summary}
 
 
-_PEER_FLOW: dict[str, PreferenceFlow] = {}  # the peer part's flow, reused by the inference part
+_PEER_FLOWS: list[tuple[int, PreferenceFlow]] = []  # the peer part's flows at batch 256, reused by the inference part
 
 
 # ---------------------------------------------------------------------------------------------- inference
+SOLVERS: list[tuple[str, dict[str, Any]]] = (
+    [("dopri5", {"atol": tol, "rtol": tol}) for tol in (1e-3, 1e-4, 1e-5)]
+    + [("euler", {"steps": k}) for k in (4, 8, 16, 32, 64)]
+    + [("midpoint", {"steps": k}) for k in (2, 3, 4, 8, 16, 32)]
+    + [("rk4", {"steps": k}) for k in (1, 2, 4, 8)])
+
+
+def solver_name(method: str, kw: dict[str, Any]) -> str:
+    return f"{method} " + (f"tol {kw['atol']:g}" if "atol" in kw else f"{kw['steps']} steps")
+
+
 def inference(quick: bool) -> dict[str, Any]:
-    flow = _PEER_FLOW.get("flow")
-    train, test, y_ref = toy_data(0)
-    if flow is None:
+    """Every solver on each peer-part flow (batch 256, one per seed), pushing 10,000 fresh reference outputs."""
+    flows = list(_PEER_FLOWS)
+    if not flows:
+        train, _, _ = toy_data(0)
         flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
         flow.fit(train, steps=150 if quick else 1000, batch_size=256, progress=False)
-    calls = [0]
-    hook = flow.field.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
-    scale = float(flow.y_scale)
-    exact = flow.double().transform(y_ref.double(), method="dopri5", atol=1e-9, rtol=1e-9, batch_size=len(y_ref))
-    flow.float()
-    grid: list[tuple[str, dict[str, Any]]] = [("dopri5", {"atol": tol, "rtol": tol}) for tol in (1e-3, 1e-4, 1e-5)]
-    grid += [("euler", {"steps": k}) for k in (4, 8, 16, 32, 64)]
-    grid += [("midpoint", {"steps": k}) for k in (2, 4, 8, 16, 32)]
-    grid += [("rk4", {"steps": k}) for k in (1, 2, 4, 8)]
-    rows, ends = [], {}
-    for method, kw in grid:
-        calls[0] = 0
-        t = time.perf_counter()
-        out = flow.transform(y_ref, method=method, batch_size=len(y_ref), **kw)
-        wall = time.perf_counter() - t
-        name = f"{method} " + (f"tol {kw['atol']:g}" if "atol" in kw else f"{kw['steps']} steps")
-        ends[name] = out
-        rows.append({"solver": name, "method": method, **kw, "nfe": calls[0], "seconds_per_10k": wall * 1e4 / len(y_ref),
-                     "error_vs_exact": float((out.double() - exact).norm(dim=1).mean()) / scale})
-    hook.remove()
-    ref = ends["dopri5 tol 0.0001"]
-    for r in rows:
-        r["distance_to_dopri5_1e-4"] = float((ends[r["solver"]] - ref).norm(dim=1).mean()) / scale
-    for r in rows:
-        print(f"  {r['solver']:>18}: NFE {r['nfe']:4d}, {1e3 * r['seconds_per_10k']:7.1f} ms per 10k, error "
-              f"{r['error_vs_exact']:.2e}, distance to dopri5(1e-4) {r['distance_to_dopri5_1e-4']:.2e} (x data scale)",
-              flush=True)
+        flows = [(0, flow)]
+    per_flow = []
+    for seed, flow in flows:
+        _, _, y_ref = toy_data(seed)
+        calls = [0]
+        hook = flow.field.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+        scale = float(flow.y_scale)
+        exact = flow.double().transform(y_ref.double(), method="dopri5", atol=1e-9, rtol=1e-9, batch_size=len(y_ref))
+        flow.float()
+        ends, rows = {}, []
+        for method, kw in SOLVERS:
+            calls[0] = 0
+            t = time.perf_counter()
+            out = flow.transform(y_ref, method=method, batch_size=len(y_ref), **kw)
+            wall = time.perf_counter() - t
+            name = solver_name(method, kw)
+            ends[name] = out
+            rows.append({"solver": name, "nfe": calls[0], "seconds_per_10k": wall * 1e4 / len(y_ref),
+                         "error_vs_exact": float((out.double() - exact).norm(dim=1).mean()) / scale})
+        hook.remove()
+        ref = ends["dopri5 tol 0.0001"]
+        for r in rows:
+            r["distance_to_dopri5_1e-4"] = float((ends[r["solver"]] - ref).norm(dim=1).mean()) / scale
+        per_flow.append(rows)
+    rows = []
+    for i, (method, kw) in enumerate(SOLVERS):
+        rs = [f[i] for f in per_flow]
+        row = {"solver": rs[0]["solver"], "method": method, **kw}
+        for k in ("nfe", "seconds_per_10k", "error_vs_exact", "distance_to_dopri5_1e-4"):
+            row[k] = float(np.mean([r[k] for r in rs]))
+            row[k + "_max"] = float(np.max([r[k] for r in rs]))
+        rows.append(row)
+        print(f"  {row['solver']:>18}: NFE {row['nfe']:5.1f}, {1e3 * row['seconds_per_10k']:7.1f} ms per 10k, error "
+              f"{row['error_vs_exact']:.2e}, distance to dopri5(1e-4) {row['distance_to_dopri5_1e-4']:.2e} "
+              "(x data scale)", flush=True)
+    flow = flows[0][1]
+    default = {"method": flow.solver["method"], "steps": flow.solver["steps"]}
     # memory while transforming many rows: transform solves batch_size rows at a time
     memory = []
     for n in (10**5,) if quick else (10**5, 10**6):
-        y = torch.randn(n, 2) * scale
+        y = torch.randn(n, 2) * float(flow.y_scale)
         with PeakMemory() as m:
             out = flow.transform(y)
         io_mb = 2 * y.numel() * 4 / 2**20
@@ -315,7 +336,7 @@ def inference(quick: bool) -> dict[str, Any]:
         print(f"  transform of {n:,} rows: anonymous memory +{m.growth:.0f} MB (input + output {io_mb:.0f} MB)",
               flush=True)
         del y, out
-    return {"rows": rows, "memory": memory, "data_scale": scale, "samples": len(y_ref)}
+    return {"rows": rows, "memory": memory, "flows": len(flows), "samples": 10_000, "default": default}
 
 
 # ---------------------------------------------------------------------------------------------- batch
@@ -344,28 +365,146 @@ def batch_scaling(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- report
+def tables(result: dict[str, Any]) -> str:
+    out = [f"Machine: {result['machine']}; torch {result['torch']}; {result['date']}"
+           + (" (quick run)" if result.get("quick") else "") + "."]
+    if "overhead" in result:
+        out += ["", "**Training step: pfm's fit against a bare step of the same field on pairs given in advance** "
+                "(ms per step in steady state; start-up is a run's one-off cost: checks, normalization, the first "
+                "epoch's couplings)", "",
+                "| field | output | labels | batch | bare step | pfm fit | overhead | start-up | overhead, 2,000-step "
+                "run | re-coupling every epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in result["overhead"]:
+            k1 = f"{r['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in r else "-"
+            out.append(f"| {r['field']} | {'x'.join(map(str, r['shape']))} | {r['labels'] or '-'} | {r['batch']} | "
+                       f"{r['bare_ms']:.2f} ms | {r['pfm_ms']:.2f} ms | {100 * r['overhead']:+.0f}% | "
+                       f"{r['pfm_startup_s']:.2f} s | {100 * r['overhead_2000_steps']:+.0f}% | {k1} |")
+    if "peer" in result:
+        p = result["peer"]["summary"]
+        steps = result["peer"]["rows"][0]["steps"]
+        seeds = len({r["seed"] for r in result["peer"]["rows"]})
+        out += ["", f"**Against the peer pipeline** (torchcfm exact-OT matcher + Adam, dopri5 1e-4; the same field, "
+                f"data and {steps} steps; 2D task, mean of {seeds} seed(s); SWD: sliced Wasserstein distance of "
+                "the flow's outputs on 10,000 fresh reference samples to the preferred marginal, lower is better)", "",
+                "| batch | pfm train | peer train | throughput ratio | pfm SWD | peer SWD | pfm reward | peer reward | "
+                "pfm inference | peer inference |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for b, r in p.items():
+            out.append(f"| {b} | {r['pfm_train_s']:.2f} s | {r['peer_train_s']:.2f} s | {r['speedup']:.2f}x | "
+                       f"{r['pfm_swd']:.3f} ± {r['pfm_swd_std']:.3f} | {r['peer_swd']:.3f} ± {r['peer_swd_std']:.3f} | "
+                       f"{r['pfm_reward']:.3f} | {r['peer_reward']:.3f} | {r['pfm_infer_s']:.2f} s | "
+                       f"{r['peer_infer_s']:.2f} s |")
+        r0 = next(iter(p.values()))
+        out.append(f"\nReference outputs before the flow: SWD {r0['reference_swd']:.3f}, reward "
+                   f"{r0['reference_reward']:.3f}.")
+    if "inference" in result:
+        inf = result["inference"]
+        out += ["", f"**Solvers** (10,000 fresh reference outputs, mean over {inf['flows']} flow(s); errors are mean "
+                "end-point distances divided by the data's scale; exact = dopri5 at 1e-9 in float64)", "",
+                "| solver | NFE | ms per 10k | error vs exact | distance to dopri5(1e-4) |", "|---|---|---|---|---|"]
+        default = f"{inf['default']['method']} {inf['default']['steps']} steps"
+        for r in inf["rows"]:
+            name = f"**{r['solver']} (default)**" if r["solver"] == default else r["solver"]
+            out.append(f"| {name} | {r['nfe']:.0f} | {1e3 * r['seconds_per_10k']:.0f} | {r['error_vs_exact']:.1e} | "
+                       f"{r['distance_to_dopri5_1e-4']:.1e} (max {r['distance_to_dopri5_1e-4_max']:.1e}) |")
+        out += ["", "| rows transformed | input + output | peak memory growth |", "|---|---|---|"]
+        for m in inf["memory"]:
+            out.append(f"| {m['rows']:,} | {m['input_output_mb']:.0f} MB | {m['anon_mb_growth']:.0f} MB |")
+    if "batch" in result:
+        out += ["", "**Where exact OT stops paying off** (one block of the 2D task's pairs; transport cost = mean "
+                "squared distance of the pairs, normalized units)", "",
+                "| batch | exact OT | Sinkhorn | bare step | cost: independent | cost: exact OT | cost: Sinkhorn |",
+                "|---|---|---|---|---|---|---|"]
+        for r in result["batch"]:
+            out.append(f"| {r['batch']} | {r['ot_ms']:.1f} ms | {r['sinkhorn_ms']:.1f} ms | {r['bare_step_ms']:.1f} ms "
+                       f"| {r['independent_cost']:.2f} | {r['ot_cost']:.2f} | {r['sinkhorn_cost']:.2f} |")
+    return "\n".join(out)
+
+
+def figure(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    if "overhead" in result:
+        rows = result["overhead"]
+        labels = [f"{r['field']} {'x'.join(map(str, r['shape']))}{' lab' if r['labels'] else ''}\nB={r['batch']}"
+                  for r in rows]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.27, [r["bare_ms"] for r in rows], 0.27, label="bare step")
+        ax.bar(x, [r["pfm_ms"] for r in rows], 0.27, label="pfm fit")
+        ax.bar(x + 0.27, [r.get("pfm_recouple1_ms", np.nan) for r in rows], 0.27, label="pfm, re-coupling every epoch")
+        ax.set_xticks(x, labels, fontsize=6.5)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per step")
+        ax.set_title("training step")
+        ax.legend(fontsize=7)
+    ax = axes[1]
+    if "inference" in result:
+        rows = result["inference"]["rows"]
+        for method in ("euler", "midpoint", "rk4", "dopri5"):
+            rs = [r for r in rows if r["method"] == method]
+            ax.loglog([r["nfe"] for r in rs], [r["distance_to_dopri5_1e-4"] if method != "dopri5" else
+                                               r["error_vs_exact"] for r in rs], "o-", label=method)
+        d = result["inference"]["default"]
+        dr = next(r for r in rows if r["solver"] == f"{d['method']} {d['steps']} steps")
+        ax.loglog([dr["nfe"]], [dr["distance_to_dopri5_1e-4"]], "k*", ms=14, label="default")
+        ax.axhline(0.01, color="grey", ls=":", lw=1)
+        ax.set_xlabel("field evaluations (NFE)")
+        ax.set_ylabel("distance to dopri5(1e-4) / data scale\n(dopri5: error vs exact)")
+        ax.set_title("inference")
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    if "batch" in result:
+        rows = result["batch"]
+        b = [r["batch"] for r in rows]
+        ax.loglog(b, [r["ot_ms"] for r in rows], "o-", label="exact OT (scipy)")
+        ax.loglog(b, [r["sinkhorn_ms"] for r in rows], "s-", label="Sinkhorn (POT)")
+        ax.loglog(b, [r["bare_step_ms"] for r in rows], "k--", label="bare training step")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("ms per batch")
+        ax.set_title("coupling one batch (2D)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"pfm benchmarks: {result['machine']}, {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", nargs="+", default=["overhead", "peer", "inference", "batch"])
+    parser.add_argument("--parts", nargs="+", default=["overhead", "peer", "inference", "batch"],
+                        choices=["overhead", "peer", "inference", "batch"])
     parser.add_argument("--out", default="results/bench.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only print the tables and draw the figure of --out")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
-        "torch": torch.__version__, "date": datetime.date.today().isoformat(), "quick": args.quick}
-    parts: dict[str, Callable[[bool], Any]] = {"overhead": overhead, "peer": peer, "inference": inference,
-                                               "batch": batch_scaling}
-    for name in args.parts:
-        print(f"{name}:", flush=True)
-        t = time.perf_counter()
-        result[name] = parts[name](args.quick)
-        result.setdefault("seconds", {})[name] = time.perf_counter() - t
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = Path(args.out)
+    if args.report:
+        result = json.loads(out.read_text())
+    else:
+        torch.set_num_threads(args.threads)
+        result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+                  "torch": torch.__version__, "date": datetime.date.today().isoformat(), "quick": args.quick}
+        parts: dict[str, Callable[[bool], Any]] = {"overhead": overhead, "peer": peer, "inference": inference,
+                                                   "batch": batch_scaling}
+        for name in args.parts:
+            print(f"{name}:", flush=True)
+            t = time.perf_counter()
+            result[name] = parts[name](args.quick)
+            result.setdefault("seconds", {})[name] = time.perf_counter() - t
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out, "w") as f:
+            json.dump(result, f, indent=1)
+    print()
+    print(tables(result))
+    figure(result, out.with_suffix(".png"))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,13 @@ def test_apply_bad_inputs(tmp_path, data, capsys):
 def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "pfm", "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--coupling" in res.stdout and "within a context" in res.stdout
+
+
+@pytest.mark.parametrize("every", ["1", "never"])
+def test_fit_recouple_every(tmp_path, data, every, capsys):
+    out = tmp_path / "flow"
+    assert main(["fit", str(data), "--out", str(out), "--steps", "20", "--hidden", "8", "--recouple-every", every,
+                 "-q"]) == 0
+    with pytest.raises(SystemExit):
+        main(["fit", str(data), "--out", str(out), "--recouple-every", "often"])
+    assert "'never'" in capsys.readouterr().err

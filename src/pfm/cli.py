@@ -43,6 +43,15 @@ def _fit(args: argparse.Namespace) -> int:
     return _fit_on(args, ds, rank)
 
 
+def _epochs_or_never(text: str):
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'never', got {text!r}") from None
+
+
 def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
     import torch
 
@@ -63,7 +72,8 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
     history = flow.fit(ds, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        coupling=args.coupling, sigma=args.sigma, normalize=not args.no_normalize,
                        ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet,
-                       checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume)
+                       checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                       recouple_every=args.recouple_every)
     if rank != 0:  # one writer
         return 0
     flow.save(args.out)
@@ -163,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--coupling", choices=["ot", "sinkhorn", "independent", "paired"], default="ot",
                    help="how rejected and preferred outputs are paired in a batch, always within a context "
                    "(default ot: exact minibatch optimal transport)")
+    f.add_argument("--recouple-every", type=_epochs_or_never, default=10, metavar="EPOCHS",
+                   help="epochs a set of ot/sinkhorn minibatch couplings is kept before new ones are solved; 'never' "
+                   "keeps the first (default 10; 1 re-solves every epoch, as the paper's code)")
     f.add_argument("--sigma", type=float, default=0.1, help="noise of the path, in data standard deviations "
                    "(default 0.1)")
     f.add_argument("--no-normalize", action="store_true", help="train on raw units (sigma then in data units)")

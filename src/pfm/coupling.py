@@ -21,7 +21,6 @@ with a preferred output of another. Here, with ``within_context=True`` (the defa
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal, Optional
 
 import numpy as np
@@ -145,9 +144,9 @@ def _sinkhorn(cost: Tensor, penalty: Optional[Tensor], reg: float, generator: Op
         cost = cost + penalty.float() * (cost.max() + 1.0) * 100.0
     B = cost.shape[0]
     w = torch.full((B,), 1.0 / B, dtype=cost.dtype, device=cost.device)
-    with warnings.catch_warnings():  # an unconverged plan is still a good coupling; don't warn every step
-        warnings.simplefilter("ignore", UserWarning)
-        plan = ot.sinkhorn(w, w, cost, reg, method="sinkhorn_log", numItermax=1000, stopThr=1e-6)
+    # an unconverged plan is still a good coupling: no warning every step (and warnings.catch_warnings is not
+    # thread-safe, while couplings are solved in a background thread)
+    plan = ot.sinkhorn(w, w, cost, reg, method="sinkhorn_log", numItermax=1000, stopThr=1e-6, warn=False)
     plan = torch.nan_to_num(plan, nan=0.0).clamp_min(0)
     # rows with no mass left (numerical underflow) fall back to their given partner
     empty = plan.sum(1) <= 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -32,6 +33,14 @@ from .train import epoch_order, mix_seed
 
 Rows = Callable[[Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
 """``rows(index) -> (y0, y1, context)``: the rejected outputs, preferred outputs and contexts of rows ``index``."""
+
+
+@dataclass
+class _Plan:
+    perm: Tensor  # (n,) the partition's row order
+    partner: Tensor  # (n,) partner of each row, -1 until its block is solved
+    claimed: set[int] = field(default_factory=set)  # blocks being solved or solved
+    starts: dict[int, int] = field(default_factory=dict)  # first row of a block -> the block's number
 
 
 class PairingPlan:
@@ -47,7 +56,9 @@ class PairingPlan:
         **couple_kwargs: passed to :func:`pfm.coupling.couple` (``within_context``, ``context_weight``, ``reg``).
 
     Use as a context manager (the thread stops on exit). :meth:`order` is the ``order`` argument of
-    :func:`pfm.optimize`; :meth:`partners` gives the partners of a batch's rows, waiting for them if need be.
+    :func:`pfm.optimize`; :meth:`partners` gives the partners of a batch's rows. When the training loop gets ahead of
+    the thread (a plan's first epoch, when a block's solve takes longer than a step), it solves the block it needs
+    itself rather than wait, so both cores solve. Every block has its own seed, so who solves it changes nothing.
     """
 
     def __init__(self, rows: Rows, n: int, batch_size: int, *, method: str = "ot",
@@ -59,12 +70,14 @@ class PairingPlan:
         self._rows, self.n, self.batch_size = rows, int(n), min(int(batch_size), int(n))
         self.method, self.every, self.seed, self._kwargs = method, recouple_every, int(seed), couple_kwargs
         self._cond = threading.Condition()
-        self._plans: dict[int, Tensor] = {}  # plan number -> partner (n,), -1 where not solved yet
+        self._plans: dict[int, _Plan] = {}
         self._current = 0  # the plan the training loop is on
         self._error: Optional[BaseException] = None
         self._stop = False
         self._thread: Optional[threading.Thread] = None
-        self.blocks_solved = 0
+        self.blocks_solved = {"thread": 0, "training loop": 0}
+        # int32 partners below 2^31 rows: half the memory (10^7 rows: 40 MB a plan, two plans at most)
+        self._dtype = torch.int32 if self.n < 2**31 else torch.int64
 
     # ------------------------------------------------------------------------------------------ training side
     def plan_of(self, epoch: int) -> int:
@@ -76,70 +89,92 @@ class PairingPlan:
 
     def order(self, epoch: int) -> Tensor:
         """Rows to visit in ``epoch``: the plan's partition in its first epoch, else a fresh random order."""
-        plan = self.plan_of(epoch)
+        number = self.plan_of(epoch)
         with self._cond:
-            self._current = plan
-            for p in [p for p in self._plans if p < plan]:
+            self._current = number
+            for p in [p for p in self._plans if p < number]:
                 del self._plans[p]
+            plan = self._plan(number)
             self._cond.notify_all()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._solve, args=(plan,), name="pfm-pairing", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(number,), name="pfm-pairing", daemon=True)
             self._thread.start()
         first = epoch == 0 if self.every is None else epoch % self.every == 0
-        return self.partition(plan) if first else epoch_order(self.n, epoch, mix_seed(self.seed, 0x0D3))
+        return plan.perm if first else epoch_order(self.n, epoch, mix_seed(self.seed, 0x0D3))
 
     def partners(self, index: Tensor) -> Tensor:
-        """Partners ``(B,)`` (int64, on the CPU) of the rows ``index`` under the current plan; blocks until solved."""
+        """Partners ``(B,)`` (int64, on the CPU) of the rows ``index`` under the current plan; solves the block they
+        form (in a plan's first epoch) if the thread has not started it, else waits for it."""
         index = index.cpu()
         with self._cond:
             while True:
                 if self._error is not None:
                     raise self._error
-                partner = self._plans.get(self._current)
-                if partner is not None:
-                    got = partner[index]
-                    if bool((got >= 0).all()):
-                        return got
+                number = self._current
+                plan = self._plan(number)
+                got = plan.partner[index]
+                if bool((got >= 0).all()):
+                    return got.long()
+                j = plan.starts.get(int(index[0]))
+                if j is not None and j not in plan.claimed:
+                    plan.claimed.add(j)
+                    break
                 if self._thread is None or not self._thread.is_alive():
                     raise RuntimeError("the pairing thread stopped before solving the plan")
                 self._cond.wait(timeout=1.0)
+        self._solve_block(number, plan, j, "training loop")
+        return self.partners(index)
 
-    # ------------------------------------------------------------------------------------------ solver thread
-    def _solve(self, plan: int) -> None:
+    # ------------------------------------------------------------------------------------------ solving
+    def _plan(self, number: int) -> _Plan:
+        """The plan ``number``, created if need be (call with the lock held)."""
+        plan = self._plans.get(number)
+        if plan is None:
+            perm = self.partition(number)
+            plan = _Plan(perm, torch.full((self.n,), -1, dtype=self._dtype))
+            plan.starts = {int(r): j for j, r in enumerate(perm[::self.batch_size].tolist())}
+            self._plans[number] = plan
+        return plan
+
+    def _solve_block(self, number: int, plan: _Plan, j: int, who: str) -> None:
+        block = plan.perm[j * self.batch_size:(j + 1) * self.batch_size]
+        y0, y1, c = self._rows(block)
+        gen = torch.Generator(device=y0.device).manual_seed(mix_seed(self.seed, number, j, 0x5EED))
+        i0, i1 = couple(y0, y1, c, self.method, generator=gen, **self._kwargs)
+        i0, i1 = i0.cpu(), i1.cpu()
+        with self._cond:
+            plan.partner[block[i0]] = block[i1].to(self._dtype)
+            self.blocks_solved[who] += 1
+            self._cond.notify_all()
+
+    def _run(self, number: int) -> None:
         # One intra-op thread here: a second thread whose torch ops open their own OpenMP team slowed the training
-        # thread's steps threefold on 2 cores, even while this one sat idle. (The setting is per thread.)
+        # thread's steps threefold on 2 cores, even while this one sat idle. (The setting is per thread.) And a low
+        # priority, so that the training loop's threads go first when both want a core.
         torch.set_num_threads(1)
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
             pass
+        blocks = -(-self.n // self.batch_size)
         try:
             while True:
                 with self._cond:
-                    while not self._stop and plan > self._current + 1:  # at most one plan ahead
+                    while not self._stop and number > self._current + 1:  # at most one plan ahead
                         self._cond.wait()
-                    if self._stop or (self.every is None and plan > 0):
+                    if self._stop or (self.every is None and number > 0):
                         return
-                    plan = max(plan, self._current)
-                    partner = torch.full((self.n,), -1, dtype=torch.int64)
-                    self._plans[plan] = partner
-                perm = self.partition(plan)
-                gen = None
-                for start in range(0, self.n, self.batch_size):
+                    number = max(number, self._current)
+                    plan = self._plan(number)
+                for j in range(blocks):
                     with self._cond:
-                        if self._stop or plan < self._current:  # stopped, or the loop moved past this plan
+                        if self._stop or number < self._current:  # stopped, or the loop moved past this plan
                             break
-                    block = perm[start:start + self.batch_size]
-                    y0, y1, c = self._rows(block)
-                    if gen is None:
-                        gen = torch.Generator(device=y0.device).manual_seed(mix_seed(self.seed, plan, 0x5EED))
-                    i0, i1 = couple(y0, y1, c, self.method, generator=gen, **self._kwargs)
-                    i0, i1 = i0.cpu(), i1.cpu()
-                    with self._cond:
-                        partner[block[i0]] = block[i1]
-                        self.blocks_solved += 1
-                        self._cond.notify_all()
-                plan += 1
+                        if j in plan.claimed:
+                            continue
+                        plan.claimed.add(j)
+                    self._solve_block(number, plan, j, "thread")
+                number += 1
         except BaseException as exc:  # handed to the training loop, which raises it
             with self._cond:
                 self._error = exc

@@ -1,0 +1,43 @@
+"""The quick benchmark runs end to end and writes its JSON, tables and figure (its speed is not tested: timings on a
+shared 2-core machine are noisy; the numbers are in the README)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
+    try:
+        import torchcfm  # noqa: F401
+
+        parts = ["overhead", "peer", "inference", "batch"]
+    except ImportError:  # installed by `make`; without it the peer part cannot run
+        parts = ["overhead", "inference", "batch"]
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PFM_DATA_DIR": str(tmp_path / "data")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
+                          "--parts", *parts], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and set(parts) <= set(result)
+    for row in result["overhead"]:
+        assert row["bare_ms"] > 0 and row["pfm_ms"] > 0
+    solvers = {r["solver"]: r for r in result["inference"]["rows"]}
+    assert solvers["dopri5 tol 0.0001"]["distance_to_dopri5_1e-4"] == 0.0
+    assert solvers["rk4 8 steps"]["nfe"] == 32 and solvers["euler 4 steps"]["nfe"] == 4
+    # a converging solver: more steps, smaller error against the exact end points
+    assert solvers["rk4 8 steps"]["error_vs_exact"] < solvers["rk4 1 steps"]["error_vs_exact"]
+    assert all(r["ot_cost"] <= r["independent_cost"] for r in result["batch"])
+    if "peer" in parts:
+        assert {"64", "256"} == set(result["peer"]["summary"])
+    assert "| solver | NFE |" in run.stdout
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report", "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and "| solver | NFE |" in again.stdout
