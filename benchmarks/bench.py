@@ -132,8 +132,10 @@ def fit_costs(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: A
 
 
 def overhead(quick: bool) -> list[dict[str, Any]]:
+    """Every case at 1 torch thread and at the process's count (2 here): pfm's fit and the bare step run at the same
+    count, so the difference is the pipeline's, not the thread setting's."""
     n = 4096 if quick else 10_000
-    steps = 60 if quick else 400
+    steps = 60 if quick else 300
     cases: list[tuple[str, tuple[int, ...], int, int]] = []  # field, output shape, labels, batch
     for d in ((2,), (64,)) if quick else ((2,), (64,), (784,)):
         for b in (64, 256) if quick else (64, 256, 1024):
@@ -141,27 +143,35 @@ def overhead(quick: bool) -> list[dict[str, Any]]:
     cases.append(("mlp", (784,), 10, 256))
     if not quick:
         cases += [("unet", (1, 28, 28), 10, 64)]
+    threads = torch.get_num_threads()
     rows = []
-    for kind, shape, labels, b in cases:
-        ds = synthetic(n, shape, labels)
-        s = max(8, steps // 20) if kind == "unet" else steps
-        time_bare(ds, kind, b, 3)  # warm-up: imports, allocator, kernels
-        time_fit(ds, kind, b, 3)
-        bare = float(np.median([time_bare(ds, kind, b, s) for _ in range(3)]))
-        row: dict[str, Any] = {"field": kind, "shape": list(shape), "labels": labels, "batch": b, "pairs": n,
-                               "steps": s, "bare_ms": 1e3 * bare}
-        row["pfm_ms"], row["pfm_startup_s"] = fit_costs(ds, kind, b, s)
-        if b <= 256 and kind == "mlp":  # every epoch at 1024 in 2-d would take minutes: see the batch part
-            row["pfm_recouple1_ms"], row["pfm_recouple1_startup_s"] = fit_costs(ds, kind, b, s, recouple_every=1)
-        row["overhead"] = row["pfm_ms"] / row["bare_ms"] - 1
-        default_steps = 2000
-        row["overhead_2000_steps"] = (row["pfm_ms"] * default_steps + 1e3 * row["pfm_startup_s"]) / (
-            row["bare_ms"] * default_steps) - 1
-        rows.append(row)
-        print(f"  {kind} {tuple(shape)} labels={labels} batch {b}: bare {row['bare_ms']:.2f} ms, "
-              f"pfm {row['pfm_ms']:.2f} ms ({100 * row['overhead']:+.0f}%) + {row['pfm_startup_s']:.2f} s start-up"
-              + (f"; recoupling every epoch {row['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in row else ""),
-              flush=True)
+    for k in (threads,) if quick else sorted({1, threads}, reverse=True):
+        torch.set_num_threads(k)
+        for kind, shape, labels, b in cases:
+            ds = synthetic(n, shape, labels)
+            s = max(8, steps // 20) if kind == "unet" else steps
+            time_bare(ds, kind, b, 3)  # warm-up: imports, allocator, kernels
+            time_fit(ds, kind, b, 3)
+            bare = float(np.median([time_bare(ds, kind, b, s) for _ in range(3)]))
+            row: dict[str, Any] = {"threads": k, "field": kind, "shape": list(shape), "labels": labels, "batch": b,
+                                   "pairs": n, "steps": s, "bare_ms": 1e3 * bare}
+            row["pfm_ms"], row["pfm_startup_s"] = fit_costs(ds, kind, b, s)
+            if kind == "mlp":
+                row["pfm_recouple10_ms"], row["pfm_recouple10_startup_s"] = fit_costs(ds, kind, b, s,
+                                                                                      recouple_every=10)
+            if b <= 256 and kind == "mlp":  # every epoch at 1024 in 2-d would take minutes: see the batch part
+                row["pfm_recouple1_ms"], row["pfm_recouple1_startup_s"] = fit_costs(ds, kind, b, s, recouple_every=1)
+            row["overhead"] = row["pfm_ms"] / row["bare_ms"] - 1
+            default_steps = 2000
+            row["overhead_2000_steps"] = (row["pfm_ms"] * default_steps + 1e3 * row["pfm_startup_s"]) / (
+                row["bare_ms"] * default_steps) - 1
+            rows.append(row)
+            print(f"  {k} thread(s), {kind} {tuple(shape)} labels={labels} batch {b}: bare {row['bare_ms']:.2f} ms, "
+                  f"pfm {row['pfm_ms']:.2f} ms ({100 * row['overhead']:+.0f}%) + {row['pfm_startup_s']:.2f} s start-up"
+                  + (f"; recoupling every 10 epochs {row['pfm_recouple10_ms']:.2f} ms" if "pfm_recouple10_ms" in row
+                     else "") + (f", every epoch {row['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in row
+                                 else ""), flush=True)
+    torch.set_num_threads(threads)
     return rows
 
 
@@ -373,13 +383,16 @@ def tables(result: dict[str, Any]) -> str:
         out += ["", "**Training step: pfm's fit against a bare step of the same field on pairs given in advance** "
                 "(ms per step in steady state; start-up is a run's one-off cost: checks, normalization, the first "
                 "epoch's couplings)", "",
-                "| field | output | labels | batch | bare step | pfm fit | overhead | start-up | overhead, 2,000-step "
-                "run | re-coupling every epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
+                "| threads | field | output | labels | batch | bare step | pfm fit | overhead | start-up | overhead, "
+                "2,000-step run | re-coupling every 10 epochs | every epoch |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["overhead"]:
             k1 = f"{r['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in r else "-"
-            out.append(f"| {r['field']} | {'x'.join(map(str, r['shape']))} | {r['labels'] or '-'} | {r['batch']} | "
-                       f"{r['bare_ms']:.2f} ms | {r['pfm_ms']:.2f} ms | {100 * r['overhead']:+.0f}% | "
-                       f"{r['pfm_startup_s']:.2f} s | {100 * r['overhead_2000_steps']:+.0f}% | {k1} |")
+            kn = f"{r['pfm_recouple10_ms']:.2f} ms" if "pfm_recouple10_ms" in r else "-"
+            out.append(f"| {r.get('threads', '')} | {r['field']} | {'x'.join(map(str, r['shape']))} | "
+                       f"{r['labels'] or '-'} | {r['batch']} | {r['bare_ms']:.2f} ms | {r['pfm_ms']:.2f} ms | "
+                       f"{100 * r['overhead']:+.0f}% | {r['pfm_startup_s']:.2f} s | "
+                       f"{100 * r['overhead_2000_steps']:+.0f}% | {kn} | {k1} |")
     if "peer" in result:
         p = result["peer"]["summary"]
         steps = result["peer"]["rows"][0]["steps"]
@@ -430,17 +443,19 @@ def figure(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
     if "overhead" in result:
-        rows = result["overhead"]
+        top = max(r.get("threads", 0) for r in result["overhead"])
+        rows = [r for r in result["overhead"] if r.get("threads", 0) == top]
         labels = [f"{r['field']} {'x'.join(map(str, r['shape']))}{' lab' if r['labels'] else ''}\nB={r['batch']}"
                   for r in rows]
         x = np.arange(len(rows))
         ax.bar(x - 0.27, [r["bare_ms"] for r in rows], 0.27, label="bare step")
         ax.bar(x, [r["pfm_ms"] for r in rows], 0.27, label="pfm fit")
-        ax.bar(x + 0.27, [r.get("pfm_recouple1_ms", np.nan) for r in rows], 0.27, label="pfm, re-coupling every epoch")
+        ax.bar(x + 0.27, [r.get("pfm_recouple10_ms", np.nan) for r in rows], 0.27,
+               label="pfm, re-coupling every 10 epochs")
         ax.set_xticks(x, labels, fontsize=6.5)
         ax.set_yscale("log")
         ax.set_ylabel("ms per step")
-        ax.set_title("training step")
+        ax.set_title(f"training step ({top} torch threads)")
         ax.legend(fontsize=7)
     ax = axes[1]
     if "inference" in result:
@@ -498,6 +513,16 @@ def main() -> None:
             t = time.perf_counter()
             result[name] = parts[name](args.quick)
             result.setdefault("seconds", {})[name] = time.perf_counter() - t
+        if out.exists():  # a run of some parts keeps the others' results
+            kept = json.loads(out.read_text())
+            if kept.get("quick") == args.quick:
+                for name in set(parts) - set(args.parts):
+                    if name in kept:
+                        result[name] = kept[name]
+                        result.setdefault("seconds", {})[name] = kept.get("seconds", {}).get(name)
+                        result.setdefault("dates", {})[name] = kept.get("dates", {}).get(name, kept.get("date"))
+        for name in args.parts:
+            result.setdefault("dates", {})[name] = result["date"]
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(out, "w") as f:
             json.dump(result, f, indent=1)

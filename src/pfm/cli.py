@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--coupling", choices=["ot", "sinkhorn", "independent", "paired"], default="ot",
                    help="how rejected and preferred outputs are paired in a batch, always within a context "
                    "(default ot: exact minibatch optimal transport)")
-    f.add_argument("--recouple-every", type=_epochs_or_never, default=10, metavar="EPOCHS",
-                   help="epochs a set of ot/sinkhorn minibatch couplings is kept before new ones are solved; 'never' "
-                   "keeps the first (default 10; 1 re-solves every epoch, as the paper's code)")
+    f.add_argument("--recouple-every", type=_epochs_or_never, default=None, metavar="EPOCHS",
+                   help="epochs a set of ot/sinkhorn minibatch couplings is kept before new ones are solved (default "
+                   "never: one set, solved in the first epoch; 1 re-solves every epoch, as the paper's code)")
     f.add_argument("--sigma", type=float, default=0.1, help="noise of the path, in data standard deviations "
                    "(default 0.1)")
     f.add_argument("--no-normalize", action="store_true", help="train on raw units (sigma then in data units)")

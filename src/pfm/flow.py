@@ -190,7 +190,7 @@ class PreferenceFlow(nn.Module):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: Optional[int] = None,
         resume: bool = False,
-        recouple_every: Optional[int] = 10,
+        recouple_every: Optional[int] = None,
     ) -> History:
         """Train the field by conditional flow matching from the rejected to the preferred outputs.
 
@@ -204,9 +204,10 @@ class PreferenceFlow(nn.Module):
             normalize: learn in standardized units (see the class docstring).
             within_context, context_weight: see :func:`pfm.coupling.couple`.
             recouple_every: for ``ot`` and ``sinkhorn``, the epochs a set of minibatch couplings is kept before a
-                new one is solved (``None``: one for the whole run; ``1``: every epoch, as in the paper's code). The
-                couplings are solved in a background thread ahead of the steps (see :mod:`pfm.pairing`); keeping
-                them for 10 epochs takes the solver off the step's path, at the same quality (see the README's
+                new one is solved: ``None`` (default) solves one for the whole run, in the first epoch; ``1`` every
+                epoch, as the paper's code does (there in every step). The couplings are solved in a background
+                thread ahead of the steps (see :mod:`pfm.pairing`). One set for the run scored as well as re-solving
+                every batch on the 2D task and takes the solver off the training step (see the README's
                 Performance section).
             seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
                 Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and
@@ -293,12 +294,6 @@ class PreferenceFlow(nn.Module):
                            "within_context": bool(within_context), "context_weight": float(context_weight),
                            "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True),
                            "recouple_every": recouple_every if plan is not None else None}
-        threads = torch.get_num_threads()
-        if plan is not None and device.type == "cpu" and threads > 1 and threads >= (os.cpu_count() or 1):
-            # the plan's thread needs a core while it solves: leave it one, or the OpenMP team of every step waits
-            # on a core the solver holds (2D, batch 256, 2 cores: 2.1 ms a step this way, 2.7-3.1 ms with both
-            # threads); restored when fit returns
-            torch.set_num_threads(threads - 1)
         try:
             return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
@@ -308,7 +303,6 @@ class PreferenceFlow(nn.Module):
         finally:
             if plan is not None:
                 plan.close()
-            torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------------------------------ inference
     def _prepare_context(self, context: Any, n: int) -> Optional[Tensor]:
@@ -388,14 +382,20 @@ class PreferenceFlow(nn.Module):
         dev, dtype = self.device, self.y_shift.dtype
         was_training = self.training
         self.eval()
-        out = []
-        for s in range(0, y_t.shape[0], batch_size):
+        n = y_t.shape[0]
+        shape = ((int(opts["steps"]) + 1,) if return_trajectory else ()) + (n, *self.output_shape)
+        res = None  # written batch by batch: no list of pieces to concatenate, so memory stays flat in n
+        for s in range(0, n, batch_size):
             z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
             cb = None if c is None else self._field_context(c[s:s + batch_size])
-            z = solve(self.field, z, cb, return_trajectory=return_trajectory, **opts)
-            out.append(self._denorm_y(z))
+            z = self._denorm_y(solve(self.field, z, cb, return_trajectory=return_trajectory, **opts))
+            if res is None:
+                res = torch.empty(shape, dtype=z.dtype, device=z.device)
+            if return_trajectory:
+                res[:, s:s + z.shape[1]] = z
+            else:
+                res[s:s + z.shape[0]] = z
         self.train(was_training)
-        res = torch.cat(out, dim=1 if return_trajectory else 0)
         if as_numpy:
             return res.cpu().numpy().astype(y.dtype if y.dtype.kind == "f" else np.float32, copy=False)
         return res.to(device=y_t.device, dtype=y_t.dtype)

@@ -62,7 +62,7 @@ class PairingPlan:
     """
 
     def __init__(self, rows: Rows, n: int, batch_size: int, *, method: str = "ot",
-                 recouple_every: Optional[int] = 1, seed: int = 0, **couple_kwargs: Any) -> None:
+                 recouple_every: Optional[int] = None, seed: int = 0, **couple_kwargs: Any) -> None:
         V.check_positive_int(n, "n")
         V.check_positive_int(batch_size, "batch_size")
         V.check_positive_int(recouple_every, "recouple_every", allow_none=True)

@@ -127,7 +127,7 @@ class Config:
     pfm_iterations: int = 5
     rounds: int = 3
     reward: str = "inside"
-    schema: int = 3  # bumped whenever a part's record changes, so stale cached parts are not reused
+    schema: int = 4  # bumped whenever a part's record changes, so stale cached parts are not reused
     w_samples: int = 20_000  # reference samples behind the Monte Carlo w(y) of Theorem 1, and its expectations
     iterate_samples: int = 4000  # reference samples carrying Theorem 2's iterated marginals (an M x M table)
     frontier_samples: int = 100_000  # reference samples behind the optimal reward-KL frontier
