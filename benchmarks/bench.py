@@ -92,24 +92,42 @@ def field_kwargs(kind: str) -> dict[str, Any]:
     return {"hidden": 128, "depth": 3} if kind == "mlp" else {"channels": (16, 32)}
 
 
-def time_fit(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: Any) -> float:
-    """Seconds per step of ``PreferenceFlow.fit`` (everything it does: normalization, checks, couplings, steps)."""
+class StepClock:
+    """Times between consecutive forward calls of a module: with one forward a training step, the step times."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.stamps: list[float] = []
+        self._hook = module.register_forward_pre_hook(lambda *a: self.stamps.append(time.perf_counter()))
+
+    def steady(self) -> float:
+        """Median seconds per step over the second half of the run (robust to the machine's hiccups)."""
+        self._hook.remove()
+        d = np.diff(self.stamps)
+        return float(np.median(d[len(d) // 2:]))
+
+
+def time_fit(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: Any) -> tuple[float, float]:
+    """``(seconds per step in steady state, seconds of the whole call)`` of ``PreferenceFlow.fit``: the median step
+    of the second half, and everything (checks, normalization, every coupling the run waited for)."""
     flow = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind))
+    clock = StepClock(flow.field)
     t = time.perf_counter()
     flow.fit(ds, steps=steps, batch_size=batch, progress=False, **fit)
-    return (time.perf_counter() - t) / steps
+    total = time.perf_counter() - t
+    return clock.steady(), total
 
 
 def time_bare(ds: PreferenceDataset, kind: str, batch: int, steps: int) -> float:
-    """Seconds per step of the same field trained on pairs given in advance: sample t and the path point, forward,
-    loss, backward, Adam. No coupling, clipping, checks or bookkeeping."""
+    """Median seconds per step (second half) of the same field trained on pairs given in advance: sample t and the
+    path point, forward, loss, backward, Adam (the same fused Adam as fit). No coupling, clipping, checks or
+    bookkeeping."""
     field = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind)).field
-    opt = _adam(torch.optim.Adam, list(field.parameters()), lr=1e-3)  # the same (fused) Adam as fit
+    opt = _adam(torch.optim.Adam, list(field.parameters()), lr=1e-3)
     y0, y1, c = ds.rejected, ds.chosen, ds.context
     n = len(ds)
-    t0 = time.perf_counter()
+    clock = StepClock(field)
     order = torch.randperm(n)
-    for s in range(steps):
+    for s in range(steps + 1):
         i = order[(s * batch) % (n - batch + 1):][:batch]
         t = torch.rand(batch)
         tb = t.view(-1, *([1] * (y0.dim() - 1)))
@@ -118,24 +136,15 @@ def time_bare(ds: PreferenceDataset, kind: str, batch: int, steps: int) -> float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return (time.perf_counter() - t0) / steps
+    return clock.steady()
 
 
 # ---------------------------------------------------------------------------------------------- overhead
-def fit_costs(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: Any) -> tuple[float, float]:
-    """``(ms per step in steady state, start-up seconds)`` of ``fit``: from runs of ``steps`` and ``2 * steps``; the
-    start-up is what a run costs beyond its steps (checks, normalization, the first epoch's couplings)."""
-    short = time_fit(ds, kind, batch, steps, **fit) * steps
-    long = time_fit(ds, kind, batch, 2 * steps, **fit) * 2 * steps
-    per_step = max(long - short, 1e-9) / steps
-    return 1e3 * per_step, max(0.0, short - steps * per_step)
-
-
 def overhead(quick: bool) -> list[dict[str, Any]]:
     """Every case at 1 torch thread and at the process's count (2 here): pfm's fit and the bare step run at the same
     count, so the difference is the pipeline's, not the thread setting's."""
     n = 4096 if quick else 10_000
-    steps = 60 if quick else 300
+    steps = 60 if quick else 600
     cases: list[tuple[str, tuple[int, ...], int, int]] = []  # field, output shape, labels, batch
     for d in ((2,), (64,)) if quick else ((2,), (64,), (784,)):
         for b in (64, 256) if quick else (64, 256, 1024):
@@ -152,15 +161,16 @@ def overhead(quick: bool) -> list[dict[str, Any]]:
             s = max(8, steps // 20) if kind == "unet" else steps
             time_bare(ds, kind, b, 3)  # warm-up: imports, allocator, kernels
             time_fit(ds, kind, b, 3)
-            bare = float(np.median([time_bare(ds, kind, b, s) for _ in range(3)]))
+            bare = time_bare(ds, kind, b, s)  # a median: its mean is within a few % (no start-up)
             row: dict[str, Any] = {"threads": k, "field": kind, "shape": list(shape), "labels": labels, "batch": b,
                                    "pairs": n, "steps": s, "bare_ms": 1e3 * bare}
-            row["pfm_ms"], row["pfm_startup_s"] = fit_costs(ds, kind, b, s)
+            step, total = time_fit(ds, kind, b, s)
+            row["pfm_ms"], row["pfm_mean_ms"] = 1e3 * step, 1e3 * total / s
+            row["pfm_startup_s"] = max(0.0, total - s * step)
             if kind == "mlp":
-                row["pfm_recouple10_ms"], row["pfm_recouple10_startup_s"] = fit_costs(ds, kind, b, s,
-                                                                                      recouple_every=10)
+                row["pfm_recouple10_ms"] = 1e3 * time_fit(ds, kind, b, s, recouple_every=10)[1] / s
             if b <= 256 and kind == "mlp":  # every epoch at 1024 in 2-d would take minutes: see the batch part
-                row["pfm_recouple1_ms"], row["pfm_recouple1_startup_s"] = fit_costs(ds, kind, b, s, recouple_every=1)
+                row["pfm_recouple1_ms"] = 1e3 * time_fit(ds, kind, b, s, recouple_every=1)[1] / s
             row["overhead"] = row["pfm_ms"] / row["bare_ms"] - 1
             default_steps = 2000
             row["overhead_2000_steps"] = (row["pfm_ms"] * default_steps + 1e3 * row["pfm_startup_s"]) / (
@@ -381,10 +391,11 @@ def tables(result: dict[str, Any]) -> str:
            + (" (quick run)" if result.get("quick") else "") + "."]
     if "overhead" in result:
         out += ["", "**Training step: pfm's fit against a bare step of the same field on pairs given in advance** "
-                "(ms per step in steady state; start-up is a run's one-off cost: checks, normalization, the first "
-                "epoch's couplings)", "",
+                "(median ms per step over the second half of a run; start-up: what the run took beyond that many "
+                "median steps: checks, normalization, the first epoch's couplings; the last two columns: the mean "
+                "step of a whole run that re-solves the couplings every 10 epochs or every epoch)", "",
                 "| threads | field | output | labels | batch | bare step | pfm fit | overhead | start-up | overhead, "
-                "2,000-step run | re-coupling every 10 epochs | every epoch |",
+                "2,000-step run | mean step, re-coupling every 10 epochs | every epoch |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["overhead"]:
             k1 = f"{r['pfm_recouple1_ms']:.2f} ms" if "pfm_recouple1_ms" in r else "-"
@@ -452,7 +463,7 @@ def figure(result: dict[str, Any], path: Path) -> None:
         ax.bar(x, [r["pfm_ms"] for r in rows], 0.27, label="pfm fit")
         ax.bar(x + 0.27, [r.get("pfm_recouple10_ms", np.nan) for r in rows], 0.27,
                label="pfm, re-coupling every 10 epochs")
-        ax.set_xticks(x, labels, fontsize=6.5)
+        ax.set_xticks(x, labels, fontsize=6.5, rotation=45, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("ms per step")
         ax.set_title(f"training step ({top} torch threads)")
@@ -462,14 +473,13 @@ def figure(result: dict[str, Any], path: Path) -> None:
         rows = result["inference"]["rows"]
         for method in ("euler", "midpoint", "rk4", "dopri5"):
             rs = [r for r in rows if r["method"] == method]
-            ax.loglog([r["nfe"] for r in rs], [r["distance_to_dopri5_1e-4"] if method != "dopri5" else
-                                               r["error_vs_exact"] for r in rs], "o-", label=method)
+            ax.loglog([r["nfe"] for r in rs], [r["error_vs_exact"] for r in rs], "o-", label=method)
         d = result["inference"]["default"]
         dr = next(r for r in rows if r["solver"] == f"{d['method']} {d['steps']} steps")
-        ax.loglog([dr["nfe"]], [dr["distance_to_dopri5_1e-4"]], "k*", ms=14, label="default")
+        ax.loglog([dr["nfe"]], [dr["error_vs_exact"]], "k*", ms=14, label="default")
         ax.axhline(0.01, color="grey", ls=":", lw=1)
         ax.set_xlabel("field evaluations (NFE)")
-        ax.set_ylabel("distance to dopri5(1e-4) / data scale\n(dopri5: error vs exact)")
+        ax.set_ylabel("mean end-point error / data scale")
         ax.set_title("inference")
         ax.legend(fontsize=7)
     ax = axes[2]

@@ -208,7 +208,8 @@ class PreferenceFlow(nn.Module):
                 epoch, as the paper's code does (there in every step). The couplings are solved in a background
                 thread ahead of the steps (see :mod:`pfm.pairing`). One set for the run scored as well as re-solving
                 every batch on the 2D task and takes the solver off the training step (see the README's
-                Performance section).
+                Performance section). Under ``torch.distributed`` each rank couples its minibatch in every step
+                instead (``recouple_every`` does not apply).
             seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
                 Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and
                 couples its own minibatch of ``batch_size`` pairs (exact OT within it): the optimizer step sees
