@@ -13,7 +13,7 @@ Parts (``--parts``, all by default):
 
 Writes ``results/bench.json`` (or ``--out``), prints Markdown tables and draws ``results/bench.png``.
 
-    python benchmarks/bench.py            # the full run (about 15 minutes on 2 cores)
+    python benchmarks/bench.py            # the full run (8 minutes on 2 cores)
     python benchmarks/bench.py --quick    # a small run (under 2 minutes), what the tests run
 """
 
