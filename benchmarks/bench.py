@@ -27,7 +27,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -50,12 +50,16 @@ def rss_anon_mb() -> float:
 
 
 class PeakMemory:
-    """Peak growth of the process's anonymous memory (MB) while the ``with`` block runs, sampled every 5 ms."""
+    """Peak growth of the process's anonymous memory (MB) while the ``with`` block runs, sampled every 5 ms, over
+    ``base`` (default: the memory when the block starts)."""
+
+    def __init__(self, base: Optional[float] = None) -> None:
+        self._base = base
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
-        self.base = rss_anon_mb()
-        self.peak = self.base
+        self.peak = rss_anon_mb()
+        self.base = self.peak if self._base is None else self._base
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

@@ -17,7 +17,6 @@ import gc
 import json
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,14 +24,8 @@ import numpy as np
 import torch
 
 from pfm import PreferenceDataset, PreferenceFlow
+from bench import PeakMemory, rss_anon_mb  # benchmarks/ is the script's directory
 from pfm._io import atomic_file
-
-
-def rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write(directory: Path, n: int, chunk: int = 1_000_000) -> None:
@@ -70,22 +63,12 @@ def main() -> None:
             flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)
             flow._set_normalization(ds)
             load_s = time.perf_counter() - t
-            peak = [rss_anon_mb()]
-            done = threading.Event()
-
-            def sample() -> None:  # the peak of anonymous memory while training
-                while not done.wait(0.005):
-                    peak.append(rss_anon_mb())
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t = time.perf_counter()
-            flow.fit(ds, steps=args.steps, batch_size=256, progress=False)
-            step_ms = 1000 * (time.perf_counter() - t) / args.steps
-            done.set()
-            sampler.join()
+            with PeakMemory(base) as memory:  # the peak while training, over the memory before loading
+                t = time.perf_counter()
+                flow.fit(ds, steps=args.steps, batch_size=256, progress=False)
+                step_ms = 1000 * (time.perf_counter() - t) / args.steps
             rows.append({"pairs": n, "file_mb": 2 * n * 2 * 4 / 2**20, "load_and_validate_s": load_s,
-                         "ms_per_step": step_ms, "anon_mb_growth": max(peak) - base,
+                         "ms_per_step": step_ms, "anon_mb_growth": memory.growth,
                          "epoch_steps": -(-n // 256)})
             print(f"{n:>10} pairs: load+validate {load_s:6.2f} s, {step_ms:5.2f} ms/step, "
                   f"anonymous memory +{rows[-1]['anon_mb_growth']:.0f} MB", flush=True)

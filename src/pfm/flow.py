@@ -241,37 +241,34 @@ class PreferenceFlow(nn.Module):
         def read(t: Tensor, index: Optional[Tensor], kind: torch.dtype) -> Tensor:
             return t[slice(None) if index is None else index.cpu()].to(device, kind)
 
-        def rows(index: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-            """Normalized rejected, chosen and context rows ``index`` (all rows: None), on the device."""
+        def rejected_rows(index: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+            """Normalized rejected outputs and contexts of rows ``index`` (all rows: None), on the device."""
             c = None if ds.context is None else self._norm_c(read(ds.context, index, cdtype))
-            return self._norm_y(read(ds.rejected, index, dtype)), self._norm_y(read(ds.chosen, index, dtype)), c
+            return self._norm_y(read(ds.rejected, index, dtype)), c
 
-        if ds.memory_mapped:  # rows are read from disk batch by batch; the data set is never copied whole
-            batch_rows = rows
+        def chosen_rows(index: Optional[Tensor]) -> Tensor:
+            return self._norm_y(read(ds.chosen, index, dtype))
 
-            def chosen_rows(index: Tensor) -> Tensor:
-                return self._norm_y(read(ds.chosen, index, dtype))
-
-            def rejected_rows(index: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-                c = None if ds.context is None else self._norm_c(read(ds.context, index, cdtype))
-                return self._norm_y(read(ds.rejected, index, dtype)), c
-        else:  # in memory: normalize once and keep it all on the device
-            y0_all, y1_all, c_all = rows(None)
-
-            def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-                index = index.to(y0_all.device)
-                return y0_all[index], y1_all[index], None if c_all is None else c_all[index]
-
-            def chosen_rows(index: Tensor) -> Tensor:
-                return y1_all[index.to(y1_all.device)]
-
-            def rejected_rows(index: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-                index = index.to(y0_all.device)
-                return y0_all[index], None if c_all is None else c_all[index]
-
+        # memory-mapped data: rows are read from disk batch by batch and the data set is never copied whole; in
+        # memory: normalize it once, keep it all on the device, and index that
+        if not ds.memory_mapped:
+            (y0_all, c_all), y1_all = rejected_rows(None), chosen_rows(None)
             if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
                 raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
                                         f"for {str(dtype).replace('torch.', '')})")
+
+            def rejected_rows(index: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+                index = index.to(y0_all.device)
+                return y0_all[index], None if c_all is None else c_all[index]
+
+            def chosen_rows(index: Optional[Tensor]) -> Tensor:
+                return y1_all[index.to(y1_all.device)]
+
+        def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+            """Normalized rejected, chosen and context rows ``index``, on the device."""
+            y0, c = rejected_rows(index)
+            return y0, chosen_rows(index), c
+
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
         couple_kwargs = {"within_context": within_context, "context_weight": context_weight}
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

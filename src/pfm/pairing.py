@@ -1,4 +1,4 @@
-"""Couplings solved ahead of training, in a background thread, and reused for a few epochs.
+"""Couplings solved ahead of training, in a background thread, and kept for the run or for a few epochs.
 
 Exact OT of a 256 x 256 batch of 2-d points takes about 12 ms on one CPU core (scipy), several times a small field's
 training step. A coupling depends on the data only, never on the network, so it need not sit on the step's path:
@@ -75,7 +75,6 @@ class PairingPlan:
         self._error: Optional[BaseException] = None
         self._stop = False
         self._thread: Optional[threading.Thread] = None
-        self.blocks_solved = {"thread": 0, "training loop": 0}
         # int32 partners below 2^31 rows: half the memory (10^7 rows: 40 MB a plan, two plans at most)
         self._dtype = torch.int32 if self.n < 2**31 else torch.int64
 
@@ -122,7 +121,7 @@ class PairingPlan:
                 if self._thread is None or not self._thread.is_alive():
                     raise RuntimeError("the pairing thread stopped before solving the plan")
                 self._cond.wait(timeout=1.0)
-        self._solve_block(number, plan, j, "training loop")
+        self._solve_block(number, plan, j)
         return self.partners(index)
 
     # ------------------------------------------------------------------------------------------ solving
@@ -136,7 +135,7 @@ class PairingPlan:
             self._plans[number] = plan
         return plan
 
-    def _solve_block(self, number: int, plan: _Plan, j: int, who: str) -> None:
+    def _solve_block(self, number: int, plan: _Plan, j: int) -> None:
         block = plan.perm[j * self.batch_size:(j + 1) * self.batch_size]
         y0, y1, c = self._rows(block)
         gen = torch.Generator(device=y0.device).manual_seed(mix_seed(self.seed, number, j, 0x5EED))
@@ -144,7 +143,6 @@ class PairingPlan:
         i0, i1 = i0.cpu(), i1.cpu()
         with self._cond:
             plan.partner[block[i0]] = block[i1].to(self._dtype)
-            self.blocks_solved[who] += 1
             self._cond.notify_all()
 
     def _run(self, number: int) -> None:
@@ -173,7 +171,7 @@ class PairingPlan:
                         if j in plan.claimed:
                             continue
                         plan.claimed.add(j)
-                    self._solve_block(number, plan, j, "thread")
+                    self._solve_block(number, plan, j)
                 number += 1
         except BaseException as exc:  # handed to the training loop, which raises it
             with self._cond:
