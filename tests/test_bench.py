@@ -15,9 +15,9 @@ def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     try:
         import torchcfm  # noqa: F401
 
-        parts = ["overhead", "peer", "inference", "batch"]
+        parts = ["overhead", "peer", "inference", "batch", "precision"]
     except ImportError:  # installed by `make`; without it the peer part cannot run
-        parts = ["overhead", "inference", "batch"]
+        parts = ["overhead", "inference", "batch", "precision"]
     out = tmp_path / "bench.json"
     env = {**os.environ, "PFM_DATA_DIR": str(tmp_path / "data")}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
@@ -33,6 +33,10 @@ def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     # a converging solver: more steps, smaller error against the exact end points
     assert solvers["rk4 8 steps"]["error_vs_exact"] < solvers["rk4 1 steps"]["error_vs_exact"]
     assert all(r["ot_cost"] <= r["independent_cost"] for r in result["batch"])
+    settings = {(r["precision"], r["compile"]): r for r in result["precision"]}
+    assert set(settings) == {("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)}
+    for r in settings.values():  # bf16 autocast trains the same flow: its loss within 2% of float32's
+        assert r["step_ms"] > 0 and abs(r["final_loss"] / settings["fp32", False]["final_loss"] - 1) < 0.02
     if "peer" in parts:
         assert {"64", "256"} == set(result["peer"]["summary"])
     assert "| solver | NFE |" in run.stdout

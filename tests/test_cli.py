@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfm import PreferenceDataset
+from pfm import PreferenceDataset, PreferenceFlow
 from pfm.cli import main
 
 
@@ -83,3 +83,10 @@ def test_fit_recouple_every(tmp_path, data, every, capsys):
     with pytest.raises(SystemExit):
         main(["fit", str(data), "--out", str(out), "--recouple-every", "often"])
     assert "'never'" in capsys.readouterr().err
+
+
+def test_fit_bf16(tmp_path, data):
+    out = tmp_path / "flow"
+    assert main(["fit", str(data), "--out", str(out), "--steps", "20", "--hidden", "8", "--precision", "bf16",
+                 "-q"]) == 0
+    assert PreferenceFlow.load(out).transform(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)).shape == (3, 2)

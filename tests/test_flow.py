@@ -230,3 +230,27 @@ def test_a_flow_saved_before_time_max_freq_existed_loads_with_its_1000_rad_featu
     old = PreferenceFlow.load(tmp_path / "f")
     assert float(old.field.time.freqs.max()) == pytest.approx(1000.0)
     assert float(PreferenceFlow.load(tmp_path / "f").field.time.freqs.min()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("precision, compile", [("bf16", False), ("fp32", True)])
+def test_bf16_autocast_and_compile_train_the_same_float32_flow(precision, compile, tmp_path):
+    ds = shifted()
+    flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)
+    flow.fit(ds, steps=300, progress=False, precision=precision, compile=compile)
+    assert all(p.dtype == torch.float32 for p in flow.field.parameters())
+    out = flow.transform(torch.randn(500, 2))
+    assert torch.all(out.mean(0) > 2.4) and torch.all(out.mean(0) < 3.6)
+    flow.save(tmp_path / "f")  # the field, not a compiled wrapper, is what is saved
+    torch.testing.assert_close(PreferenceFlow.load(tmp_path / "f").transform(out[:5]), flow.transform(out[:5]))
+
+
+def test_precision_and_compile_are_checked_and_precision_is_part_of_a_checkpoint(tmp_path):
+    ds = shifted(100)
+    flow = PreferenceFlow.for_dataset(ds, hidden=8, depth=1)
+    with pytest.raises(InvalidInputError, match="precision must be one of 'fp32', 'bf16'"):
+        flow.fit(ds, steps=2, progress=False, precision="fp16")
+    with pytest.raises(InvalidInputError, match="compile must be True or False"):
+        flow.fit(ds, steps=2, progress=False, compile="yes")
+    flow.fit(ds, steps=4, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+    with pytest.raises(InvalidInputError, match="precision"):
+        flow.fit(ds, steps=6, progress=False, checkpoint_dir=tmp_path, resume=True, precision="bf16")

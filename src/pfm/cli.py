@@ -73,7 +73,7 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
                        coupling=args.coupling, sigma=args.sigma, normalize=not args.no_normalize,
                        ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet,
                        checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                       recouple_every=args.recouple_every)
+                       recouple_every=args.recouple_every, precision=args.precision, compile=args.compile)
     if rank != 0:  # one writer
         return 0
     flow.save(args.out)
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--solver-steps", type=int, default=4, help="default solver steps saved with the flow (4)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cuda if available)")
+    f.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the field's forward under bfloat16 autocast (GPUs with bf16 tensor cores; default fp32)")
+    f.add_argument("--compile", action="store_true", help="train the field through torch.compile (slow first steps)")
     f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="write the training state every N steps (to OUT.checkpoint/ unless --checkpoint-dir)")
     f.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoint/ when "

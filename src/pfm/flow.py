@@ -191,6 +191,8 @@ class PreferenceFlow(nn.Module):
         checkpoint_every: Optional[int] = None,
         resume: bool = False,
         recouple_every: Optional[int] = None,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> History:
         """Train the field by conditional flow matching from the rejected to the preferred outputs.
 
@@ -216,6 +218,9 @@ class PreferenceFlow(nn.Module):
                 ``world_size * batch_size`` pairs, but OT pairs only within each rank's share, as it would with
                 that per-rank batch on one process. See :func:`pfm.optimize`.
             device: where to train (default: where the flow is).
+            precision: ``fp32`` (default) or ``bf16``: the field's forward under ``torch.autocast`` in bfloat16
+                (weights and optimizer state stay float32; for GPUs with bf16 tensor cores).
+            compile: run the field through ``torch.compile`` while training (the first steps wait for it).
             checkpoint_dir, checkpoint_every, resume: write the training state every ``checkpoint_every`` steps and
                 resume from it (see :func:`pfm.optimize`); a checkpoint of other data or settings is refused.
 
@@ -291,13 +296,14 @@ class PreferenceFlow(nn.Module):
             fingerprint = {"data": ds.digest(), "coupling": coupling, "sigma": sigma, "normalize": bool(normalize),
                            "within_context": bool(within_context), "context_weight": float(context_weight),
                            "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True),
-                           "recouple_every": recouple_every if plan is not None else None}
+                           "recouple_every": recouple_every if plan is not None else None,
+                           "precision": precision}
         try:
             return optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
                             device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
                             checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
-                            order=None if plan is None else plan.order)
+                            order=None if plan is None else plan.order, precision=precision, compile=compile)
         finally:
             if plan is not None:
                 plan.close()

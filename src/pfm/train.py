@@ -4,6 +4,7 @@ a history. Flows and baselines all train through :func:`optimize`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from .errors import InvalidInputError
 
 log = logging.getLogger("pfm")
 
+PRECISIONS = ("fp32", "bf16")
 LossFn = Callable[..., Union[Tensor, tuple[Tensor, dict[str, Tensor]]]]
 """``loss_fn(index, generator) -> scalar``: the loss of the rows ``index`` (int64 ``(batch,)``); or
 ``(loss, {name: scalar})`` to also record other quantities (e.g. RLHF's reward and KL) in ``History.extras``.
@@ -125,6 +127,8 @@ def optimize(
     resume: bool = False,
     fingerprint: Optional[dict[str, Any]] = None,
     order: Optional[Callable[[int], Tensor]] = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
 
@@ -159,6 +163,9 @@ def optimize(
     if ema_decay is not None and not 0.0 < float(ema_decay) < 1.0:
         raise InvalidInputError(f"ema_decay must be in (0, 1), got {ema_decay!r}")
     V.check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
+    V.check_choice(precision, "precision", PRECISIONS)
+    if not isinstance(compile, bool):
+        raise InvalidInputError(f"compile must be True or False, got {compile!r}")
     if resume and checkpoint_dir is None:
         raise InvalidInputError("resume=True needs checkpoint_dir, where the checkpoint is")
     params = [p for p in module.parameters() if p.requires_grad]
@@ -186,6 +193,13 @@ def optimize(
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        if not takes_model:
+            raise InvalidInputError("compile=True needs loss_fn(index, generator, model), which calls the compiled "
+                                    "model")
+        model = torch.compile(model)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
     gen = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
     if world > 1:
         if order is not None:
@@ -293,7 +307,8 @@ def optimize(
                 rows = order(epoch)
             pos = (step % steps_per_epoch) * batch_size
             index = rows[pos:pos + batch_size].to(device)
-            out = loss_fn(index, gen, model) if takes_model else loss_fn(index, gen)
+            with autocast:
+                out = loss_fn(index, gen, model) if takes_model else loss_fn(index, gen)
             loss, extras = out if isinstance(out, tuple) else (out, {})
             opt.zero_grad(set_to_none=True)
             loss.backward()
