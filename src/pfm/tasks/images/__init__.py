@@ -1,0 +1,1 @@
+"""Conditional image generation (the paper's MNIST experiment): data, models, metrics and the experiment."""

