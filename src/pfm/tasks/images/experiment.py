@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -50,21 +50,21 @@ class Config:
     flow_steps: int = 3000
     flow_hidden: int = 512
     flow_depth: int = 3
+    flow_ema: Optional[float] = 0.999
     eval_per_class: int = 100
     betas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    reward_steps: int = 1500
+    reward_steps: int = 600
     rlhf_steps: int = 400
     dpo_steps: int = 600
     curve_points: int = 10
     schema: int = SCHEMA
     quick: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick_config(cls, dataset: str = "mnist") -> "Config":
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
-                   flow_steps=400, flow_hidden=256, eval_per_class=20, betas=(0.1, 10.0), reward_steps=150,
-                   rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
+                   flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
+                   reward_steps=150, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
 
     def models_key(self, data: ImageData) -> str:
         """What the pre-trained models depend on: the data (its bytes) and their training settings."""
@@ -180,7 +180,8 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
     t = time.perf_counter()
     flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=256, seed=seed, progress=progress)
+    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=256, ema_decay=cfg.flow_ema, seed=seed,
+                    progress=progress)
     times["PFM fit"] = hist.seconds
     x_pfm = flow.transform(x_ref, eval_labels)
     record("PFM", x_pfm)
