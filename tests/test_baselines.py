@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from pfm import InvalidInputError, InvalidTypeError, PreferenceDataset, collect_preferences
 from pfm.baselines import RewardModel, dpo, implicit_accuracy, ipo, preference_loss, rlhf
@@ -116,3 +117,31 @@ def test_a_frozen_reference_is_accepted_and_checked():
     assert 0.0 <= implicit_accuracy(pi, ref, ds) <= 1.0
     with pytest.raises(InvalidTypeError, match="reference must be an nn.Module"):
         implicit_accuracy(pi, lambda y, c: y, ds)
+
+
+def test_sweep_beta_picks_the_best_heldout_accuracy_and_keeps_the_larger_beta_on_ties():
+    from pfm.baselines import sweep_beta
+
+    class Fixed(nn.Module):  # a policy whose implicit reward is its log-density: prefers larger y[:, 0] by `slope`
+        def __init__(self, slope):
+            super().__init__()
+            self.slope = nn.Parameter(torch.tensor(float(slope)))
+
+        def sample(self, context, n, generator=None):
+            return torch.zeros(n, 1)
+
+        def log_prob(self, y, context=None):
+            return self.slope * y[:, 0]
+
+    ref = Fixed(0.0)
+    up = torch.linspace(1, 2, 20)[:, None]
+    heldout = PreferenceDataset(up, -up)  # y+ > y-: a positive slope ranks every pair right
+    slopes = {0.1: -1.0, 1.0: 1.0, 10.0: 1.0}
+    beta, policy, rows = sweep_beta(lambda b: Fixed(slopes[b]), [0.1, 1.0, 10.0], ref, heldout,
+                                    lambda p: {"slope": float(p.slope)})
+    assert beta == 10.0 and float(policy.slope) == 1.0
+    assert [r["beta"] for r in rows] == [0.1, 1.0, 10.0] and [r["heldout_accuracy"] for r in rows] == [0.0, 1.0, 1.0]
+    with pytest.raises(InvalidInputError, match="betas is empty"):
+        sweep_beta(lambda b: ref, [], ref, heldout, lambda p: {})
+    with pytest.raises(InvalidInputError, match="beta must be > 0"):
+        sweep_beta(lambda b: ref, [0.0], ref, heldout, lambda p: {})

@@ -3,8 +3,8 @@ RLHF (KL-regularized policy optimization on that reward), DPO and IPO. They need
 (``sample`` and ``log_prob``, see :mod:`pfm.policies`); PFM does not.
 """
 
-from .dpo import dpo, implicit_accuracy, ipo, preference_loss
+from .dpo import dpo, implicit_accuracy, ipo, preference_loss, sweep_beta
 from .reward import RewardModel
 from .rlhf import rlhf
 
-__all__ = ["RewardModel", "rlhf", "dpo", "ipo", "preference_loss", "implicit_accuracy"]
+__all__ = ["RewardModel", "rlhf", "dpo", "ipo", "preference_loss", "implicit_accuracy", "sweep_beta"]

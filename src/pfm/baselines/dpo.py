@@ -10,7 +10,7 @@ With ``h = [log pi(y+) - log pi_ref(y+)] - [log pi(y-) - log pi_ref(y-)]``:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +106,29 @@ def implicit_accuracy(policy: nn.Module, reference: nn.Module, dataset: Preferen
     h = (log_probs(policy, ds.chosen, ds.context) - log_probs(reference, ds.chosen, ds.context)) \
         - (log_probs(policy, ds.rejected, ds.context) - log_probs(reference, ds.rejected, ds.context))
     return float((h > 0).float().mean() + 0.5 * (h == 0).float().mean())
+
+
+def sweep_beta(train: Callable[[float], nn.Module], betas: Sequence[float], reference: nn.Module,
+               heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, Any]]
+               ) -> tuple[float, nn.Module, list[dict[str, Any]]]:
+    """Train one policy per beta with ``train(beta)`` and pick beta by :func:`implicit_accuracy` on held-out pairs.
+
+    Betas are tried from the largest down, so a tie keeps the larger beta (the policy closer to ``reference``).
+    Returns ``(best_beta, best_policy, rows)``: a row per beta, in increasing beta, with ``beta``,
+    ``heldout_accuracy`` and what ``evaluate(policy)`` returned.
+    """
+    if not callable(train) or not callable(evaluate):
+        raise InvalidTypeError("train and evaluate must be callables: train(beta) -> policy, evaluate(policy) -> dict")
+    if len(betas) == 0:
+        raise InvalidInputError("betas is empty: give at least one beta to try")
+    rows: list[dict[str, Any]] = []
+    best: Optional[dict[str, Any]] = None
+    best_policy: Optional[nn.Module] = None
+    for beta in sorted((check_beta(b) for b in betas), reverse=True):
+        policy = train(beta)
+        acc = implicit_accuracy(policy, reference, heldout)
+        rows.append({"beta": beta, "heldout_accuracy": acc, **evaluate(policy)})
+        if best is None or acc > best["heldout_accuracy"] + 1e-12:
+            best, best_policy = rows[-1], policy
+    assert best is not None and best_policy is not None
+    return best["beta"], best_policy, sorted(rows, key=lambda r: r["beta"])

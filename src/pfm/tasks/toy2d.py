@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_file
-from ..baselines import RewardModel, dpo, implicit_accuracy, ipo, rlhf
+from ..baselines import RewardModel, dpo, ipo, rlhf, sweep_beta
 from ..data import PreferenceDataset, collect_preferences
 from ..errors import InvalidInputError
 from ..flow import PreferenceFlow
@@ -200,18 +200,10 @@ class Evaluator:
 def _sweep(name: str, train: Callable[[float], torch.nn.Module], betas: tuple[float, ...], ref, heldout,
            evaluate: Evaluator, gen: torch.Generator, n_test: int) -> dict[str, Any]:
     """Train one policy per beta; pick beta by held-out implicit-reward accuracy; score every beta on the test."""
-    rows = []
-    best, best_policy = None, None
-    for beta in sorted(betas, reverse=True):  # largest first, so ties keep the larger beta
-        policy = train(beta)
-        acc = implicit_accuracy(policy, ref, heldout)
-        m = evaluate(None, *_with_density(policy, n_test, gen))
-        rows.append({"beta": beta, "heldout_accuracy": acc, **asdict(m)})
-        if best is None or acc > best["heldout_accuracy"] + 1e-12:
-            best, best_policy = rows[-1], policy
-    assert best_policy is not None
-    metrics = evaluate(name, *_with_density(best_policy, n_test, gen))
-    return {"beta": best["beta"], "metrics": asdict(metrics), "sweep": sorted(rows, key=lambda r: r["beta"])}
+    beta, policy, rows = sweep_beta(train, betas, ref, heldout,
+                                    lambda p: asdict(evaluate(None, *_with_density(p, n_test, gen))))
+    metrics = evaluate(name, *_with_density(policy, n_test, gen))
+    return {"beta": beta, "metrics": asdict(metrics), "sweep": rows}
 
 
 @torch.no_grad()

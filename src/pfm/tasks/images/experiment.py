@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._io import atomic_dir, atomic_file
-from ...baselines import RewardModel, dpo, rlhf
+from ...baselines import RewardModel, dpo, rlhf, sweep_beta
 from ...baselines.dpo import implicit_accuracy
 from ...data import PreferenceDataset, collect_preferences
 from ...errors import InvalidInputError
@@ -239,16 +239,8 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
 def _sweep(betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,
            heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, float]]) -> dict[str, Any]:
-    """One policy per beta; beta picked by held-out implicit-reward accuracy (ties: the larger beta)."""
-    rows, best, best_policy = [], None, None
-    for beta in sorted(betas, reverse=True):
-        policy = train(beta)
-        acc = implicit_accuracy(policy, ref, heldout)
-        rows.append({"beta": beta, "heldout_accuracy": acc, **evaluate(policy)})
-        if best is None or acc > best["heldout_accuracy"] + 1e-12:
-            best, best_policy = rows[-1], policy
-    assert best is not None
-    return {"beta": best["beta"], "policy": best_policy, "sweep": sorted(rows, key=lambda r: r["beta"])}
+    beta, policy, rows = sweep_beta(train, betas, ref, heldout, evaluate)
+    return {"beta": beta, "policy": policy, "sweep": rows}
 
 
 def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, contexts: Tensor, beta: float,
