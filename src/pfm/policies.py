@@ -27,6 +27,12 @@ from .fields import ContextEmbedding
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def diagonal_gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
+    """``log N(x; mu, diag(std^2))`` of each row: ``x`` and ``mu`` ``(n, d)``, ``std`` ``(n, d)`` or ``(d,)``;
+    returns ``(n,)``."""
+    return (-0.5 * (((x - mu) / std).pow(2) + LOG_2PI) - std.log()).sum(-1)
+
+
 class Policy(nn.Module):
     """Base class: ``forward(context, n)`` samples. Subclasses implement ``sample`` and ``log_prob``."""
 
@@ -145,8 +151,7 @@ class GaussianPolicy(Policy):
         y = self._check_y(y, c)
         n = y.shape[0]
         mu, std = self.distribution(None if c is None else c.to(y.device), n)
-        z = (y.reshape(n, -1).to(mu.dtype) - mu) / std
-        return -0.5 * (z.pow(2) + LOG_2PI).sum(1) - std.log().sum(1)
+        return diagonal_gaussian_log_prob(y.reshape(n, -1).to(mu.dtype), mu, std)
 
 
 class GaussianMixturePolicy(Policy):

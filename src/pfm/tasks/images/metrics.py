@@ -19,7 +19,7 @@ from scipy import linalg
 from torch import Tensor, nn
 
 from ...errors import InvalidInputError
-from .models import label_probability, predict
+from .models import label_probability
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,7 +74,6 @@ class ImageEvaluator:
         self.annotator, self.judge = annotator.eval(), judge.eval()
         self.real_features = self._features(real_x)
         self.real_y = real_y
-        self.reference_diversity = 1.0
         self.reference_diversity = mean_pairwise_distance(reference_x.clamp(0, 1), reference_y)
 
     @torch.no_grad()
@@ -90,8 +89,8 @@ class ImageEvaluator:
             raise InvalidInputError("the samples hold NaN or infinite values")
         out_of_range = float(((x < 0) | (x > 1)).float().mean())
         x = x.clamp(0, 1)
-        probs = predict(self.judge, x)
-        feats = self._features(x)
+        feats = self._features(x)  # one pass through the judge: its head maps these features to the logits
+        probs = torch.softmax(self.judge.head(torch.from_numpy(feats)), 1)
         fd = [frechet_distance(feats[(labels == c).numpy()], self.real_features[(self.real_y == c).numpy()])
               for c in torch.unique(labels)]
         return ImageMetrics(

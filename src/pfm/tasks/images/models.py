@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ... import _validate as V
 from ...data import as_context
 from ...errors import InvalidInputError
-from ...policies import LOG_2PI, Policy
+from ...policies import Policy, diagonal_gaussian_log_prob
 from ...train import History, optimize
 
 
@@ -77,8 +77,7 @@ class ConditionalVAE(nn.Module):
         flat = x.reshape(x.shape[0], -1)
         z, kl = self._posterior(x, labels, generator)
         mu, std = self.decode(z, labels)
-        rec = -0.5 * (((flat - mu) / std).pow(2) + LOG_2PI).sum(1) - std.log().sum()
-        return rec - kl
+        return diagonal_gaussian_log_prob(flat, mu, std) - kl
 
     def fit(self, x: Tensor, labels: Tensor, *, epochs: float = 60, std_epochs: float = 5, batch_size: int = 128,
             lr: float = 1e-3, seed: int = 0, progress: bool = True) -> History:
@@ -160,8 +159,8 @@ class LatentImagePolicy(Policy):
         labels = self._labels(None if c is None else c.to(y.device))
         z, x = y[:, :self.z_dim], y[:, self.z_dim:]
         mu, std = self.vae.decode(z, labels)
-        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(1)
-        return log_pz - 0.5 * (((x - mu) / std).pow(2) + LOG_2PI).sum(1) - std.log().sum()
+        return diagonal_gaussian_log_prob(z, torch.zeros_like(z), torch.ones_like(z)) + \
+            diagonal_gaussian_log_prob(x, mu, std)
 
 
 class LeNet5(nn.Module):
