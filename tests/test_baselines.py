@@ -30,6 +30,22 @@ def test_rlhf_reaches_the_kl_regularized_optimum():
         assert abs(sum(hist.extras["kl"][-100:]) / 100 - (A / beta) ** 2 / 2) < 0.1
 
 
+def test_pathwise_rlhf_reaches_the_same_optimum_and_refuses_what_it_cannot_differentiate():
+    beta = 0.5
+    pi, hist = rlhf(GaussianPolicy(1), lambda y, c: A * y[:, 0], beta=beta, steps=600, batch_size=32,
+                    samples_per_context=8, lr=2e-2, estimator="pathwise", progress=False)
+    assert abs(pi.mean0.item() - A / beta) < 0.05
+    assert abs(pi.log_std0.exp().item() - 1.0) < 0.05
+    assert abs(sum(hist.extras["kl"][-100:]) / 100 - (A / beta) ** 2 / 2) < 0.15
+    with pytest.raises(InvalidInputError, match="differentiable reward"):
+        rlhf(GaussianPolicy(1), lambda y, c: A * y[:, 0].detach(), steps=2, estimator="pathwise", progress=False)
+    from pfm.policies import GaussianMixturePolicy
+    with pytest.raises(InvalidTypeError, match="rsample"):
+        rlhf(GaussianMixturePolicy([[0.0]]), lambda y, c: y[:, 0], steps=2, estimator="pathwise", progress=False)
+    with pytest.raises(InvalidInputError, match="estimator"):
+        rlhf(GaussianPolicy(1), lambda y, c: y[:, 0], steps=2, estimator="ppo", progress=False)
+
+
 def test_rlhf_with_contexts_learns_per_label_shifts():
     pol = GaussianPolicy(1, num_classes=2, hidden=32)
     labels = torch.arange(2).repeat(32)
@@ -92,6 +108,26 @@ def test_reward_model_recovers_a_linear_reward_and_reports_accuracy():
     assert len(hist.extras["acc"]) == 800
 
 
+def test_reward_model_with_an_encoder_standardizes_globally_and_learns_through_it():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3000, 2, 4, 4, generator=g) * 3 + 5
+    mean = y.mean(dim=(1, 2, 3))
+    better = mean[:1500] > mean[1500:]  # preferred: the larger mean pixel
+    ds = PreferenceDataset(torch.where(better[:, None, None, None], y[:1500], y[1500:]),
+                           torch.where(better[:, None, None, None], y[1500:], y[:1500]))
+    train, test = ds.split(0.2, seed=0)
+    enc = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.SiLU(), nn.Flatten())
+    rm = RewardModel.for_dataset(train, hidden=16, depth=1, encoder=enc)
+    rm.fit(train, steps=300, lr=3e-3, progress=False)
+    assert rm.y_shift.unique().numel() == 1 and abs(float(rm.y_shift[0]) - 5) < 0.1  # one scale for all pixels
+    assert abs(float(rm.y_scale[0]) - float(torch.cat([train.chosen, train.rejected]).std())) < 0.05
+    assert rm.accuracy(test) > 0.9
+    with pytest.raises(InvalidInputError, match=r"features \(n, F\)"):
+        RewardModel((2, 4, 4), encoder=nn.Identity())
+    with pytest.raises(InvalidTypeError, match="encoder must be an nn.Module"):
+        RewardModel((2, 4, 4), encoder=lambda x: x)
+
+
 def test_baselines_refuse_bad_input():
     ds = bt_pairs(50)
     with pytest.raises(InvalidTypeError, match="nn.Module"):
@@ -141,6 +177,15 @@ def test_sweep_beta_picks_the_best_heldout_accuracy_and_keeps_the_larger_beta_on
                                     lambda p: {"slope": float(p.slope)})
     assert beta == 10.0 and float(policy.slope) == 1.0
     assert [r["beta"] for r in rows] == [0.1, 1.0, 10.0] and [r["heldout_accuracy"] for r in rows] == [0.0, 1.0, 1.0]
+    # with validate, the pick follows it and implicit accuracy is only recorded
+    beta, policy, rows = sweep_beta(lambda b: Fixed(slopes[b]), [0.1, 1.0, 10.0], ref, heldout,
+                                    lambda p: {}, validate=lambda p: -float(p.slope))
+    assert beta == 0.1 and [r["validation"] for r in rows] == [1.0, -1.0, -1.0]
+    assert [r["heldout_accuracy"] for r in rows] == [0.0, 1.0, 1.0]
+    with pytest.raises(InvalidInputError, match="validate"):
+        sweep_beta(lambda b: ref, [1.0], ref, heldout, lambda p: {}, validate=lambda p: float("nan"))
+    with pytest.raises(InvalidTypeError, match="validate"):
+        sweep_beta(lambda b: ref, [1.0], ref, heldout, lambda p: {}, validate=3)
     with pytest.raises(InvalidInputError, match="betas is empty"):
         sweep_beta(lambda b: ref, [], ref, heldout, lambda p: {})
     with pytest.raises(InvalidInputError, match="beta must be > 0"):

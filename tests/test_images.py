@@ -94,6 +94,12 @@ def test_latent_image_policy_density_is_the_prior_times_the_pixel_gaussian():
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(y[:, :4]).sum(1) + \
         torch.distributions.Normal(mu, std).log_prob(y[:, 4:]).sum(1)
     torch.testing.assert_close(policy.log_prob(y, labels), expected)
+    # rsample draws the same sample, differentiably (the pathwise RLHF gradient)
+    r = policy.rsample(labels, 3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(r.detach(), y)
+    assert not y.requires_grad and r.requires_grad
+    policy.images(r).sum().backward()
+    assert vae.decoder[0].weight.grad is not None and vae.encoder[0].weight.grad is None
     with pytest.raises(InvalidInputError, match="class labels"):
         policy.sample(None, 3)
     with pytest.raises(InvalidInputError, match="label 12"):
@@ -139,8 +145,8 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out"), "-q"]) == 0
     result = json.loads((tmp_path / "out" / "mnist.json").read_text())
     s = result["summary"]
-    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF", "DPO",
-               "DPO, small beta"]
+    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
+               "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
     assert list(s) == methods
     assert s["PFM"]["annotator"][0] > s["reference"]["annotator"][0]
     assert s["preferred (y+)"]["annotator"][0] > s["rejected (y-)"]["annotator"][0]

@@ -140,11 +140,15 @@ class GaussianPolicy(Policy):
         return mu, log_std.exp().clamp_min(self.min_std)
 
     def sample(self, context: Optional[Tensor], n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        c, n = self._rows(context, n)
         with torch.no_grad():
-            mu, std = self.distribution(c, n)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            return (mu + std * eps).reshape(n, *self.output_shape)
+            return self.rsample(context, n, generator)
+
+    def rsample(self, context: Optional[Tensor], n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Like :meth:`sample`, reparameterized (``mu + std * eps``): gradients flow to the weights."""
+        c, n = self._rows(context, n)
+        mu, std = self.distribution(c, n)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return (mu + std * eps).reshape(n, *self.output_shape)
 
     def log_prob(self, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
         c = as_context(context, "context")

@@ -10,6 +10,7 @@ With ``h = [log pi(y+) - log pi_ref(y+)] - [log pi(y-) - log pi_ref(y-)]``:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
@@ -109,26 +110,38 @@ def implicit_accuracy(policy: nn.Module, reference: nn.Module, dataset: Preferen
 
 
 def sweep_beta(train: Callable[[float], nn.Module], betas: Sequence[float], reference: nn.Module,
-               heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, Any]]
+               heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, Any]],
+               validate: Optional[Callable[[nn.Module], float]] = None,
                ) -> tuple[float, nn.Module, list[dict[str, Any]]]:
-    """Train one policy per beta with ``train(beta)`` and pick beta by :func:`implicit_accuracy` on held-out pairs.
+    """Train one policy per beta with ``train(beta)`` and pick beta on held-out data.
 
-    Betas are tried from the largest down, so a tie keeps the larger beta (the policy closer to ``reference``).
+    By default the pick is the best :func:`implicit_accuracy` on the held-out pairs. With ``validate`` (a score of
+    a policy, higher is better, e.g. the annotator's mean score of fresh samples on validation contexts) the pick
+    is the best ``validate(policy)``; implicit accuracy is still recorded. Betas are tried from the largest down, so
+    a tie keeps the larger beta (the policy closer to ``reference``).
+
     Returns ``(best_beta, best_policy, rows)``: a row per beta, in increasing beta, with ``beta``,
-    ``heldout_accuracy`` and what ``evaluate(policy)`` returned.
+    ``heldout_accuracy``, ``validation`` (with ``validate``) and what ``evaluate(policy)`` returned.
     """
     if not callable(train) or not callable(evaluate):
         raise InvalidTypeError("train and evaluate must be callables: train(beta) -> policy, evaluate(policy) -> dict")
+    if validate is not None and not callable(validate):
+        raise InvalidTypeError(f"validate must be a callable validate(policy) -> float, got {type(validate).__name__}")
     if len(betas) == 0:
         raise InvalidInputError("betas is empty: give at least one beta to try")
+    key = "heldout_accuracy" if validate is None else "validation"
     rows: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     best_policy: Optional[nn.Module] = None
     for beta in sorted((check_beta(b) for b in betas), reverse=True):
         policy = train(beta)
-        acc = implicit_accuracy(policy, reference, heldout)
-        rows.append({"beta": beta, "heldout_accuracy": acc, **evaluate(policy)})
-        if best is None or acc > best["heldout_accuracy"] + 1e-12:
+        row: dict[str, Any] = {"beta": beta, "heldout_accuracy": implicit_accuracy(policy, reference, heldout)}
+        if validate is not None:
+            row["validation"] = float(validate(policy))
+            if not math.isfinite(row["validation"]):
+                raise InvalidInputError(f"validate(policy) returned {row['validation']} for beta {beta:g}")
+        rows.append({**row, **evaluate(policy)})
+        if best is None or rows[-1][key] > best[key] + 1e-12:
             best, best_policy = rows[-1], policy
     assert best is not None and best_policy is not None
     return best["beta"], best_policy, sorted(rows, key=lambda r: r["beta"])

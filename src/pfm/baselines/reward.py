@@ -27,15 +27,18 @@ def _check_dataset(dataset: Any) -> PreferenceDataset:
 
 
 class RewardModel(nn.Module):
-    """An MLP ``r(y, x) -> (n,)`` on the flattened output and the context embedding.
+    """An MLP ``r(y, x) -> (n,)`` on the flattened output (or an encoder's features of it) and the context embedding.
 
     Inputs are standardized with the statistics of the data it is fitted on (stored as buffers, so a loaded
-    model scores raw outputs).
+    model scores raw outputs): per coordinate for the MLP, by one mean and std over all coordinates when an
+    ``encoder`` is given (so an image stays an image: a per-pixel scale would blow up near-constant pixels).
 
     Args:
         output_shape: shape of one output.
         num_classes / context_shape: label or float contexts.
-        hidden, depth: the MLP.
+        hidden, depth: the MLP (the head, with an encoder).
+        encoder: optional module mapping standardized outputs ``(n, *output_shape)`` to features ``(n, F)``, e.g.
+            a CNN for images; its feature size is found by one forward pass at construction.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class RewardModel(nn.Module):
         hidden: int = 128,
         depth: int = 2,
         context_dim: int = 32,
+        encoder: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if isinstance(output_shape, int):
@@ -54,10 +58,22 @@ class RewardModel(nn.Module):
         self.output_shape = tuple(int(s) for s in output_shape)
         V.check_positive_int(hidden, "hidden")
         V.check_positive_int(depth, "depth")
-        d = math.prod(self.output_shape)
+        d = features = math.prod(self.output_shape)
         self.context = ContextEmbedding(context_dim, num_classes, context_shape)
+        self.encoder = encoder
+        if encoder is not None:
+            if not isinstance(encoder, nn.Module):
+                raise InvalidTypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+            with torch.no_grad():
+                was = encoder.training
+                probe = encoder.eval()(torch.zeros(2, *self.output_shape))
+                encoder.train(was)
+            if probe.dim() != 2 or probe.shape[0] != 2:
+                raise InvalidInputError(f"encoder must map (n, *{self.output_shape}) to features (n, F), got "
+                                        f"{tuple(probe.shape)} for n = 2")
+            features = probe.shape[1]
         layers: list[nn.Module] = []
-        width = d + self.context.dim
+        width = features + self.context.dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -77,7 +93,8 @@ class RewardModel(nn.Module):
     def forward(self, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Rewards ``(n,)`` of outputs ``y: (n, *output_shape)``."""
         n = y.shape[0]
-        parts = [(y.reshape(n, -1) - self.y_shift) / self.y_scale]
+        z = (y.reshape(n, -1) - self.y_shift) / self.y_scale
+        parts = [z if self.encoder is None else self.encoder(z.reshape(y.shape))]
         if self.context.conditional:
             c = context
             if c is not None and c.is_floating_point():
@@ -88,8 +105,10 @@ class RewardModel(nn.Module):
     @torch.no_grad()
     def _set_normalization(self, ds: PreferenceDataset) -> None:
         ys = torch.cat([ds.chosen, ds.rejected]).reshape(2 * len(ds), -1).double()
-        self.y_shift.copy_(ys.mean(0).to(self.y_shift))
-        self.y_scale.copy_(ys.std(0, unbiased=False).clamp_min(1e-6).to(self.y_scale))
+        if self.encoder is not None:  # one scale for every coordinate
+            ys = ys.reshape(-1, 1)
+        self.y_shift.copy_(ys.mean(0).expand_as(self.y_shift).to(self.y_shift))
+        self.y_scale.copy_(ys.std(0, unbiased=False).clamp_min(1e-6).expand_as(self.y_scale).to(self.y_scale))
         if ds.context_kind == "vector":
             c = ds.context.reshape(len(ds), -1).double()
             self.c_shift.copy_(c.mean(0).to(self.c_shift))

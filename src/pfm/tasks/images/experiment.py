@@ -30,7 +30,8 @@ from ...flow import PreferenceFlow
 from ...runtime import data_dir
 from .data import ImageData, load_images
 from .metrics import ImageEvaluator
-from .models import ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, fit_classifier, label_probability, predict
+from .models import (ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, RewardEncoder, fit_classifier,
+                     label_probability, predict)
 
 log = logging.getLogger("pfm")
 SCHEMA = 1
@@ -52,8 +53,11 @@ class Config:
     flow_depth: int = 3
     flow_ema: Optional[float] = 0.999
     eval_per_class: int = 100
-    betas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    reward_steps: int = 600
+    betas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
+    validation_per_class: int = 50
+    reward_model: str = "cnn"
+    reward_steps: int = 400
+    rlhf_estimator: str = "pathwise"
     rlhf_steps: int = 400
     dpo_steps: int = 600
     curve_points: int = 10
@@ -64,7 +68,7 @@ class Config:
     def quick_config(cls, dataset: str = "mnist") -> "Config":
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
                    flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
-                   reward_steps=150, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
+                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
 
     def models_key(self, data: ImageData) -> str:
         """What the pre-trained models depend on: the data (its bytes) and their training settings."""
@@ -192,55 +196,85 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     record("trivial shift", x_ref + shift[eval_labels])
 
     t = time.perf_counter()
-    rm = RewardModel.for_dataset(train, hidden=256, depth=2)
+    if cfg.reward_model == "cnn":
+        rm = RewardModel.for_dataset(train, hidden=128, depth=1, encoder=RewardEncoder(data.image_shape))
+    elif cfg.reward_model == "mlp":
+        rm = RewardModel.for_dataset(train, hidden=256, depth=2)
+    else:
+        raise InvalidInputError(f"reward_model must be 'cnn' or 'mlp', got {cfg.reward_model!r}")
     rm.fit(train, steps=cfg.reward_steps, seed=seed, progress=progress)
-    reward_info = {"heldout_accuracy": rm.accuracy(held), "train_accuracy": rm.accuracy(train)}
+    rm.eval().requires_grad_(False)
+    reward_info = {"model": cfg.reward_model, "heldout_accuracy": rm.accuracy(held),
+                   "train_accuracy": rm.accuracy(train)}
     times["reward model"] = time.perf_counter() - t
 
-    def reward(y: Tensor, c: Tensor) -> Tensor:
-        return rm.score(ref.images(y), c)
+    def reward(y: Tensor, c: Tensor) -> Tensor:  # differentiable for the pathwise estimator
+        return rm(ref.images(y), c) if cfg.rlhf_estimator == "pathwise" else rm.score(ref.images(y), c)
 
-    def evaluate_policy(policy: nn.Module) -> dict[str, float]:
-        return ev.as_dict(_sample_images(policy, eval_labels, gen), eval_labels)
+    # Validation: the annotator's mean score of fresh samples (new queries to the labeler, on noise that neither
+    # the pairs nor the test samples use). It picks beta for RLHF and DPO; PFM has no beta to pick.
+    val_labels = torch.arange(k).repeat_interleave(cfg.validation_per_class)
+
+    def validate(policy: nn.Module) -> float:
+        g = torch.Generator().manual_seed(30_000 + seed)
+        return float(score(policy.sample(val_labels, len(val_labels), generator=g), val_labels).mean())
+
+    def evaluate_policy(policy: nn.Module, learned_reward: bool = False) -> dict[str, float]:
+        x = _sample_images(policy, eval_labels, gen)
+        extra = {"learned_reward": float(rm.score(x, eval_labels).mean())} if learned_reward else {}
+        return {**ev.as_dict(x, eval_labels), **extra}
 
     t = time.perf_counter()
-    M["RLHF"] = _sweep(cfg.betas, lambda b: rlhf(ref, reward, labels[:len(full_train)], beta=b,
-                                                 steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
-                                                 progress=progress)[0], ref, full_held, evaluate_policy)
+    train_labels = labels[:len(full_train)]
+    rlhf_fit: Callable[[float], nn.Module] = lambda b: rlhf(  # noqa: E731
+        ref, reward, train_labels, beta=b, steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
+        estimator=cfg.rlhf_estimator, progress=progress)[0]
+    _sweep("RLHF", cfg.betas, rlhf_fit, ref, full_held, lambda p: evaluate_policy(p, True), validate, M, samples,
+           eval_labels, gen, ev)
     M["RLHF"]["reward_model"] = reward_info
-    best = M["RLHF"]["policy"]
-    samples["RLHF"] = _sample_images(best, eval_labels, gen)
-    M["RLHF"]["metrics"] = ev.as_dict(samples["RLHF"], eval_labels)
-    M["RLHF"]["curve"] = _overoptimization(cfg, ref, reward, labels[:len(full_train)], M["RLHF"]["beta"], ev,
-                                           eval_labels, rm, gen, seed, progress)
+    M["RLHF"]["curve"] = _overoptimization(cfg, ref, reward, train_labels, M["RLHF"]["beta"], ev, eval_labels, rm,
+                                           gen, seed, progress)
     times["RLHF"] = time.perf_counter() - t
 
     t = time.perf_counter()
     dpo_fit: Callable[[float], nn.Module] = lambda b: dpo(ref, full_train, beta=b, steps=cfg.dpo_steps,  # noqa: E731
                                                            batch_size=128, lr=1e-4, seed=seed,
                                                            progress=progress)[0]
-    M["DPO"] = _sweep(cfg.betas, dpo_fit, ref, full_held, evaluate_policy)
-    samples["DPO"] = _sample_images(M["DPO"]["policy"], eval_labels, gen)
-    M["DPO"]["metrics"] = ev.as_dict(samples["DPO"], eval_labels)
+    _sweep("DPO", cfg.betas, dpo_fit, ref, full_held, evaluate_policy, validate, M, samples, eval_labels, gen, ev)
     small = min(cfg.betas) / 10
     policy = dpo_fit(small)
     samples["DPO, small beta"] = _sample_images(policy, eval_labels, gen)
     M["DPO, small beta"] = {"beta": small, "heldout_accuracy": implicit_accuracy(policy, ref, full_held),
+                            "validation": validate(policy),
                             "metrics": ev.as_dict(samples["DPO, small beta"], eval_labels)}
     times["DPO"] = time.perf_counter() - t
-    for name in ("RLHF", "DPO"):
-        del M[name]["policy"]
-    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF", "DPO",
-             "DPO, small beta"]
+    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
+             "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
     return {"seed": seed, "n_train": len(train), "n_heldout": len(held), "methods": {m: M[m] for m in order},
             "flow_loss": hist.loss[::max(1, len(hist.loss) // 200)], "seconds": times,
             "samples": {m: samples[m].numpy() for m in order}, "labels": eval_labels.numpy()}
 
 
-def _sweep(betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,
-           heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, float]]) -> dict[str, Any]:
-    beta, policy, rows = sweep_beta(train, betas, ref, heldout, evaluate)
-    return {"beta": beta, "policy": policy, "sweep": rows}
+def _sweep(name: str, betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,
+           heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, float]],
+           validate: Callable[[nn.Module], float], M: dict[str, Any], samples: dict[str, Tensor],
+           eval_labels: Tensor, gen: torch.Generator, ev: ImageEvaluator) -> None:
+    """Sweep beta; record ``name`` (beta picked by ``validate``) and ``name, beta by implicit acc.`` (the label-free
+    pick: held-out implicit accuracy) in ``M`` with their test samples in ``samples``."""
+    policies: dict[float, nn.Module] = {}
+
+    def keep(beta: float) -> nn.Module:
+        policies[beta] = train(beta)
+        return policies[beta]
+
+    beta, _, rows = sweep_beta(keep, betas, ref, heldout, evaluate, validate)
+    by_acc = max(reversed(rows), key=lambda r: r["heldout_accuracy"])["beta"]  # ties: the larger beta
+    for label, b in ((name, beta), (f"{name}, beta by implicit acc.", by_acc)):
+        samples[label] = _sample_images(policies[b], eval_labels, gen)
+        row = next(r for r in rows if r["beta"] == b)
+        M[label] = {"beta": b, "heldout_accuracy": row["heldout_accuracy"], "validation": row["validation"],
+                    "metrics": ev.as_dict(samples[label], eval_labels)}
+    M[name]["sweep"] = rows
 
 
 def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, contexts: Tensor, beta: float,
@@ -254,7 +288,7 @@ def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, con
     for i in range(cfg.curve_points + 1):
         if i:
             policy = rlhf(policy, reward, contexts, beta=beta, steps=chunk, batch_size=64, lr=1e-4, reference=ref,
-                          seed=seed + 100 * i, progress=progress)[0]
+                          seed=seed + 100 * i, estimator=cfg.rlhf_estimator, progress=progress)[0]
         x = _sample_images(policy, eval_labels, gen)
         m = ev(x, eval_labels)
         curve.append({"step": i * chunk, "learned_reward": float(rm.score(x, eval_labels).mean()),

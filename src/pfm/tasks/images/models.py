@@ -144,13 +144,17 @@ class LatentImagePolicy(Policy):
         return context
 
     def sample(self, context: Optional[Tensor], n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(context, n, generator)
+
+    def rsample(self, context: Optional[Tensor], n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Like :meth:`sample`, reparameterized: the image part is differentiable in the decoder's weights."""
         c, n = self._rows(context, n)
         labels = self._labels(c)
         dev = self._param_device()
-        with torch.no_grad():
-            z = torch.randn(n, self.z_dim, generator=generator, device=dev)
-            mu, std = self.vae.decode(z, labels)
-            x = mu + std * torch.randn(mu.shape, generator=generator, device=dev)
+        z = torch.randn(n, self.z_dim, generator=generator, device=dev)
+        mu, std = self.vae.decode(z, labels)
+        x = mu + std * torch.randn(mu.shape, generator=generator, device=dev)
         return torch.cat([z, x], 1)
 
     def log_prob(self, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
@@ -199,6 +203,24 @@ class JudgeCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+
+class RewardEncoder(nn.Module):
+    """Convolutional features for RLHF's reward model (:class:`pfm.baselines.RewardModel`'s ``encoder``): flat
+    images ``(n, pixels)`` or ``(n, *image_shape)`` to ``(n, features)``. Its own small CNN, not the annotator's
+    or the judge's architecture, so the reward model learns the preference only from the pairs."""
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), features: int = 128) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        c, h, w = self.image_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(c, 16, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(32 * (h // 4) * (w // 4), features), nn.SiLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.reshape(x.shape[0], *self.image_shape))
 
 
 def _check_images(x: Tensor, labels: Tensor, image_shape: Sequence[int], num_classes: int) -> tuple[Tensor, Tensor]:

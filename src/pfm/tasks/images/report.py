@@ -45,13 +45,16 @@ def table(summary: dict[str, Any], dataset: str, seeds: int) -> str:
 
 
 def sweep_table(parts: list[dict[str, Any]]) -> str:
-    """Every beta of the RLHF and DPO sweeps (first seed): held-out implicit accuracy and the test metrics."""
-    lines = ["| method | beta | held-out implicit acc. | annotator prob. | judge acc. | Fréchet dist. | diversity |",
-             "|---|---|---|---|---|---|---|"]
+    """Every beta of the RLHF and DPO sweeps (first seed): the two selection criteria, RLHF's learned reward and
+    the test metrics."""
+    lines = ["| method | beta | held-out implicit acc. | validation annotator prob. | learned reward | "
+             "annotator prob. | judge acc. | Fréchet dist. | diversity |", "|---|---|---|---|---|---|---|---|---|"]
     for method in ("RLHF", "DPO"):
         for r in parts[0]["methods"][method]["sweep"]:
-            lines.append(f"| {method} | {r['beta']:g} | {r['heldout_accuracy']:.3f} | {r['annotator']:.3f} | "
-                         f"{r['judge_accuracy']:.3f} | {r['frechet']:.1f} | {r['diversity']:.3f} |")
+            reward = f"{r['learned_reward']:.2f}" if "learned_reward" in r else "-"
+            lines.append(f"| {method} | {r['beta']:g} | {r['heldout_accuracy']:.3f} | {r['validation']:.3f} | "
+                         f"{reward} | {r['annotator']:.3f} | {r['judge_accuracy']:.3f} | {r['frechet']:.1f} | "
+                         f"{r['diversity']:.3f} |")
     return "\n".join(lines)
 
 
@@ -93,8 +96,14 @@ def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     for p in parts:
+        sweep = p["methods"]["RLHF"]["sweep"]
+        ax[2].plot([r["learned_reward"] for r in sweep], [r["judge_probability"] for r in sweep], "o-",
+                   label=f"seed {p['seed']}")
+        if p is parts[0]:
+            for r in sweep:
+                ax[2].annotate(f"{r['beta']:g}", (r["learned_reward"], r["judge_probability"]), fontsize=7)
         c = p["methods"]["RLHF"]["curve"]
         steps = [r["step"] for r in c]
         ax[0].plot(steps, [r["learned_reward"] for r in c], "o-", label=f"seed {p['seed']}")
@@ -104,8 +113,11 @@ def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
     ax[0].set_ylabel("learned reward of its samples")
     ax[1].set_xlabel("RLHF step")
     ax[1].set_ylabel("mean probability of the label")
-    ax[0].legend(fontsize=7)
-    ax[1].legend(fontsize=7)
+    ax[2].set_xlabel("learned reward of its samples")
+    ax[2].set_ylabel("judge's probability of the label")
+    ax[2].set_title("RLHF across beta (labels), end of training", fontsize=8)
+    for a in ax:
+        a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
