@@ -190,3 +190,22 @@ def test_sweep_beta_picks_the_best_heldout_accuracy_and_keeps_the_larger_beta_on
         sweep_beta(lambda b: ref, [], ref, heldout, lambda p: {})
     with pytest.raises(InvalidInputError, match="beta must be > 0"):
         sweep_beta(lambda b: ref, [0.0], ref, heldout, lambda p: {})
+
+
+def test_behavior_cloning_fits_the_conditional_mean_and_keeps_the_best_heldout_weights():
+    from pfm.baselines import behavior_cloning
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(2000, 2, generator=g)
+    y = (c @ torch.tensor([[1.0], [-2.0]])) + 0.1 * torch.randn(2000, 1, generator=g)
+    pol = GaussianPolicy(1, context_shape=(2,), hidden=32)
+    pi, hist = behavior_cloning(pol, y[:1600], c[:1600], steps=800, lr=3e-3, validation=(y[1600:], c[1600:]),
+                                validate_every=100, progress=False)
+    mu, std = pi.distribution(torch.tensor([[1.0, 1.0]]), 1)
+    assert abs(float(mu) + 1.0) < 0.15 and float(std) < 0.3
+    assert hist.best_step is not None and len(hist.validation) == 8
+    assert pol.mean0.item() == 0.0  # the policy handed in is untouched
+    with pytest.raises(InvalidInputError, match="contexts has 3 rows"):
+        behavior_cloning(pol, y[:5], c[:3], steps=1, progress=False)
+    with pytest.raises(InvalidInputError, match="validation must be a pair"):
+        behavior_cloning(pol, y[:5], c[:5], steps=1, validation=y[:2], progress=False)

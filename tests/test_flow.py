@@ -254,3 +254,26 @@ def test_precision_and_compile_are_checked_and_precision_is_part_of_a_checkpoint
     flow.fit(ds, steps=4, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
     with pytest.raises(InvalidInputError, match="precision"):
         flow.fit(ds, steps=6, progress=False, checkpoint_dir=tmp_path, resume=True, precision="bf16")
+
+
+def test_fit_with_validation_reports_the_heldout_curve_and_keeps_the_best_weights():
+    from pfm import PreferenceDataset, PreferenceFlow
+
+    g = torch.Generator().manual_seed(0)
+    y0 = torch.randn(120, 2, generator=g)
+    ds = PreferenceDataset(y0 + torch.tensor([2.0, 0.0]), y0)
+    train, held = ds.split(0.25, seed=0)
+    flow = PreferenceFlow.for_dataset(train, hidden=32, depth=2)
+    hist = flow.fit(train, steps=300, batch_size=30, validation=held, validate_every=20, progress=False, seed=0)
+    values = [v for _, v in hist.validation]
+    assert [s for s, _ in hist.validation] == list(range(20, 301, 20))
+    zero = hist.extras["validation_zero_field"][0]
+    assert min(values) < 0.5 * zero  # a constant shift is learned: far below the zero field
+    assert hist.best_step == hist.validation[values.index(min(values))][0]
+    # the weights kept are the best evaluation's: evaluating again gives that value
+    again = PreferenceFlow.for_dataset(train, hidden=32, depth=2)
+    again.load_state_dict(flow.state_dict())
+    h2 = again.fit(train, steps=1, lr=0.0, batch_size=30, validation=held, validate_every=1, progress=False, seed=0)
+    assert abs(h2.validation[0][1] - min(values)) < 1e-5
+    with pytest.raises(InvalidInputError, match="need validation"):
+        flow.fit(train, steps=1, patience=2, progress=False)

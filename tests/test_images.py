@@ -159,3 +159,12 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
     again = json.loads((tmp_path / "out2" / "mnist.json").read_text())
     assert again["summary"] == s and again["seconds"] < result["seconds"]
+
+
+def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
+    from pfm.tasks.images.experiment import Config
+
+    base = Config()
+    assert Config(flow_field="mlp", flow_batch=256).key("m") == base.key("m")
+    assert Config(flow_field="unet", flow_batch=64).key("m") != base.key("m")
+    assert Config(betas=(1.0,)).key("m") != base.key("m")

@@ -46,3 +46,21 @@ def test_optimize_bad_args():
         optimize(model, lambda i, g: model.weight.sum(), 5, steps=1, ema_decay=1.5, progress=False)
     with pytest.raises(InvalidInputError, match="steps"):
         optimize(model, lambda i, g: model.weight.sum(), 5, steps=0, progress=False)
+
+
+def test_optimize_keeps_the_best_evaluated_weights_and_stops_on_patience():
+    # the training loss pulls w to 1; the "held-out" score is best at w = 0.5, passed on the way
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    hist = optimize(model, lambda i, g: (model.weight - 1).pow(2).sum(), 4, steps=200, lr=0.01, progress=False,
+                    evaluate=lambda m: float((m.weight - 0.5).abs()), evaluate_every=5, patience=3)
+    steps = [s for s, _ in hist.validation]
+    assert steps == list(range(5, 5 * (len(steps) + 1), 5)) and hist.steps == steps[-1] < 200
+    assert hist.best_step == steps[-4]  # three evaluations without improvement after the best
+    assert abs(float(model.weight) - 0.5) == min(v for _, v in hist.validation) < 0.03
+    assert len(hist.loss) == hist.steps
+    with pytest.raises(InvalidInputError, match="need evaluate"):
+        optimize(model, lambda i, g: model.weight.sum(), 5, steps=1, patience=2, progress=False)
+    with pytest.raises(InvalidInputError, match="checkpoint_dir"):
+        optimize(model, lambda i, g: model.weight.sum(), 5, steps=1, evaluate=lambda m: 0.0, checkpoint_dir="x",
+                 progress=False)

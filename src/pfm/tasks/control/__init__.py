@@ -1,0 +1,1 @@
+"""The offline RL experiment on MuJoCo locomotion (see experiment.py)."""

@@ -1,0 +1,242 @@
+"""Behavior policies for the data sets: linear policies trained by Augmented Random Search (ARS V2-t, Mania et al.
+2018), fast on a CPU, and saved as small ``.npz`` files so that the experiment never retrains them.
+
+A :class:`LinearPolicy` acts ``a = clip(W (s - mu) / sigma)``. ARS perturbs ``W`` in ``directions`` random directions,
+rolls out ``W +- nu delta``, keeps the ``top`` best directions and steps along them, scaled by the reward's std; the
+state statistics ``mu, sigma`` are running averages over every visited state. While training, the per-step
+survival bonus is removed from the reward (as in the ARS paper), else the hopper learns to stand still.
+
+``python -m pfm.tasks.control.experts hopper`` trains and writes ``experts/hopper.npz`` beside this file: the expert
+(the best evaluated iterate) and a "medium" snapshot whose return is nearest a third of the expert's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..._io import atomic_file
+from ...errors import FlowFileError, InvalidInputError
+from .envs import make_env, normalized_score, task
+
+log = logging.getLogger("pfm")
+EXPERTS_DIR = Path(__file__).parent / "experts"
+
+
+@dataclass
+class LinearPolicy:
+    """``a = clip(W (s - mu) / sigma, low, high)``; ``W: (act_dim, obs_dim)``."""
+
+    W: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return np.clip(self.W @ ((obs - self.mu) / self.sigma), self.low, self.high)
+
+    def to_dict(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}/{k}": np.asarray(getattr(self, k)) for k in ("W", "mu", "sigma", "low", "high")}
+
+    @classmethod
+    def from_dict(cls, d: Any, prefix: str) -> "LinearPolicy":
+        return cls(*(np.asarray(d[f"{prefix}/{k}"], dtype=np.float64) for k in ("W", "mu", "sigma", "low", "high")))
+
+
+@dataclass
+class ARSConfig:
+    directions: int = 8
+    top: int = 4
+    step_size: float = 0.02
+    noise: float = 0.03
+    iterations: int = 300
+    horizon: int = 1000
+    eval_every: int = 10
+    eval_episodes: int = 5
+    seed: int = 0
+
+
+# Per-task settings, near the ARS paper's (its Table 9) and tried here
+ARS_SETTINGS = {
+    "hopper": ARSConfig(directions=8, top=4, step_size=0.02, noise=0.03, iterations=150),
+    "halfcheetah": ARSConfig(directions=16, top=8, step_size=0.02, noise=0.03, iterations=200),
+    "walker2d": ARSConfig(directions=40, top=30, step_size=0.03, noise=0.025, iterations=150),
+    "ant": ARSConfig(directions=60, top=20, step_size=0.015, noise=0.025, iterations=150),
+}
+
+
+@dataclass
+class _RunningStat:
+    n: int = 0
+    mean: Optional[np.ndarray] = None
+    m2: Optional[np.ndarray] = None
+
+    def push(self, xs: np.ndarray) -> None:
+        k = len(xs)
+        if k == 0:
+            return
+        mean_b, var_b = xs.mean(0), xs.var(0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = k, mean_b, var_b * k
+            return
+        delta = mean_b - self.mean
+        tot = self.n + k
+        self.mean = self.mean + delta * k / tot
+        self.m2 = self.m2 + var_b * k + delta ** 2 * self.n * k / tot
+        self.n = tot
+
+    def std(self) -> np.ndarray:
+        assert self.m2 is not None
+        return np.sqrt(self.m2 / max(self.n, 1)).clip(1e-2, None)
+
+
+def rollout(env: Any, policy: Any, horizon: int = 1000, seed: Optional[int] = None, shift: float = 0.0,
+            states: Optional[list] = None) -> tuple[float, int]:
+    """One episode of ``policy`` (``obs -> action``); returns (return minus ``shift`` per step, steps)."""
+    obs, _ = env.reset(seed=seed)
+    total, steps = 0.0, 0
+    for _ in range(horizon):
+        if states is not None:
+            states.append(obs)
+        obs, r, terminated, truncated, _ = env.step(policy(obs))
+        total += float(r) - shift
+        steps += 1
+        if terminated or truncated:
+            break
+    return total, steps
+
+
+@dataclass
+class ARSResult:
+    expert: LinearPolicy
+    medium: LinearPolicy
+    expert_return: float
+    medium_return: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    env_steps: int = 0
+
+
+def train_ars(name: str, cfg: Optional[ARSConfig] = None, progress: bool = True) -> ARSResult:
+    """Train a linear policy on task ``name`` by ARS; keep the best evaluated iterate (the expert) and the snapshot
+    whose evaluated return is nearest a third of the expert's (the medium policy)."""
+    from tqdm.auto import tqdm
+
+    t = task(name)
+    cfg = cfg or ARS_SETTINGS.get(name, ARSConfig())
+    if not 0 < cfg.top <= cfg.directions:
+        raise InvalidInputError(f"top must be in 1..directions ({cfg.directions}), got {cfg.top}")
+    env = make_env(name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    rng = np.random.default_rng(cfg.seed)
+    W = np.zeros((act_dim, obs_dim))
+    stat = _RunningStat()
+    stat.push(np.zeros((1, obs_dim)))
+    snapshots: list[tuple[float, LinearPolicy]] = []
+    history: list[dict[str, float]] = []
+    start, env_steps, episode = time.perf_counter(), 0, 0
+    bar = tqdm(range(cfg.iterations), desc=f"ARS {name}", disable=not progress, unit="it")
+    for it in bar:
+        mu, sigma = stat.mean.copy(), stat.std()
+        deltas = rng.standard_normal((cfg.directions, act_dim, obs_dim))
+        returns = np.zeros((cfg.directions, 2))
+        visited: list = []
+        for k in range(cfg.directions):
+            for j, sign in enumerate((1.0, -1.0)):
+                pol = LinearPolicy(W + sign * cfg.noise * deltas[k], mu, sigma, low, high)
+                returns[k, j], n = rollout(env, pol, cfg.horizon, seed=int(rng.integers(2**31)),
+                                           shift=t.healthy_reward, states=visited)
+                env_steps += n
+                episode += 1
+        stat.push(np.asarray(visited))
+        order = np.argsort(-returns.max(1))[:cfg.top]
+        r_std = returns[order].std()
+        if r_std > 0:
+            W = W + cfg.step_size / (cfg.top * r_std) * np.einsum("k,kij->ij", returns[order, 0] - returns[order, 1],
+                                                                   deltas[order])
+        if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
+            pol = LinearPolicy(W.copy(), stat.mean.copy(), stat.std(), low, high)
+            rets = [rollout(env, pol, cfg.horizon, seed=10**6 + 97 * it + e)[0] for e in range(cfg.eval_episodes)]
+            mean = float(np.mean(rets))
+            snapshots.append((mean, pol))
+            history.append({"iteration": it + 1, "env_steps": env_steps, "return": mean,
+                            "score": float(normalized_score(name, mean)), "seconds": time.perf_counter() - start})
+            bar.set_postfix(ret=f"{mean:.0f}", steps=env_steps)
+            log.info("ARS %s: iteration %d, %d env steps, return %.0f", name, it + 1, env_steps, mean)
+    env.close()
+    best = max(snapshots, key=lambda s: s[0])
+    medium = min(snapshots, key=lambda s: abs(s[0] - best[0] / 3))
+    return ARSResult(best[1], medium[1], best[0], medium[0], history, time.perf_counter() - start, env_steps)
+
+
+def evaluate(name: str, policy: Any, episodes: int = 10, seed: int = 0, noise: float = 0.0) -> np.ndarray:
+    """Returns of ``episodes`` episodes of ``policy`` (with Gaussian action noise of std ``noise``)."""
+    env = make_env(name)
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        a = policy(obs)
+        return np.clip(a + noise * rng.standard_normal(a.shape), low, high) if noise > 0 else a
+
+    out = np.array([rollout(env, act, seed=seed * 1000 + e)[0] for e in range(episodes)])
+    env.close()
+    return out
+
+
+def save_experts(path: Path, name: str, result: ARSResult, cfg: ARSConfig) -> None:
+    import json
+
+    meta = {"task": name, "expert_return": result.expert_return, "medium_return": result.medium_return,
+            "ars": cfg.__dict__, "seconds": result.seconds, "env_steps": result.env_steps,
+            "history": result.history}
+    with atomic_file(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 **result.expert.to_dict("expert"), **result.medium.to_dict("medium"))
+
+
+def load_experts(name: str, path: Optional[Path] = None) -> tuple[LinearPolicy, LinearPolicy, dict[str, Any]]:
+    """The committed (or given) ``(expert, medium, meta)`` of task ``name``."""
+    import json
+
+    path = Path(path) if path is not None else EXPERTS_DIR / f"{task(name).name}.npz"
+    if not path.exists():
+        raise FlowFileError(f"no trained behavior policies for {name!r} at {str(path)!r}; train them with "
+                            f"`python -m pfm.tasks.control.experts {name}`")
+    with np.load(path) as d:
+        meta = json.loads(bytes(d["meta"]).decode())
+        if meta.get("task") != name:
+            raise FlowFileError(f"{str(path)!r} holds policies for {meta.get('task')!r}, not {name!r}")
+        return LinearPolicy.from_dict(d, "expert"), LinearPolicy.from_dict(d, "medium"), meta
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Train the ARS behavior policies of a control task and save them.")
+    p.add_argument("task", choices=sorted(ARS_SETTINGS))
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="default: experts/<task>.npz beside this module")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = ARSConfig(**{**ARS_SETTINGS[a.task].__dict__, "seed": a.seed})
+    if a.iterations:
+        cfg.iterations = a.iterations
+    result = train_ars(a.task, cfg)
+    out = a.out or EXPERTS_DIR / f"{a.task}.npz"
+    save_experts(out, a.task, result, cfg)
+    log.info("%s: expert return %.0f (%.1f), medium %.0f (%.1f), %d env steps, %.0f s -> %s", a.task,
+             result.expert_return, normalized_score(a.task, result.expert_return), result.medium_return,
+             normalized_score(a.task, result.medium_return), result.env_steps, result.seconds, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

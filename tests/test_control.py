@@ -1,0 +1,147 @@
+"""The control experiment's parts on the real simulator: data sets in Minari's format, exact state restore, segment
+rollouts, the acting protocols, the behavior policies' files, and a quick end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("mujoco")
+minari = pytest.importorskip("minari")
+
+from pfm import FlowFileError, InvalidInputError  # noqa: E402
+from pfm.tasks.control import datasets as D  # noqa: E402
+from pfm.tasks.control import envs as E  # noqa: E402
+from pfm.tasks.control.experiment import episodes_score  # noqa: E402
+from pfm.tasks.control.experts import (ARSConfig, ARSResult, LinearPolicy, load_experts, save_experts,  # noqa: E402
+                                       train_ars)
+from pfm.tasks.control.segments import SegmentRoller, make_segments  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def random_episodes():
+    return D.collect("hopper", "random", 1500, seed=0)
+
+
+def test_minari_round_trip_restores_states_exactly(random_episodes, tmp_path):
+    eps = random_episodes
+    assert sum(len(e) for e in eps) == 1500 and eps[-1].truncations[-1] | eps[-1].terminations[-1]
+    path = D.write_minari(eps, "hopper", "random", tmp_path)
+    assert path == tmp_path / "pfm" / "hopper" / "random-v0"
+    for source in ("pfm/hopper/random-v0", str(path)):
+        back = D.load_episodes(source, tmp_path)
+        assert len(back) == len(eps)
+        np.testing.assert_array_equal(back[2].observations, eps[2].observations)
+        np.testing.assert_array_equal(back[2].actions, eps[2].actions)
+        np.testing.assert_array_equal(back[2].qpos, eps[2].qpos)
+    # minari's own loader finds it by id, with D4RL's reference scores for normalization
+    with D._minari_root(tmp_path):
+        ds = minari.load_dataset("pfm/hopper/random-v0")
+        assert ds.total_steps == 1500
+        assert float(minari.get_normalized_score(ds, np.array([3234.3]))[0]) == pytest.approx(1.0)
+    # rewriting replaces it whole
+    D.write_minari(eps[:3], "hopper", "random", tmp_path)
+    assert len(D.load_episodes("pfm/hopper/random-v0", tmp_path)) == 3
+    env = E.make_env("hopper")
+    e = back[1]
+    for t in (0, 5):
+        np.testing.assert_array_equal(E.set_state(env, e.qpos[t], e.qvel[t]), e.observations[t])
+        q, v = D.state_from_observation("hopper", e.observations[t], 6, 6)
+        np.testing.assert_allclose(E.set_state(env, q, v), e.observations[t])
+    with pytest.raises(InvalidInputError, match="qpos and qvel"):
+        E.set_state(env, np.zeros(3), np.zeros(6))
+    with pytest.raises(FlowFileError, match="no Minari data set"):
+        D.load_episodes("pfm/hopper/nothing-v0", tmp_path)
+    with pytest.raises(InvalidInputError, match="kind"):
+        D.collect("hopper", "bogus", 10)
+    with pytest.raises(InvalidInputError, match="unknown control task"):
+        E.make_env("pong")
+
+
+def test_rolling_out_the_data_sets_own_actions_replays_its_rewards(random_episodes):
+    segs = make_segments(random_episodes, "hopper", 5)
+    assert segs.actions.shape[1:] == (5, 3) and len(segs) == sum(max(0, len(e) - 4) for e in random_episodes)
+    roller = SegmentRoller("hopper")
+    idx = np.arange(0, len(segs), 37)
+    got = roller.returns(segs.qpos[idx], segs.qvel[idx], segs.actions[idx])
+    # the same windows' rewards in the data (each window lies inside one episode, before any termination)
+    starts = [(i, t) for i, e in enumerate(random_episodes) for t in range(len(e) - 4)]
+    want = np.array([random_episodes[i].rewards[t:t + 5].sum() for i, t in (starts[j] for j in idx)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        roller.returns(segs.qpos[:1], segs.qvel[:1], np.full((1, 5, 3), np.nan))
+    with pytest.raises(InvalidInputError, match="segments must be"):
+        roller.returns(segs.qpos[:2], segs.qvel[:2], segs.actions[:1])
+    roller.close()
+    sub = make_segments(random_episodes, "hopper", 5, max_segments=50, seed=1)
+    assert len(sub) == 50
+    with pytest.raises(InvalidInputError, match="no episode has"):
+        make_segments(random_episodes[:1], "hopper", 10_000)
+
+
+def test_protocols_agree_on_a_constant_plan_and_differ_on_a_state_feedback_one():
+    zero = lambda obs: np.zeros((len(obs), 4, 3))  # noqa: E731
+    a = episodes_score("hopper", zero, "replan", 3, seed=0, horizon=4, max_steps=200)
+    b = episodes_score("hopper", zero, "chunk", 3, seed=0, horizon=4, max_steps=200)
+    np.testing.assert_allclose(a, b)
+
+    def feedback(obs):  # acts on the observation: executing a stale plan differs from replanning
+        return np.repeat(np.tanh(obs[:, None, 5:8] * 3), 4, axis=1)
+
+    c = episodes_score("hopper", feedback, "replan", 2, seed=0, horizon=4, max_steps=200)
+    d = episodes_score("hopper", feedback, "chunk", 2, seed=0, horizon=4, max_steps=200)
+    assert not np.allclose(c, d)
+    with pytest.raises(InvalidInputError, match="protocol"):
+        episodes_score("hopper", zero, "mpc", 1, seed=0, horizon=4, max_steps=10)
+
+
+def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
+    result = train_ars("hopper", ARSConfig(directions=2, top=1, iterations=4, eval_every=2, eval_episodes=1,
+                                            horizon=100), progress=False)
+    assert [h["iteration"] for h in result.history] == [2, 4] and result.env_steps > 0
+    assert result.expert_return == max(h["return"] for h in result.history)
+    path = tmp_path / "hopper.npz"
+    save_experts(path, "hopper", result, ARSConfig())
+    expert, medium, meta = load_experts("hopper", path)
+    obs = np.ones(11)
+    np.testing.assert_allclose(expert(obs), result.expert(obs))
+    assert meta["expert_return"] == result.expert_return and len(meta["history"]) == 2
+    assert np.all(np.abs(expert(obs * 1e6)) <= 1)  # actions stay in the action space
+    with pytest.raises(FlowFileError, match="not 'walker2d'"):
+        load_experts("walker2d", path)
+    with pytest.raises(FlowFileError, match="python -m pfm.tasks.control.experts"):
+        load_experts("hopper", tmp_path / "none.npz")
+    with pytest.raises(InvalidInputError, match="top"):
+        train_ars("hopper", ARSConfig(directions=2, top=3), progress=False)
+    assert isinstance(expert, LinearPolicy) and isinstance(result, ARSResult)
+
+
+def test_normalized_score_uses_d4rl_references():
+    assert E.normalized_score("hopper", -20.272305) == pytest.approx(0.0)
+    assert E.normalized_score("walker2d", 4592.3) == pytest.approx(100.0)
+    np.testing.assert_allclose(E.normalized_score("halfcheetah", [-280.178953, 12135.0]), [0.0, 100.0])
+
+
+def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
+    from pfm.cli import main
+
+    load_experts("hopper")  # the committed behavior policies
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["reproduce", "control", "--quick", "--out", str(tmp_path / "out"), "-q"]) == 0
+    result = json.loads((tmp_path / "out" / "control-quick.json").read_text())
+    (cell,) = result["cells"]["hopper-medium"]
+    seg = cell["segment_returns"]
+    # on held-out start states the flow's segments earn more in the simulator than pi_ref's own
+    assert seg["PFM from a sample"] > seg["BC sample"]
+    assert seg["PFM"] > seg["BC"]
+    assert cell["pairs"]["chosen_return"] > cell["pairs"]["rejected_return"]
+    assert set(cell["scores"]) == {"replan", "chunk"}
+    assert set(cell["scores"]["chunk"]) == {"BC", "DPO", "Marginal BC", "PFM", "PFM x 2"}
+    assert cell["flow"]["best_step"] is not None and cell["flow"]["validation"]
+    assert (tmp_path / "out" / "control-quick-bars.png").stat().st_size > 1000
+    assert "Segment test" in (tmp_path / "out" / "control-quick.md").read_text()
+    # a second run reuses the cached cell
+    assert main(["reproduce", "control", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
+    again = json.loads((tmp_path / "out2" / "control-quick.json").read_text())
+    assert again["cells"] == result["cells"]
