@@ -115,6 +115,11 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     with pytest.raises(InvalidInputError, match="top"):
         train_ars("hopper", ARSConfig(directions=2, top=3), progress=False)
     assert isinstance(expert, LinearPolicy) and isinstance(result, ARSResult)
+    # rollouts in worker processes give the same run
+    two = train_ars("hopper", ARSConfig(directions=2, top=1, iterations=4, eval_every=2, eval_episodes=1,
+                                         horizon=100), progress=False, workers=2)
+    np.testing.assert_array_equal(two.expert.W, result.expert.W)
+    assert two.history[-1]["return"] == result.history[-1]["return"]
 
 
 def test_normalized_score_uses_d4rl_references():

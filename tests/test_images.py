@@ -159,6 +159,13 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
     again = json.loads((tmp_path / "out2" / "mnist.json").read_text())
     assert again["summary"] == s and again["seconds"] < result["seconds"]
+    # the UNet field: its own files and cache key, the same models
+    assert main(["reproduce", "mnist", "--quick", "--field", "unet", "--flow-steps", "60", "--out",
+                 str(tmp_path / "out"), "-q"]) == 0
+    unet = json.loads((tmp_path / "out" / "mnist-unet.json").read_text())
+    assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
+    assert unet["summary"]["reference"] == s["reference"]
+    assert (tmp_path / "out" / "mnist-unet-grids.png").exists()
 
 
 def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
