@@ -213,10 +213,12 @@ def evaluate(name: str, policy: Any, episodes: int = 10, seed: int = 0, noise: f
     return out
 
 
-def save_experts(path: Path, name: str, result: ARSResult, cfg: ARSConfig) -> None:
+def save_experts(path: Path, name: str, result: ARSResult, cfg: ARSConfig,
+                 final: Optional[dict[str, Any]] = None) -> None:
     import json
 
     meta = {"task": name, "expert_return": result.expert_return, "medium_return": result.medium_return,
+            "final_evaluation": final or {},
             "ars": cfg.__dict__, "seconds": result.seconds, "env_steps": result.env_steps,
             "history": result.history}
     with atomic_file(path, "wb") as f:
@@ -246,17 +248,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="default: experts/<task>.npz beside this module")
     p.add_argument("--workers", type=int, default=1, help="processes for the rollouts (default 1)")
+    p.add_argument("--final-episodes", type=int, default=20, help="episodes of the final evaluation (default 20)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ARSConfig(**{**ARS_SETTINGS[a.task].__dict__, "seed": a.seed})
     if a.iterations:
         cfg.iterations = a.iterations
     result = train_ars(a.task, cfg, workers=a.workers)
+    # the picks were the best of noisy 5-episode evaluations: measure them again on fresh episodes
+    final = {}
+    for which, policy in (("expert", result.expert), ("medium", result.medium)):
+        rets = evaluate(a.task, policy, episodes=a.final_episodes, seed=12_345)
+        final[which] = {"return": float(rets.mean()), "return_std": float(rets.std()),
+                        "score": float(normalized_score(a.task, rets.mean())), "episodes": a.final_episodes}
     out = a.out or EXPERTS_DIR / f"{a.task}.npz"
-    save_experts(out, a.task, result, cfg)
-    log.info("%s: expert return %.0f (%.1f), medium %.0f (%.1f), %d env steps, %.0f s -> %s", a.task,
-             result.expert_return, normalized_score(a.task, result.expert_return), result.medium_return,
-             normalized_score(a.task, result.medium_return), result.env_steps, result.seconds, out)
+    save_experts(out, a.task, result, cfg, final)
+    log.info("%s: expert return %.0f (%.1f D4RL-style), medium %.0f (%.1f) on %d fresh episodes; %d env steps, "
+             "%.0f s -> %s", a.task, final["expert"]["return"], final["expert"]["score"], final["medium"]["return"],
+             final["medium"]["score"], a.final_episodes, result.env_steps, result.seconds, out)
     return 0
 
 
