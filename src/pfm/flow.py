@@ -317,11 +317,11 @@ class PreferenceFlow(nn.Module):
                            "precision": precision}
         try:
             history = optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
-                            weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
-                            device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
-                            checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
-                            order=None if plan is None else plan.order, precision=precision, compile=compile,
-                            evaluate=evaluate, evaluate_every=validate_every, patience=patience)
+                               weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
+                               device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
+                               checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
+                               order=None if plan is None else plan.order, precision=precision, compile=compile,
+                               evaluate=evaluate, evaluate_every=validate_every, patience=patience)
             if zero_field is not None:
                 history.extras["validation_zero_field"] = [zero_field]
             return history

@@ -131,52 +131,33 @@ def write_minari(episodes: list[Episode], name: str, kind: str, root: Optional[P
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
+    from ..._io import atomic_dir
+
     if not episodes:
         raise InvalidInputError("episodes is empty: nothing to write")
     root = Path(root) if root is not None else minari_root()
     t = task(name)
-    final_id = dataset_id(name, kind)
-    tmp_id = f"pfm-tmp/{t.name}/{kind}-v0"
+    ds_id = dataset_id(name, kind)
     env = make_env(name)
     buffers = [EpisodeBuffer(id=i, observations=e.observations.astype(np.float64), actions=e.actions,
                              rewards=list(e.rewards), terminations=list(e.terminations),
                              truncations=list(e.truncations),
                              infos={"qpos": e.qpos, "qvel": e.qvel} if e.qpos is not None else {})
                for i, e in enumerate(episodes)]
-    with _minari_root(root):
-        tmp_dir = root / "pfm-tmp" / t.name / f"{kind}-v0"
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
-        minari.create_dataset_from_buffers(
-            tmp_id, buffers, env=env, eval_env=t.env_id, algorithm_name=f"pfm ARS behavior policy ({kind})",
-            author="pfm", author_email="-", code_permalink="pfm.tasks.control.datasets (this package)",
-            ref_min_score=t.random_return, ref_max_score=t.expert_return, description=description or
-            f"D4RL-style {kind} data set on {t.env_id}, made by pfm.tasks.control.datasets")
+    final_dir = root / ds_id
+    with atomic_dir(final_dir) as tmp:
+        # Minari writes <MINARI_DATASETS_PATH>/<id>/data: let it write inside the temporary directory, then move
+        # its data directory up, so the swap onto final_dir is the only step a reader can see
+        with _minari_root(tmp / "minari"):
+            minari.create_dataset_from_buffers(
+                ds_id, buffers, env=env, eval_env=t.env_id, algorithm_name=f"pfm ARS behavior policy ({kind})",
+                author="pfm", author_email="-", code_permalink="pfm.tasks.control.datasets (this package)",
+                ref_min_score=t.random_return, ref_max_score=t.expert_return, description=description or
+                f"D4RL-style {kind} data set on {t.env_id}, made by pfm.tasks.control.datasets")
+        os.replace(tmp / "minari" / ds_id / "data", tmp / "data")
+        shutil.rmtree(tmp / "minari")
     env.close()
-    final_dir = root / "pfm" / t.name / f"{kind}-v0"
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    if final_dir.exists():
-        old = final_dir.with_name(final_dir.name + ".old")
-        final_dir.rename(old)
-        tmp_dir.rename(final_dir)
-        shutil.rmtree(old)
-    else:
-        tmp_dir.rename(final_dir)
-    # the metadata names the data set by id: fix it to the final id
-    _rename_metadata(final_dir, final_id)
     return final_dir
-
-
-def _rename_metadata(directory: Path, new_id: str) -> None:
-    import json
-
-    from ..._io import atomic_file
-
-    meta = directory / "data" / "metadata.json"
-    d = json.loads(meta.read_text())
-    d["dataset_id"] = new_id
-    with atomic_file(meta, "w") as f:
-        json.dump(d, f)
 
 
 def load_episodes(dataset: str, root: Optional[Path] = None) -> list[Episode]:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..._io import atomic_file
+
 PAPER = {  # ../shared/PAPER.md (the paper's D4RL v2 table): BC, DPO fine-tuned, PFM, Marginal BC, means over seeds
     "ant-random": (31.59, 31.52, 31.62, 25.01),
     "ant-medium": (90.16, 95.04, 96.73, 99.67),
@@ -105,7 +107,8 @@ def bars(summary: dict[str, Any], path: Path, title: str) -> None:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -156,6 +159,7 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
                 ax.set_title(f"step {j * every}", fontsize=7)
     fig.suptitle(title or f"{name}: one episode per method", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return returns

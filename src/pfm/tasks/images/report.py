@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..._io import atomic_file
+
 PAPER_MNIST = {"reference": 0.8389, "rejected (y-)": 0.3951, "preferred (y+)": 0.9976, "PFM": 0.9841,
                "PFM x 2": 0.9996, "RLHF": 0.9171, "DPO": 0.8936, "DPO, small beta": 0.5397}
 """The paper's MNIST numbers (mean annotator probability of the label); no trivial-shift row there."""
@@ -85,7 +87,8 @@ def grids(samples: dict[str, np.ndarray], labels: np.ndarray, classes: tuple[str
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -120,5 +123,6 @@ def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
