@@ -2,6 +2,7 @@
 rollouts, the acting protocols, the behavior policies' files, and a quick end-to-end run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from pfm import FlowFileError, InvalidInputError  # noqa: E402
 from pfm.tasks.control import datasets as D  # noqa: E402
 from pfm.tasks.control import envs as E  # noqa: E402
 from pfm.tasks.control.experiment import episodes_score  # noqa: E402
-from pfm.tasks.control.experts import (ARSConfig, ARSResult, LinearPolicy, load_experts, save_experts,  # noqa: E402
-                                       train_ars)
+from pfm.tasks.control.experts import (ARSConfig, ARSResult, LinearPolicy, load_experts,  # noqa: E402
+                                       load_snapshots, medium_target, pick_medium, save_experts, train_ars)
 from pfm.tasks.control.segments import SegmentRoller, make_segments  # noqa: E402
 
 
@@ -96,6 +97,25 @@ def test_protocols_agree_on_a_constant_plan_and_differ_on_a_state_feedback_one()
         episodes_score("hopper", zero, "mpc", 1, seed=0, horizon=4, max_steps=10)
 
 
+def test_the_teachers_lookahead_adds_the_steps_after_the_segment(random_episodes):
+    segs = make_segments(random_episodes, "hopper", 3, max_segments=5, seed=0)
+    roller = SegmentRoller("hopper")
+    zeros = lambda obs: np.zeros((len(obs), 4, 3))  # noqa: E731
+    action = np.full((5, 3, 3), 0.3)
+    longer = np.concatenate([action, np.zeros((5, 7, 3))], axis=1)
+    plain = roller.returns(segs.qpos, segs.qvel, action)
+    looked = roller.returns(segs.qpos, segs.qvel, action, lookahead=7, then=zeros)
+    # the segment, then two of then's segments of 4, the last cut to 3 steps: ten steps in all
+    np.testing.assert_allclose(looked, roller.returns(segs.qpos, segs.qvel, longer))
+    assert not np.allclose(looked, plain)
+    np.testing.assert_allclose(roller.returns(segs.qpos, segs.qvel, action, lookahead=0), plain)
+    with pytest.raises(InvalidInputError, match="then"):
+        roller.returns(segs.qpos, segs.qvel, action, lookahead=5)
+    with pytest.raises(InvalidInputError, match="lookahead"):
+        roller.returns(segs.qpos, segs.qvel, action, lookahead=-1, then=zeros)
+    roller.close()
+
+
 def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     result = train_ars("hopper", ARSConfig(directions=2, top=1, iterations=4, eval_every=2, eval_episodes=1,
                                             horizon=100), progress=False)
@@ -115,11 +135,29 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     with pytest.raises(InvalidInputError, match="top"):
         train_ars("hopper", ARSConfig(directions=2, top=3), progress=False)
     assert isinstance(expert, LinearPolicy) and isinstance(result, ARSResult)
+    snaps = load_snapshots("hopper", path)
+    assert [r for r, _ in snaps] == [r for r, _ in result.snapshots] and len(snaps) == 2
+    np.testing.assert_allclose(snaps[1][1](obs), result.snapshots[1][1](obs))
     # rollouts in worker processes give the same run
     two = train_ars("hopper", ARSConfig(directions=2, top=1, iterations=4, eval_every=2, eval_episodes=1,
                                          horizon=100), progress=False, workers=2)
     np.testing.assert_array_equal(two.expert.W, result.expert.W)
     assert two.history[-1]["return"] == result.history[-1]["return"]
+
+
+def test_medium_policy_aims_at_d4rl_medium_level_capped_below_the_expert():
+    # hopper: D4RL's medium level (52.83) is a return of about 1,700; a strong expert does not cap it
+    assert E.normalized_score("hopper", medium_target("hopper", 3000.0)) == pytest.approx(52.83)
+    assert medium_target("hopper", 2000.0) == pytest.approx(1200.0)  # capped at 0.6 of a weak expert
+    assert E.normalized_score("hopper", medium_target("hopper", 3000.0, score=20)) == pytest.approx(20)
+    pol = LinearPolicy(np.zeros((3, 11)), np.zeros(11), np.ones(11), -np.ones(3), np.ones(3))
+    snaps = [(100.0, pol), (1150.0, pol), (1900.0, pol)]
+    assert pick_medium("hopper", snaps, 2000.0)[0] == 1150.0
+    assert pick_medium("hopper", snaps, 3500.0)[0] == 1900.0
+    with pytest.raises(InvalidInputError, match="snapshots"):
+        pick_medium("hopper", [], 2000.0)
+    with pytest.raises(InvalidInputError, match="score"):
+        medium_target("hopper", 2000.0, score=float("nan"))
 
 
 def test_normalized_score_uses_d4rl_references():
@@ -150,3 +188,18 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "control", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
     again = json.loads((tmp_path / "out2" / "control-quick.json").read_text())
     assert again["cells"] == result["cells"]
+
+
+def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):
+    from pfm.tasks.control.reproduce import ensure_dataset
+
+    path = Path(ensure_dataset("hopper", "random", 300, tmp_path, progress=False))
+    stamp = path / "pfm-source.json"
+    data = path / "data" / "metadata.json"
+    made = data.stat().st_mtime_ns
+    assert ensure_dataset("hopper", "random", 300, tmp_path, progress=False) == str(path)
+    assert data.stat().st_mtime_ns == made  # reused
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "policies": "another"}))
+    ensure_dataset("hopper", "random", 300, tmp_path, progress=False)
+    assert json.loads(stamp.read_text())["policies"] != "another"
+    assert len(D.load_episodes(str(path))) > 0

@@ -163,7 +163,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
         result = control(args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds,
                          quick=args.quick, protocols=args.protocols, start=args.start,
-                         dataset_steps=args.dataset_steps, progress=not args.quiet)
+                         dataset_steps=args.dataset_steps, teacher_lookahead=args.teacher_lookahead,
+                         progress=not args.quiet)
         for p in result["config"]["protocols"]:
             print(f"protocol {p}:")
             print(control_report.table(result["summary"], p))
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
     r.add_argument("--dataset-steps", type=int, default=None,
                    help="control: steps of each data set we make (default 100,000)")
+    r.add_argument("--teacher-lookahead", type=int, default=None, metavar="STEPS",
+                   help="control: the teacher adds the return of STEPS more steps acted by pi_ref after each segment "
+                   "(default 0: the segment's return, as in the paper)")
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")

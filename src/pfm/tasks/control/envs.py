@@ -22,13 +22,14 @@ class Task:
     random_return: float
     expert_return: float
     healthy_reward: float  # the per-step survival bonus, which ARS removes while it trains (Mania et al. 2018)
+    medium_score: float  # the level of D4RL's "medium" data: the paper's BC score on it (PAPER.md, item 4)
 
 
 TASKS = {
-    "hopper": Task("hopper", "Hopper-v5", -20.272305, 3234.3, 1.0),
-    "halfcheetah": Task("halfcheetah", "HalfCheetah-v5", -280.178953, 12135.0, 0.0),
-    "walker2d": Task("walker2d", "Walker2d-v5", 1.629008, 4592.3, 1.0),
-    "ant": Task("ant", "Ant-v5", -325.6, 3879.7, 1.0),
+    "hopper": Task("hopper", "Hopper-v5", -20.272305, 3234.3, 1.0, 52.83),
+    "halfcheetah": Task("halfcheetah", "HalfCheetah-v5", -280.178953, 12135.0, 0.0, 40.97),
+    "walker2d": Task("walker2d", "Walker2d-v5", 1.629008, 4592.3, 1.0, 60.35),
+    "ant": Task("ant", "Ant-v5", -325.6, 3879.7, 1.0, 90.16),
 }
 
 

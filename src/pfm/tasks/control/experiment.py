@@ -67,6 +67,7 @@ class Config:
     max_episode_steps: int = 1000
     protocols: tuple[str, ...] = PROTOCOLS
     start: str = "mean"
+    teacher_lookahead: int = 0  # steps the teacher goes on with pi_ref's mean after a segment (0: the paper's)
     schema: int = SCHEMA
 
     @classmethod
@@ -76,7 +77,10 @@ class Config:
                    eval_episodes=2, max_episode_steps=100)
 
     def key(self, data_digest: str, seed: int) -> str:
-        return hashlib.sha256(json.dumps([data_digest, asdict(self), seed], sort_keys=True,
+        # options added later leave the key of runs at their default unchanged, so those runs stay cached
+        later = {"teacher_lookahead": 0}
+        fields_ = {k: v for k, v in asdict(self).items() if later.get(k, k) != v}
+        return hashlib.sha256(json.dumps([data_digest, fields_, seed], sort_keys=True,
                                          default=str).encode()).hexdigest()[:16]
 
 
@@ -116,17 +120,19 @@ def _mean(policy: GaussianPolicy, ctx: torch.Tensor) -> torch.Tensor:
 
 
 def collect_pairs(roller: SegmentRoller, segs: Segments, policy: GaussianPolicy, norm: Normalizer, n: int,
-                  seed: int) -> tuple[PreferenceDataset, np.ndarray, dict[str, float]]:
+                  seed: int, lookahead: int = 0) -> tuple[PreferenceDataset, np.ndarray, dict[str, float]]:
     """``n`` pairs of pi_ref segments from random data-set start states, the higher simulated return preferred
-    (ties by a coin). Returns the pairs (contexts: standardized start observations), the start indices and stats."""
+    (ties by a coin; with ``lookahead``, the return of the segment and the next ``lookahead`` steps acted by
+    pi_ref's mean). Returns the pairs (contexts: standardized start observations), the start indices and stats."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(segs), n, replace=n > len(segs))
     ctx = norm(segs.obs[idx])
     gen = torch.Generator().manual_seed(seed)
     a = policy.sample(ctx, n, generator=gen)
     b = policy.sample(ctx, n, generator=gen)
-    ra = roller.returns(segs.qpos[idx], segs.qvel[idx], a.numpy())
-    rb = roller.returns(segs.qpos[idx], segs.qvel[idx], b.numpy())
+    then = proposer(policy, norm) if lookahead else None
+    ra = roller.returns(segs.qpos[idx], segs.qvel[idx], a.numpy(), lookahead=lookahead, then=then)
+    rb = roller.returns(segs.qpos[idx], segs.qvel[idx], b.numpy(), lookahead=lookahead, then=then)
     first = torch.as_tensor((ra > rb) | ((ra == rb) & (rng.random(n) < 0.5)))
     f = first.view(-1, 1, 1)
     ds = PreferenceDataset(torch.where(f, a, b), torch.where(f, b, a), ctx)
@@ -228,7 +234,7 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
 
     t = time.perf_counter()
     roller = SegmentRoller(name)
-    pairs, _, pair_stats = collect_pairs(roller, train_segs, bc, norm, cfg.n_pairs, seed + 1)
+    pairs, _, pair_stats = collect_pairs(roller, train_segs, bc, norm, cfg.n_pairs, seed + 1, cfg.teacher_lookahead)
     perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
     n_held = max(2, int(round(cfg.heldout * len(pairs))))
     train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
@@ -270,6 +276,11 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
     segment_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y).mean())
                        for m, y in seg_props.items()}
     segment_returns["data set"] = float(roller.returns(test_segs.qpos, test_segs.qvel, test_segs.actions).mean())
+    teacher_returns = {}
+    if cfg.teacher_lookahead:  # the teacher's own measure, with its lookahead
+        then = proposer(bc, norm)
+        teacher_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y, lookahead=cfg.teacher_lookahead,
+                                                   then=then).mean()) for m, y in seg_props.items()}
     roller.close()
     times["segment test"] = time.perf_counter() - t
 
@@ -291,6 +302,7 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
                                              "heldout_nll": min(v for _, v in bc_hist.validation)},
         "flow": {"validation": fhist.validation, "best_step": fhist.best_step, "zero_field": zero,
                  "steps": fhist.steps},
-        "dpo": {"beta": beta, "sweep": sweep}, "segment_returns": segment_returns, "scores": scores,
+        "dpo": {"beta": beta, "sweep": sweep}, "segment_returns": segment_returns,
+        **({"teacher_returns": teacher_returns} if teacher_returns else {}), "scores": scores,
         "seconds": times,
     }

@@ -37,9 +37,10 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 m: [float(np.mean([r["scores"][protocol][m]["score"] for r in runs])),
                     float(np.std([r["scores"][protocol][m]["score"] for r in runs]))]
                 for m in runs[0]["scores"][protocol]}
-        for m in runs[0]["segment_returns"]:
-            vals = [r["segment_returns"][m] for r in runs]
-            d["segment_returns"][m] = [float(np.mean(vals)), float(np.std(vals))]
+        for key in ("segment_returns", "teacher_returns"):  # the latter with a teacher's lookahead only
+            if key in runs[0]:
+                d[key] = {m: [float(np.mean([r[key][m] for r in runs])), float(np.std([r[key][m] for r in runs]))]
+                          for m in runs[0][key]}
         d["dpo_beta"] = [r["dpo"]["beta"] for r in runs]
         d["flow_best_step"] = [r["flow"]["best_step"] for r in runs]
         out[name] = d
@@ -68,13 +69,14 @@ def table(summary: dict[str, Any], protocol: str) -> str:
     return "\n".join(lines)
 
 
-def segment_table(summary: dict[str, Any]) -> str:
-    """Mean simulated return of one segment from held-out start states, per method."""
+def segment_table(summary: dict[str, Any], key: str = "segment_returns") -> str:
+    """Mean simulated return of one segment from held-out start states, per method (``key="teacher_returns"``:
+    the segment and the teacher's lookahead)."""
     first = next(iter(summary.values()))
-    methods = list(first["segment_returns"])
+    methods = list(first[key])
     lines = ["| data set | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for name, d in summary.items():
-        lines.append(f"| {name} | " + " | ".join(f"{d['segment_returns'][m][0]:.2f}" for m in methods) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{d[key][m][0]:.2f}" for m in methods) + " |")
     return "\n".join(lines)
 
 

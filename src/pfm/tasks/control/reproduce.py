@@ -28,15 +28,34 @@ DEFAULT_TASKS = ("hopper", "halfcheetah", "walker2d")
 DEFAULT_KINDS = ("random", "medium", "expert")
 
 
+def _source(name: str, kind: str, steps: int) -> dict[str, Any]:
+    """What a data set of ours is made from: its size and the behavior policies' weights (a digest), so that a
+    data set made by an earlier policy file is made again."""
+    from .experts import load_experts
+
+    h = hashlib.sha256()
+    if kind != "random":
+        expert, medium, _ = load_experts(name)
+        for pol in ((medium,) if kind == "medium" else (expert,) if kind == "expert" else (medium, expert)):
+            for v in pol.to_dict("p").values():
+                h.update(np.ascontiguousarray(v, dtype=np.float64).tobytes())
+    return {"task": name, "kind": kind, "steps": steps, "seed": 0, "policies": h.hexdigest()[:16]}
+
+
 def ensure_dataset(name: str, kind: str, steps: int, root: Path, progress: bool = True) -> str:
-    """Our Minari data set ``(name, kind)`` with ``steps`` steps under ``root``: made (seed 0) unless it is there."""
+    """Our Minari data set ``(name, kind)`` with ``steps`` steps under ``root``: made (seed 0) unless it is there
+    and was made from the current behavior policies (recorded in ``pfm-source.json`` beside it)."""
     label = kind if steps == 100_000 else f"{kind}-{steps}"
     where = root / dataset_id(name, label)
-    if (where / "data" / "metadata.json").exists():
+    source = _source(name, kind, steps)
+    stamp = where / "pfm-source.json"
+    if (where / "data" / "metadata.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == source:
         return str(where)
     t = time.perf_counter()
     episodes = collect(name, kind, steps, seed=0, progress=progress)
     path = write_minari(episodes, name, label, root)
+    with atomic_file(stamp, "w") as f:
+        json.dump(source, f)
     log.info("control: wrote %s (%d episodes, %d steps) in %.0f s", path, len(episodes), steps,
              time.perf_counter() - t)
     return str(path)
@@ -53,7 +72,8 @@ def _digest(episodes: list) -> str:
 def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]] = None,
               kinds: Optional[Sequence[str]] = None, dataset: Optional[str] = None, seeds: Optional[int] = None,
               quick: bool = False, protocols: Optional[Sequence[str]] = None, start: Optional[str] = None,
-              dataset_steps: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+              dataset_steps: Optional[int] = None, teacher_lookahead: Optional[int] = None,
+              progress: bool = True) -> dict[str, Any]:
     """Run every cell and write ``control.json``, ``control.md`` and ``control-bars.png`` to ``out_dir``.
 
     Args:
@@ -64,6 +84,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         quick: hopper-medium, small data and models, 2 short episodes per method (for the tests).
         protocols, start: see :class:`.experiment.Config`.
         dataset_steps: size of the data sets we make (default 100,000 steps; 10,000 with ``quick``).
+        teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
+            returns (default 0: the segment's own return, the paper's teacher).
     """
     from tqdm.auto import tqdm
 
@@ -78,6 +100,10 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         if start not in ("mean", "sample"):
             raise InvalidInputError(f"start must be 'mean' or 'sample', got {start!r}")
         cfg = replace(cfg, start=start)
+    if teacher_lookahead is not None:
+        if not isinstance(teacher_lookahead, int) or teacher_lookahead < 0:
+            raise InvalidInputError(f"teacher_lookahead must be a non-negative integer, got {teacher_lookahead!r}")
+        cfg = replace(cfg, teacher_lookahead=teacher_lookahead)
     n_seeds = seeds if seeds is not None else (1 if quick else 5)
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise InvalidInputError(f"seeds must be a positive integer, got {seeds!r}")
@@ -138,6 +164,9 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
                   f"{cfg.eval_episodes} episodes per seed:\n\n" + report.table(summary, p))
     md.append("**Segment test**: mean simulated return of one segment of "
               f"{cfg.horizon} actions from held-out data-set start states:\n\n" + report.segment_table(summary))
+    if cfg.teacher_lookahead:
+        md.append(f"**The teacher's measure**: the segment's return plus that of the next {cfg.teacher_lookahead} "
+                  "steps acted by pi_ref's mean:\n\n" + report.segment_table(summary, "teacher_returns"))
     md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {torch.get_num_threads()} torch "
               f"threads (this invocation: {result['seconds']:.0f} s).")
     strip = "" if quick else _frame_strip(cfg, sources, cache, episodes_cache, out / f"{stem}-frames.png")

@@ -3,13 +3,15 @@
 A segment is ``horizon`` consecutive actions ``(horizon, act_dim)`` from a start state; its context is the start
 observation. The teacher restores the start state in a copy of the simulator, executes each of two segments
 (actions clipped to the action space; an episode that ends early earns nothing after its end) and prefers the one
-with the higher return.
+with the higher return. With ``lookahead > 0`` the teacher looks further: after the segment it goes on for
+``lookahead`` steps with a given policy (pi_ref's mean, segment by segment) and compares the returns of the whole
+rollout, so a segment that gains now but leaves the body falling loses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -74,22 +76,35 @@ class SegmentRoller:
         self.sim = self.env.unwrapped
         self.low, self.high = self.env.action_space.low, self.env.action_space.high
 
-    def returns(self, qpos: np.ndarray, qvel: np.ndarray, segments: Any) -> np.ndarray:
-        """Return ``(N,)`` of each segment ``(N, H, act_dim)`` executed from its start state."""
+    def returns(self, qpos: np.ndarray, qvel: np.ndarray, segments: Any, *, lookahead: int = 0,
+                then: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+        """Return ``(N,)`` of each segment ``(N, H, act_dim)`` executed from its start state; with ``lookahead``,
+        plus the return of the next ``lookahead`` steps, acted by ``then(obs (1, obs_dim)) -> (1, H', act_dim)``
+        (its whole segment executed, then asked again)."""
         segments = np.asarray(segments, np.float64)
         if segments.ndim != 3 or len(segments) != len(qpos) or len(qpos) != len(qvel):
             raise InvalidInputError(f"segments must be (N, H, act_dim) with N = len(qpos) = len(qvel); got "
                                     f"{segments.shape}, {len(qpos)}, {len(qvel)}")
         if not np.isfinite(segments).all():
             raise InvalidInputError("segments hold NaN or infinite actions")
+        if not isinstance(lookahead, int) or lookahead < 0:
+            raise InvalidInputError(f"lookahead must be a non-negative integer, got {lookahead!r}")
+        if lookahead and then is None:
+            raise InvalidInputError("lookahead > 0 needs the policy that acts after the segment (then)")
         out = np.zeros(len(segments))
         for i in range(len(segments)):
-            set_state(self.env, qpos[i], qvel[i])
-            for a in np.clip(segments[i], self.low, self.high):
-                _, r, terminated, _, _ = self.sim.step(a)  # unwrapped: no time limit across segments
-                out[i] += r
-                if terminated:
-                    break
+            obs = set_state(self.env, qpos[i], qvel[i])
+            plan, left, terminated = np.clip(segments[i], self.low, self.high), len(segments[i]) + lookahead, False
+            while left > 0 and not terminated:
+                for a in plan[:left]:
+                    obs, r, terminated, _, _ = self.sim.step(a)  # unwrapped: no time limit across segments
+                    out[i] += r
+                    left -= 1
+                    if terminated:
+                        break
+                if left > 0 and not terminated:
+                    assert then is not None
+                    plan = np.clip(np.asarray(then(obs[None]), np.float64)[0], self.low, self.high)
         return out
 
     def close(self) -> None:
