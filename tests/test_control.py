@@ -203,3 +203,35 @@ def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):
     ensure_dataset("hopper", "random", 300, tmp_path, progress=False)
     assert json.loads(stamp.read_text())["policies"] != "another"
     assert len(D.load_episodes(str(path))) > 0
+
+
+def test_the_analysis_splits_a_displacement_into_a_shift_and_the_rest():
+    import torch
+
+    from pfm.policies import GaussianPolicy
+    from pfm.tasks.control.analysis import displacement, jittered, shifted
+
+    bc = GaussianPolicy((4, 3), context_shape=(5,), hidden=16, depth=1)
+    ctx = torch.randn(400, 5)
+    const = torch.full((4, 3), 0.5)
+
+    class Shift:  # a "flow" that adds a constant
+        def transform(self, y, c):
+            return y + const
+
+    class Noise:  # a "flow" that adds independent noise
+        def transform(self, y, c):
+            return y + torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+
+    d = displacement(bc, Shift(), ctx)
+    np.testing.assert_allclose(d.shift, const.numpy(), atol=1e-6)
+    assert d.shift_share == pytest.approx(1.0) and d.size == pytest.approx(float(const.norm()), rel=1e-5)
+    assert displacement(bc, Noise(), ctx).shift_share < 0.05
+    base = lambda obs: np.zeros((len(obs), 4, 3))  # noqa: E731
+    y = jittered(base, 0.7, seed=0)(np.zeros((6, 5)))
+    np.testing.assert_allclose(np.linalg.norm(y.reshape(6, -1), axis=1), 0.7)
+    assert not np.allclose(y[0], y[1])
+    moved = shifted(base, const.numpy())(np.zeros((2, 5)))
+    np.testing.assert_allclose(moved, np.broadcast_to(const.numpy(), (2, 4, 3)))
+    with pytest.raises(InvalidInputError, match="ctx"):
+        displacement(bc, Shift(), ctx[:1])
