@@ -188,6 +188,18 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "control", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
     again = json.loads((tmp_path / "out2" / "control-quick.json").read_text())
     assert again["cells"] == result["cells"]
+    # the analysis reads the cached cell's models
+    from pfm.tasks.control.analysis import analyse, table
+    from pfm.tasks.control.experiment import Config
+
+    found = analyse("hopper", "medium", 1, Config.quick_config(), steps=10_000, progress=False)
+    (run,) = found["runs"]
+    assert 0 <= run["shift_share"] <= 1 and run["size"] > 0 and np.array(run["shift"]).shape == (10, 3)
+    assert set(run["scores"]["chunk"]) == {"BC", "PFM", "BC + PFM's shift", "BC + random, PFM's size"}
+    assert run["scores"]["chunk"]["PFM"] == pytest.approx(cell["scores"]["chunk"]["PFM"]["score"])
+    assert "explains" in table(found)
+    with pytest.raises(InvalidInputError, match="no cached cell"):
+        analyse("hopper", "medium", 2, Config.quick_config(), steps=10_000, progress=False)
 
 
 def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):

@@ -277,3 +277,17 @@ def test_fit_with_validation_reports_the_heldout_curve_and_keeps_the_best_weight
     assert abs(h2.validation[0][1] - min(values)) < 1e-5
     with pytest.raises(InvalidInputError, match="need validation"):
         flow.fit(train, steps=1, patience=2, progress=False)
+
+
+def test_fit_warns_when_the_flow_never_beats_the_zero_field_on_heldout_pairs(caplog):
+    from pfm import PreferenceDataset, PreferenceFlow
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(80, 3, generator=g)
+    ds = PreferenceDataset(y, y.clone())  # chosen = rejected: nothing to learn, the zero field is exact
+    train, held = ds.split(0.5, seed=0)
+    flow = PreferenceFlow.for_dataset(train, hidden=64, depth=2)
+    with caplog.at_level("WARNING", logger="pfm"):
+        hist = flow.fit(train, steps=100, batch_size=40, validation=held, validate_every=50, progress=False, seed=0)
+    assert min(v for _, v in hist.validation) >= hist.extras["validation_zero_field"][0]
+    assert "not below the zero field" in caplog.text

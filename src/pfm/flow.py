@@ -5,6 +5,8 @@ save and load.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -23,6 +25,8 @@ from .pairing import PairingPlan
 from .path import flow_matching_loss
 from .solve import solve
 from .train import History, optimize, resolve_steps
+
+log = logging.getLogger("pfm")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -324,6 +328,10 @@ class PreferenceFlow(nn.Module):
                                evaluate=evaluate, evaluate_every=validate_every, patience=patience)
             if zero_field is not None:
                 history.extras["validation_zero_field"] = [zero_field]
+                best = min((v for _, v in history.validation), default=math.inf)
+                if best >= zero_field:
+                    log.warning("the flow's best held-out loss (%.4g) is not below the zero field's (%.4g): it has "
+                                "learned nothing from these pairs that carries over to held-out ones", best, zero_field)
             return history
         finally:
             if plan is not None:

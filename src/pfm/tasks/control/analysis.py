@@ -81,7 +81,8 @@ def jittered(propose: Propose, size: float, seed: int) -> Propose:
 
 
 def cell_models(task: str, kind: str, seed: int, cfg: Config, steps: int = 100_000) -> tuple[Path, list]:
-    """The directory of a cached cell's models (see :func:`.reproduce.reproduce`) and the data set's episodes."""
+    """The directory of a cached cell's models (see :func:`.reproduce.reproduce`; cells are named by task, kind,
+    seed and a key of the config and the data) and the data set's episodes."""
     episodes = load_episodes(ensure_dataset(task, kind, steps, minari_root(), progress=False))
     path = data_dir() / "control" / "cells" / f"{task}-{kind}-seed{seed}-{cfg.key(_digest(episodes), seed)}"
     if not (path / "bc.safetensors").exists():
@@ -91,8 +92,10 @@ def cell_models(task: str, kind: str, seed: int, cfg: Config, steps: int = 100_0
 
 
 def analyse(task: str, kind: str, seeds: int, cfg: Optional[Config] = None, states: int = 500,
-            progress: bool = True) -> dict[str, Any]:
-    """The displacement and the four acting variants' normalized returns, per seed; see the module docstring."""
+            steps: int = 100_000, progress: bool = True) -> dict[str, Any]:
+    """The displacement and the four acting variants' normalized returns, per seed, from the cached cells of
+    ``cfg`` (default :class:`.experiment.Config`) on our data set ``(task, kind)`` of ``steps`` steps; see the
+    module docstring."""
     from tqdm.auto import tqdm
 
     cfg = cfg or Config()
@@ -103,7 +106,7 @@ def analyse(task: str, kind: str, seeds: int, cfg: Optional[Config] = None, stat
     env.close()
     runs = []
     for seed in tqdm(range(seeds), desc=f"analysis {task}-{kind}", disable=not progress, unit="seed"):
-        path, episodes = cell_models(task, kind, seed, cfg)
+        path, episodes = cell_models(task, kind, seed, cfg, steps)
         bc, flow, norm = load_models(path, cfg, obs_dim, act_dim)
         segs = make_segments(episodes, task, cfg.horizon, max_segments=states, seed=seed + 100)
         disp = displacement(bc, flow, norm(segs.obs))
