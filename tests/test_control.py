@@ -113,6 +113,8 @@ def test_the_teachers_lookahead_adds_the_steps_after_the_segment(random_episodes
         roller.returns(segs.qpos, segs.qvel, action, lookahead=5)
     with pytest.raises(InvalidInputError, match="lookahead"):
         roller.returns(segs.qpos, segs.qvel, action, lookahead=-1, then=zeros)
+    with pytest.raises(InvalidInputError, match="then must return"):  # an empty plan would never end
+        roller.returns(segs.qpos, segs.qvel, action, lookahead=5, then=lambda obs: np.zeros((1, 0, 3)))
     roller.close()
 
 

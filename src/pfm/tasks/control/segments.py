@@ -105,6 +105,9 @@ class SegmentRoller:
                 if left > 0 and not terminated:
                     assert then is not None
                     plan = np.clip(np.asarray(then(obs[None]), np.float64)[0], self.low, self.high)
+                    if plan.ndim != 2 or len(plan) == 0:
+                        raise InvalidInputError(f"then must return (1, H', act_dim) with H' >= 1, got a segment of "
+                                                f"shape {plan.shape}")
         return out
 
     def close(self) -> None:
