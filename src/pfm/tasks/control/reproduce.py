@@ -61,6 +61,12 @@ def ensure_dataset(name: str, kind: str, steps: int, root: Path, progress: bool 
     return str(path)
 
 
+def cell_path(name: str, seed: int, cfg: Config, digest: str) -> Path:
+    """Where cell ``(name, seed)`` is cached: ``<path>.json`` holds its record and ``<path>/`` its models. Cells are
+    named by data set, seed and a key of the config and the data's ``digest`` (:func:`_digest`)."""
+    return data_dir() / "control" / "cells" / f"{name.replace('/', '_')}-seed{seed}-{cfg.key(digest, seed)}"
+
+
 def _digest(episodes: list) -> str:
     h = hashlib.sha256()
     for e in episodes:
@@ -123,8 +129,6 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         sources = {f"{tasks[0]}-{Path(dataset).name if Path(dataset).exists() else dataset}": (tasks[0], dataset)}
     else:
         sources = {f"{t}-{k}": (t, ensure_dataset(t, k, steps, root, progress)) for t in tasks for k in kinds}
-    cache = data_dir() / "control" / "cells"
-    cache.mkdir(parents=True, exist_ok=True)
     cells: dict[str, list[dict[str, Any]]] = {}
     jobs = [(name, s) for name in sources for s in range(n_seeds)]
     episodes_cache: dict[str, tuple[list, str]] = {}
@@ -135,7 +139,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
                 eps = load_episodes(source)
                 episodes_cache = {name: (eps, _digest(eps))}  # one data set in memory at a time
             eps, digest = episodes_cache[name]
-            path = cache / f"{name.replace('/', '_')}-seed{seed}-{cfg.key(digest, seed)}.json"
+            path = cell_path(name, seed, cfg, digest).with_suffix(".json")
             if path.exists():
                 record = json.loads(path.read_text())
                 log.info("control: reusing %s", path)
@@ -169,7 +173,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
                   "steps acted by pi_ref's mean:\n\n" + report.segment_table(summary, "teacher_returns"))
     md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {torch.get_num_threads()} torch "
               f"threads (this invocation: {result['seconds']:.0f} s).")
-    strip = "" if quick else _frame_strip(cfg, sources, cache, episodes_cache, out / f"{stem}-frames.png")
+    strip = "" if quick else _frame_strip(cfg, sources, episodes_cache, out / f"{stem}-frames.png")
     if strip:
         md.append(f"Frame strip (`{stem}-frames.png`): {strip}.")
     with atomic_file(out / f"{stem}.md", "w") as f:
@@ -179,8 +183,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     return result
 
 
-def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], cache: Path,
-                 episodes_cache: dict[str, tuple[list, str]], path: Path) -> str:
+def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cache: dict[str, tuple[list, str]],
+                 path: Path) -> str:
     """One episode of BC and of PFM on the first medium data set (else the first), cell seed 0, rendered; a line
     saying what it shows, or "" when it could not be made (no saved models, or no offscreen OpenGL). The episode's
     start is the one of ten whose BC return is the median, so the strip shows BC's typical episode, not one that
@@ -190,7 +194,7 @@ def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], cache: Path,
     name = next((n for n in sources if n.endswith("-medium")), next(iter(sources)))
     task_name, source = sources[name]
     digest = episodes_cache[name][1] if name in episodes_cache else _digest(load_episodes(source))
-    models = cache / f"{name.replace('/', '_')}-seed0-{cfg.key(digest, 0)}"
+    models = cell_path(name, 0, cfg, digest)
     if not (models / "bc.safetensors").exists():
         return ""
     try:
