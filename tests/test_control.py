@@ -249,3 +249,20 @@ def test_the_analysis_splits_a_displacement_into_a_shift_and_the_rest():
     np.testing.assert_allclose(moved, np.broadcast_to(const.numpy(), (2, 4, 3)))
     with pytest.raises(InvalidInputError, match="ctx"):
         displacement(bc, Shift(), ctx[:1])
+
+
+def test_ars_checkpoint_resumes_to_the_same_run(tmp_path):
+    cfg = dict(directions=2, top=1, eval_every=2, eval_episodes=1, horizon=100)
+    whole = train_ars("hopper", ARSConfig(iterations=6, **cfg), progress=False)
+    ckpt = tmp_path / "ars.npz"
+    train_ars("hopper", ARSConfig(iterations=4, **cfg), progress=False, checkpoint=ckpt)  # "killed" after 4
+    resumed = train_ars("hopper", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)
+    np.testing.assert_array_equal(resumed.expert.W, whole.expert.W)
+    assert [h["return"] for h in resumed.history] == [h["return"] for h in whole.history]
+    assert resumed.env_steps == whole.env_steps and len(resumed.snapshots) == 3
+    again = train_ars("hopper", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)  # nothing to do
+    np.testing.assert_array_equal(again.expert.W, whole.expert.W)
+    with pytest.raises(FlowFileError, match="ARS settings"):
+        train_ars("hopper", ARSConfig(iterations=6, **{**cfg, "noise": 0.5}), progress=False, checkpoint=ckpt)
+    with pytest.raises(FlowFileError, match="of task 'hopper'"):
+        train_ars("walker2d", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)

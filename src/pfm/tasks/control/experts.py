@@ -168,10 +168,48 @@ def pick_medium(name: str, snapshots: list[tuple[float, LinearPolicy]], expert_r
     return min(snapshots, key=lambda s: abs(s[0] - target))
 
 
-def train_ars(name: str, cfg: Optional[ARSConfig] = None, progress: bool = True, workers: int = 1) -> ARSResult:
+def _save_checkpoint(path: Path, name: str, cfg: ARSConfig, it: int, W: np.ndarray, stat: _RunningStat,
+                     rng: np.random.Generator, snapshots: list[tuple[float, LinearPolicy]],
+                     history: list[dict[str, float]], env_steps: int, seconds: float) -> None:
+    """The whole ARS state after iteration ``it`` (written atomically), so that a killed run goes on from there."""
+    import json
+
+    assert stat.mean is not None and stat.m2 is not None
+    meta = {"task": name, "ars": cfg.__dict__, "iteration": it, "env_steps": env_steps, "seconds": seconds,
+            "stat_n": stat.n, "rng": rng.bit_generator.state, "history": history,
+            "snapshot_returns": [r for r, _ in snapshots]}
+    snaps = {k: v for i, (_, pol) in enumerate(snapshots) for k, v in pol.to_dict(f"snapshot{i}").items()}
+    with atomic_file(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), W=W, stat_mean=stat.mean,
+                 stat_m2=stat.m2, **snaps)
+
+
+def _load_checkpoint(path: Path, name: str, cfg: ARSConfig) -> Optional[dict[str, Any]]:
+    """The state saved by :func:`_save_checkpoint`, or None when ``path`` does not exist. A checkpoint of another
+    task or other ARS settings (the iteration count aside) is an error, not silently restarted."""
+    import json
+
+    if not path.exists():
+        return None
+    with np.load(path) as d:
+        meta = json.loads(bytes(d["meta"]).decode())
+        mine = {k: v for k, v in cfg.__dict__.items() if k != "iterations"}
+        theirs = {k: v for k, v in meta["ars"].items() if k != "iterations"}
+        if meta["task"] != name or mine != theirs:
+            raise FlowFileError(f"checkpoint {str(path)!r} is of task {meta['task']!r} with ARS settings {theirs}, "
+                                f"not {name!r} with {mine}: remove it or pass another --checkpoint")
+        snaps = [(float(r), LinearPolicy.from_dict(d, f"snapshot{i}")) for i, r in enumerate(meta["snapshot_returns"])]
+        return {"meta": meta, "W": d["W"].copy(), "stat": _RunningStat(meta["stat_n"], d["stat_mean"].copy(),
+                                                                       d["stat_m2"].copy()), "snapshots": snaps}
+
+
+def train_ars(name: str, cfg: Optional[ARSConfig] = None, progress: bool = True, workers: int = 1,
+              checkpoint: Optional[Path] = None) -> ARSResult:
     """Train a linear policy on task ``name`` by ARS; keep the best evaluated iterate (the expert) and the snapshot
     picked by :func:`pick_medium` (the medium policy). ``workers > 1`` runs the
-    ``2 * directions`` rollouts of an iteration in that many processes (the result is the same as with one)."""
+    ``2 * directions`` rollouts of an iteration in that many processes (the result is the same as with one).
+    With ``checkpoint``, the state is saved there at every evaluation and a run finding one goes on from it (with
+    the same result as an unbroken run); a finished run leaves it in place, so that more iterations can follow."""
     from tqdm.auto import tqdm
 
     t = task(name)
@@ -187,15 +225,23 @@ def train_ars(name: str, cfg: Optional[ARSConfig] = None, progress: bool = True,
     stat.push(np.zeros((1, obs_dim)))
     snapshots: list[tuple[float, LinearPolicy]] = []
     history: list[dict[str, float]] = []
-    start, env_steps = time.perf_counter(), 0
+    start, env_steps, first = time.perf_counter(), 0, 0
     if not isinstance(workers, int) or workers < 1:
         raise InvalidInputError(f"workers must be a positive integer, got {workers!r}")
+    saved = _load_checkpoint(Path(checkpoint), name, cfg) if checkpoint is not None else None
+    if saved is not None:
+        meta = saved["meta"]
+        W, stat, snapshots, history = saved["W"], saved["stat"], saved["snapshots"], meta["history"]
+        rng.bit_generator.state = meta["rng"]
+        first, env_steps, start = meta["iteration"], meta["env_steps"], start - meta["seconds"]
+        log.info("ARS %s: going on from iteration %d of checkpoint %s", name, first, checkpoint)
     pool = None
     if workers > 1:
         import multiprocessing
 
         pool = multiprocessing.get_context("spawn").Pool(workers)
-    bar = tqdm(range(cfg.iterations), desc=f"ARS {name}", disable=not progress, unit="it")
+    bar = tqdm(range(first, cfg.iterations), desc=f"ARS {name}", disable=not progress, unit="it",
+               initial=first, total=cfg.iterations)
     for it in bar:
         mu, sigma = stat.mean.copy(), stat.std()
         deltas = rng.standard_normal((cfg.directions, act_dim, obs_dim))
@@ -219,10 +265,15 @@ def train_ars(name: str, cfg: Optional[ARSConfig] = None, progress: bool = True,
                             "score": float(normalized_score(name, mean)), "seconds": time.perf_counter() - start})
             bar.set_postfix(ret=f"{mean:.0f}", steps=env_steps)
             log.info("ARS %s: iteration %d, %d env steps, return %.0f", name, it + 1, env_steps, mean)
+            if checkpoint is not None:
+                _save_checkpoint(Path(checkpoint), name, cfg, it + 1, W, stat, rng, snapshots, history, env_steps,
+                                 time.perf_counter() - start)
     env.close()
     if pool is not None:
         pool.close()
         pool.join()
+    if not snapshots:
+        raise InvalidInputError(f"no evaluated iterate: the run already has {first} of {cfg.iterations} iterations")
     best = max(snapshots, key=lambda s: s[0])
     medium = pick_medium(name, snapshots, best[0])
     return ARSResult(best[1], medium[1], best[0], medium[0], history, time.perf_counter() - start, env_steps,
@@ -296,6 +347,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--final-episodes", type=int, default=20, help="episodes of the final evaluation (default 20)")
     p.add_argument("--medium-score", type=float, help="D4RL-style score the medium policy aims at (default: the "
                    f"level of D4RL's medium data, capped at {MEDIUM_CAP:g} of the expert's return)")
+    p.add_argument("--checkpoint", type=Path, help="save the ARS state here at every evaluation and go on from it "
+                   "if it exists (a killed run resumes; a finished one continues with a larger --iterations)")
     p.add_argument("--repick", action="store_true", help="do not train: pick the medium policy again among the "
                    "snapshots stored in the file")
     a = p.parse_args(argv)
@@ -316,7 +369,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = ARSConfig(**{**ARS_SETTINGS[a.task].__dict__, "seed": a.seed})
         if a.iterations:
             cfg.iterations = a.iterations
-        result = train_ars(a.task, cfg, workers=a.workers)
+        result = train_ars(a.task, cfg, workers=a.workers, checkpoint=a.checkpoint)
         if a.medium_score is not None:
             medium = pick_medium(a.task, result.snapshots, result.expert_return, a.medium_score)
             result.medium, result.medium_return = medium[1], medium[0]
