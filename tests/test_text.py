@@ -196,3 +196,58 @@ def test_vader_judge_scores_and_win_rate():
     assert judge.win_rate(["great", "bad", "fine"], ["bad", "great", "fine"]) == pytest.approx(0.5)
     with pytest.raises(InvalidInputError, match="same length"):
         judge.win_rate(["a"], ["b", "c"])
+
+
+def _toy_sentences(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    good, bad = ["good", "great", "fun"], ["bad", "awful", "dull"]
+    out = []
+    for _ in range(n):
+        words = good if rng.random() < 0.5 else bad
+        out.append(f"the {rng.choice(['movie', 'film', 'plot'])} was {rng.choice(words)}")
+    return out
+
+
+def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
+    from pfm.errors import FlowFileError
+    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+
+    texts = _toy_sentences()
+    tok = train_tokenizer(texts, vocab_size=300)
+    lm = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=32, hidden=64, layers=1, max_len=16)), tok)
+    rep = fit_lm(lm.model, lm.ids(texts), epochs=15, batch_size=32, lr=1e-2, progress=False)
+    assert rep["val_perplexity"] < 4, rep  # the grammar is nearly deterministic but for two word choices
+    out = lm.generate(["the plot was", "the film"] * 10, temperature=1.0, seed=1)
+    assert all(o.startswith(p) for o, p in zip(out, ["the plot was", "the film"] * 10))
+    assert sum(o in texts for o in out) >= 15  # it speaks the toy language
+    assert lm.generate(["the film"], temperature=0) == lm.generate(["the film"], temperature=0)
+    nll_full, n_full = lm.nll(["the film was good"])
+    nll_cont, n_cont = lm.nll(["the film was good"], prompts=["the film"])
+    assert n_cont[0] == n_full[0] - len(tok.encode("the film").ids) and nll_cont[0] < nll_full[0]
+    lm.save(tmp_path / "lm")
+    back = TextLM.load(tmp_path / "lm")
+    assert back.generate(["the movie"], temperature=0) == lm.generate(["the movie"], temperature=0)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"kind": "flow"}')
+    with pytest.raises(FlowFileError, match="not a pfm language model"):
+        TextLM.load(tmp_path / "other")
+    with pytest.raises(InvalidInputError, match="takes no cond"):
+        lm.model(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))
+
+
+def test_conditional_language_model_reads_its_condition():
+    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+
+    texts = _toy_sentences(400, seed=1)
+    cond = torch.tensor([[1.0, 0.0] if t.split()[-1] in ("good", "great", "fun") else [0.0, 1.0] for t in texts])
+    tok = train_tokenizer(texts, vocab_size=300)
+    lm = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=32, hidden=64, layers=1, cond_dim=2,
+                                       max_len=16)), tok)
+    fit_lm(lm.model, lm.ids(texts), cond=cond, epochs=15, batch_size=32, lr=1e-2, cond_noise=0.05,
+           progress=False)
+    pos = lm.generate(["the movie was"] * 20, cond=torch.tensor([[1.0, 0.0]] * 20), seed=2)
+    neg = lm.generate(["the movie was"] * 20, cond=torch.tensor([[0.0, 1.0]] * 20), seed=2)
+    assert sum(p.split()[-1] in ("good", "great", "fun") for p in pos) >= 18
+    assert sum(n.split()[-1] in ("bad", "awful", "dull") for n in neg) >= 18
+    with pytest.raises(InvalidInputError, match=r"cond must have shape \(1, 2\)"):
+        lm.generate(["the"], cond=torch.zeros(1, 3))
