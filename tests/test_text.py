@@ -251,3 +251,30 @@ def test_conditional_language_model_reads_its_condition():
     assert sum(n.split()[-1] in ("bad", "awful", "dull") for n in neg) >= 18
     with pytest.raises(InvalidInputError, match=r"cond must have shape \(1, 2\)"):
         lm.generate(["the"], cond=torch.zeros(1, 3))
+
+
+def test_codec_with_a_decoder_saves_and_loads(tiny_bert, tmp_path):
+    from pfm.tasks.text.codec import LMDecoder
+    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+
+    texts = _toy_sentences(200)
+    enc_codec = load_codec(str(tiny_bert), cache_dir=tmp_path / "emb")
+    z = enc_codec.encode(texts)
+    tok = train_tokenizer(texts, vocab_size=300)
+    lm = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=16, hidden=32, layers=1, cond_dim=16,
+                                       max_len=16)), tok)
+    fit_lm(lm.model, lm.ids(texts), cond=z, epochs=2, progress=False)
+    codec = TextCodec(enc_codec.encoder, LMDecoder(lm), spec=str(tiny_bert))
+    out = codec.decode(z[:4], prompts=["the film"] * 4)
+    assert len(out) == 4 and all(o.startswith("the film") for o in out)
+    codec.save(tmp_path / "codec")
+    back = load_codec(str(tmp_path / "codec"), cache_dir=tmp_path / "emb")
+    assert back.describe() == {"spec": str(tmp_path / "codec"), "dim": 16, "decoder": True}
+    assert back.decode(z[:4]) == codec.decode(z[:4])
+    assert torch.allclose(back.encode(texts[:3]), z[:3])
+    with pytest.raises(InvalidInputError, match="one entry per row"):
+        codec.decode(z[:4], prompts=["a"])
+    with pytest.raises(InvalidInputError, match=r"z must have shape \(N, 16\)"):
+        codec.decode(torch.zeros(2, 5))
+    with pytest.raises(InvalidInputError, match="must be conditional"):
+        LMDecoder(TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=8, hidden=8, layers=1)), tok))

