@@ -235,6 +235,43 @@ def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
         lm.model(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))
 
 
+def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_ref():
+    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+    from pfm.tasks.text.rlhf import continuation_logprob, rlhf_lm
+
+    torch.manual_seed(0)
+    texts = _toy_sentences()
+    tok = train_tokenizer(texts, vocab_size=300)
+    lm = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=32, hidden=64, layers=1, max_len=16)), tok)
+    fit_lm(lm.model, lm.ids(texts), epochs=15, batch_size=32, lr=1e-2, progress=False)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+
+    def reward(ts, ps):
+        assert all(t.startswith(p) for t, p in zip(ts, ps))
+        return torch.tensor([1.0 if t.split()[-1] in ("good", "great", "fun") else -1.0 for t in ts])
+
+    prompts = ["the movie was", "the plot was", "the film was"]
+    good = lambda m: reward(m.generate(prompts * 40, seed=5), prompts * 40).mean().item()  # noqa: E731
+    base = good(lm)
+    tuned, hist = rlhf_lm(lm, reward, prompts, beta=0.05, steps=40, prompts_per_step=3, samples_per_prompt=8,
+                          lr=1e-2, progress=False)
+    held, hist_held = rlhf_lm(lm, reward, prompts, beta=5.0, steps=40, prompts_per_step=3, samples_per_prompt=8,
+                              lr=1e-2, progress=False)
+    assert abs(base) < 0.5 and good(tuned) > 0.8, (base, good(tuned))  # about half good words, then nearly all
+    assert np.mean(hist["kl"][-10:]) > np.mean(hist_held["kl"][-10:])  # a large beta keeps it nearer pi_ref
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())  # pi_ref untouched
+    seq = lm.ids(["the film was good"])
+    skip = [len(tok.encode("the film").ids)]
+    nll, _ = lm.nll(["the film was good"], prompts=["the film"])
+    assert continuation_logprob(lm, seq, skip).item() == pytest.approx(-nll[0], abs=1e-4)
+    with pytest.raises(InvalidInputError, match="samples_per_prompt"):
+        rlhf_lm(lm, reward, prompts, beta=0.1, samples_per_prompt=1)
+    with pytest.raises(InvalidInputError, match="beta"):
+        rlhf_lm(lm, reward, prompts, beta=0.0)
+    with pytest.raises(InvalidInputError, match="must return"):
+        rlhf_lm(lm, lambda ts, ps: torch.zeros(2), prompts, beta=0.1, steps=1, progress=False)
+
+
 def test_conditional_language_model_reads_its_condition():
     from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
@@ -278,3 +315,25 @@ def test_codec_with_a_decoder_saves_and_loads(tiny_bert, tmp_path):
         codec.decode(torch.zeros(2, 5))
     with pytest.raises(InvalidInputError, match="must be conditional"):
         LMDecoder(TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=8, hidden=8, layers=1)), tok))
+
+
+def test_quick_text_experiment_end_to_end(tmp_path, capsys):
+    """`pfm reproduce text --quick`: tiny models on 2,000 sentences; the flow, trained on pi_ref's pairs, raises
+    the annotator's mean score of held-out prompts' continuations, in the embedding and in the decoded text."""
+    assert main(["reproduce", "text", "--quick", "--out", str(tmp_path), "-q"]) == 0
+    result = json.loads((tmp_path / "text-quick.json").read_text())
+    m = result["summary"]
+    ref, codec_ref, pfm, pfm5 = m["reference"], m["reference (codec)"], m["PFM"], m["PFM x 5"]
+    assert pfm["score_of_vector"][0] > codec_ref["score_of_vector"][0] + 0.2  # the flow moves toward positive
+    assert pfm5["score_of_vector"][0] > pfm["score_of_vector"][0]
+    assert pfm["score"][0] > ref["score"][0] and pfm5["score"][0] > pfm["score"][0]  # and the text follows
+    assert result["runs"][0]["pairs"]["score_gap"] > 0
+    rlhf = result["runs"][0]["rlhf"]
+    assert rlhf["beta"] in result["config"]["betas"] and len(rlhf["sweep"]) == len(result["config"]["betas"])
+    for name in ("RLHF", "RLHF + PFM", "RLHF + PFM x 5"):
+        assert np.isfinite(m[name]["score"][0]) and 0 <= m[name]["vader_win_rate_vs_rlhf"][0] <= 1
+    assert m["RLHF + PFM x 5"]["score_of_vector"][0] > m["RLHF (codec)"]["score_of_vector"][0]
+    assert len(result["runs"][0]["examples"]) == 10
+    assert all(ex["PFM"].startswith(ex["prompt"]) for ex in result["runs"][0]["examples"])
+    assert "| PFM x 5 |" in (tmp_path / "text-quick.md").read_text()
+    assert "annotator score" in capsys.readouterr().out

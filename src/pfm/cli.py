@@ -171,6 +171,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         stem = dataset if args.field == "mlp" else f"{dataset}-{args.field}"
         print(f"wrote {args.out}/{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz in "
               f"{result['seconds']:.0f} s")
+    elif args.task == "text":
+        from .tasks.text import experiment as text
+
+        result = text.reproduce(args.out, quick=args.quick, seeds=args.seeds, progress=not args.quiet)
+        print(text.table(result["summary"], len(result["runs"])))
+        stem = "text-quick" if args.quick else "text"
+        print(f"wrote {args.out}/{stem}.json and {stem}.md in {result['seconds']:.0f} s")
     elif args.task == "control":
         from .tasks.control import report as control_report
         from .tasks.control.reproduce import reproduce as control
@@ -272,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce an experiment of the paper against RLHF, DPO and IPO; write a JSON "
                        "record, a Markdown table and figures to --out. Finished seeds are cached in the data "
                        "directory, so an interrupted run resumes.")
-    r.add_argument("task", choices=["toy2d", "mnist", "control"], help="toy2d: the illustrative 2D example; mnist: "
-                   "conditional image generation (digits, or --dataset fashion); control: offline RL on MuJoCo "
-                   "locomotion against BC, DPO and Marginal BC")
+    r.add_argument("task", choices=["toy2d", "mnist", "control", "text"],
+                   help="toy2d: the illustrative 2D example; mnist: conditional image generation (digits, or "
+                   "--dataset fashion); control: offline RL on MuJoCo locomotion against BC, DPO and Marginal BC; "
+                   "text: controlled generation of movie-review sentences against RLHF on a small language model")
     r.add_argument("--out", default="results", help="directory for the results (default results)")
     r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 
+import torch
 from torch import Tensor
 
 from ..._io import atomic_dir
@@ -21,7 +22,8 @@ from .lm import TextLM
 
 
 class Decoder(Protocol):
-    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]: ...
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None, temperature: Optional[float] = None,
+               seed: int = 0) -> list[str]: ...
 
 
 class LMDecoder:
@@ -33,11 +35,13 @@ class LMDecoder:
             raise InvalidInputError("lm must be conditional (cond_dim > 0) to decode embeddings")
         self.lm, self.temperature = lm, temperature
 
-    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]:
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None, temperature: Optional[float] = None,
+               seed: int = 0) -> list[str]:
         prompts = [""] * len(z) if prompts is None else list(prompts)
         if len(prompts) != len(z):
             raise InvalidInputError(f"prompts must have one entry per row of z ({len(z)}), got {len(prompts)}")
-        return self.lm.generate(prompts, cond=z, temperature=self.temperature)
+        t = self.temperature if temperature is None else temperature
+        return self.lm.generate(prompts, cond=z, temperature=t, seed=seed)
 
 
 class TextCodec:
@@ -53,18 +57,38 @@ class TextCodec:
     def dim(self) -> int:
         return int(self.encoder.dim)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> Tensor:
-        """``texts`` (N strings) -> ``(N, dim)`` float32."""
-        return self.encoder.encode(texts, batch_size=batch_size, progress=progress)
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, cache: bool = True) -> Tensor:
+        """``texts`` (N strings) -> ``(N, dim)`` float32. ``cache=False`` neither reads nor grows the embedding
+        cache (for generated text, seen once)."""
+        enc = self.encoder.encoder if not cache and isinstance(self.encoder, EmbeddingCache) else self.encoder
+        return enc.encode(texts, batch_size=batch_size, progress=progress)
 
-    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None) -> list[str]:
-        """``(N, dim)`` vectors -> N texts (each starting with its prompt, when given)."""
+    def decode(self, z: Tensor, prompts: Optional[Sequence[str]] = None, candidates: int = 1,
+               temperature: float = 0.7, seed: int = 0) -> list[str]:
+        """``(N, dim)`` vectors -> N texts (each starting with its prompt, when given).
+
+        With ``candidates > 1`` the decoder writes the greedy text and ``candidates - 1`` samples at
+        ``temperature`` for every row, and the one whose own embedding is nearest ``z`` (cosine) is kept: the
+        encoder checks the decoder, so the text carries what the vector says more faithfully."""
         if self.decoder is None:
             raise InvalidInputError(f"codec {self.spec or type(self.encoder).__name__!r} has no decoder: it can "
                                     "encode text for training a flow, not turn vectors back into text")
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise InvalidInputError(f"z must have shape (N, {self.dim}), got {tuple(z.shape)}")
-        return self.decoder.decode(z, prompts)
+        if not isinstance(candidates, int) or candidates < 1:
+            raise InvalidInputError(f"candidates must be a positive integer, got {candidates!r}")
+        best = self.decoder.decode(z, prompts)
+        if candidates == 1:
+            return best
+        target = torch.nn.functional.normalize(z.float(), dim=-1)
+        best_sim = (self.encode(best, cache=False) * target).sum(-1)
+        for k in range(1, candidates):
+            cand = self.decoder.decode(z, prompts, temperature=temperature, seed=seed + k)
+            sim = (self.encode(cand, cache=False) * target).sum(-1)
+            for i in torch.nonzero(sim > best_sim).flatten().tolist():
+                best[i] = cand[i]
+            best_sim = torch.maximum(best_sim, sim)
+        return best
 
     def save(self, directory: str | Path) -> Path:
         """Write ``codec.json`` (the encoder's spec) and the decoder's language model to ``directory``; the spec of

@@ -104,7 +104,12 @@ class ConditionalLM(nn.Module):
         device = self.out.weight.device
         h = self.initial_state(cond, b, device)
         tok = torch.full((b, 1), BOS, dtype=torch.long, device=device)
-        seqs: list[list[int]] = [[] for _ in range(b)]
+        width = max(1, max(len(p) for p in prefixes))
+        forced = torch.full((b, width), -1, dtype=torch.long)
+        for i, p in enumerate(prefixes):
+            forced[i, :len(p)] = torch.as_tensor(p, dtype=torch.long)
+        forced = forced.to(device)
+        out = torch.full((b, self.cfg.max_len), EOS, dtype=torch.long, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
         for t in range(self.cfg.max_len):
             logits, h = self.step(tok, cond, h)
@@ -119,19 +124,16 @@ class ConditionalLM(nn.Module):
                     kth = logits.topk(top_k, -1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, -math.inf)
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
-            for i, p in enumerate(prefixes):
-                if t < len(p):
-                    nxt[i] = p[t]
-            for i in range(b):
-                if not done[i]:
-                    if int(nxt[i]) == EOS:
-                        done[i] = True
-                    else:
-                        seqs[i].append(int(nxt[i]))
+            if t < width:
+                nxt = torch.where(forced[:, t] >= 0, forced[:, t], nxt)
+            nxt = nxt.masked_fill(done, EOS)
+            out[:, t] = nxt
+            done |= nxt == EOS
             if bool(done.all()):
                 break
             tok = nxt[:, None]
-        return seqs
+        lengths = (out != EOS).int().cumprod(1).sum(1).tolist()
+        return [row[:n] for row, n in zip(out.tolist(), lengths)]
 
 
 def _batch(seqs: list[list[int]], max_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
