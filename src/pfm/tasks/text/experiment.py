@@ -65,7 +65,7 @@ class Config:
     project: bool = True  # put moved embeddings back on the unit sphere, where the encoder's live
     candidates: int = 8  # decoded texts per vector; the one nearest the vector (re-encoded) is kept
     reward_steps: int = 1000
-    betas: tuple[float, ...] = (0.01, 0.1, 1.0)
+    betas: tuple[float, ...] = (0.01, 0.1, 1.0)  # swept on the first seed, whose pick the other seeds use
     rlhf_steps: int = 150
     rlhf_prompts: int = 32  # prompts a step, 4 samples each
     rlhf_lr: float = 3e-4
@@ -77,7 +77,7 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(sentences=2000, vocab=1500, lm_dim=64, lm_hidden=128, lm_epochs=4, decoder_epochs=4,
                    seeds=(0,), n_pairs=600, flow_steps=600, flow_hidden=256, eval_prompts=60, reward_steps=300,
-                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, candidates=4, quick=True)
+                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, quick=True)
 
     def models_key(self) -> str:
         """What pi_ref, the tokenizer and the annotator depend on."""
@@ -205,8 +205,10 @@ def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, fl
     return out
 
 
-def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False) -> dict[str, Any]:
-    """One seed: pairs from pi_ref, the flow, RLHF, and every method's texts and scores on held-out prompts."""
+def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
+            betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
+    every method's texts and scores on held-out prompts."""
     codec, ref, head = models.codec, models.reference, models.annotator
     times: dict[str, float] = {}
 
@@ -249,7 +251,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False) 
         return rm.score(codec.encode(texts, cache=False), codec.encode(ps))
 
     sweep, policies = [], {}
-    for beta in cfg.betas:
+    for beta in (cfg.betas if betas is None else tuple(betas)):
         policy, hist = rlhf_lm(ref, reward, train_prompts, beta=beta, steps=cfg.rlhf_steps,
                                prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed, progress=progress)
         y_val = policy.generate(val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
@@ -366,15 +368,17 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
         with atomic_file(codec_file, "w") as f:
             json.dump(codec_report, f)
     cache = data_dir() / "text" / "runs" / run_key(cfg)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
+        # RLHF's beta is swept on the first seed; the later seeds train RLHF at the beta it picked
+        betas = None if not runs else (runs[0]["rlhf"]["beta"],)
         rec = cache / f"seed-{seed}.json"
         if rec.exists():
             runs.append(json.loads(rec.read_text()))
             log.info("text: reusing %s", rec)
             continue
         t = time.perf_counter()
-        part = run_one(cfg, models, seed, progress=progress)
+        part = run_one(cfg, models, seed, progress=progress, betas=betas)
         part["wall_seconds"] = time.perf_counter() - t
         with atomic_file(rec, "w") as f:
             json.dump(part, f)

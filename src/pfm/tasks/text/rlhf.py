@@ -33,10 +33,13 @@ def continuation_logprob(lm: TextLM, seqs: list[list[int]], skip: Sequence[int])
     model = lm.model
     device = model.out.weight.device
     inp, tgt = _batch(seqs, model.cfg.max_len, device)
-    lp = torch.log_softmax(model(inp).float(), -1).gather(-1, tgt[..., None]).squeeze(-1)
     pos = torch.arange(tgt.shape[1], device=device)[None]
     mask = (tgt != PAD) & (pos >= torch.as_tensor(list(skip), device=device)[:, None])
-    return (lp * mask).sum(1)
+    # project only the counted positions onto the vocabulary (prompts and padding are most of the batch)
+    logits = model.out(model.features(inp)[mask]).float()
+    nll = torch.nn.functional.cross_entropy(logits, tgt[mask], reduction="none")
+    rows = torch.arange(len(seqs), device=device)[:, None].expand_as(mask)[mask]
+    return torch.zeros(len(seqs), device=device, dtype=nll.dtype).index_add(0, rows, -nll)
 
 
 def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: float, steps: int = 200,
