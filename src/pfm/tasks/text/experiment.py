@@ -108,6 +108,12 @@ def corpus_split(cfg: Config) -> tuple[Corpus, Corpus]:
     return corpus.split(cfg.test_fraction, seed=0)
 
 
+def _new_lm(cfg: Config, tokenizer: Any, cond_dim: int = 0) -> TextLM:
+    """An untrained language model of ``cfg``'s size (conditioned on a ``cond_dim`` vector when > 0)."""
+    return TextLM(ConditionalLM(LMConfig(tokenizer.get_vocab_size(), dim=cfg.lm_dim, hidden=cfg.lm_hidden,
+                                         layers=cfg.lm_layers, cond_dim=cond_dim)), tokenizer)
+
+
 def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = None) -> Pretrained:
     """pi_ref, the codec (MiniLM + a decoder) and the annotator for ``cfg``: loaded from the cache, else trained
     and cached (the corpus split is fixed, seed 0; the experiment's seeds vary pairs, flows and samples). The
@@ -135,8 +141,7 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
         info["annotator"] = report.__dict__
         tok = train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
         t = time.perf_counter()
-        reference = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=cfg.lm_dim, hidden=cfg.lm_hidden,
-                                                  layers=cfg.lm_layers)), tok)
+        reference = _new_lm(cfg, tok)
         info["reference"] = fit_lm(reference.model, reference.ids(train.texts), epochs=cfg.lm_epochs,
                                    progress=progress)
         info["seconds"]["reference"] = time.perf_counter() - t
@@ -153,9 +158,7 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
             z = encoder.encode(list(train.texts), progress=progress)
         torch.manual_seed(0)
         t = time.perf_counter()
-        tok = reference.tokenizer
-        decoder = TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=cfg.lm_dim, hidden=cfg.lm_hidden,
-                                                layers=cfg.lm_layers, cond_dim=encoder.dim)), tok)
+        decoder = _new_lm(cfg, reference.tokenizer, cond_dim=encoder.dim)
         dec_info = fit_lm(decoder.model, decoder.ids(train.texts), cond=z, epochs=cfg.decoder_epochs,
                           cond_noise=cfg.decoder_noise, progress=progress)
         dec_info["seconds"] = time.perf_counter() - t
@@ -181,6 +184,12 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct n-grams over all n-grams of ``texts`` (words): 1.0 when nothing repeats, low for degenerate text."""
     grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.split()] for i in range(len(ws) - n + 1)]
     return len(set(grams)) / max(1, len(grams))
+
+
+def perplexity(lm: TextLM, texts: Sequence[str], prompts: Sequence[str]) -> float:
+    """Perplexity per token of the continuations of ``prompts`` in ``texts`` under ``lm``."""
+    nll, count = lm.nll(texts, prompts=prompts)
+    return float(np.exp(nll.sum() / max(count.sum(), 1)))
 
 
 def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, float]:
@@ -255,9 +264,8 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         policy, hist = rlhf_lm(ref, reward, train_prompts, beta=beta, steps=cfg.rlhf_steps,
                                prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed, progress=progress)
         y_val = policy.generate(val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
-        nll, count = ref.nll(y_val, prompts=val_prompts)
         sweep.append({"beta": beta, "validation_score": score(codec.encode(y_val, cache=False)).mean().item(),
-                      "validation_perplexity": float(np.exp(nll.sum() / max(count.sum(), 1))),
+                      "validation_perplexity": perplexity(ref, y_val, val_prompts),
                       "validation_distinct_2": distinct_n(y_val, 2), "final_reward": float(np.mean(hist["reward"][-10:])),
                       "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
                       "kl_curve": hist["kl"], "seconds": hist["seconds"]})
@@ -291,11 +299,10 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     judge = VaderJudge()
     methods: dict[str, dict[str, float]] = {}
     for name, txt in texts.items():
-        nll, count = ref.nll(txt, prompts=test_prompts)
         m = {"score": score(codec.encode(txt, cache=False)).mean().item(), "vader": float(judge.score(txt).mean()),
              "vader_win_rate_vs_rlhf": judge.win_rate(txt, y_rlhf),
              "vader_win_rate_vs_reference": judge.win_rate(txt, y_ref),
-             "perplexity": float(np.exp(nll.sum() / max(count.sum(), 1))), "distinct_1": distinct_n(txt, 1),
+             "perplexity": perplexity(ref, txt, test_prompts), "distinct_1": distinct_n(txt, 1),
              "distinct_2": distinct_n(txt, 2), "words": float(np.mean([len(s.split()) for s in txt]))}
         if name in vectors:
             m["score_of_vector"] = score(vectors[name]).mean().item()
@@ -350,24 +357,23 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
               progress: bool = True) -> dict[str, Any]:
     """Every seed of the text experiment (each finished seed cached in the data directory, so a stopped run goes
     on where it was); writes ``text.json`` and ``text.md`` (the table and ten example prompts) to ``out_dir``."""
+    from ... import _validate as V
     from ..._io import atomic_file
-    from ...errors import InvalidInputError
 
+    V.check_positive_int(seeds, "seeds", allow_none=True)
     cfg = Config.quick_config() if quick else Config()
     if seeds is not None:
-        if not isinstance(seeds, int) or seeds < 1:
-            raise InvalidInputError(f"seeds must be a positive integer, got {seeds!r}")
         cfg.seeds = tuple(range(seeds))
     start = time.perf_counter()
     models = pretrained(cfg, progress=progress)
-    codec_file = data_dir() / "text" / "runs" / run_key(cfg) / "codec.json"
+    cache = data_dir() / "text" / "runs" / run_key(cfg)
+    codec_file = cache / "codec.json"
     if codec_file.exists():
         codec_report = json.loads(codec_file.read_text())
     else:
         codec_report = codec_quality(models, cfg, n=50 if quick else 200)
         with atomic_file(codec_file, "w") as f:
             json.dump(codec_report, f)
-    cache = data_dir() / "text" / "runs" / run_key(cfg)
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         # RLHF's beta is swept on the first seed; the later seeds train RLHF at the beta it picked

@@ -11,7 +11,6 @@ its prompt. The reward is any callable on texts and is never differentiated.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,6 +20,7 @@ from ... import _validate as V
 from ...baselines._common import check_beta
 from ...errors import InvalidInputError, InvalidTypeError
 from ...train import optimize
+from .encoder import check_texts
 from .lm import PAD, TextLM, _batch
 
 Reward = Callable[[list[str], list[str]], Tensor]
@@ -65,9 +65,7 @@ def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: 
     if not callable(reward):
         raise InvalidTypeError(f"reward must be callable as reward(texts, prompts), got {type(reward).__name__}")
     beta = check_beta(beta)
-    prompts = [str(p) for p in prompts]
-    if not prompts:
-        raise InvalidInputError("prompts is empty")
+    prompts = check_texts(prompts, "prompts")
     V.check_positive_int(steps, "steps")
     V.check_positive_int(prompts_per_step, "prompts_per_step")
     V.check_positive_int(samples_per_prompt, "samples_per_prompt")
@@ -86,7 +84,7 @@ def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: 
         skip = [len(prefix[i]) for i in rows]
         logp = continuation_logprob(pi, seqs, skip)
         with torch.no_grad():
-            ref_logp = continuation_logprob(TextLM(ref, reference.tokenizer), seqs, skip)
+            ref_logp = continuation_logprob(reference, seqs, skip)
             r = torch.as_tensor(reward(pi.text(seqs), [prompts[i] for i in rows]), dtype=torch.float32)
             if r.shape != (len(rows),):
                 raise InvalidInputError(f"reward(texts, prompts) must return ({len(rows)},), got {tuple(r.shape)}")
@@ -100,9 +98,6 @@ def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: 
     history = optimize(pi.model, loss_fn, len(prompts), steps=steps, batch_size=min(prompts_per_step, len(prompts)),
                        lr=lr, grad_clip=grad_clip, seed=seed, progress=progress, desc=f"RLHF (beta={beta:g})",
                        sync_every=1)
-    pi.model.eval()
-    out = {"beta": beta, "steps": history.steps, "seconds": history.seconds,
-           "reward": history.extras.get("reward", []), "kl": history.extras.get("kl", [])}
-    if out["kl"] and not math.isfinite(out["kl"][-1]):
-        raise InvalidInputError(f"RLHF at beta {beta:g} diverged (KL {out['kl'][-1]})")
-    return pi, out
+    pi.model.eval()  # a non-finite KL or reward makes the loss non-finite, which optimize stops on
+    return pi, {"beta": beta, "steps": history.steps, "seconds": history.seconds,
+                "reward": history.extras.get("reward", []), "kl": history.extras.get("kl", [])}
