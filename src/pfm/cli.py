@@ -152,6 +152,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from .tasks import toy2d
 
+    if args.task != "text" and (args.reference is not None or args.annotator is not None):
+        raise InvalidInputError("--reference and --annotator apply to `pfm reproduce text` only")
     if args.task == "toy2d":
         result = toy2d.reproduce(args.out, quick=args.quick, seeds=args.seeds, preferences=args.preference,
                                  reward=args.reward, progress=not args.quiet)
@@ -174,7 +176,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     elif args.task == "text":
         from .tasks.text import experiment as text
 
-        result = text.reproduce(args.out, quick=args.quick, seeds=args.seeds, progress=not args.quiet)
+        result = text.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,
+                                annotator=args.annotator, progress=not args.quiet)
         print(text.table(result["summary"], len(result["runs"])))
         stem = "text-quick" if args.quick else "text"
         print(f"wrote {args.out}/{stem}.json and {stem}.md in {result['seconds']:.0f} s")
@@ -314,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")
+    r.add_argument("--reference", default=None, metavar="DIR",
+                   help="text: a Hugging Face causal LM directory (e.g. a saved GPT-2) as pi_ref, instead of the "
+                   "small GRU trained here; RLHF fine-tunes a copy of it")
+    r.add_argument("--annotator", default=None, metavar="DIR",
+                   help="text: a Hugging Face sequence classifier directory (e.g. a saved DistilBERT sentiment "
+                   "model) as the annotator, instead of the ridge head on MiniLM")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_reproduce)
     return p

@@ -33,6 +33,24 @@ class SentimentHead(nn.Module):
         return self.linear(z).squeeze(-1)
 
 
+class HeadAnnotator:
+    """The annotator as the experiment uses it: ``score(texts) -> (N,)``, and ``score_vectors(z)`` for vectors the
+    head reads directly (a flow's outputs before they are decoded). ``encoder`` is anything with
+    ``encode(texts, cache=False) -> (N, d)``, such as a :class:`~.codec.TextCodec`."""
+
+    def __init__(self, head: SentimentHead, encoder: object) -> None:
+        if not callable(getattr(encoder, "encode", None)):
+            raise InvalidInputError(f"encoder must have an encode(texts) method, got {type(encoder).__name__}")
+        self.head, self.encoder = head.eval(), encoder
+
+    @torch.no_grad()
+    def score_vectors(self, z: Tensor) -> Tensor:
+        return self.head(z)
+
+    def score(self, texts: Sequence[str]) -> Tensor:
+        return self.score_vectors(self.encoder.encode(texts, cache=False))  # type: ignore[attr-defined]
+
+
 @dataclass
 class HeadReport:
     """Held-out quality of the head: correlations with the human ratings and sign accuracy (ratings != 0)."""

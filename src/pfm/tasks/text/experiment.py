@@ -29,9 +29,10 @@ from ...baselines import RewardModel
 from ...data import PreferenceDataset
 from ...flow import PreferenceFlow
 from ...runtime import data_dir
-from .annotator import SentimentHead, fit_sentiment_head
+from .annotator import HeadAnnotator, SentimentHead, evaluate_scores, fit_sentiment_head
 from .codec import LMDecoder, TextCodec, load_codec
 from .corpus import Corpus, load_vader_corpus
+from .hf import HFCausalLM, HFClassifier
 from .judge import VaderJudge
 from .lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
@@ -70,6 +71,8 @@ class Config:
     rlhf_prompts: int = 32  # prompts a step, 4 samples each
     rlhf_lr: float = 3e-4
     validation_prompts: int = 100  # of the held-out pairs, to pick RLHF's beta by the annotator's mean score
+    reference: Optional[str] = None  # a Hugging Face causal LM directory as pi_ref (None: the GRU trained here)
+    annotator: Optional[str] = None  # a Hugging Face sequence classifier directory (None: the ridge head)
     schema: int = SCHEMA
     quick: bool = False
 
@@ -82,7 +85,10 @@ class Config:
     def models_key(self) -> str:
         """What pi_ref, the tokenizer and the annotator depend on."""
         keys = ("sentences", "test_fraction", "vocab", "lm_dim", "lm_hidden", "lm_layers", "lm_epochs", "schema")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        fields_ = {k: getattr(self, k) for k in keys}
+        if self.reference is not None:  # only then, so that the keys of runs with our own pi_ref stay as they were
+            fields_["reference"] = str(Path(self.reference).expanduser().resolve())
+        blob = json.dumps(fields_, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def decoder_key(self) -> str:
@@ -96,8 +102,8 @@ class Pretrained:
     train: Corpus
     test: Corpus
     codec: TextCodec
-    reference: TextLM
-    annotator: SentimentHead
+    reference: TextLM | HFCausalLM
+    annotator: HeadAnnotator | HFClassifier  # score(texts) -> (N,); the head also scores vectors
     info: dict[str, Any]
 
 
@@ -117,7 +123,11 @@ def _new_lm(cfg: Config, tokenizer: Any, cond_dim: int = 0) -> TextLM:
 def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = None) -> Pretrained:
     """pi_ref, the codec (MiniLM + a decoder) and the annotator for ``cfg``: loaded from the cache, else trained
     and cached (the corpus split is fixed, seed 0; the experiment's seeds vary pairs, flows and samples). The
-    decoder is cached apart, under pi_ref's directory, so that changing how it is trained keeps pi_ref."""
+    decoder is cached apart, under pi_ref's directory, so that changing how it is trained keeps pi_ref.
+
+    ``cfg.reference`` / ``cfg.annotator`` name a user's Hugging Face models (local directories) to use instead of
+    the GRU pi_ref and the ridge head; the decoder is still trained here (with its own tokenizer when pi_ref is a
+    user's model), and a user's annotator is scored against the human ratings of the test sentences."""
     from safetensors.torch import load_file, save_file
 
     train, test = corpus_split(cfg)
@@ -126,8 +136,9 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
     where = (cache_dir or data_dir() / "text" / "models") / cfg.models_key()
     head = SentimentHead(encoder.dim)
     z: Optional[Tensor] = None
+    user_ref = HFCausalLM(cfg.reference) if cfg.reference is not None else None
     if (where / "info.json").exists():
-        reference = TextLM.load(where / "reference")
+        reference = user_ref if user_ref is not None else TextLM.load(where / "reference")
         head.load_state_dict(load_file(str(where / "annotator.safetensors")))
         info = json.loads((where / "info.json").read_text())
         log.info("text: pi_ref and the annotator from %s", where)
@@ -139,14 +150,19 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
         info["seconds"]["embed"] = time.perf_counter() - t
         head, report = fit_sentiment_head(z, train.ratings)
         info["annotator"] = report.__dict__
-        tok = train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
-        t = time.perf_counter()
-        reference = _new_lm(cfg, tok)
-        info["reference"] = fit_lm(reference.model, reference.ids(train.texts), epochs=cfg.lm_epochs,
-                                   progress=progress)
-        info["seconds"]["reference"] = time.perf_counter() - t
+        if user_ref is not None:
+            reference = user_ref
+            info["reference"] = {"path": str(user_ref.path)}
+        else:
+            tok = train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
+            t = time.perf_counter()
+            reference = _new_lm(cfg, tok)
+            info["reference"] = fit_lm(reference.model, reference.ids(train.texts), epochs=cfg.lm_epochs,
+                                       progress=progress)
+            info["seconds"]["reference"] = time.perf_counter() - t
         with atomic_dir(where) as tmp:
-            reference.save(tmp / "reference")
+            if isinstance(reference, TextLM):
+                reference.save(tmp / "reference")
             save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "annotator.safetensors"))
             (tmp / "info.json").write_text(json.dumps(info, indent=1))
     dec_dir = where / f"decoder-{cfg.decoder_key()}"
@@ -158,7 +174,9 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
             z = encoder.encode(list(train.texts), progress=progress)
         torch.manual_seed(0)
         t = time.perf_counter()
-        decoder = _new_lm(cfg, reference.tokenizer, cond_dim=encoder.dim)
+        tok = reference.tokenizer if isinstance(reference, TextLM) else \
+            train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
+        decoder = _new_lm(cfg, tok, cond_dim=encoder.dim)
         dec_info = fit_lm(decoder.model, decoder.ids(train.texts), cond=z, epochs=cfg.decoder_epochs,
                           cond_noise=cfg.decoder_noise, progress=progress)
         dec_info["seconds"] = time.perf_counter() - t
@@ -167,7 +185,14 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
             (tmp / "info.json").write_text(json.dumps(dec_info, indent=1))
     info = {**info, "decoder": dec_info}
     codec = TextCodec(encoder.encoder, LMDecoder(decoder), spec="minilm")
-    return Pretrained(train, test, codec, reference, head.eval(), info)
+    annotator: HeadAnnotator | HFClassifier = HeadAnnotator(head, codec)
+    if cfg.annotator is not None:
+        annotator = HFClassifier(cfg.annotator)
+        assert test.ratings is not None
+        r, rho, acc = evaluate_scores(annotator.score(list(test.texts)).numpy(), test.ratings)
+        info = {**info, "user_annotator": {"path": str(annotator.path), "pearson": r, "spearman": rho,
+                                           "sign_accuracy": acc, "n_test": len(test)}}
+    return Pretrained(train, test, codec, reference, annotator, info)
 
 
 def prompts_of(corpus: Corpus, words: int, n: Optional[int] = None, seed: int = 0) -> list[str]:
@@ -186,10 +211,18 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / max(1, len(grams))
 
 
-def perplexity(lm: TextLM, texts: Sequence[str], prompts: Sequence[str]) -> float:
+def perplexity(lm: TextLM | HFCausalLM, texts: Sequence[str], prompts: Sequence[str]) -> float:
     """Perplexity per token of the continuations of ``prompts`` in ``texts`` under ``lm``."""
     nll, count = lm.nll(texts, prompts=prompts)
     return float(np.exp(nll.sum() / max(count.sum(), 1)))
+
+
+def annotate(annotator: HeadAnnotator | HFClassifier, texts: Sequence[str], z: Optional[Tensor] = None) -> Tensor:
+    """The annotator's scores ``(N,)`` of ``texts``; from their vectors ``z`` when given and the annotator reads
+    vectors (the same numbers, without encoding the texts again)."""
+    if z is not None and isinstance(annotator, HeadAnnotator):
+        return annotator.score_vectors(z)
+    return annotator.score(texts)
 
 
 def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, float]:
@@ -202,12 +235,12 @@ def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, fl
     z = models.codec.encode(texts)
     out: dict[str, float] = {"sentences": float(len(texts))}
     with torch.no_grad():
-        s = models.annotator(z).numpy()
+        s = annotate(models.annotator, texts, z).numpy()
         for label, cands in (("greedy", 1), (f"best_of_{cfg.candidates}", cfg.candidates)):
             back = models.codec.decode(z, prompts, candidates=cands)
             z2 = models.codec.encode(back, cache=False)
             out[f"cosine_{label}"] = float((z * z2).sum(-1).mean())
-            out[f"score_correlation_{label}"] = float(np.corrcoef(s, models.annotator(z2).numpy())[0, 1])
+            out[f"score_correlation_{label}"] = float(np.corrcoef(s, annotate(models.annotator, back, z2).numpy())[0, 1])
             out[f"exact_{label}"] = float(np.mean([a == b for a, b in zip(back, texts)]))
         out["cosine_unrelated"] = float((z * z.roll(1, 0)).sum(-1).mean())
         out["cosine_prompt_only"] = float((z * models.codec.encode(prompts)).sum(-1).mean())
@@ -218,21 +251,18 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
             betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
     every method's texts and scores on held-out prompts."""
-    codec, ref, head = models.codec, models.reference, models.annotator
+    codec, ref, annotator = models.codec, models.reference, models.annotator
     times: dict[str, float] = {}
-
-    def score(z: Tensor) -> Tensor:
-        with torch.no_grad():
-            return head(z)
 
     t = time.perf_counter()
     prompts = prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
     a = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 1)
     b = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 2)
     za, zb, zc = codec.encode(a, cache=False), codec.encode(b, cache=False), codec.encode(prompts)
-    prefer_a = (score(za) >= score(zb))[:, None]
+    sa, sb = annotate(annotator, a, za), annotate(annotator, b, zb)
+    prefer_a = (sa >= sb)[:, None]
     pairs = PreferenceDataset(torch.where(prefer_a, za, zb), torch.where(prefer_a, zb, za), zc)
-    gap = (score(pairs.chosen) - score(pairs.rejected)).mean().item()
+    gap = (sa - sb).abs().mean().item()
     times["pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -264,7 +294,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         policy, hist = rlhf_lm(ref, reward, train_prompts, beta=beta, steps=cfg.rlhf_steps,
                                prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed, progress=progress)
         y_val = policy.generate(val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
-        sweep.append({"beta": beta, "validation_score": score(codec.encode(y_val, cache=False)).mean().item(),
+        sweep.append({"beta": beta, "validation_score": annotate(annotator, y_val).mean().item(),
                       "validation_perplexity": perplexity(ref, y_val, val_prompts),
                       "validation_distinct_2": distinct_n(y_val, 2), "final_reward": float(np.mean(hist["reward"][-10:])),
                       "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
@@ -299,13 +329,13 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     judge = VaderJudge()
     methods: dict[str, dict[str, float]] = {}
     for name, txt in texts.items():
-        m = {"score": score(codec.encode(txt, cache=False)).mean().item(), "vader": float(judge.score(txt).mean()),
+        m = {"score": annotate(annotator, txt).mean().item(), "vader": float(judge.score(txt).mean()),
              "vader_win_rate_vs_rlhf": judge.win_rate(txt, y_rlhf),
              "vader_win_rate_vs_reference": judge.win_rate(txt, y_ref),
              "perplexity": perplexity(ref, txt, test_prompts), "distinct_1": distinct_n(txt, 1),
              "distinct_2": distinct_n(txt, 2), "words": float(np.mean([len(s.split()) for s in txt]))}
-        if name in vectors:
-            m["score_of_vector"] = score(vectors[name]).mean().item()
+        if name in vectors and isinstance(annotator, HeadAnnotator):
+            m["score_of_vector"] = annotator.score_vectors(vectors[name]).mean().item()
         methods[name] = m
     times["metrics"] = time.perf_counter() - t
     return {"seed": seed, "methods": methods, "pairs": {"n": len(pairs), "score_gap": gap},
@@ -318,6 +348,11 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
 
 def run_key(cfg: Config) -> str:
     fields_ = {k: v for k, v in asdict(cfg).items() if k != "seeds"}
+    for k in ("reference", "annotator"):  # unset: left out, so that the keys of earlier runs stay as they were
+        if fields_[k] is None:
+            del fields_[k]
+        else:
+            fields_[k] = str(Path(fields_[k]).expanduser().resolve())
     return hashlib.sha256(json.dumps(fields_, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -354,9 +389,12 @@ def table(summary: dict[str, dict[str, list[float]]], seeds: int) -> str:
 
 
 def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Optional[int] = None,
+              reference: Optional[str] = None, annotator: Optional[str] = None,
               progress: bool = True) -> dict[str, Any]:
     """Every seed of the text experiment (each finished seed cached in the data directory, so a stopped run goes
-    on where it was); writes ``text.json`` and ``text.md`` (the table and ten example prompts) to ``out_dir``."""
+    on where it was); writes ``text.json`` and ``text.md`` (the table and ten example prompts) to ``out_dir``.
+    ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory instead of the
+    models trained here (see :func:`pretrained`)."""
     from ... import _validate as V
     from ..._io import atomic_file
 
@@ -364,6 +402,10 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     cfg = Config.quick_config() if quick else Config()
     if seeds is not None:
         cfg.seeds = tuple(range(seeds))
+    from .hf import model_dir
+
+    cfg.reference = None if reference is None else str(model_dir(reference, "reference"))
+    cfg.annotator = None if annotator is None else str(model_dir(annotator, "annotator"))
     start = time.perf_counter()
     models = pretrained(cfg, progress=progress)
     cache = data_dir() / "text" / "runs" / run_key(cfg)
@@ -396,7 +438,9 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     stem = "text-quick" if quick else "text"
     with atomic_file(out / f"{stem}.json", "w") as f:
         json.dump(result, f, indent=1)
+    users = [f"{role}: `{path}`" for role, path in (("pi_ref", cfg.reference), ("annotator", cfg.annotator)) if path]
     lines = [f"# Controlled text generation ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
+             *([", ".join(users) + " (a user's Hugging Face models)", ""] if users else []),
              table(summary, len(runs)), "", "## The codec", "",
              "Held-out sentences encoded, decoded from their prompt and encoded again: " + ", ".join(
                  f"{k.replace('_', ' ')} {v:.3f}" for k, v in codec_report.items()) + ".", "",

@@ -9,6 +9,7 @@ texts, ``save``/``load`` keep both in a directory (safetensors weights, the toke
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -258,8 +259,41 @@ class TextLM:
     def __init__(self, model: ConditionalLM, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
 
+    @property
+    def module(self) -> nn.Module:
+        """The parameters RLHF trains."""
+        return self.model
+
+    def clone(self) -> "TextLM":
+        """A copy with its own weights (the tokenizer is shared)."""
+        return TextLM(copy.deepcopy(self.model), self.tokenizer)
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(check_texts(texts))]
+
+    def prefix_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt (``""``: none)."""
+        return [self.tokenizer.encode(p).ids if p else [] for p in prompts]
+
+    def sample_ids(self, prefixes: list[list[int]], temperature: float = 1.0,
+                   generator: Optional[torch.Generator] = None) -> list[list[int]]:
+        """Unconditional :meth:`ConditionalLM.sample`, cut to what :meth:`continuation_logprob` scores."""
+        return [s[:self.model.cfg.max_len - 1] for s in
+                self.model.sample(prefixes, temperature=temperature, generator=generator)]
+
+    def continuation_logprob(self, seqs: list[list[int]], skip: Sequence[int]) -> Tensor:
+        """``log p(s[skip:] + EOS | s[:skip])`` of each token sequence ``s`` (ids without BOS/EOS), differentiable
+        in the model's parameters: ``(B,)``. The model's mode is left as it is (call ``eval()`` for no dropout)."""
+        model = self.model
+        device = model.out.weight.device
+        inp, tgt = _batch(seqs, model.cfg.max_len, device)
+        pos = torch.arange(tgt.shape[1], device=device)[None]
+        mask = (tgt != PAD) & (pos >= torch.as_tensor(list(skip), device=device)[:, None])
+        # project only the counted positions onto the vocabulary (prompts and padding are most of the batch)
+        logits = model.out(model.features(inp)[mask]).float()
+        nll = nn.functional.cross_entropy(logits, tgt[mask], reduction="none")
+        rows = torch.arange(len(seqs), device=device)[:, None].expand_as(mask)[mask]
+        return torch.zeros(len(seqs), device=device, dtype=nll.dtype).index_add(0, rows, -nll)
 
     def text(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return [s.strip() for s in self.tokenizer.decode_batch([list(i) for i in ids])]
@@ -271,7 +305,7 @@ class TextLM:
         if not prompts:
             raise InvalidInputError("prompts is empty")
         g = torch.Generator(device=self.model.out.weight.device).manual_seed(seed)
-        pre = [self.tokenizer.encode(p).ids if p else [] for p in prompts]
+        pre = self.prefix_ids(prompts)
         out: list[str] = []
         for s in range(0, len(pre), batch_size):
             c = None if cond is None else cond[s:s + batch_size].to(self.model.out.weight.device)
@@ -282,7 +316,7 @@ class TextLM:
             cond: Optional[Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
         """Summed NLL and token counts of ``texts`` (of the part after ``prompts``, when given)."""
         seqs = self.ids(texts)
-        skip = None if prompts is None else [len(self.tokenizer.encode(p).ids) if p else 0 for p in prompts]
+        skip = None if prompts is None else [len(p) for p in self.prefix_ids(prompts)]
         return sequence_nll(self.model, seqs, cond, skip)
 
     def save(self, directory: str | Path, extra: Optional[dict[str, Any]] = None) -> Path:
