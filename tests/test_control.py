@@ -147,6 +147,52 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     assert two.history[-1]["return"] == result.history[-1]["return"]
 
 
+def test_mlp_policy_files_round_trip_beside_linear_ones(tmp_path):
+    """SAC's actors are stored as numpy MLPs in the same file layout, so the data sets need no sbx to act."""
+    from pfm.tasks.control.experts import MLPPolicy, policy_from_dict
+
+    rng = np.random.default_rng(0)
+    low, high = -np.ones(6), np.ones(6) * 2
+    pol = MLPPolicy([rng.normal(size=(8, 17)), rng.normal(size=(6, 8))], [rng.normal(size=8), rng.normal(size=6)],
+                    low, high)
+    obs = rng.normal(size=17)
+    h = np.maximum(pol.weights[0] @ obs + pol.biases[0], 0)
+    want = low + (np.tanh(pol.weights[1] @ h + pol.biases[1]) + 1) / 2 * (high - low)
+    np.testing.assert_allclose(pol(obs), want)
+    assert np.all((pol(obs * 1e3) >= low) & (pol(obs * 1e3) <= high))
+    back = policy_from_dict(pol.to_dict("x"), "x")
+    assert isinstance(back, MLPPolicy) and np.allclose(back(obs), pol(obs))
+    lin = LinearPolicy(np.zeros((6, 17)), np.zeros(17), np.ones(17), low, high)
+    assert isinstance(policy_from_dict(lin.to_dict("y"), "y"), LinearPolicy)
+    result = ARSResult(pol, pol, 3000.0, 1500.0, [{"env_steps": 1, "return": 3000.0}], 1.0, 1,
+                       [(1500.0, pol), (3000.0, pol)])
+    path = tmp_path / "walker2d.npz"
+    save_experts(path, "walker2d", result, ARSConfig(), trainer="sac")
+    expert, medium, meta = load_experts("walker2d", path)
+    assert isinstance(expert, MLPPolicy) and meta["trainer"] == "sac" and np.allclose(expert(obs), pol(obs))
+    assert len(load_snapshots("walker2d", path)) == 2
+
+
+def test_sac_actor_becomes_the_numpy_policy(tmp_path):
+    """The numpy MLP acts as sbx's deterministic SAC actor does (sbx is needed only to train, so this is skipped
+    where it is not installed)."""
+    pytest.importorskip("sbx")
+    from pfm.tasks.control.sac_experts import SACConfig, actor_policy, train_sac
+
+    cfg = SACConfig(steps=600, hidden=(16, 16), learning_starts=200, eval_every=300, eval_episodes=1)
+    result = train_sac("hopper", cfg, checkpoint=tmp_path / "ck", progress=False)
+    assert [h["env_steps"] for h in result.history] == [300, 600] and len(result.snapshots) == 2
+    from sbx import SAC
+
+    env = E.make_env("hopper")
+    model = SAC.load(str(tmp_path / "ck" / "model.zip"), env=env)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(actor_policy(model, env)(obs), model.predict(obs, deterministic=True)[0], atol=1e-5)
+    more = train_sac("hopper", SACConfig(**{**cfg.__dict__, "steps": 900}), checkpoint=tmp_path / "ck",
+                     progress=False)  # goes on from the checkpoint
+    assert [h["env_steps"] for h in more.history] == [300, 600, 900]
+
+
 def test_medium_policy_aims_at_d4rl_medium_level_capped_below_the_expert():
     # hopper: D4RL's medium level (52.83) is a return of about 1,700; a strong expert does not cap it
     assert E.normalized_score("hopper", medium_target("hopper", 3000.0)) == pytest.approx(52.83)

@@ -52,6 +52,44 @@ class LinearPolicy:
 
 
 @dataclass
+class MLPPolicy:
+    """A deterministic MLP actor (as SAC's, acting with the mean of its squashed Gaussian):
+    ``a = low + (tanh(L(relu(... relu(W_1 s + b_1)))) + 1) (high - low) / 2``; ``weights[i]: (out, in)``."""
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    low: np.ndarray
+    high: np.ndarray
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float64)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = w @ x + b
+            if i < len(self.weights) - 1:
+                x = np.maximum(x, 0.0)
+        return self.low + (np.tanh(x) + 1.0) * 0.5 * (self.high - self.low)
+
+    def to_dict(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}/layers": np.asarray(len(self.weights)), f"{prefix}/low": self.low,
+               f"{prefix}/high": self.high}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"{prefix}/w{i}"], out[f"{prefix}/b{i}"] = w, b
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, prefix: str) -> "MLPPolicy":
+        n = int(d[f"{prefix}/layers"])
+        f = lambda k: np.asarray(d[f"{prefix}/{k}"], dtype=np.float64)  # noqa: E731
+        return cls([f(f"w{i}") for i in range(n)], [f(f"b{i}") for i in range(n)], f("low"), f("high"))
+
+
+def policy_from_dict(d: Any, prefix: str) -> LinearPolicy | MLPPolicy:
+    """The policy stored under ``prefix`` by ``to_dict``: an :class:`MLPPolicy` or a :class:`LinearPolicy`."""
+    keys = d.files if hasattr(d, "files") else list(d)
+    return MLPPolicy.from_dict(d, prefix) if f"{prefix}/layers" in keys else LinearPolicy.from_dict(d, prefix)
+
+
+@dataclass
 class ARSConfig:
     directions: int = 8
     top: int = 4
@@ -295,13 +333,15 @@ def evaluate(name: str, policy: Any, episodes: int = 10, seed: int = 0, noise: f
     return out
 
 
-def save_experts(path: Path, name: str, result: ARSResult, cfg: ARSConfig,
-                 final: Optional[dict[str, Any]] = None) -> None:
+def save_experts(path: Path, name: str, result: ARSResult, cfg: Any,
+                 final: Optional[dict[str, Any]] = None, trainer: str = "ars") -> None:
+    """Write the expert, the medium policy and every snapshot of ``result`` to ``path`` (atomically), with the
+    settings ``cfg`` of the ``trainer`` (``"ars"`` or ``"sac"``) that made them."""
     import json
 
     meta = {"task": name, "expert_return": result.expert_return, "medium_return": result.medium_return,
-            "final_evaluation": final or {},
-            "ars": cfg.__dict__, "seconds": result.seconds, "env_steps": result.env_steps,
+            "final_evaluation": final or {}, "trainer": trainer,
+            trainer: cfg.__dict__, "seconds": result.seconds, "env_steps": result.env_steps,
             "history": result.history, "snapshot_returns": [r for r, _ in result.snapshots]}
     snaps = {k: v for i, (_, pol) in enumerate(result.snapshots) for k, v in pol.to_dict(f"snapshot{i}").items()}
     with atomic_file(path, "wb") as f:
@@ -309,7 +349,7 @@ def save_experts(path: Path, name: str, result: ARSResult, cfg: ARSConfig,
                  **result.expert.to_dict("expert"), **result.medium.to_dict("medium"), **snaps)
 
 
-def load_snapshots(name: str, path: Optional[Path] = None) -> list[tuple[float, LinearPolicy]]:
+def load_snapshots(name: str, path: Optional[Path] = None) -> list[tuple[float, Any]]:
     """The evaluated ARS snapshots ``(return, policy)`` stored in task ``name``'s policy file (empty for a file
     written before snapshots were stored)."""
     import json
@@ -318,11 +358,11 @@ def load_snapshots(name: str, path: Optional[Path] = None) -> list[tuple[float, 
     load_experts(name, path)  # checks the file and its task
     with np.load(path) as d:
         meta = json.loads(bytes(d["meta"]).decode())
-        return [(float(r), LinearPolicy.from_dict(d, f"snapshot{i}"))
+        return [(float(r), policy_from_dict(d, f"snapshot{i}"))
                 for i, r in enumerate(meta.get("snapshot_returns", []))]
 
 
-def load_experts(name: str, path: Optional[Path] = None) -> tuple[LinearPolicy, LinearPolicy, dict[str, Any]]:
+def load_experts(name: str, path: Optional[Path] = None) -> tuple[Any, Any, dict[str, Any]]:
     """The committed (or given) ``(expert, medium, meta)`` of task ``name``."""
     import json
 
@@ -334,7 +374,7 @@ def load_experts(name: str, path: Optional[Path] = None) -> tuple[LinearPolicy, 
         meta = json.loads(bytes(d["meta"]).decode())
         if meta.get("task") != name:
             raise FlowFileError(f"{str(path)!r} holds policies for {meta.get('task')!r}, not {name!r}")
-        return LinearPolicy.from_dict(d, "expert"), LinearPolicy.from_dict(d, "medium"), meta
+        return policy_from_dict(d, "expert"), policy_from_dict(d, "medium"), meta
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -357,6 +397,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     final: dict[str, Any] = {}
     if a.repick:
         expert, _, meta = load_experts(a.task, out)
+        if meta.get("trainer", "ars") != "ars":
+            raise InvalidInputError(f"{str(out)!r} was trained by {meta['trainer']}: repick with "
+                                    f"`python -m pfm.tasks.control.{meta['trainer']}_experts {a.task} --repick`")
         snapshots = load_snapshots(a.task, out)
         if not snapshots:
             raise InvalidInputError(f"{str(out)!r} stores no snapshots (written by an older version): train again")
