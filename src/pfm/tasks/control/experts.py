@@ -72,8 +72,8 @@ class MLPPolicy:
     def to_dict(self, prefix: str) -> dict[str, np.ndarray]:
         out = {f"{prefix}/layers": np.asarray(len(self.weights)), f"{prefix}/low": self.low,
                f"{prefix}/high": self.high}
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            out[f"{prefix}/w{i}"], out[f"{prefix}/b{i}"] = w, b
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):  # float32: what the networks were trained in
+            out[f"{prefix}/w{i}"], out[f"{prefix}/b{i}"] = w.astype(np.float32), b.astype(np.float32)
         return out
 
     @classmethod
