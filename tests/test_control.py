@@ -171,6 +171,11 @@ def test_mlp_policy_files_round_trip_beside_linear_ones(tmp_path):
     expert, medium, meta = load_experts("walker2d", path)
     assert isinstance(expert, MLPPolicy) and meta["trainer"] == "sac" and np.allclose(expert(obs), pol(obs))
     assert len(load_snapshots("walker2d", path)) == 2
+    committed, _, meta = load_experts("walker2d")  # the committed SAC policies act in the simulator
+    assert isinstance(committed, MLPPolicy) and meta["trainer"] == "sac"
+    env = E.make_env("walker2d")
+    a = committed(env.reset(seed=0)[0])
+    assert a.shape == env.action_space.shape and np.all(np.abs(a) <= 1)
 
 
 def test_sac_actor_becomes_the_numpy_policy(tmp_path):
