@@ -377,6 +377,43 @@ def load_experts(name: str, path: Optional[Path] = None) -> tuple[Any, Any, dict
         return policy_from_dict(d, "expert"), policy_from_dict(d, "medium"), meta
 
 
+def repick(name: str, path: Path, trainer: str = "ars",
+           score: Optional[float] = None) -> tuple[ARSResult, dict[str, Any], dict[str, Any]]:
+    """The result stored in the policy file ``path`` with the medium policy picked again among its snapshots (no
+    training): ``(result, the trainer's settings, the final evaluation kept, the expert's)``. A file made by
+    another ``trainer`` (``"ars"`` or ``"sac"``) is an error naming the command that repicks it."""
+    expert, _, meta = load_experts(name, path)
+    made_by = meta.get("trainer", "ars")
+    if made_by != trainer:
+        module = "experts" if made_by == "ars" else f"{made_by}_experts"
+        raise InvalidInputError(f"{str(path)!r} was trained by {made_by}: repick with "
+                                f"`python -m pfm.tasks.control.{module} {name} --repick`")
+    snapshots = load_snapshots(name, path)
+    if not snapshots:
+        raise InvalidInputError(f"{str(path)!r} stores no snapshots (written by an older version): train again")
+    medium = pick_medium(name, snapshots, meta["expert_return"], score)
+    result = ARSResult(expert, medium[1], meta["expert_return"], medium[0], meta["history"], meta["seconds"],
+                       meta["env_steps"], snapshots)
+    return result, meta[trainer], {"expert": meta["final_evaluation"]["expert"]}
+
+
+def finish(name: str, path: Path, result: ARSResult, cfg: Any, final: dict[str, Any], episodes: int,
+           score: Optional[float] = None, trainer: str = "ars") -> None:
+    """Evaluate the expert and the medium policy again on ``episodes`` fresh episodes (those not in ``final``
+    already: the picks were the best of noisy 5-episode evaluations), then write the policy file and log it."""
+    for which, policy in (("expert", result.expert), ("medium", result.medium)):
+        if which not in final:
+            rets = evaluate(name, policy, episodes=episodes, seed=12_345)
+            final[which] = {"return": float(rets.mean()), "return_std": float(rets.std()),
+                            "score": float(normalized_score(name, rets.mean())), "episodes": episodes}
+    final["medium"]["target_return"] = medium_target(name, result.expert_return, score)
+    save_experts(path, name, result, cfg, final, trainer=trainer)
+    log.info("%s: expert return %.0f (%.1f D4RL-style), medium %.0f (%.1f, target %.0f) on %d fresh episodes; "
+             "%d env steps, %.0f s -> %s", name, final["expert"]["return"], final["expert"]["score"],
+             final["medium"]["return"], final["medium"]["score"], final["medium"]["target_return"], episodes,
+             result.env_steps, result.seconds, path)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Train the ARS behavior policies of a control task and save them.")
     p.add_argument("task", choices=sorted(ARS_SETTINGS))
@@ -396,18 +433,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = a.out or EXPERTS_DIR / f"{a.task}.npz"
     final: dict[str, Any] = {}
     if a.repick:
-        expert, _, meta = load_experts(a.task, out)
-        if meta.get("trainer", "ars") != "ars":
-            raise InvalidInputError(f"{str(out)!r} was trained by {meta['trainer']}: repick with "
-                                    f"`python -m pfm.tasks.control.{meta['trainer']}_experts {a.task} --repick`")
-        snapshots = load_snapshots(a.task, out)
-        if not snapshots:
-            raise InvalidInputError(f"{str(out)!r} stores no snapshots (written by an older version): train again")
-        cfg = ARSConfig(**meta["ars"])
-        medium = pick_medium(a.task, snapshots, meta["expert_return"], a.medium_score)
-        result = ARSResult(expert, medium[1], meta["expert_return"], medium[0], meta["history"], meta["seconds"],
-                           meta["env_steps"], snapshots)
-        final = {"expert": meta["final_evaluation"]["expert"]}
+        result, settings, final = repick(a.task, out, "ars", a.medium_score)
+        cfg = ARSConfig(**settings)
     else:
         cfg = ARSConfig(**{**ARS_SETTINGS[a.task].__dict__, "seed": a.seed})
         if a.iterations:
@@ -416,19 +443,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if a.medium_score is not None:
             medium = pick_medium(a.task, result.snapshots, result.expert_return, a.medium_score)
             result.medium, result.medium_return = medium[1], medium[0]
-    # the picks were the best of noisy 5-episode evaluations: measure them again on fresh episodes
-    for which, policy in (("expert", result.expert), ("medium", result.medium)):
-        if which in final:
-            continue
-        rets = evaluate(a.task, policy, episodes=a.final_episodes, seed=12_345)
-        final[which] = {"return": float(rets.mean()), "return_std": float(rets.std()),
-                        "score": float(normalized_score(a.task, rets.mean())), "episodes": a.final_episodes}
-    final["medium"]["target_return"] = medium_target(a.task, result.expert_return, a.medium_score)
-    save_experts(out, a.task, result, cfg, final)
-    log.info("%s: expert return %.0f (%.1f D4RL-style), medium %.0f (%.1f, target %.0f) on %d fresh episodes; "
-             "%d env steps, %.0f s -> %s", a.task, final["expert"]["return"], final["expert"]["score"],
-             final["medium"]["return"], final["medium"]["score"], final["medium"]["target_return"],
-             a.final_episodes, result.env_steps, result.seconds, out)
+    finish(a.task, out, result, cfg, final, a.final_episodes, a.medium_score)
     return 0
 
 

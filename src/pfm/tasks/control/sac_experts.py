@@ -27,8 +27,8 @@ import numpy as np
 from ..._io import atomic_dir
 from ...errors import InvalidInputError
 from .envs import make_env, normalized_score
-from .experts import (EXPERTS_DIR, MEDIUM_CAP, ARSResult, MLPPolicy, evaluate, load_experts, load_snapshots,
-                      medium_target, pick_medium, policy_from_dict, rollout, save_experts)
+from .experts import (EXPERTS_DIR, MEDIUM_CAP, ARSResult, MLPPolicy, finish, pick_medium, policy_from_dict, repick,
+                      rollout)
 
 log = logging.getLogger("pfm")
 
@@ -68,6 +68,12 @@ def _save(directory: Path, model: Any, snapshots: list[tuple[float, MLPPolicy]],
 def train_sac(name: str, cfg: SACConfig, checkpoint: Optional[Path] = None, progress: bool = True) -> ARSResult:
     """SAC on task ``name``; returns the expert, the medium policy and every snapshot (an :class:`ARSResult`, the
     record the policy files share)."""
+    from ... import _validate as V
+
+    for key in ("steps", "train_freq", "eval_every", "eval_episodes"):
+        V.check_positive_int(getattr(cfg, key), key)
+    if not cfg.hidden or any(not isinstance(h, int) or h < 1 for h in cfg.hidden):
+        raise InvalidInputError(f"hidden must be positive layer widths, got {cfg.hidden!r}")
     try:
         from sbx import SAC
     except ImportError as e:  # pragma: no cover - depends on the machine
@@ -137,31 +143,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = a.out or EXPERTS_DIR / f"{a.task}.npz"
     cfg = SACConfig(steps=a.steps, hidden=tuple(a.hidden), eval_every=a.eval_every, seed=a.seed)
+    final: dict[str, Any] = {}
     if a.repick:
-        expert, _, meta = load_experts(a.task, out)
-        snapshots = load_snapshots(a.task, out)
-        medium = pick_medium(a.task, snapshots, meta["expert_return"], a.medium_score)
-        result = ARSResult(expert, medium[1], meta["expert_return"], medium[0], meta["history"], meta["seconds"],
-                           meta["env_steps"], snapshots)
-        cfg = SACConfig(**{**meta["sac"], "hidden": tuple(meta["sac"]["hidden"])})
-        final = {"expert": meta["final_evaluation"]["expert"]}
+        result, settings, final = repick(a.task, out, "sac", a.medium_score)
+        cfg = SACConfig(**{**settings, "hidden": tuple(settings["hidden"])})
     else:
         result = train_sac(a.task, cfg, checkpoint=a.checkpoint)
         if a.medium_score is not None:
             medium = pick_medium(a.task, result.snapshots, result.expert_return, a.medium_score)
             result.medium, result.medium_return = medium[1], medium[0]
-        final = {}
-    for which, policy in (("expert", result.expert), ("medium", result.medium)):
-        if which not in final:
-            rets = evaluate(a.task, policy, episodes=a.final_episodes, seed=12_345)
-            final[which] = {"return": float(rets.mean()), "return_std": float(rets.std()),
-                            "score": float(normalized_score(a.task, rets.mean())), "episodes": a.final_episodes}
-    final["medium"]["target_return"] = medium_target(a.task, result.expert_return, a.medium_score)
-    save_experts(out, a.task, result, cfg, final, trainer="sac")
-    log.info("%s: expert return %.0f (%.1f D4RL-style), medium %.0f (%.1f, target %.0f) on %d fresh episodes; "
-             "%d env steps, %.0f s -> %s", a.task, final["expert"]["return"], final["expert"]["score"],
-             final["medium"]["return"], final["medium"]["score"], final["medium"]["target_return"],
-             a.final_episodes, result.env_steps, result.seconds, out)
+    finish(a.task, out, result, cfg, final, a.final_episodes, a.medium_score, trainer="sac")
     if a.checkpoint is not None and not a.repick:
         log.info("checkpoint %s kept (remove it, or pass a larger --steps to go on)", a.checkpoint)
     return 0

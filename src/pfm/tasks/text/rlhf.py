@@ -36,9 +36,9 @@ def continuation_logprob(lm: Any, seqs: list[list[int]], skip: Sequence[int]) ->
     return lm.continuation_logprob(seqs, skip)
 
 
-def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: float, steps: int = 200,
+def rlhf_lm(reference: Any, reward: Reward, prompts: Sequence[str], *, beta: float, steps: int = 200,
             prompts_per_step: int = 32, samples_per_prompt: int = 4, lr: float = 1e-4,
-            grad_clip: float = 1.0, seed: int = 0, progress: bool = True) -> tuple[TextLM, dict[str, Any]]:
+            grad_clip: float = 1.0, seed: int = 0, progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """KL-regularized REINFORCE (RLOO) of a copy of ``reference`` on ``reward``.
 
     Args:
@@ -50,7 +50,7 @@ def rlhf_lm(reference: TextLM, reward: Reward, prompts: Sequence[str], *, beta: 
         beta: KL coefficient (> 0).
 
     Returns:
-        ``(fine_tuned, history)``; the history holds per step the mean ``reward`` and ``kl`` (nats per sentence,
+        ``(fine_tuned, history)``: the fine-tuned copy is of ``reference``'s class; the history holds per step the mean ``reward`` and ``kl`` (nats per sentence,
         the Monte Carlo estimate over the step's samples) and ``seconds``.
     """
     missing = [m for m in POLICY_METHODS if not hasattr(reference, m)]
