@@ -264,6 +264,8 @@ def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_re
     skip = [len(tok.encode("the film").ids)]
     nll, _ = lm.nll(["the film was good"], prompts=["the film"])
     assert continuation_logprob(lm, seq, skip).item() == pytest.approx(-nll[0], abs=1e-4)
+    with pytest.raises(InvalidInputError, match="skip must have one entry per sequence"):
+        continuation_logprob(lm, seq, [])
     with pytest.raises(InvalidInputError, match="samples_per_prompt"):
         rlhf_lm(lm, reward, prompts, beta=0.1, samples_per_prompt=1)
     with pytest.raises(InvalidInputError, match="beta"):

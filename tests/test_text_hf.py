@@ -94,6 +94,8 @@ def test_hugging_face_reference_generates_scores_and_is_consistent(tiny_gpt2):
     assert list(count) == [len(s) + 1 - k for s, k in zip(lm.ids(texts), skip)]
     full, _ = lm.nll(texts)
     assert (full > nll).all()  # the whole sentence is less likely than its continuation alone
+    with pytest.raises(InvalidInputError, match="skip must have one entry per sequence"):
+        lm.continuation_logprob(lm.ids(texts), [0])
     with pytest.raises(InvalidInputError, match="takes no cond"):
         lm.generate(["the"], cond=torch.zeros(1, 2))
     with pytest.raises(InvalidInputError, match="one string"):

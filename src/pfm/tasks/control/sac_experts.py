@@ -2,7 +2,7 @@
 (walker2d: four ARS runs stayed at a return of about 430 after 2-3M steps, where rl-zoo spends 75M).
 
 ``python -m pfm.tasks.control.sac_experts walker2d --steps 400000 --checkpoint DIR`` trains SAC (an actor and
-critics of ``--hidden`` units, 128 x 128 by default: 220 env steps/s on 2 CPU cores against 110 for 256 x 256),
+critics of ``--hidden`` units, 128 x 128 by default: 190-220 env steps/s on 2 CPU cores against 110-130 for 256 x 256),
 evaluates the deterministic actor every ``--eval-every`` steps and keeps each evaluated actor as a numpy
 :class:`~.experts.MLPPolicy` snapshot. The expert is the best snapshot, the medium policy the one nearest
 :func:`~.experts.medium_target`, as for ARS, and the file (``experts/<task>.npz`` beside this module) has the same

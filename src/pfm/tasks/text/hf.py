@@ -22,6 +22,7 @@ from torch import Tensor
 from ... import _validate as V
 from ...errors import InvalidInputError
 from .encoder import check_texts
+from .lm import _check_skip
 
 
 def model_dir(path: str | Path, name: str) -> Path:
@@ -137,6 +138,7 @@ class HFCausalLM:
 
     def continuation_logprob(self, seqs: list[list[int]], skip: Sequence[int]) -> Tensor:
         """``log p(s[skip:] + EOS | start + s[:skip])`` of each sequence, differentiable: ``(B,)``."""
+        _check_skip(seqs, skip)
         dev = self.device
         seqs = [self._fit(list(s)) for s in seqs]
         width = max(len(s) for s in seqs) + 2

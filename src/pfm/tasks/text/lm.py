@@ -149,6 +149,14 @@ class ConditionalLM(nn.Module):
         return [row[:n] for row, n in zip(out.tolist(), lengths)]
 
 
+def _check_skip(seqs: Sequence[Sequence[int]], skip: Sequence[int]) -> None:
+    """``seqs`` non-empty with one ``skip`` (tokens left out at the start) per sequence, else a clear error."""
+    if len(seqs) == 0:
+        raise InvalidInputError("seqs is empty")
+    if len(skip) != len(seqs):
+        raise InvalidInputError(f"skip must have one entry per sequence ({len(seqs)}), got {len(skip)}")
+
+
 def _batch(seqs: list[list[int]], max_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Input ``[BOS] + s`` and target ``s + [EOS]``, padded with PAD (ignored by the loss), each ``(B, T)``."""
     seqs = [s[:max_len - 1] for s in seqs]
@@ -284,6 +292,7 @@ class TextLM:
     def continuation_logprob(self, seqs: list[list[int]], skip: Sequence[int]) -> Tensor:
         """``log p(s[skip:] + EOS | s[:skip])`` of each token sequence ``s`` (ids without BOS/EOS), differentiable
         in the model's parameters: ``(B,)``. The model's mode is left as it is (call ``eval()`` for no dropout)."""
+        _check_skip(seqs, skip)
         model = self.model
         device = model.out.weight.device
         inp, tgt = _batch(seqs, model.cfg.max_len, device)
