@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,6 +27,12 @@ def as_tensor(x: Any, name: str) -> Tensor:
     elif isinstance(x, np.ndarray):
         if x.dtype.kind not in "biuf":
             raise InvalidTypeError(f"{name} must hold real numbers, got a NumPy array of dtype {x.dtype}")
+        if not x.dtype.isnative:  # big-endian data (torch reads native byte order only)
+            if isinstance(x, np.memmap):
+                raise InvalidTypeError(f"{name} is a memory-mapped array in non-native byte order ({x.dtype.str}); "
+                                       "convert the file once, e.g. np.save(path, arr.astype(arr.dtype.newbyteorder"
+                                       "('=')))")
+            x = x.astype(x.dtype.newbyteorder("="))
         arr = np.ascontiguousarray(x).reshape(x.shape)  # ascontiguousarray makes a 0-d array 1-d
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     elif isinstance(x, (list, tuple)):
@@ -111,3 +118,97 @@ def check_nonneg_float(value: Any, name: str, allow_none: bool = False) -> None:
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise InvalidInputError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None,
+              allow_none: bool = False) -> None:
+    """An integer (not a bool, not a float such as 2.7) in ``[low, high]``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidTypeError(f"{name} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        rng = (f">= {low}" if high is None else f"<= {high:,}" if low is None else f"in [{low}, {high:,}]")
+        raise InvalidInputError(f"{name} must be an integer {rng}, got {value!r}")
+
+
+def check_positive_float(value: Any, name: str, allow_none: bool = False) -> None:
+    check_nonneg_float(value, name, allow_none)
+    if value is not None and float(value) <= 0:
+        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_shape(value: Any, name: str, *, allow_none: bool = False, max_elements: int | None = None) -> None:
+    """A non-empty list or tuple of positive integers (a shape), whose product is at most ``max_elements``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise InvalidInputError(f"{name} must be a non-empty list of positive integers, got {value!r}")
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
+            raise InvalidInputError(f"{name} must be a non-empty list of positive integers, got {list(value)!r}")
+    if max_elements is not None and math.prod(int(s) for s in value) > max_elements:
+        raise InvalidInputError(f"{name} {list(value)!r} has {math.prod(int(s) for s in value):,} elements, more "
+                                f"than the {max_elements:,} pfm accepts")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise InvalidTypeError(f"{name} must be a string such as 'cpu' or 'cuda:0', or a torch.device; got "
+                               f"{type(device).__name__}")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"{name}={str(device)!r}, but no CUDA GPU is available here "
+                                    "(torch.cuda.is_available() is False); use 'cpu'")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"{name}={str(device)!r}, but this machine has {torch.cuda.device_count()} "
+                                    "CUDA device(s)")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InvalidInputError(f"{name}={str(device)!r}, but MPS is not available here; use 'cpu'")
+    elif d.type != "cpu":
+        raise InvalidInputError(f"{name} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return d
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: the smaller of the system's available memory and the room left
+    under an address-space limit (``ulimit -v``), if one is set."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 62
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            avail = min(avail, max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    return int(avail)
+
+
+def check_allocation(nbytes: int, what: str) -> None:
+    """Refuse to allocate ``nbytes`` (a size declared by a file or an argument) beyond what this process can get."""
+    room = available_memory()
+    if nbytes > room:
+        raise InvalidInputError(f"{what} would need {nbytes / 2**30:,.1f} GiB of memory, more than the "
+                                f"{room / 2**30:,.1f} GiB available")

@@ -8,14 +8,53 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-from .errors import InvalidInputError, PFMError
+from .errors import InvalidInputError, MissingDependencyError, PFMError
 from .solve import METHODS
 
 log = logging.getLogger("pfm")
+
+# optional dependencies, and the extra of pfm that installs each
+EXTRAS = {"gymnasium": "control", "mujoco": "control", "minari": "control", "imageio": "control",
+          "transformers": "text", "vaderSentiment": "text", "tokenizers": "text", "matplotlib": "plot",
+          "pyarrow": "parquet", "mlxtend": None, "torchcfm": None}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line ``pfm: error: ...`` and exit status 2, like every other user error."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"pfm: error: {self.prog.replace('pfm ', '', 1) + ': ' if ' ' in self.prog else ''}"
+                     f"{message}\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False, what: str = ""):
+    """An argparse type: a ``kind`` (int or float) in a range, e.g. positive."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or ('an integer' if kind is int else 'a number')}, "
+                                             f"got {text!r}") from None
+        bad = (kind is float and not math.isfinite(value)) or \
+            (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what="a positive integer")
+NONNEG_INT = _number(int, 0, what="an integer >= 0")
+POSITIVE = _number(float, 0, low_open=True, what="a number > 0")
+NONNEG = _number(float, 0, what="a number >= 0")
+DECAY = _number(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -23,7 +62,30 @@ def _fit(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ._io import check_output
+    from ._validate import check_device
     from .data import PreferenceDataset
+
+    # every path written and every setting used later is checked before the data is read or a step is taken
+    if not Path(args.data).exists():
+        from .errors import MissingFileError
+
+        raise MissingFileError(f"no such file: {args.data!r}")
+    args.out = str(check_output(args.out, "--out", kind="flow", inputs=[(args.data, "data file")]))
+    ckpt = args.checkpoint_dir
+    if ckpt is None and (args.checkpoint_every or args.resume):
+        ckpt = str(Path(args.out).with_name(Path(args.out).name + ".checkpoint"))
+    if ckpt is not None:
+        ckpt = str(check_output(ckpt, "--checkpoint-dir", kind="dir",
+                                inputs=[(args.data, "data file"), (args.out, "--out flow directory")]))
+        if (Path(ckpt) / "checkpoint.pt").exists() and not args.resume:
+            raise InvalidInputError(f"--checkpoint-dir {ckpt!r} holds the checkpoint of an earlier run; pass "
+                                    "--resume to go on from it, or choose another directory")
+    args.checkpoint_dir = ckpt
+    if args.device is not None:
+        check_device(args.device, "--device")
+    if args.field == "unet" and (args.hidden != 256 or args.depth != 3):
+        raise InvalidInputError("--hidden and --depth apply to --field mlp; the UNet takes --channels")
 
     if str(args.data).lower().endswith(".jsonl"):
         if not args.codec:
@@ -58,9 +120,12 @@ def _epochs_or_never(text: str):
     if text.strip().lower() == "never":
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'never', got {text!r}") from None
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of epochs or 'never', got {text!r}")
+    return value
 
 
 def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
@@ -76,8 +141,6 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
     flow.solver.update(method=args.method, steps=args.solver_steps)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = args.checkpoint_dir
-    if ckpt is None and (args.checkpoint_every or args.resume):
-        ckpt = str(Path(args.out).with_name(Path(args.out).name + ".checkpoint"))
     if args.resume and not (Path(ckpt) / "checkpoint.pt").exists():
         log.warning("no checkpoint in %s: starting from step 0", ckpt)
     history = flow.fit(ds, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -101,22 +164,29 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
 def _apply(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._io import atomic_file
-    from .data import read_npz
+    from ._io import atomic_file, check_output
+    from .data import npz_keys, read_npz
     from .errors import FlowFileError
     from .flow import PreferenceFlow
 
-    flow = PreferenceFlow.load(args.flow, device=args.device or "cpu")
-    arrays = read_npz(args.input)
+    if not Path(args.input).exists():
+        from .errors import MissingFileError
+
+        raise MissingFileError(f"no such file: {args.input!r}")
+    flow = PreferenceFlow.load(args.flow, device=args.device or "cpu")  # first: is FLOW a flow at all?
+    args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".npz",),
+                                inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
+    names = npz_keys(args.input)
     key = args.key
     if key is None:
-        others = [k for k in arrays if k != args.context_key]
-        candidates = [k for k in ("y", "outputs", "rejected") if k in arrays] or (others if len(others) == 1 else [])
+        others = [k for k in names if k != args.context_key]
+        candidates = [k for k in ("y", "outputs", "rejected") if k in names] or (others if len(others) == 1 else [])
         if not candidates:
-            raise FlowFileError(f"{args.input!r} holds {sorted(arrays)}; name the outputs' array with --key")
+            raise FlowFileError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
         key = candidates[0]
-    if key not in arrays:
-        raise FlowFileError(f"{args.input!r} has no array {key!r}; it holds {sorted(arrays)}")
+    if key not in names:
+        raise FlowFileError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
+    arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
     context = arrays.get(args.context_key)
     y = flow.iterate(arrays[key], context, k=args.iterations, method=args.method, steps=args.steps)
     out = {"y": y}
@@ -129,9 +199,10 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .flow import WEIGHTS_NAME, read_config
+    from .flow import WEIGHTS_NAME, read_config, read_weights_header
 
     cfg = read_config(args.flow)
+    read_weights_header(Path(args.flow) / WEIGHTS_NAME)
     size = (Path(args.flow) / WEIGHTS_NAME).stat().st_size if (Path(args.flow) / WEIGHTS_NAME).exists() else 0
     cfg["weights_bytes"] = size
     print(json.dumps(cfg, indent=2))
@@ -198,10 +269,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pfm", description="Preference Flow Matching: learn a flow from rejected to "
+    p = Parser(prog="pfm", description="Preference Flow Matching: learn a flow from rejected to "
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -215,33 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="directory to write the flow to (replaced atomically)")
     f.add_argument("--field", choices=["mlp", "unet"], default="mlp", help="vector field network (default mlp; "
                    "unet needs outputs of shape (C, H, W))")
-    f.add_argument("--hidden", type=int, default=256, help="MLP width (default 256)")
-    f.add_argument("--depth", type=int, default=3, help="MLP hidden layers (default 3)")
-    f.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet widths per level (default 32 64)")
+    f.add_argument("--hidden", type=POSITIVE_INT, default=256, help="MLP width (default 256)")
+    f.add_argument("--depth", type=NONNEG_INT, default=3, help="MLP hidden layers (default 3)")
+    f.add_argument("--channels", type=POSITIVE_INT, nargs="+", default=[32, 64], help="UNet widths per level (default 32 64)")
     g = f.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
-    g.add_argument("--epochs", type=float, default=None, help="passes over the data, instead of --steps")
-    f.add_argument("--batch-size", type=int, default=256, help="pairs a step (default 256)")
-    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--steps", type=POSITIVE_INT, default=None, help="optimizer steps (default 2000)")
+    g.add_argument("--epochs", type=POSITIVE, default=None, help="passes over the data, instead of --steps")
+    f.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="pairs a step (default 256)")
+    f.add_argument("--lr", type=POSITIVE, default=1e-3, help="Adam learning rate (default 1e-3)")
     f.add_argument("--coupling", choices=["ot", "sinkhorn", "independent", "paired"], default="ot",
                    help="how rejected and preferred outputs are paired in a batch, always within a context "
                    "(default ot: exact minibatch optimal transport)")
     f.add_argument("--recouple-every", type=_epochs_or_never, default=None, metavar="EPOCHS",
                    help="epochs a set of ot/sinkhorn minibatch couplings is kept before new ones are solved (default "
                    "never: one set, solved in the first epoch; 1 re-solves every epoch, as the paper's code)")
-    f.add_argument("--sigma", type=float, default=0.1, help="noise of the path, in data standard deviations "
+    f.add_argument("--sigma", type=NONNEG, default=0.1, help="noise of the path, in data standard deviations "
                    "(default 0.1)")
     f.add_argument("--no-normalize", action="store_true", help="train on raw units (sigma then in data units)")
-    f.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay, e.g. 0.999")
+    f.add_argument("--ema", type=DECAY, default=None, help="keep an EMA of the weights with this decay, e.g. 0.999")
     f.add_argument("--method", default="midpoint", choices=METHODS, metavar="METHOD",
                    help="default ODE solver saved with the flow: " + ", ".join(METHODS) + " (default midpoint)")
-    f.add_argument("--solver-steps", type=int, default=4, help="default solver steps saved with the flow (4)")
-    f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    f.add_argument("--solver-steps", type=POSITIVE_INT, default=4, help="default solver steps saved with the flow (4)")
+    f.add_argument("--seed", type=NONNEG_INT, default=0, help="random seed (default 0)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cuda if available)")
     f.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the field's forward under bfloat16 autocast (GPUs with bf16 tensor cores; default fp32)")
     f.add_argument("--compile", action="store_true", help="train the field through torch.compile (slow first steps)")
-    f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+    f.add_argument("--checkpoint-every", type=POSITIVE_INT, default=None, metavar="N",
                    help="write the training state every N steps (to OUT.checkpoint/ unless --checkpoint-dir)")
     f.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoint/ when "
                    "--checkpoint-every or --resume is given)")
@@ -259,10 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help=".npz file to write")
     a.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
     a.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
-    a.add_argument("--iterations", type=int, default=1, help="apply the flow this many times (PFM x k; default 1)")
+    a.add_argument("--iterations", type=POSITIVE_INT, default=1, help="apply the flow this many times (PFM x k; default 1)")
     a.add_argument("--method", default=None, choices=METHODS, metavar="METHOD",
                    help="ODE solver: " + ", ".join(METHODS) + " (default: the flow's)")
-    a.add_argument("--steps", type=int, default=None, help="solver steps (default: the flow's)")
+    a.add_argument("--steps", type=POSITIVE_INT, default=None, help="solver steps (default: the flow's)")
     a.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     a.set_defaults(func=_apply)
 
@@ -271,10 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_info)
 
     d = sub.add_parser("demo", help="a small end-to-end example on 2D Gaussians, printing a before/after table")
-    d.add_argument("--pairs", type=int, default=4000, help="preference pairs (default 4000)")
-    d.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    d.add_argument("--pairs", type=POSITIVE_INT, default=4000, help="preference pairs (default 4000)")
+    d.add_argument("--steps", type=POSITIVE_INT, default=1500, help="training steps (default 1500)")
     d.add_argument("--conditional", action="store_true", help="two labels with different targets")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=NONNEG_INT, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 
@@ -288,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "text: controlled generation of movie-review sentences against RLHF on a small language model")
     r.add_argument("--out", default="results", help="directory for the results (default results)")
     r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    r.add_argument("--seeds", type=POSITIVE_INT, default=None, help="number of seeds (default 3; 1 with --quick)")
     r.add_argument("--preference", nargs="+", choices=["bt", "threshold"], default=None,
                    help="preference models to run (default both; bt with --quick)")
     r.add_argument("--reward", choices=["inside", "edge"], default="inside",
@@ -300,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of our own, with one --tasks")
     r.add_argument("--field", choices=["mlp", "unet"], default="mlp",
                    help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
-    r.add_argument("--flow-steps", type=int, default=None, help="mnist: the flow's training steps (default 3,000)")
+    r.add_argument("--flow-steps", type=POSITIVE_INT, default=None, help="mnist: the flow's training steps (default 3,000)")
     r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
     r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
@@ -309,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control: how segments are executed (default both)")
     r.add_argument("--start", choices=["mean", "sample"], default=None,
                    help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
-    r.add_argument("--dataset-steps", type=int, default=None,
+    r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
                    help="control: steps of each data set we make (default 100,000)")
-    r.add_argument("--teacher-lookahead", type=int, default=None, metavar="STEPS",
+    r.add_argument("--teacher-lookahead", type=NONNEG_INT, default=None, metavar="STEPS",
                    help="control: the teacher adds the return of STEPS more steps acted by pi_ref after each segment "
                    "(default 0: the segment's return, as in the paper)")
     r.add_argument("--data-path", default=None, metavar="DIR",
@@ -337,7 +408,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `pfm info FLOW | head`: the reader left; nothing more to say
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except ImportError as exc:
+        if args.debug:
+            raise
+        top = (getattr(exc, "name", None) or "").split(".")[0]
+        if not isinstance(exc, MissingDependencyError) and top not in EXTRAS:
+            print(f"pfm: internal error: {type(exc).__name__}: {_one_line(exc)} (please report it; --debug shows "
+                  "the traceback)", file=sys.stderr)
+            return 1
+        if isinstance(exc, MissingDependencyError):
+            msg = _one_line(exc)
+        else:
+            extra = EXTRAS[top]
+            how = f"pip install 'pfm[{extra}]'" if extra else f"pip install {top}"
+            msg = f"pfm {args.command} needs the optional dependency {top!r}, which is not installed: {how}"
+        print(f"pfm: error: {msg}", file=sys.stderr)
+        return 2
     except (PFMError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         if args.debug:
             raise

@@ -30,9 +30,37 @@ def _stack(items: list[Any], name: str) -> Tensor:
         raise InvalidInputError(f"the {name} of the dataset's items differ in shape ({exc})") from None
 
 
+def _from_loader(loader: torch.utils.data.DataLoader, conditional: Optional[bool]) -> PreferenceDataset:
+    columns: list[list[Tensor]] = []
+    for b, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise InvalidInputError("each batch of the DataLoader must be a tuple (x, y+, y-) or (y+, y-); batch "
+                                    f"{b} is {type(batch).__name__}" + (f" of length {len(batch)}" if
+                                                                       isinstance(batch, (tuple, list)) else ""))
+        if columns and len(batch) != len(columns):
+            raise InvalidInputError(f"the DataLoader's batches change length (batch {b}: {len(batch)} items)")
+        if not columns:
+            columns = [[] for _ in batch]
+        for col, part in zip(columns, batch):
+            col.append(V.as_tensor(part, "a DataLoader batch"))
+    if not columns:
+        raise InvalidInputError("the DataLoader gave no batches")
+    k = len(columns)
+    if conditional and k != 3:
+        raise InvalidInputError("conditional=True needs batches (x, y+, y-); the DataLoader's are (y+, y-)")
+    try:
+        joined = [torch.cat(col) for col in columns]
+    except RuntimeError as exc:
+        raise InvalidInputError(f"the DataLoader's batches differ in shape ({exc})") from None
+    use_context = k == 3 and conditional is not False
+    return PreferenceDataset(joined[-2], joined[-1], joined[0] if use_context else None)
+
+
 def as_preference_dataset(dataset: Any, conditional: Optional[bool] = None) -> PreferenceDataset:
-    """A :class:`PreferenceDataset` from one, or from any indexable of tuples ``(x, y+, y-)`` / ``(y+, y-)``
-    (the paper's layout)."""
+    """A :class:`PreferenceDataset` from one, from any indexable of tuples ``(x, y+, y-)`` / ``(y+, y-)``
+    (the paper's layout), or from a ``DataLoader`` of such batches (all its batches are read once)."""
+    if isinstance(dataset, torch.utils.data.DataLoader):  # what the paper's code passes: its batches, joined
+        return _from_loader(dataset, conditional)
     if isinstance(dataset, PreferenceDataset):
         if conditional and dataset.context is None:
             raise InvalidInputError("conditional=True but the dataset has no context")

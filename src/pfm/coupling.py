@@ -76,9 +76,15 @@ def couple(
         ``(i0, i1)``, two int64 tensors of shape ``(B,)`` on y0's device.
     """
     V.check_choice(method, "method", COUPLINGS)
+    for t, name in ((y0, "y0"), (y1, "y1"), (context, "context")):
+        if t is not None and not isinstance(t, Tensor):
+            raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if y0.shape != y1.shape:
         raise InvalidInputError(f"y0 and y1 must have the same shape, got {V.shape_of(y0)} and {V.shape_of(y1)}")
     V.check_nonempty(y0, "y0")
+    for t, name in ((y0, "y0"), (y1, "y1"), (context, "context")):
+        if t is not None:
+            V.check_finite(t, name)  # a NaN makes every cost NaN: scipy's solver then fails with its own error
     B, device = y0.shape[0], y0.device
     if context is not None and context.shape[0] != B:
         raise InvalidInputError(f"context has {context.shape[0]} rows but y0 has {B}")

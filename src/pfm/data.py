@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from . import _validate as V
 from ._io import atomic_dir, atomic_file
-from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
+from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingDependencyError, MissingFileError
 
 ContextKind = Optional[Literal["label", "vector"]]
 
@@ -66,8 +68,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, chosen: Any, rejected: Any, context: Any = None) -> None:
-        chosen_t = V.as_float(chosen, "chosen")
-        rejected_t = V.as_float(rejected, "rejected")
+        # data, never part of a graph (a tensor that required grad failed at the second training step)
+        chosen_t = V.as_float(chosen, "chosen").detach()
+        rejected_t = V.as_float(rejected, "rejected").detach()
         for t, name in ((chosen_t, "chosen"), (rejected_t, "rejected")):
             V.check_min_dim(t, name, 1, "(N, *shape)")
             V.check_nonempty(t, name)
@@ -87,7 +90,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
             rejected_t = rejected_t.to(chosen_t.dtype)
         self.chosen: Tensor = chosen_t
         self.rejected: Tensor = rejected_t
-        self.context: Optional[Tensor] = as_context(context, "context", n=len(chosen_t))
+        ctx = as_context(context, "context", n=len(chosen_t))
+        self.context: Optional[Tensor] = None if ctx is None else ctx.detach()
         self.memory_mapped = False  # True when loaded from a directory of .npy files (rows stay on disk)
 
     # ----------------------------------------------------------------------------------------- description
@@ -134,8 +138,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
             if t is None:
                 h.update(b"none")
                 continue
-            a = t.detach().cpu().contiguous().numpy()
-            h.update(f"{a.dtype}{a.shape}".encode())
+            a = _numpy(t, exact=True)
+            h.update(f"{t.dtype}{a.shape}".encode())
             h.update(memoryview(a).cast("B"))
         return h.hexdigest()
 
@@ -175,9 +179,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            arrays = {"chosen": self.chosen.cpu().numpy(), "rejected": self.rejected.cpu().numpy()}
+            arrays = {"chosen": _numpy(self.chosen), "rejected": _numpy(self.rejected)}
             if self.context is not None:
-                arrays["context"] = self.context.cpu().numpy()
+                arrays["context"] = _numpy(self.context)
             with atomic_file(path) as f:
                 np.savez(f, **arrays)
         elif suffix == ".parquet":
@@ -188,7 +192,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             with atomic_dir(path) as tmp:
                 for name, t in (("chosen", self.chosen), ("rejected", self.rejected), ("context", self.context)):
                     if t is not None:
-                        np.save(tmp / f"{name}.npy", t.cpu().numpy())
+                        np.save(tmp / f"{name}.npy", _numpy(t))
         else:
             raise InvalidInputError(f"path must end in .npz or .parquet, or name a directory for .npy files, got "
                                     f"{str(path)!r}")
@@ -208,7 +212,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                                     "file, or a directory of .npy files")
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            arrays = read_npz(path, required=("chosen", "rejected"))
+            arrays = read_npz(path, required=("chosen", "rejected"), optional=("context",))
             return cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
         if suffix == ".parquet":
             return _load_parquet(cls, path)
@@ -258,23 +262,95 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return cls(chosen, rejected, context)
 
 
-def read_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Load every array of a ``.npz`` without unpickling; a corrupt file or a missing key is a clear error."""
-    path = Path(path)
+NPZ_NOT_ARRAYS = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
+
+# deflate packs at most about 1032 bytes into one; an entry that says it holds more than this per byte it stores lies
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _open_npz(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise MissingFileError(f"no such file: {str(path)!r}")
+    if path.is_dir():
+        raise FlowFileError(f"{str(path)!r} is a directory, not a .npz file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        why = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, ValueError) and "pickled" in str(exc):  # numpy's guess for a file that is no array at all
-            why = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        why = ("a single .npy array, not a .npz archive of named arrays; write it with np.savez(path, y=array)"
+               if head == b"\x93NUMPY" else f"BadZipFile: {exc}" if head.startswith(b"PK") else NPZ_NOT_ARRAYS)
         raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({why})") from None
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(arrays)}")
-    return arrays
+    except OSError as exc:
+        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+
+
+def npz_keys(path: str | os.PathLike) -> list[str]:
+    """The names of the arrays in a ``.npz``, without reading any of them."""
+    with _open_npz(Path(path)) as z:
+        return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+
+
+def _read_member(z: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
+    """One array of a ``.npz``, its declared size checked against what its zip entry holds before anything is
+    allocated; object arrays (pickles) are refused."""
+    bad = f"array {key!r} of {str(path)!r}"
+    info = z.getinfo(key + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
+        raise FlowFileError(f"{bad} claims {info.file_size:,} bytes from {info.compress_size:,} compressed; the "
+                            "file is damaged or crafted")
+    try:
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if dtype.hasobject:
+                raise FlowFileError(f"{bad} holds Python objects ({dtype}); pfm never unpickles files")
+            nbytes = math.prod(shape) * dtype.itemsize
+            header = f.tell()
+            if nbytes != info.file_size - header:
+                raise FlowFileError(f"{bad} declares shape {tuple(shape)} ({nbytes:,} bytes) but its entry holds "
+                                    f"{info.file_size - header:,} bytes; the file is damaged or crafted")
+            V.check_allocation(nbytes, bad)
+            arr = np.empty(shape, dtype, order="F" if fortran else "C")
+            view, got = memoryview(arr.reshape(-1, order="A")).cast("B"), 0
+            while got < nbytes:  # straight into the array: no second copy of it
+                k = f.readinto(view[got:])
+                if not k:
+                    raise EOFError(f"the entry ended after {got:,} of {nbytes:,} bytes")
+                got += k
+    except (FlowFileError, InvalidInputError):
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise FlowFileError(f"{bad} is not readable ({type(exc).__name__}: {exc})") from None
+    return arr
+
+
+def _numpy(t: Tensor, exact: bool = False) -> np.ndarray:
+    """A tensor's values as a NumPy array; bfloat16, which NumPy lacks, as float32 (exactly: every bfloat16 is a
+    float32), or with ``exact`` as its raw 16-bit patterns."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy() if exact else t.float().numpy()
+    return t.numpy()
+
+
+def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (),
+             optional: Optional[tuple[str, ...]] = None) -> dict[str, np.ndarray]:
+    """The arrays ``required`` (an error names those missing) and those of ``optional`` present, of a ``.npz``
+    (``optional=None``: every array); never unpickles, never reads an array not asked for, and checks each
+    array's declared size against the file before allocating it."""
+    path = Path(path)
+    with _open_npz(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        missing = [k for k in required if k not in names]
+        if missing:
+            raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(names)}")
+        wanted = list(required) + [k for k in (names if optional is None else optional)
+                                   if k in names and k not in required]
+        return {k: _read_member(z, path, k) for k in wanted}
 
 
 def _load_npy_dir(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
@@ -301,17 +377,17 @@ def _save_parquet(ds: PreferenceDataset, path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError("writing parquet needs pyarrow: pip install 'pfm[parquet]'") from None
+        raise MissingDependencyError("writing parquet needs pyarrow: pip install 'pfm[parquet]'") from None
 
     def fixed_list(t: Tensor) -> "pa.Array":
-        flat = t.reshape(t.shape[0], -1).cpu().numpy()
+        flat = _numpy(t.reshape(t.shape[0], -1))
         return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
     cols = {"chosen": fixed_list(ds.chosen), "rejected": fixed_list(ds.rejected)}
     meta = {"format_version": FORMAT_VERSION, "output_shape": list(ds.output_shape)}
     if ds.context is not None:
         if ds.context_kind == "label":
-            cols["context"] = pa.array(ds.context.cpu().numpy())
+            cols["context"] = pa.array(_numpy(ds.context))
         else:
             cols["context"] = fixed_list(ds.context)
             meta["context_shape"] = list(ds.context_shape)
@@ -325,15 +401,30 @@ def _load_parquet(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError("reading parquet needs pyarrow: pip install 'pfm[parquet]'") from None
+        raise MissingDependencyError("reading parquet needs pyarrow: pip install 'pfm[parquet]'") from None
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
+        missing = [k for k in ("chosen", "rejected") if k not in schema.names]
+        if missing:
+            raise FlowFileError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
+        wanted = [k for k in ("chosen", "rejected", "context") if k in schema.names]  # the others are never read
+        table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as exc:
         raise FlowFileError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
-    missing = [k for k in ("chosen", "rejected") if k not in table.column_names]
-    if missing:
-        raise FlowFileError(f"{str(path)!r} lacks column(s) {missing}; it has {table.column_names}")
-    meta = json.loads((table.schema.metadata or {}).get(b"pfm", b"{}"))
+    if table.num_rows == 0:
+        raise FlowFileError(f"{str(path)!r} has no rows; at least one preference pair is needed")
+    raw = (schema.metadata or {}).get(b"pfm", b"{}")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FlowFileError(f"the pfm metadata of {str(path)!r} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise FlowFileError(f"the pfm metadata of {str(path)!r} must be a JSON object, got {type(meta).__name__}")
+    for key in ("output_shape", "context_shape"):
+        try:
+            V.check_shape(meta.get(key), f"its {key}", allow_none=True)
+        except InvalidInputError as exc:
+            raise FlowFileError(f"the pfm metadata of {str(path)!r} is wrong: {exc}") from None
 
     def column(name: str, shape: list[int] | None) -> np.ndarray:
         col = table.column(name).combine_chunks()
@@ -342,12 +433,20 @@ def _load_parquet(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset
             if len(lengths) and (lengths != lengths[0]).any():
                 raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of different lengths; "
                                     "every row must have the same size")
+            if col.null_count:
+                raise FlowFileError(f"column {name!r} of {str(path)!r} has {col.null_count} empty (null) row(s)")
             flat = np.asarray(col.flatten())
-            arr = flat.reshape(len(col), -1)
+            width = int(lengths[0]) if len(lengths) else 0
+            if shape and math.prod(shape) != width:
+                raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of {width} values, but its pfm "
+                                    f"metadata says shape {list(shape)} ({math.prod(shape)} values)")
+            arr = flat.reshape(len(col), width)
             if shape:
                 arr = arr.reshape(len(col), *shape)
             return arr
-        return np.asarray(col)
+        if pa.types.is_nested(col.type):
+            raise FlowFileError(f"column {name!r} of {str(path)!r} has type {col.type}; expected lists of numbers")
+        return col.to_numpy(zero_copy_only=False)
 
     context = None
     if "context" in table.column_names:

@@ -26,3 +26,11 @@ class FlowFileError(PFMError, ValueError):
 
 class MissingFileError(PFMError, FileNotFoundError):
     """A path that must exist does not."""
+
+
+class NonFiniteOutputError(PFMError, ArithmeticError):
+    """A computation on valid input produced NaN or infinite values (a diverging solve, a broken field)."""
+
+
+class MissingDependencyError(PFMError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""

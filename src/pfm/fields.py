@@ -15,7 +15,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate as V
 from .errors import InvalidInputError
+
+MAX_CLASSES = 1 << 20
+"""The most class labels a label-conditional field embeds (an ``nn.Embedding`` of ``num_classes x dim`` weights):
+a stray label such as 10^9 would otherwise size a table of hundreds of GB."""
+
+MAX_PARAMETERS = 1 << 31
+"""The most parameters a built-in field may have (8 GiB in float32): more is a mistyped size, refused before any
+layer is built."""
+
+
+def check_sizes(output_shape: Any, num_classes: Any, context_shape: Any) -> None:
+    """The shapes every field takes: positive sizes, at most :data:`MAX_CLASSES` labels."""
+    V.check_shape(output_shape, "output_shape", max_elements=1 << 31)
+    V.check_int(num_classes, "num_classes", low=1, high=MAX_CLASSES, allow_none=True)
+    V.check_shape(context_shape, "context_shape", allow_none=True, max_elements=1 << 31)
+
+
+def _check_parameters(count: int, what: str) -> None:
+    if count > MAX_PARAMETERS:
+        raise InvalidInputError(f"{what} make a field of {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+                                "pfm builds; choose smaller sizes")
 
 
 def _as_time(t: Tensor, batch: int, like: Tensor) -> Tensor:
@@ -37,6 +59,8 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_freq: float = TIME_MAX_FREQ) -> None:
         super().__init__()
+        V.check_int(dim, "time_dim", low=1, high=1 << 16)
+        V.check_nonneg_float(max_freq, "time_max_freq")
         if not float(max_freq) >= 1.0:
             raise InvalidInputError(f"time_max_freq must be >= 1, got {max_freq!r}")
         half = max(dim // 2, 1)
@@ -56,6 +80,9 @@ class ContextEmbedding(nn.Module):
         super().__init__()
         if num_classes is not None and context_shape is not None:
             raise InvalidInputError("give num_classes (label contexts) or context_shape (vector contexts), not both")
+        V.check_int(dim, "context_dim", low=1, high=1 << 16)
+        V.check_int(num_classes, "num_classes", low=1, high=MAX_CLASSES, allow_none=True)
+        V.check_shape(context_shape, "context_shape", allow_none=True, max_elements=1 << 31)
         self.num_classes = num_classes
         self.context_shape = tuple(context_shape) if context_shape is not None else None
         if num_classes is not None:
@@ -111,6 +138,18 @@ class MLPField(nn.Module):
         time_max_freq: float = TIME_MAX_FREQ,
     ) -> None:
         super().__init__()
+        check_sizes(output_shape, num_classes, context_shape)
+        V.check_nonneg_float(time_max_freq, "time_max_freq")
+        V.check_int(hidden, "hidden", low=1, high=1 << 20)
+        V.check_int(depth, "depth", low=0, high=1024)
+        V.check_int(time_dim, "time_dim", low=1, high=1 << 16)
+        V.check_int(context_dim, "context_dim", low=1, high=1 << 16)
+        d_in = math.prod(output_shape)
+        c_in = (num_classes or 0) + (math.prod(context_shape) if context_shape is not None else 0)
+        width_in = d_in + time_dim + (context_dim if c_in else 0)
+        _check_parameters((width_in + 1) * hidden * (depth > 0) + max(depth - 1, 0) * (hidden + 1) * hidden
+                          + ((hidden if depth else width_in) + 1) * d_in + c_in * context_dim + 4 * time_dim ** 2,
+                          f"hidden={hidden}, depth={depth} and output_shape={list(output_shape)}")
         self.output_shape = tuple(int(s) for s in output_shape)
         self._config = dict(output_shape=list(self.output_shape), num_classes=num_classes,
                             context_shape=None if context_shape is None else list(context_shape),
@@ -173,12 +212,18 @@ class UNetField(nn.Module):
         time_max_freq: float = TIME_MAX_FREQ,
     ) -> None:
         super().__init__()
+        check_sizes(output_shape, num_classes, context_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
         if len(self.output_shape) != 3:
             raise InvalidInputError(f"UNetField needs output_shape (C, H, W), got {self.output_shape}")
+        V.check_shape(channels, "channels")
+        if len(channels) > 8 or max(channels) > 1 << 14:
+            raise InvalidInputError(f"channels must list at most 8 widths of at most {1 << 14}, got {list(channels)}")
+        V.check_int(emb_dim, "emb_dim", low=1, high=1 << 16)
+        V.check_nonneg_float(time_max_freq, "time_max_freq")
         channels = [int(c) for c in channels]
-        if not channels:
-            raise InvalidInputError("channels must list at least one width")
+        _check_parameters(sum(40 * c * c + 8 * c * emb_dim for c in channels) + (num_classes or 0) * emb_dim,
+                          f"channels={channels} and emb_dim={emb_dim}")
         self._config = dict(output_shape=list(self.output_shape), num_classes=num_classes,
                             context_shape=None if context_shape is None else list(context_shape),
                             channels=channels, emb_dim=emb_dim, time_max_freq=float(time_max_freq))

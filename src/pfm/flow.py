@@ -4,6 +4,7 @@ save and load.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -16,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from ._io import atomic_dir, read_json
+from ._io import atomic_dir, check_output, read_json, recover_dir
 from .coupling import COUPLINGS, couple
 from .data import PreferenceDataset, as_context
-from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
-from .fields import FIELDS
+from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
+from .fields import FIELDS, MAX_CLASSES, check_sizes
 from .pairing import PairingPlan
 from .path import flow_matching_loss
-from .solve import solve
+from .solve import check_solver, solve
 from .train import History, optimize, resolve_steps
 
 log = logging.getLogger("pfm")
@@ -60,13 +61,10 @@ class PreferenceFlow(nn.Module):
         **field_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(output_shape, int):
+        if isinstance(output_shape, (int, np.integer)) and not isinstance(output_shape, bool):
             output_shape = (output_shape,)
+        check_sizes(output_shape, num_classes, context_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
-        if not self.output_shape or any(s <= 0 for s in self.output_shape):
-            raise InvalidInputError(f"output_shape must be a non-empty tuple of positive sizes, got {output_shape!r}")
-        if num_classes is not None:
-            V.check_positive_int(num_classes, "num_classes")
         if num_classes is not None and context_shape is not None:
             raise InvalidInputError("give num_classes (label contexts) or context_shape (float contexts), not both")
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -96,6 +94,10 @@ class PreferenceFlow(nn.Module):
         """A flow whose output and context shapes are those of ``dataset``."""
         if not isinstance(dataset, PreferenceDataset):
             raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
+        if dataset.num_classes is not None and dataset.num_classes > MAX_CLASSES:
+            raise InvalidInputError(f"the contexts' largest label is {dataset.num_classes - 1:,}, which would make "
+                                    f"num_classes={dataset.num_classes:,}, beyond the {MAX_CLASSES:,} a flow embeds; "
+                                    "number the labels 0..K-1")
         return cls(dataset.output_shape, num_classes=dataset.num_classes, context_shape=dataset.context_shape,
                    field=field, **field_kwargs)
 
@@ -241,6 +243,11 @@ class PreferenceFlow(nn.Module):
             :class:`pfm.train.History` with the loss of every step.
         """
         ds = self._check_dataset(dataset)
+        check_solver(self.solver, "flow.solver")  # saved with the flow and used by every transform: check it now
+        if checkpoint_dir is not None:  # before the first step, not when the first checkpoint is due
+            checkpoint_dir = check_output(checkpoint_dir, "checkpoint_dir", kind="dir")
+        if device is not None:
+            device = V.check_device(device)
         V.check_choice(coupling, "coupling", COUPLINGS)
         V.check_positive_int(recouple_every, "recouple_every", allow_none=True)
         V.check_nonneg_float(sigma, "sigma")
@@ -287,6 +294,8 @@ class PreferenceFlow(nn.Module):
             y0, c = rejected_rows(index)
             return y0, chosen_rows(index), c
 
+        y_probe, c_probe = rejected_rows(torch.zeros(1, dtype=torch.int64))
+        self._check_field(y_probe, c_probe)
         sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
         couple_kwargs = {"within_context": within_context, "context_weight": context_weight}
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -402,6 +411,23 @@ class PreferenceFlow(nn.Module):
             raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
                                     f"{str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g}){hint}")
 
+    @torch.no_grad()
+    def _check_field(self, y: Tensor, c: Optional[Tensor]) -> None:
+        """Call a custom field once on one row: it must return a velocity shaped like ``y`` (one that does not
+        would be broadcast into a wrong answer). Built-in fields are right by construction and are not called."""
+        if self.field_type != "custom":
+            return
+        t = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        try:
+            v = self.field(t, y, c)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise InvalidInputError(f"the custom field failed when called as field(t, y, context) with t {V.shape_of(t)}, "
+                                    f"y {V.shape_of(y)}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(v, Tensor) or v.shape != y.shape:
+            got = V.shape_of(v) if isinstance(v, Tensor) else type(v).__name__
+            raise InvalidInputError(f"the field returned {got} for y of shape {V.shape_of(y)}; field(t, y, context) "
+                                    "must return a velocity shaped like y")
+
     def check_outputs(self, y: Any, name: str = "y") -> Tensor:
         """``y`` as a float tensor ``(N, *output_shape)``, checked: shape, rows, finite, within the flow's dtype."""
         y_t = V.as_float(y, name)
@@ -443,10 +469,14 @@ class PreferenceFlow(nn.Module):
         for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):
             if v is not None:
                 opts[k] = v
+        check_solver(opts, "solver")
+        if not isinstance(return_trajectory, bool):
+            raise InvalidTypeError(f"return_trajectory must be True or False, got {return_trajectory!r}")
         dev, dtype = self.device, self.y_shift.dtype
         was_training = self.training
         self.eval()
         n = y_t.shape[0]
+        self._check_field(self._norm_y(y_t[:1].to(dev, dtype)), None if c is None else self._field_context(c[:1]))
         shape = ((int(opts["steps"]) + 1,) if return_trajectory else ()) + (n, *self.output_shape)
         res = None  # written batch by batch: no list of pieces to concatenate, so memory stays flat in n
         for s in range(0, n, batch_size):
@@ -460,6 +490,10 @@ class PreferenceFlow(nn.Module):
             else:
                 res[s:s + z.shape[0]] = z
         self.train(was_training)
+        bad = sum(int((~torch.isfinite(part)).sum()) for part in V.row_chunks(res))
+        if bad:
+            raise NonFiniteOutputError(f"the flow's outputs hold {bad} NaN or infinite value(s): the solve diverged "
+                                       "(try a smaller step: more steps or an adaptive method) or the field is broken")
         if as_numpy:
             return res.cpu().numpy().astype(y.dtype if y.dtype.kind == "f" else np.float32, copy=False)
         return res.to(device=y_t.device, dtype=y_t.dtype)
@@ -523,58 +557,101 @@ class PreferenceFlow(nn.Module):
                 "dtype": str(self.y_shift.dtype).replace("torch.", "")}
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``weights.safetensors`` into ``directory`` (replaced atomically)."""
+        """Write ``config.json`` and ``weights.safetensors`` into ``directory``, replaced atomically: a crash at any
+        moment leaves the old flow or the new one there (see :func:`pfm._io.atomic_dir`)."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise InvalidInputError(f"{str(directory)!r} exists and is not a directory")
-        if directory.exists() and any(directory.iterdir()) and not (directory / CONFIG_NAME).exists():
-            raise InvalidInputError(f"{str(directory)!r} is a non-empty directory that holds no flow; "
-                                    "refusing to replace it")
+        check_output(directory, "directory", kind="flow")
+        config = self.config()
+        check_solver(config["solver"], "flow.solver")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteOutputError(f"the flow's {', '.join(bad[:3])} hold NaN or infinite values; refusing to "
+                                       "save a broken flow")
         with atomic_dir(directory) as tmp:
             save_file(state, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return directory
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, field: Optional[nn.Module] = None,
              device: torch.device | str = "cpu") -> "PreferenceFlow":
-        """Rebuild a flow saved by :meth:`save`. A custom field's module must be passed as ``field``."""
+        """Rebuild a flow saved by :meth:`save`. A custom field's module must be passed as ``field``.
+
+        Nothing is trusted before it is checked: every setting of ``config.json`` is validated by type and range,
+        the weights' shapes (read from the safetensors header) are compared with those the config builds (on the
+        ``meta`` device, which allocates nothing) before any memory is taken, and weights or buffers that are NaN
+        or infinite, or a zero scale, are refused."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if field is not None and not isinstance(field, nn.Module):
+            raise InvalidTypeError(f"field must be an nn.Module, got {type(field).__name__}")
+        device = V.check_device(device)
         directory = Path(directory)
         cfg = read_config(directory)
-        fcfg = cfg["field"]
-        common = dict(num_classes=cfg.get("num_classes"), context_shape=cfg.get("context_shape"))
-        try:
-            if fcfg.get("type") == "custom":
-                if field is None:
-                    raise FlowFileError(f"{str(directory)!r} holds a custom field ({fcfg.get('class')}); pass an "
-                                        "instance of it as load(..., field=module)")
-                flow = cls(cfg["output_shape"], field=field, **common)
-            else:
-                if fcfg.get("type") not in FIELDS:
-                    raise FlowFileError(f"{str(directory)!r} names an unknown field type {fcfg.get('type')!r}")
-                kw = {k: v for k, v in fcfg["config"].items() if k not in ("output_shape", "num_classes",
-                                                                            "context_shape")}
-                kw.setdefault("time_max_freq", 1000.0)  # files written before the setting existed
-                flow = cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
-        except (TypeError, KeyError, InvalidInputError) as exc:
-            if isinstance(exc, FlowFileError):
-                raise
-            raise FlowFileError(f"{str(directory)!r} has a config this version cannot build: {exc}") from None
-        flow.solver.update(cfg.get("solver", {}))
         weights = directory / WEIGHTS_NAME
-        if not weights.exists():
-            raise FlowFileError(f"{str(directory)!r} has no {WEIGHTS_NAME}")
+        header = read_weights_header(weights)
+        fcfg = cfg["field"]
+        common = dict(num_classes=cfg["num_classes"], context_shape=cfg["context_shape"])
+        expected = {"y_shift": list(cfg["output_shape"]), "y_scale": [],
+                    "c_shift": list(cfg["context_shape"] or [1]), "c_scale": list(cfg["context_shape"] or [1])}
+        for name, shape in expected.items():
+            got = header.get(name, (None, None))[1]
+            if got != shape:
+                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {name} has shape "
+                                    f"{got} in {WEIGHTS_NAME}, {shape} by the config")
+        if fcfg["type"] == "custom":
+            if field is None:
+                raise FlowFileError(f"{str(directory)!r} holds a custom field ({fcfg.get('class')}); pass an "
+                                    "instance of it as load(..., field=module)")
+
+            def build() -> "PreferenceFlow":
+                return cls(cfg["output_shape"], field=field, **common)
+        else:
+            kw = {k: v for k, v in fcfg["config"].items() if k not in ("output_shape", "num_classes",
+                                                                        "context_shape")}
+            kw.setdefault("time_max_freq", 1000.0)  # files written before the setting existed
+            # every size the config names must appear in some weight's shape, and the layers be no more than the
+            # weights: a tampered config is refused before building anything
+            dims = {int(d) for _, shape in header.values() for d in shape} | {1}
+            keys = ("hidden", "time_dim", "emb_dim") + (("context_dim",) if common["num_classes"] or
+                                                        common["context_shape"] else ())
+            for key in keys:
+                if isinstance(kw.get(key), int) and kw[key] not in dims:
+                    raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: no weight has "
+                                        f"a dimension of {key}={kw[key]}")
+            if isinstance(kw.get("depth"), int) and kw["depth"] > len(header):
+                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: depth="
+                                    f"{kw['depth']} layers, but the file holds {len(header)} tensors")
+
+            def build() -> "PreferenceFlow":
+                return cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
+        dtype = getattr(torch, cfg["dtype"])
+        try:
+            with torch.device("meta"):
+                shell = build()
+        except (TypeError, KeyError, InvalidInputError, RuntimeError, NotImplementedError) as exc:
+            raise FlowFileError(f"{str(directory)!r} has a config this version cannot build: {exc}") from None
+        want = {k: list(v.shape) for k, v in shell.state_dict().items()}
+        del shell
+        have = {k: shape for k, (_, shape) in header.items()}
+        missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        if missing or unexpected:
+            what = (f"missing {missing[:3]}" if missing else "") + ("; " if missing and unexpected else "") + \
+                   (f"unexpected {unexpected[:3]}" if unexpected else "")
+            raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {what}")
+        for k in want:
+            if want[k] != have[k]:
+                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: size mismatch for "
+                                    f"{k}: {have[k]} in {WEIGHTS_NAME}, {want[k]} by the config")
+        flow = build()  # the sizes now match a file that exists: building takes what the file holds
+        flow.solver.update(cfg["solver"])
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise FlowFileError(f"{str(weights)!r} is not a readable safetensors file ({exc})") from None
-        dtype = getattr(torch, cfg.get("dtype", "float32"), torch.float32)
         flow.to(dtype)
         try:
             flow.load_state_dict(state, strict=True)
@@ -583,12 +660,65 @@ class PreferenceFlow(nn.Module):
             first = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
                          lines[0] if lines else "")
             raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {first}") from None
+        for name, t in flow.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FlowFileError(f"{str(weights)!r} holds NaN or infinite values in {name!r}; the flow is broken")
+        for name in ("y_scale", "c_scale"):
+            if not bool((getattr(flow, name) > 0).all()):
+                raise FlowFileError(f"{str(weights)!r} holds a {name} that is not positive; the flow is broken")
         return flow.to(device).eval()
 
 
+WEIGHT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_weights_header(path: str | os.PathLike) -> dict[str, tuple[str, list[int]]]:
+    """``{name: (dtype, shape)}`` from a safetensors file's header, checked against the file's size (every
+    tensor's bytes must lie inside the file) without reading the tensors."""
+    path = Path(path)
+    if not path.exists():
+        raise FlowFileError(f"{str(path.parent)!r} has no {path.name}")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or n > min(size - 8, 100 << 20):
+                raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (Error while deserializing "
+                                    "header: invalid header length)")
+            meta = json.loads(f.read(n))
+    except PermissionError:
+        raise FlowFileError(f"{str(path)!r} cannot be read (permission denied)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (its header is not JSON)") from None
+    if not isinstance(meta, dict):
+        raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (its header is not a JSON object)")
+    out: dict[str, tuple[str, list[int]]] = {}
+    room = size - 8 - n
+    for name, info in meta.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (a, b) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = (dtype in _ST_DTYPES and isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+                  and type(a) is int and type(b) is int and 0 <= a <= b <= room
+                  and b - a == math.prod(shape) * _ST_DTYPES[dtype])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (tensor {name!r} is described "
+                                "wrongly or lies beyond the end of the file)")
+        out[name] = (dtype, shape)
+    return out
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The JSON config of a saved flow, checked to be one."""
+    """The JSON config of a saved flow, checked to be one: every setting by type and range (a tampered file is a
+    :class:`FlowFileError` naming the file and the setting)."""
     directory = Path(directory)
+    recover_dir(directory)  # a save cut between its two renames, on systems without an atomic exchange
     if not directory.exists():
         raise MissingFileError(f"no such flow directory: {str(directory)!r}")
     if not directory.is_dir():
@@ -597,7 +727,12 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.exists():
         raise FlowFileError(f"{str(directory)!r} is not a saved flow: it has no {CONFIG_NAME}")
-    cfg = read_json(path)
+    if path.stat().st_size > 1 << 20:
+        raise FlowFileError(f"{str(path)!r} is {path.stat().st_size:,} bytes; a flow's config is a few hundred")
+    try:
+        cfg = read_json(path)
+    except PermissionError:
+        raise FlowFileError(f"{str(path)!r} cannot be read (permission denied)") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         found = cfg.get("format") if isinstance(cfg, dict) else None
         raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {found!r})")
@@ -607,4 +742,29 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     for key in ("output_shape", "field"):
         if key not in cfg:
             raise FlowFileError(f"{str(path)!r} lacks {key!r}")
+    cfg.setdefault("num_classes", None)
+    cfg.setdefault("context_shape", None)
+    cfg.setdefault("solver", {})
+    cfg.setdefault("dtype", "float32")
+    try:
+        check_sizes(cfg["output_shape"], cfg["num_classes"], cfg["context_shape"])
+        if cfg["num_classes"] is not None and cfg["context_shape"] is not None:
+            raise InvalidInputError("it gives both num_classes and context_shape")
+        check_solver(cfg["solver"], "solver")
+        if cfg["dtype"] not in WEIGHT_DTYPES:
+            raise InvalidInputError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {cfg['dtype']!r}")
+        field = cfg["field"]
+        if not isinstance(field, dict) or field.get("type") not in (*FIELDS, "custom"):
+            what = field.get("type") if isinstance(field, dict) else field
+            raise InvalidInputError(f"field must name a type ({', '.join(FIELDS)} or custom), got {what!r}")
+        if field["type"] != "custom":
+            fc = field.get("config")
+            if not isinstance(fc, dict):
+                raise InvalidInputError(f"field config must be an object, got {type(fc).__name__}")
+            known = set(inspect.signature(FIELDS[field["type"]]).parameters)
+            unknown = sorted(set(fc) - known)
+            if unknown:
+                raise InvalidInputError(f"the {field['type']} field has no setting(s) {unknown}")
+    except InvalidInputError as exc:
+        raise FlowFileError(f"{str(path)!r} is not a valid flow config: {exc}") from None
     return cfg

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, save_checkpoint
-from .errors import InvalidInputError, InvalidTypeError
+from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
+from .errors import FlowFileError, InvalidInputError, InvalidTypeError
 
 log = logging.getLogger("pfm")
 
@@ -181,6 +181,10 @@ def optimize(
         raise InvalidInputError(f"compile must be True or False, got {compile!r}")
     if resume and checkpoint_dir is None:
         raise InvalidInputError("resume=True needs checkpoint_dir, where the checkpoint is")
+    if checkpoint_dir is not None:  # now, not when the first checkpoint is due
+        from ._io import check_output
+
+        check_output(checkpoint_dir, "checkpoint_dir", kind="dir")
     V.check_positive_int(evaluate_every, "evaluate_every", allow_none=True)
     V.check_positive_int(patience, "patience", allow_none=True)
     if evaluate is not None:
@@ -199,7 +203,7 @@ def optimize(
         raise InvalidInputError("the module has no trainable parameters")
     if device is None:
         device = params[0].device
-    device = torch.device(device)
+    device = V.check_device(device)
     batch_size = min(batch_size, n)
 
     opt_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
@@ -265,12 +269,16 @@ def optimize(
         every = int(checkpoint_every) if checkpoint_every else max(1, steps // 10)
         state = load_checkpoint(checkpoint_dir) if resume else None
         if state is not None:
-            check_fingerprint(checkpoint_path(checkpoint_dir), state["run"], run_id)
-            module.load_state_dict(state["module"])
-            opt.load_state_dict(state["optimizer"])
+            where = checkpoint_path(checkpoint_dir)
+            check_fingerprint(where, state["run"], run_id)
+            restore(where, module, state["module"])
+            restore(where, opt, state["optimizer"], "optimizer")
             if ema is not None:
-                ema.load_state_dict(state["ema"])
-            gen.set_state(state["gen"][rank])
+                restore(where, ema, state["ema"], "EMA")
+            try:
+                gen.set_state(state["gen"][rank])
+            except (RuntimeError, IndexError, TypeError) as exc:
+                raise FlowFileError(f"the generator state in {str(where)!r} does not fit this run ({exc})") from None
             first_step = int(state["step"])
             history.loss = list(state["loss"])
             history.extras = {k: list(v) for k, v in state["extras"].items()}
