@@ -1,0 +1,1027 @@
+"""Our own tour of bad input, grouped by what must never happen (issue 24), beyond the cases of test_bad_input.py.
+
+Every case runs through the command line (exit status 2, exactly one line ``pfm: error: ...`` naming the argument or
+the file) or through the Python API (a :class:`pfm.PFMError`), and checks that every file that existed before is byte
+for byte unchanged, that no code in a crafted file ran (a pickle that would create a marker file), and, for the
+allocation cases, that the command fails fast and small under an address-space limit (tests/tour_worker.py). The
+cases that look bad but are valid (big-endian arrays, bfloat16 data, a DataLoader, ...) must work.
+
+docs/bad-input.md is generated from these cases with the others: ``PFM_WRITE_DOCS=1 python -m pytest
+tests/test_bad_input.py tests/test_tour.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+import torch
+
+import pfm
+from pfm import PFMError, PreferenceDataset, PreferenceFlow
+from pfm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad-input.md"
+rng = np.random.default_rng(1)
+Y = rng.normal(size=(64, 2)).astype(np.float32)
+LAB = np.arange(64) % 3
+MARKER = "code-ran"
+
+CLASSES = {
+    1: "Work and files are never lost",
+    2: "Never a silent wrong answer",
+    3: "No allocation sized by an untrusted number",
+    4: "A clear one-line error, never an internal error",
+}
+
+
+@dataclass
+class Case:
+    group: int
+    name: str
+    setup: Optional[Callable[[Path], Any]]
+    cli: Optional[list[str]]  # "{d}" stands for the tour's directory
+    api: Optional[Callable[[Path], Any]]
+    pattern: str
+    memory: bool = False  # run under an address-space limit, in tests/tour_worker.py
+
+
+class Payload:
+    """Unpickling this creates the marker file: the proof that pfm ran code from a file, which it must never do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ------------------------------------------------------------------------------------------------- file makers
+def npz(name, **arrays):
+    return lambda d: np.savez(d / name, **arrays)
+
+
+def write(name, data: bytes | str):
+    return lambda d: (d / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def flow_copy(src, name, edit):
+    def make(d):
+        shutil.copytree(d / src, d / name)
+        edit(d / name)
+    return make
+
+
+def config_edit(fn):
+    def edit(path):
+        cfg = json.loads((path / "config.json").read_text())
+        fn(cfg)
+        (path / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def cfg_set(*keys, value):
+    def fn(cfg):
+        c = cfg
+        for k in keys[:-1]:
+            c = c[k]
+        c[keys[-1]] = value
+    return config_edit(fn)
+
+
+def weights_edit(fn):
+    def edit(path):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(path / "weights.safetensors"))
+        fn(state)
+        save_file(state, str(path / "weights.safetensors"))
+    return edit
+
+
+def set_tensor(key, fn):
+    def edit(state):
+        name = next(k for k in state if key in k)
+        state[name] = fn(state[name].clone())
+    return weights_edit(edit)
+
+
+def npz_with_declared_shape(name, shape, key="chosen"):
+    """A .npz whose ``key`` array's header declares ``shape`` while the entry holds 64 x 2 floats."""
+    def make(d):
+        np.savez(d / name, chosen=Y, rejected=Y)
+        with zipfile.ZipFile(d / name) as z:
+            entries = {n: z.read(n) for n in z.namelist()}
+        raw = entries[key + ".npy"]
+        body = raw[raw.index(b"\n") + 1:]
+        header = {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}
+        h = repr(header).encode()
+        h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+        entries[key + ".npy"] = b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + body
+        with zipfile.ZipFile(d / name, "w") as z:
+            for n, data in entries.items():
+                z.writestr(n, data)
+    return make
+
+
+def npz_claiming_size(name, size):
+    """A .npz whose zip entry for ``chosen`` claims ``size`` uncompressed bytes (the central directory lies)."""
+    def make(d):
+        np.savez_compressed(d / name, chosen=Y, rejected=Y)
+        data = bytearray((d / name).read_bytes())
+        pos = data.find(b"chosen.npy", data.find(b"PK\x01\x02"))  # the central directory's entry of chosen.npy
+        start = data.rfind(b"PK\x01\x02", 0, pos)
+        data[start + 24:start + 28] = (min(size, 0xFFFFFFFE)).to_bytes(4, "little")  # its uncompressed size
+        (d / name).write_bytes(bytes(data))
+    return make
+
+
+def zip_bomb_unused(name):
+    """Good chosen/rejected, plus an unused array of 4 GiB of zeros that compresses to a few MB."""
+    def make(d):
+        np.savez(d / name, chosen=Y + 1, rejected=Y)
+        header = b"\x93NUMPY\x01\x00"
+        h = repr({"descr": "|u1", "fortran_order": False, "shape": (4 << 30,)}).encode()
+        h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+        with zipfile.ZipFile(d / name, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+            with z.open("junk.npy", "w", force_zip64=True) as f:
+                f.write(header + len(h).to_bytes(2, "little") + h)
+                block = bytes(64 << 20)
+                for _ in range(64):
+                    f.write(block)
+    return make
+
+
+def st_header_edit(src, name, fn):
+    """A copy of flow ``src`` whose safetensors header is rewritten by ``fn(header_dict)``."""
+    def make(d):
+        shutil.copytree(d / src, d / name)
+        path = d / name / "weights.safetensors"
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        fn(header)
+        h = json.dumps(header).encode()
+        path.write_bytes(len(h).to_bytes(8, "little") + h + raw[8 + n:])
+    return make
+
+
+def parquet(name, table_fn):
+    def make(d):
+        import pyarrow.parquet as pq
+
+        pq.write_table(table_fn(), d / name)
+    return make
+
+
+def fixed(a):
+    import pyarrow as pa
+
+    flat = a.reshape(len(a), int(np.prod(a.shape[1:])))
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def pq_table(meta=None, rows=64, chosen=None):
+    import pyarrow as pa
+
+    def make():
+        t = pa.table({"chosen": chosen() if chosen else fixed(Y[:rows]), "rejected": fixed(Y[:rows])})
+        if meta is not None:
+            t = t.replace_schema_metadata({"pfm": meta})
+        return t
+    return make
+
+
+def checkpoint(name, fn):
+    """A checkpoint directory made by a real 4-step run, then edited by ``fn(state)``."""
+    def make(d):
+        flow = PreferenceFlow((2,), hidden=8)
+        flow.fit(PreferenceDataset(Y + 1, Y), steps=4, batch_size=16, progress=False, checkpoint_dir=d / name,
+                 checkpoint_every=2)
+        path = d / name / "checkpoint.pt"
+        state = torch.load(path, weights_only=True)
+        fn(state)
+        torch.save(state, path)
+    return make
+
+
+def ckpt_drop(key):
+    return lambda s: s.pop(key)
+
+
+def ckpt_rename_module(s):
+    s["module"] = {("renamed." + k): v for k, v in s["module"].items()}
+
+
+def fit_args(data, *extra):
+    return ["fit", data, "--out", "{d}/new-flow", "--steps", "20000", "--hidden", "8", "-q", *extra]
+
+
+def apply_args(flow, data="{d}/y.npz", out="{d}/out.npz", *extra):
+    return ["apply", flow, data, "--out", out, *extra]
+
+
+def api_load(name):
+    return lambda d: PreferenceFlow.load(d / name).transform(Y)
+
+
+class WrongShape(torch.nn.Module):
+    def __init__(self, kind="shape"):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.kind = kind
+
+    def forward(self, t, y, c=None):
+        if self.kind == "shape":
+            return y[:, :1] * self.w
+        if self.kind == "list":
+            return [y]
+        if self.kind == "huge":
+            return y * 1e38 + self.w
+        raise RuntimeError("boom")
+
+
+def custom_flow(kind):
+    return PreferenceFlow((2,), field=WrongShape(kind))
+
+
+def fit_custom(kind):
+    return lambda d: custom_flow(kind).fit(PreferenceDataset(Y + 1, Y), steps=3, progress=False)
+
+
+def transform_custom(kind):
+    return lambda d: custom_flow(kind).transform(Y)
+
+
+def solver_set(key, value, then):
+    def run(d):
+        flow = PreferenceFlow.load(d / "good-flow")
+        flow.solver[key] = value
+        return then(flow, d)
+    return run
+
+
+SLOW = ["--steps", "20000"]
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ 1. work and files are never lost
+    Case(1, "--out is the data file", None, fit_args("{d}/good.npz", "--out", "{d}/good.npz"), None,
+         "--out .* is the data file"),
+    Case(1, "--out is the parquet data file", None, fit_args("{d}/good.parquet", "--out", "{d}/good.parquet"),
+         None, "--out .* is the data file"),
+    Case(1, "--out is the input .npy directory", None, fit_args("{d}/npydir", "--out", "{d}/npydir"), None,
+         "is the data file"),
+    Case(1, "--out inside the input .npy directory", None, fit_args("{d}/npydir", "--out", "{d}/npydir/flow"),
+         None, "lies inside the data file"),
+    Case(1, "--out a directory that holds the data file", lambda d: (d / "holder").mkdir(),
+         fit_args("{d}/holder/../good.npz", "--out", "{d}"), None, "non-empty directory that holds no flow|holds the data"),
+    Case(1, "--out under an existing file", None, fit_args("{d}/good.npz", "--out", "{d}/y.npz/flow"), None,
+         "is a file, not a directory"),
+    Case(1, "--out an existing file", write("plain.txt", "keep me"), fit_args("{d}/good.npz", "--out",
+                                                                               "{d}/plain.txt"), None,
+         "exists and is not a directory"),
+    Case(1, "--out a non-empty directory without a flow", lambda d: ((d / "mine").mkdir(),
+                                                                   (d / "mine" / "notes.txt").write_text("x")),
+         fit_args("{d}/good.npz", "--out", "{d}/mine"), None, "holds no flow; refusing"),
+    Case(1, "--out a broken symbolic link", lambda d: os.symlink(d / "nowhere", d / "broken-link"),
+         fit_args("{d}/good.npz", "--out", "{d}/broken-link"), None, "broken symbolic link"),
+    Case(1, "--out a symbolic link to the data file", lambda d: os.symlink(d / "good.npz", d / "data-link"),
+         fit_args("{d}/good.npz", "--out", "{d}/data-link"), None, "is the data file"),
+    Case(1, "--checkpoint-dir a file", None, fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/y.npz"), None,
+         "--checkpoint-dir .* exists and is not a directory"),
+    Case(1, "--checkpoint-dir equal to --out", None, fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/new-flow"),
+         None, "--checkpoint-dir .* is the --out flow directory"),
+    Case(1, "--checkpoint-dir inside --out", None, fit_args("{d}/good.npz", "--checkpoint-dir",
+                                                           "{d}/new-flow/ckpt"), None, "lies inside the --out"),
+    Case(1, "--out inside --checkpoint-dir", None, fit_args("{d}/good.npz", "--out", "{d}/ck/flow",
+                                                           "--checkpoint-dir", "{d}/ck"), None,
+         "--checkpoint-dir .* holds the --out"),
+    Case(1, "--checkpoint-dir the data file", None, fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/good.npz"),
+         None, "--checkpoint-dir .* is the data file"),
+    Case(1, "--checkpoint-dir of an earlier run without --resume", checkpoint("old-ckpt", lambda s: None),
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/old-ckpt"), None, "pass --resume"),
+    Case(1, "--checkpoint-dir under an existing file", None,
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/y.npz/ck"), None, "is a file, not a directory"),
+    Case(1, "--solver-steps 0, saved for every later apply", None, fit_args("{d}/good.npz", "--solver-steps", "0"),
+         None, "--solver-steps: expected a positive integer"),
+    Case(1, "--device that does not exist, found before training", None,
+         fit_args("{d}/good.npz", "--device", "banana"), None, "--device must be 'cpu'"),
+    Case(1, "apply --out is its own input", None, apply_args("{d}/good-flow", out="{d}/y.npz"), None,
+         "--out .* is the input file"),
+    Case(1, "apply --out the flow's weights", None,
+         apply_args("{d}/good-flow", out="{d}/good-flow/weights.safetensors"), None, "must end in .npz"),
+    Case(1, "apply --out a new file inside the flow", None, apply_args("{d}/good-flow", out="{d}/good-flow/o.npz"),
+         None, "lies inside the flow directory"),
+    Case(1, "apply --out the flow directory", None, apply_args("{d}/good-flow", out="{d}/good-flow"), None,
+         "must end in .npz"),
+    Case(1, "apply --out bad.txt", None, apply_args("{d}/good-flow", out="{d}/bad.txt"), None, "must end in .npz"),
+    Case(1, "apply --out without a suffix", None, apply_args("{d}/good-flow", out="{d}/result"), None,
+         "must end in .npz"),
+    Case(1, "apply --out a directory", lambda d: (d / "adir.npz").mkdir(), apply_args("{d}/good-flow",
+                                                                                     out="{d}/adir.npz"), None,
+         "is a directory; name a file"),
+    Case(1, "apply --out under an existing file", None, apply_args("{d}/good-flow", out="{d}/y.npz/o.npz"), None,
+         "is a file, not a directory"),
+    Case(1, "apply --out a symbolic link to the input", lambda d: os.symlink(d / "y.npz", d / "y-link.npz"),
+         apply_args("{d}/good-flow", out="{d}/y-link.npz"), None, "is the input file"),
+    Case(1, "save() onto a file", write("afile", "keep"), None,
+         lambda d: PreferenceFlow((2,)).save(d / "afile"), "exists and is not a directory"),
+    Case(1, "save() onto a directory without a flow", None, None,
+         lambda d: PreferenceFlow((2,)).save(d / "mine"), "holds no flow"),
+    Case(1, "save() of a flow with NaN weights over a good one", None, None,
+         lambda d: _nan_flow().save(d / "good-flow"), "NaN or infinite"),
+    Case(1, "fit(checkpoint_dir=) a file, before training", None, None,
+         lambda d: PreferenceFlow((2,), hidden=8).fit(PreferenceDataset(Y + 1, Y), steps=20000, progress=False,
+                                                      checkpoint_dir=d / "y.npz"), "checkpoint_dir .* not a directory"),
+    Case(1, "optimize(checkpoint_dir=) under a file", None, None,
+         lambda d: pfm.optimize(torch.nn.Linear(2, 2), lambda i, g: torch.zeros(()), 8, steps=10,
+                                checkpoint_dir=d / "y.npz" / "ck", progress=False), "is a file, not a directory"),
+    Case(1, "dataset save() onto a foreign directory", None, None,
+         lambda d: PreferenceDataset(Y, Y).save(d / "mine"), "refusing to replace it"),
+    Case(1, "flow.solver steps 0, refused before training", None, None,
+         solver_set("steps", 0, lambda f, d: f.fit(PreferenceDataset(Y + 1, Y), steps=20000, progress=False)),
+         "flow.solver steps must be an integer"),
+    Case(1, "flow.solver steps 0, refused by save", None, None,
+         solver_set("steps", 0, lambda f, d: f.save(d / "good-flow")), "flow.solver steps"),
+
+    # ------------------------------------------------------------------ 2. never a silent wrong answer
+    Case(2, "a NaN weight", flow_copy("good-flow", "nan-w", set_tensor("net.0.weight", lambda t: t * np.nan)),
+         apply_args("{d}/nan-w"), api_load("nan-w"), "NaN or infinite values in"),
+    Case(2, "an infinite weight", flow_copy("good-flow", "inf-w", set_tensor("net.0.bias", lambda t: t + np.inf)),
+         apply_args("{d}/inf-w"), api_load("inf-w"), "NaN or infinite values in"),
+    Case(2, "a NaN y_shift", flow_copy("good-flow", "nan-shift", set_tensor("y_shift", lambda t: t * np.nan)),
+         apply_args("{d}/nan-shift"), api_load("nan-shift"), "NaN or infinite values in 'y_shift'"),
+    Case(2, "a zero y_scale", flow_copy("good-flow", "zero-scale", set_tensor("y_scale", lambda t: t * 0)),
+         apply_args("{d}/zero-scale"), api_load("zero-scale"), "y_scale that is not positive"),
+    Case(2, "a negative y_scale", flow_copy("good-flow", "neg-scale", set_tensor("y_scale", lambda t: -t)),
+         apply_args("{d}/neg-scale"), api_load("neg-scale"), "y_scale that is not positive"),
+    Case(2, "a zero c_scale", flow_copy("vec-flow", "zero-cscale", set_tensor("c_scale", lambda t: t * 0)),
+         apply_args("{d}/zero-cscale", "{d}/yvec.npz"), None, "c_scale that is not positive"),
+    Case(2, "a custom field of the wrong output shape (transform)", None, None, transform_custom("shape"),
+         r"the field returned \(1, 1\) for y of shape \(1, 2\)"),
+    Case(2, "a custom field of the wrong output shape (fit)", None, None, fit_custom("shape"),
+         r"the field returned \(1, 1\)"),
+    Case(2, "a custom field that returns a list", None, None, transform_custom("list"), "the field returned list"),
+    Case(2, "a custom field that raises", None, None, transform_custom("raise"), "the custom field failed"),
+    Case(2, "a field whose solve overflows", None, None, transform_custom("huge"), "NaN or infinite value"),
+    Case(2, "config output_shape [2.7]", flow_copy("good-flow", "os-float", cfg_set("output_shape", value=[2.7])),
+         apply_args("{d}/os-float"), api_load("os-float"), "output_shape must be a non-empty list of positive"),
+    Case(2, "config output_shape ['2']", flow_copy("good-flow", "os-str", cfg_set("output_shape", value=["2"])),
+         apply_args("{d}/os-str"), api_load("os-str"), "output_shape must be"),
+    Case(2, "config output_shape []", flow_copy("good-flow", "os-empty", cfg_set("output_shape", value=[])),
+         apply_args("{d}/os-empty"), api_load("os-empty"), "output_shape must be"),
+    Case(2, "config output_shape [-2]", flow_copy("good-flow", "os-neg", cfg_set("output_shape", value=[-2])),
+         apply_args("{d}/os-neg"), api_load("os-neg"), "output_shape must be"),
+    Case(2, "config output_shape '2'", flow_copy("good-flow", "os-text", cfg_set("output_shape", value="2")),
+         apply_args("{d}/os-text"), api_load("os-text"), "output_shape must be"),
+    Case(2, "config hidden 2.5", flow_copy("good-flow", "hid-float", cfg_set("field", "config", "hidden", value=2.5)),
+         apply_args("{d}/hid-float"), api_load("hid-float"), "hidden must be an integer"),
+    Case(2, "config hidden 0", flow_copy("good-flow", "hid-zero", cfg_set("field", "config", "hidden", value=0)),
+         apply_args("{d}/hid-zero"), api_load("hid-zero"), "hidden"),
+    Case(2, "config depth -1", flow_copy("good-flow", "depth-neg", cfg_set("field", "config", "depth", value=-1)),
+         apply_args("{d}/depth-neg"), api_load("depth-neg"), "depth must be an integer in"),
+    Case(2, "config depth true", flow_copy("good-flow", "depth-bool", cfg_set("field", "config", "depth",
+                                                                               value=True)),
+         apply_args("{d}/depth-bool"), api_load("depth-bool"), "depth must be an integer"),
+    Case(2, "config num_classes 0", flow_copy("label-flow", "nc-zero", cfg_set("num_classes", value=0)),
+         apply_args("{d}/nc-zero", "{d}/ylab3.npz"), None, "num_classes must be an integer"),
+    Case(2, "config num_classes '3'", flow_copy("label-flow", "nc-str", cfg_set("num_classes", value="3")),
+         apply_args("{d}/nc-str", "{d}/ylab3.npz"), None, "num_classes must be an integer"),
+    Case(2, "config time_max_freq 'x'", flow_copy("good-flow", "tmf", cfg_set("field", "config", "time_max_freq",
+                                                                           value="x")),
+         apply_args("{d}/tmf"), api_load("tmf"), "time_max_freq must be a number"),
+    Case(2, "config time_dim that no weight has", flow_copy("good-flow", "tdim", cfg_set("field", "config",
+                                                                                      "time_dim", value=48)),
+         apply_args("{d}/tdim"), api_load("tdim"), "do not match its config"),
+    Case(2, "fit --hidden 0", None, fit_args("{d}/good.npz", "--hidden", "0"), None,
+         "--hidden: expected a positive integer"),
+    Case(2, "fit --depth -1", None, fit_args("{d}/good.npz", "--depth", "-1"), None, "--depth: expected an integer >= 0"),
+    Case(2, "fit --batch-size 0", None, fit_args("{d}/good.npz", "--batch-size", "0"), None, "--batch-size"),
+    Case(2, "fit --lr 0", None, fit_args("{d}/good.npz", "--lr", "0"), None, "--lr: expected a number > 0"),
+    Case(2, "fit --lr nan", None, fit_args("{d}/good.npz", "--lr", "nan"), None, "--lr: expected a number > 0"),
+    Case(2, "fit --sigma -0.1", None, fit_args("{d}/good.npz", "--sigma", "-0.1"), None, "--sigma"),
+    Case(2, "fit --ema 1.5", None, fit_args("{d}/good.npz", "--ema", "1.5"), None, r"--ema: expected a number in \(0, 1\)"),
+    Case(2, "fit --epochs 0", None, ["fit", "{d}/good.npz", "--out", "{d}/new-flow", "--epochs", "0"], None,
+         "--epochs: expected a number > 0"),
+    Case(2, "fit --steps -5", None, ["fit", "{d}/good.npz", "--out", "{d}/new-flow", "--steps", "-5"], None,
+         "--steps: expected a positive integer"),
+    Case(2, "fit --channels 0", None, fit_args("{d}/good.npz", "--channels", "0"), None, "--channels"),
+    Case(2, "fit --checkpoint-every 0", None, fit_args("{d}/good.npz", "--checkpoint-every", "0"), None,
+         "--checkpoint-every"),
+    Case(2, "fit --recouple-every 0", None, fit_args("{d}/good.npz", "--recouple-every", "0"), None,
+         "--recouple-every"),
+    Case(2, "fit --seed -1", None, fit_args("{d}/good.npz", "--seed", "-1"), None, "--seed"),
+    Case(2, "fit --hidden with --field unet", None, fit_args("{d}/good.npz", "--field", "unet", "--hidden", "64"),
+         None, "--hidden and --depth apply to --field mlp"),
+    Case(2, "apply --iterations 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--iterations",
+                                                     "0"), None, "--iterations"),
+    Case(2, "apply --steps 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--steps", "0"), None,
+         "--steps"),
+    Case(2, "demo --pairs 0", None, ["demo", "--pairs", "0"], None, "--pairs"),
+    Case(2, "transform(steps=0)", None, None, lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, steps=0),
+         "solver steps must be an integer"),
+    Case(2, "transform(atol=-1)", None, None,
+         lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, method="dopri5", atol=-1), "atol"),
+    Case(2, "transform(method='newton')", None, None,
+         lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, method="newton"), "method must be one of"),
+    Case(2, "PreferenceFlow(output_shape=(2.7,))", None, None, lambda d: PreferenceFlow((2.7,)),
+         "output_shape must be a non-empty list of positive integers"),
+    Case(2, "PreferenceFlow(hidden=0)", None, None, lambda d: PreferenceFlow((2,), hidden=0), "hidden"),
+    Case(2, "PreferenceFlow(depth=-1)", None, None, lambda d: PreferenceFlow((2,), depth=-1), "depth"),
+    Case(2, "PreferenceFlow(field='unet') on vectors", None, None, lambda d: PreferenceFlow((2,), field="unet"),
+         r"UNetField needs output_shape \(C, H, W\)"),
+
+    # ------------------------------------------------------------------ 3. no allocation sized by an untrusted number
+    Case(3, ".npz header declaring 10^12 rows", npz_with_declared_shape("huge-shape.npz", (10**12, 2)),
+         fit_args("{d}/huge-shape.npz"), lambda d: PreferenceDataset.load(d / "huge-shape.npz"),
+         "declares shape .* but its entry holds", memory=True),
+    Case(3, ".npz header declaring 65 rows for 64", npz_with_declared_shape("off-by-one.npz", (65, 2)),
+         fit_args("{d}/off-by-one.npz"), lambda d: PreferenceDataset.load(d / "off-by-one.npz"),
+         "declares shape", memory=True),
+    Case(3, ".npz header declaring a huge context", npz_with_declared_shape("huge-rej.npz", (2**40,), "rejected"),
+         fit_args("{d}/huge-rej.npz"), None, "array 'rejected' .* declares shape", memory=True),
+    Case(3, ".npz entry claiming 4 GB from a few bytes", npz_claiming_size("liar.npz", 4 << 30),
+         fit_args("{d}/liar.npz"), lambda d: PreferenceDataset.load(d / "liar.npz"),
+         "claims .* bytes from .* compressed", memory=True),
+    Case(3, "apply input header declaring 10^12 rows", npz_with_declared_shape("y-huge.npz", (10**12, 2), "chosen"),
+         apply_args("{d}/good-flow", "{d}/y-huge.npz", "{d}/out.npz", "--key", "chosen"), None, "declares shape",
+         memory=True),
+    Case(3, "config hidden 10^6 with small weights", flow_copy("good-flow", "big-hidden",
+                                                                cfg_set("field", "config", "hidden", value=10**6)),
+         apply_args("{d}/big-hidden"), api_load("big-hidden"), "hidden|no weight has a dimension", memory=True),
+    Case(3, "config hidden 65536 with small weights", flow_copy("good-flow", "wide-hidden",
+                                                                 cfg_set("field", "config", "hidden", value=65536)),
+         apply_args("{d}/wide-hidden"), api_load("wide-hidden"), "no weight has a dimension of hidden=65536",
+         memory=True),
+    Case(3, "config depth 1000 with small weights", flow_copy("good-flow", "deep", cfg_set("field", "config",
+                                                                                       "depth", value=1000)),
+         apply_args("{d}/deep"), api_load("deep"), "depth=1000 layers, but the file holds", memory=True),
+    Case(3, "config output_shape [100000, 100000]", flow_copy("good-flow", "big-out",
+                                                               cfg_set("output_shape", value=[100000, 100000])),
+         apply_args("{d}/big-out"), api_load("big-out"), "output_shape|y_shift has shape", memory=True),
+    Case(3, "config num_classes 10^9", flow_copy("label-flow", "many-classes", cfg_set("num_classes", value=10**9)),
+         apply_args("{d}/many-classes", "{d}/ylab3.npz"), None, "num_classes must be an integer in", memory=True),
+    Case(3, "config num_classes 10^5 with 3 in the weights", flow_copy("label-flow", "more-classes",
+                                                                        cfg_set("num_classes", value=10**5)),
+         apply_args("{d}/more-classes", "{d}/ylab3.npz"), None, "do not match its config", memory=True),
+    Case(3, "config unet channels [16384]", flow_copy("good-flow", "unet-big", config_edit(
+        lambda c: c.update(output_shape=[1, 4, 4], field={"type": "unet", "config": {"channels": [16384]}}))),
+         apply_args("{d}/unet-big"), api_load("unet-big"), "do not match its config", memory=True),
+    Case(3, "one context label of 10^9", npz("biglabel.npz", chosen=Y, rejected=Y,
+                                             context=np.where(LAB == 2, 10**9, LAB)),
+         fit_args("{d}/biglabel.npz"), lambda d: PreferenceFlow.for_dataset(PreferenceDataset.load(
+             d / "biglabel.npz")), "largest label is 1,000,000,000, .*num_classes=", memory=True),
+    Case(3, "one context label of 2^40", npz("biglabel40.npz", chosen=Y, rejected=Y,
+                                             context=np.where(LAB == 2, 2**40, LAB)),
+         fit_args("{d}/biglabel40.npz"), None, "num_classes=", memory=True),
+    Case(3, "PreferenceFlow(num_classes=10^9)", None, None, lambda d: PreferenceFlow((2,), num_classes=10**9),
+         "num_classes must be an integer in"),
+    Case(3, "PreferenceFlow(hidden=10^6, depth=100)", None, None,
+         lambda d: PreferenceFlow((2,), hidden=10**6, depth=100), "parameters, more than"),
+    Case(3, "PreferenceFlow(output_shape=(10^6, 10^6))", None, None, lambda d: PreferenceFlow((10**6, 10**6)),
+         "elements, more than"),
+    Case(3, "safetensors header: a tensor beyond the end of the file",
+         st_header_edit("good-flow", "st-beyond", lambda h: h["y_shift"].update(data_offsets=[0, 10**12])),
+         apply_args("{d}/st-beyond"), api_load("st-beyond"), "lies beyond the end of the file", memory=True),
+    Case(3, "safetensors header: a huge shape", st_header_edit(
+        "good-flow", "st-shape", lambda h: h["y_shift"].update(shape=[10**12])),
+         apply_args("{d}/st-shape"), api_load("st-shape"), "described wrongly", memory=True),
+    Case(3, "safetensors header length of 2^60", lambda d: (shutil.copytree(d / "good-flow", d / "st-len"),
+                                                          _patch(d / "st-len/weights.safetensors", 0,
+                                                                 (2**60).to_bytes(8, "little"))),
+         apply_args("{d}/st-len"), api_load("st-len"), "invalid header length", memory=True),
+    Case(3, "safetensors header that is not JSON", lambda d: (shutil.copytree(d / "good-flow", d / "st-json"),
+                                                            _patch(d / "st-json/weights.safetensors", 8, b"\xff")),
+         apply_args("{d}/st-json"), api_load("st-json"), "header is not JSON"),
+    Case(3, "hidden and the header agree, the file is short", st_header_edit(
+        "good-flow", "st-agree", lambda h: h["y_shift"].update(shape=[2, 10**9], data_offsets=[0, 8 * 10**9])),
+         apply_args("{d}/st-agree"), api_load("st-agree"), "beyond the end of the file|described wrongly",
+         memory=True),
+    Case(3, "a 2 MB config.json", flow_copy("good-flow", "big-config", lambda p: (p / "config.json").write_text(
+        json.dumps({**json.loads((p / "config.json").read_text()), "pad": "x" * (2 << 20)}))),
+         apply_args("{d}/big-config"), api_load("big-config"), "a flow's config is a few hundred", memory=True),
+    Case(3, ".npy directory declaring more rows than the file", lambda d: _npy_lie(d / "npylie"),
+         fit_args("{d}/npylie"), lambda d: PreferenceDataset.load(d / "npylie"), "not a readable .npy file",
+         memory=True),
+    Case(3, "an object array (a pickle that would run code)", lambda d: np.savez(
+        d / "pickle.npz", chosen=np.array([Payload(str(d / MARKER))] * 64, dtype=object), rejected=Y),
+         fit_args("{d}/pickle.npz"), lambda d: PreferenceDataset.load(d / "pickle.npz"), "never unpickles"),
+    Case(3, "an object array as the outputs to apply", lambda d: np.savez(
+        d / "ypickle.npz", y=np.array([Payload(str(d / MARKER))] * 4, dtype=object)),
+         apply_args("{d}/good-flow", "{d}/ypickle.npz"), None, "never unpickles"),
+    Case(3, "a checkpoint holding a pickle that would run code", lambda d: (
+        (d / "pickle-ckpt").mkdir(), torch.save({"format": "pfm.checkpoint", "x": Payload(str(d / MARKER))},
+                                                d / "pickle-ckpt" / "checkpoint.pt")),
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/pickle-ckpt", "--resume"), None,
+         "not a readable checkpoint"),
+
+    # ------------------------------------------------------------------ 4. a clear one-line error
+    Case(4, "parquet with zero rows", parquet("zero.parquet", pq_table(rows=0)), fit_args("{d}/zero.parquet"),
+         lambda d: PreferenceDataset.load(d / "zero.parquet"), "has no rows"),
+    Case(4, "parquet metadata that is not JSON", parquet("badmeta.parquet", pq_table(meta="{oops")),
+         fit_args("{d}/badmeta.parquet"), lambda d: PreferenceDataset.load(d / "badmeta.parquet"),
+         "metadata .* is not valid JSON"),
+    Case(4, "parquet metadata that is a list", parquet("listmeta.parquet", pq_table(meta="[1, 2]")),
+         fit_args("{d}/listmeta.parquet"), None, "must be a JSON object"),
+    Case(4, "parquet metadata shape that disagrees with the lists",
+         parquet("shapemeta.parquet", pq_table(meta='{"output_shape": [3]}')),
+         fit_args("{d}/shapemeta.parquet"), lambda d: PreferenceDataset.load(d / "shapemeta.parquet"),
+         r"holds lists of 2 values, but its pfm metadata says shape \[3\]"),
+    Case(4, "parquet metadata shape of the wrong type",
+         parquet("typemeta.parquet", pq_table(meta='{"output_shape": "2"}')), fit_args("{d}/typemeta.parquet"),
+         None, "output_shape must be"),
+    Case(4, "parquet without a rejected column", lambda d: __import__("pyarrow.parquet").parquet.write_table(
+        __import__("pyarrow").table({"chosen": fixed(Y)}), d / "norej.parquet"), fit_args("{d}/norej.parquet"),
+         None, r"lacks column\(s\) \['rejected'\]"),
+    Case(4, "config with an unknown solver key", flow_copy("good-flow", "solver-key",
+                                                            cfg_set("solver", "warp", value=9)),
+         apply_args("{d}/solver-key"), api_load("solver-key"), r"unknown setting\(s\) \['warp'\]"),
+    Case(4, "config solver method 'bogus'", flow_copy("good-flow", "solver-m", cfg_set("solver", "method",
+                                                                                   value="bogus")),
+         apply_args("{d}/solver-m"), api_load("solver-m"), "solver method must be one of"),
+    Case(4, "config solver steps -1", flow_copy("good-flow", "solver-s", cfg_set("solver", "steps", value=-1)),
+         apply_args("{d}/solver-s"), api_load("solver-s"), "solver steps must be"),
+    Case(4, "config solver that is a list", flow_copy("good-flow", "solver-l", cfg_set("solver", value=[])),
+         apply_args("{d}/solver-l"), api_load("solver-l"), "solver must be a dict"),
+    Case(4, "config dtype 'int8'", flow_copy("good-flow", "dt-int8", cfg_set("dtype", value="int8")),
+         apply_args("{d}/dt-int8"), api_load("dt-int8"), "dtype must be one of"),
+    Case(4, "config dtype 'load'", flow_copy("good-flow", "dt-load", cfg_set("dtype", value="load")),
+         apply_args("{d}/dt-load"), api_load("dt-load"), "dtype must be one of"),
+    Case(4, "config dtype 5", flow_copy("good-flow", "dt-5", cfg_set("dtype", value=5)),
+         apply_args("{d}/dt-5"), api_load("dt-5"), "dtype must be one of"),
+    Case(4, "config field that is a string", flow_copy("good-flow", "field-str", cfg_set("field", value="mlp")),
+         apply_args("{d}/field-str"), api_load("field-str"), "field must name a type"),
+    Case(4, "config field of an unknown type", flow_copy("good-flow", "field-type", cfg_set("field", "type",
+                                                                                        value="transformer")),
+         apply_args("{d}/field-type"), api_load("field-type"), "field must name a type"),
+    Case(4, "config field config that is a list", flow_copy("good-flow", "field-cfg", cfg_set("field", "config",
+                                                                                          value=[1])),
+         apply_args("{d}/field-cfg"), api_load("field-cfg"), "field config must be an object"),
+    Case(4, "config field config with an unknown key", flow_copy("good-flow", "field-key", cfg_set(
+        "field", "config", "dropout", value=0.1)), apply_args("{d}/field-key"), api_load("field-key"),
+         r"has no setting\(s\) \['dropout'\]"),
+    Case(4, "config with num_classes and context_shape", flow_copy("label-flow", "both-ctx",
+                                                                    cfg_set("context_shape", value=[2])),
+         apply_args("{d}/both-ctx", "{d}/ylab3.npz"), None, "both num_classes and context_shape"),
+    Case(4, "config that is a JSON list", flow_copy("good-flow", "cfg-list", lambda p: (p / "config.json")
+                                                     .write_text("[1, 2]")),
+         apply_args("{d}/cfg-list"), api_load("cfg-list"), "is not a pfm flow config"),
+    Case(4, "weights renamed", st_header_edit("good-flow", "st-renamed", lambda h: h.update(
+        {"renamed.y_shift": h.pop("y_shift")})), apply_args("{d}/st-renamed"), api_load("st-renamed"),
+         "do not match its config"),
+    Case(4, "weights of another dtype than the config", flow_copy("good-flow", "dt-mismatch",
+                                                                   cfg_set("dtype", value="float64")),
+         apply_args("{d}/dt-mismatch"), None, None),
+    Case(4, "checkpoint with the format tag and missing keys", checkpoint("ck-missing", ckpt_drop("optimizer")),
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/ck-missing", "--resume", "--steps", "6"), None,
+         r"is damaged: it lacks \['optimizer'\]"),
+    Case(4, "checkpoint with renamed module keys", checkpoint("ck-renamed", ckpt_rename_module),
+         None, lambda d: PreferenceFlow((2,), hidden=8).fit(PreferenceDataset(Y + 1, Y), steps=6, batch_size=16,
+                                                           progress=False, checkpoint_dir=d / "ck-renamed",
+                                                           resume=True), "module state .* does not fit this run"),
+    Case(4, "checkpoint with a step that is a string", checkpoint("ck-step", lambda s: s.update(step="4")),
+         None, lambda d: PreferenceFlow((2,), hidden=8).fit(PreferenceDataset(Y + 1, Y), steps=6, batch_size=16,
+                                                           progress=False, checkpoint_dir=d / "ck-step",
+                                                           resume=True), "is damaged: step"),
+    Case(4, "checkpoint of random bytes", lambda d: ((d / "ck-junk").mkdir(),
+                                                    (d / "ck-junk" / "checkpoint.pt").write_bytes(b"junk" * 100)),
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/ck-junk", "--resume"), None, "not a readable checkpoint"),
+    Case(4, "checkpoint of another format version", checkpoint("ck-v9", lambda s: s.update(format_version=9)),
+         fit_args("{d}/good.npz", "--checkpoint-dir", "{d}/ck-v9", "--resume"), None, "checkpoint format 9"),
+    Case(4, "--device cuda without a GPU", None, fit_args("{d}/good.npz", "--device", "cuda"),
+         lambda d: PreferenceFlow((2,)).fit(PreferenceDataset(Y + 1, Y), steps=3, device="cuda", progress=False),
+         "no CUDA GPU is available"),
+    Case(4, "--device cuda:7 without a GPU", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz",
+                                                               "--device", "cuda:7"),
+         lambda d: PreferenceFlow.load(d / "good-flow", device="cuda:7"), "no CUDA GPU"),
+    Case(4, "--device banana", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--device", "banana"),
+         lambda d: PreferenceFlow.load(d / "good-flow", device="banana"), "device must be 'cpu'"),
+    Case(4, "device=3.5", None, None, lambda d: PreferenceFlow.load(d / "good-flow", device=3.5),
+         "device must be a string"),
+    Case(4, "optimize(device='tpu')", None, None,
+         lambda d: pfm.optimize(torch.nn.Linear(2, 2), lambda i, g: torch.zeros(()), 8, steps=2, device="tpu",
+                                progress=False), "device must be 'cpu'"),
+    Case(4, "pfm --threads -1", None, ["--threads", "-1", "info", "{d}/good-flow"], None,
+         "--threads: expected a positive integer"),
+    Case(4, "pfm --threads 0", None, ["--threads", "0", "info", "{d}/good-flow"], None, "--threads"),
+    Case(4, "pfm --threads two", None, ["--threads", "two", "info", "{d}/good-flow"], None, "--threads"),
+    Case(4, "an unknown option", None, ["fit", "{d}/good.npz", "--out", "{d}/new-flow", "--bogus"], None,
+         "unrecognized arguments: --bogus"),
+    Case(4, "fit without --out", None, ["fit", "{d}/good.npz"], None, "the following arguments are required: --out"),
+    Case(4, "no command", None, [], None, "the following arguments are required: command"),
+    Case(4, "an unknown command", None, ["train", "{d}/good.npz"], None, "invalid choice: 'train'"),
+    Case(4, "NaN passed to pfm.couple", None, None,
+         lambda d: pfm.couple(torch.tensor(Y) * np.nan, torch.tensor(Y)), "y0 contains .* NaN"),
+    Case(4, "infinite context passed to pfm.couple", None, None,
+         lambda d: pfm.couple(torch.tensor(Y), torch.tensor(Y), torch.full((64, 1), np.inf)), "context contains"),
+    Case(4, "a NumPy array passed to pfm.couple", None, None, lambda d: pfm.couple(Y, Y),
+         "y0 must be a torch.Tensor"),
+    Case(4, "a DataLoader of the wrong items", None, None,
+         lambda d: pfm.OptimalTransportConditionalFlowMatching(torch.nn.Linear(2, 2)).fit(
+             torch.utils.data.DataLoader([torch.zeros(2)] * 8, batch_size=4), num_epochs=1, progress=False),
+         "each batch of the DataLoader must be a tuple"),
+    Case(4, "a .npy file renamed .npz", lambda d: np.save(d / "single.npy", Y) or
+         os.replace(d / "single.npy", d / "single.npz"), fit_args("{d}/single.npz"),
+         lambda d: PreferenceDataset.load(d / "single.npz"), "a single .npy array, not a .npz archive"),
+    Case(4, "apply with no array the flow can take", npz("nokey.npz", a=Y, b=Y), apply_args("{d}/good-flow",
+                                                                                         "{d}/nokey.npz"),
+         None, "name the outputs' array with --key"),
+    Case(4, "apply --key that is absent", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--key",
+                                                           "z"), None, "has no array 'z'"),
+    Case(4, "apply input missing", None, apply_args("{d}/good-flow", "{d}/missing.npz"), None, "no such file"),
+    Case(4, "apply float contexts to a label flow", npz("yfloatctx.npz", y=Y, context=rng.normal(size=64)),
+         apply_args("{d}/label-flow", "{d}/yfloatctx.npz"), None, "integer class labels"),
+    Case(4, "text without a codec", write("pairs.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
+         fit_args("{d}/pairs.jsonl"), None, "name the codec"),
+    Case(4, "a codec for arrays", None, fit_args("{d}/good.npz", "--codec", "minilm"), None,
+         "--codec applies to text preferences"),
+    Case(4, "info on a directory without a flow", lambda d: (d / "void").mkdir(), ["info", "{d}/void"], None,
+         "has no config.json"),
+    Case(4, "info on a flow with a broken header", None, ["info", "{d}/st-len"], None, "invalid header length"),
+    Case(4, "reproduce --seeds 0", None, ["reproduce", "toy2d", "--seeds", "0", "--out", "{d}/res"], None,
+         "--seeds: expected a positive integer"),
+    Case(4, "reproduce mnist --dataset bogus", None, ["reproduce", "mnist", "--dataset", "bogus", "--out",
+                                                       "{d}/res"], None, "--dataset for mnist"),
+    Case(4, "reproduce toy2d --reference", None, ["reproduce", "toy2d", "--reference", "{d}", "--out", "{d}/res"],
+         None, "apply to `pfm reproduce text` only"),
+]
+
+
+def _patch(path: Path, offset: int, data: bytes) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+def _npy_lie(d: Path) -> None:
+    """A directory of .npy files whose chosen.npy declares 10^10 rows and holds 64."""
+    d.mkdir()
+    np.save(d / "rejected.npy", Y)
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**10, 2)}
+    with open(d / "chosen.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(Y.tobytes())
+
+
+def _nan_flow() -> PreferenceFlow:
+    flow = PreferenceFlow((2,), hidden=8)
+    with torch.no_grad():
+        flow.field.net[0].weight.fill_(float("nan"))
+    return flow
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tour")
+    np.savez(d / "good.npz", chosen=Y + 1, rejected=Y)
+    PreferenceDataset(Y + 1, Y).save(d / "good.parquet")
+    PreferenceDataset(Y + 1, Y).save(d / "npydir")
+    np.savez(d / "y.npz", y=Y)
+    np.savez(d / "ylab3.npz", y=Y, context=LAB)
+    ctx = rng.normal(size=(64, 3)).astype(np.float32)
+    np.savez(d / "yvec.npz", y=Y, context=ctx)
+    np.savez(d / "out.npz", y=Y)  # an existing output that a failed apply must leave alone
+    for name, data in (("good-flow", None), ("label-flow", LAB), ("vec-flow", ctx)):
+        ds = PreferenceDataset(Y + 1, Y, data)
+        flow = PreferenceFlow.for_dataset(ds, hidden=8)
+        flow.fit(ds, steps=5, progress=False)
+        flow.save(d / name)
+    for case in CASES:
+        if case.setup is not None:
+            case.setup(d)
+    return d
+
+
+def snapshot(d: Path) -> dict[str, Any]:
+    out = {}
+    for p in sorted(d.rglob("*")):
+        key = str(p.relative_to(d))
+        if p.is_symlink():
+            out[key] = ("link", os.readlink(p))
+        elif p.is_file():
+            if p.stat().st_size > 256 << 20:
+                out[key] = ("big", p.stat().st_size, p.stat().st_mtime_ns)
+            else:
+                import hashlib
+
+                out[key] = ("file", hashlib.sha1(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
+        else:
+            out[key] = ("dir",)
+    return out
+
+
+def expand(args: list[str], d: Path) -> list[str]:
+    return [a.replace("{d}", str(d)) for a in args]
+
+
+def run_cli(d: Path, args: list[str], capsys) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    try:
+        code = main(expand(args, d))
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err, time.perf_counter() - start
+
+
+def check_line(err: str, pattern: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pfm: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+CLI_CASES = [c for c in CASES if c.cli is not None and not c.memory and c.pattern is not None]
+API_CASES = [c for c in CASES if c.api is not None and not c.memory]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
+def test_cli_one_line_exit_2_nothing_touched(tour, case, capsys):
+    before = snapshot(tour)
+    code, err, seconds = run_cli(tour, case.cli, capsys)
+    assert code == 2, err
+    check_line(err, case.pattern)
+    assert seconds < 30, f"the error came after {seconds:.0f} s: the check must come before the work"
+    assert snapshot(tour) == before
+    assert not (tour / MARKER).exists()
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.name for c in API_CASES])
+def test_api_raises_a_pfm_error_nothing_touched(tour, case):
+    before = snapshot(tour)
+    with pytest.raises(PFMError, match=case.pattern):
+        case.api(tour)
+    assert snapshot(tour) == before
+    assert not (tour / MARKER).exists()
+
+
+def test_weights_of_another_dtype_than_the_config_load_as_the_config_says(tour):
+    assert main(expand(apply_args("{d}/dt-mismatch", out="{d}/dt-out.npz"), tour)) == 0
+    with np.load(tour / "dt-out.npz") as z:
+        assert z["y"].dtype == np.float32 and np.isfinite(z["y"]).all()
+
+
+MEMORY_LIMIT_MB = 3072  # address space: Python, torch and numpy take about 700 MB of it
+
+
+@pytest.mark.slow
+def test_allocation_cases_fail_fast_and_small_under_an_address_space_limit(tour, tmp_path):
+    cases = [c for c in CASES if c.memory]
+    extra = [("zip bomb in an unused array (must work)", ["fit", str(tour / "bomb.npz"), "--out",
+                                                           str(tour / "bomb-flow"), "--steps", "3", "-q"])]
+    zip_bomb_unused("bomb.npz")(tour)
+    before = snapshot(tour)
+    (tmp_path / "cases.json").write_text(json.dumps([[c.name, expand(c.cli, tour)] for c in cases if c.cli] + extra))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "tour_worker.py"), str(tmp_path / "cases.json"),
+                          str(tmp_path / "out.json"), "--limit-mb", str(MEMORY_LIMIT_MB)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    for c in cases:
+        if c.cli is None:
+            continue
+        r = results[c.name]
+        assert r["code"] == 2, (c.name, r)
+        check_line(r["stderr"], c.pattern)
+        assert r["seconds"] < 20, (c.name, r["seconds"])
+    bomb = results[extra[0][0]]
+    assert bomb["code"] == 0, bomb
+    # the 4 GiB array was never read: it cannot be under a 3 GiB limit, and the peak stays far below its size (it
+    # measured 355 MB alone, up to 1.7 GB after the other cases in a loaded full run)
+    assert bomb["peak_mb"] < 2048, bomb
+    after = snapshot(tour)
+    assert {k: v for k, v in after.items() if not k.startswith("bomb-flow")} == before
+    assert not (tour / MARKER).exists()
+    for c in cases:  # and the same cases through the API, in this process (the limit is shown above)
+        if c.api is not None:
+            with pytest.raises(PFMError, match=c.pattern):
+                c.api(tour)
+
+
+# ------------------------------------------------------------------------------------------------- read-only places
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody can create files in: by permissions for a user, by the immutable attribute for root
+    (whom permissions do not stop), else /proc, where nobody can."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(ro, 0o555)
+        yield ro
+        os.chmod(ro, 0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode == 0:
+        yield ro
+        subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+        return
+    yield Path("/proc/self")
+
+
+def test_out_in_a_read_only_directory_is_refused_before_training(tour, read_only_dir, capsys):
+    before = snapshot(tour)
+    for extra in (["--out", str(read_only_dir / "flow")],
+                  ["--checkpoint-dir", str(read_only_dir / "ck")],
+                  ["--out", str(read_only_dir / "sub" / "flow")]):
+        code, err, seconds = run_cli(tour, fit_args("{d}/good.npz", *extra), capsys)
+        assert code == 2, err
+        check_line(err, "cannot be written: .* is not writable")
+        assert seconds < 30
+    assert snapshot(tour) == before
+    if read_only_dir.name == "ro":
+        assert list(read_only_dir.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- what must work
+def test_big_endian_arrays_train_and_apply(tour, tmp_path):
+    np.savez(tmp_path / "be.npz", chosen=(Y + 1).astype(">f4"), rejected=Y.astype(">f8"),
+             context=LAB.astype(">i8"))
+    assert main(["fit", str(tmp_path / "be.npz"), "--out", str(tmp_path / "f"), "--steps", "3", "-q"]) == 0
+    np.savez(tmp_path / "ybe.npz", y=Y.astype(">f4"), context=LAB.astype(">i4"))
+    assert main(["apply", str(tmp_path / "f"), str(tmp_path / "ybe.npz"), "--out", str(tmp_path / "o.npz")]) == 0
+    flow = PreferenceFlow.load(tmp_path / "f")
+    assert np.allclose(flow.transform(Y, LAB), flow.transform(Y.astype(">f4"), LAB.astype(">i2")))
+
+
+def test_bfloat16_data_saves_and_checkpoints(tmp_path):
+    ds = PreferenceDataset(torch.tensor(Y + 1).bfloat16(), torch.tensor(Y).bfloat16())
+    for suffix in (".npz", ".parquet", ""):
+        back = PreferenceDataset.load(ds.save(tmp_path / f"bf{suffix}"))
+        assert torch.equal(back.chosen, ds.chosen.float())
+    flow = PreferenceFlow((2,), hidden=8)
+    flow.fit(ds, steps=4, batch_size=16, progress=False, checkpoint_dir=tmp_path / "ck", checkpoint_every=2)
+    assert (tmp_path / "ck" / "checkpoint.pt").exists()
+
+
+def test_data_that_requires_grad_trains(tmp_path):
+    y = torch.tensor(Y, requires_grad=True)
+    PreferenceFlow((2,), hidden=8).fit(PreferenceDataset(y + 1, y), steps=5, batch_size=16, progress=False)
+
+
+def test_the_papers_api_takes_a_dataloader():
+    items = [(torch.tensor(LAB[i]), torch.tensor(Y[i] + 1), torch.tensor(Y[i])) for i in range(64)]
+    loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True)
+    cfm = pfm.OptimalTransportConditionalFlowMatching(pfm.MLPField((2,), num_classes=3, hidden=8))
+    _, hist = cfm.fit(loader, num_epochs=2, batch_size=16, progress=False)
+    assert len(hist["loss"]) == 8
+    assert cfm.compute_target(Y[:4], context=LAB[:4]).shape == (4, 2)
+
+
+def test_out_through_a_symbolic_link_replaces_the_target_and_keeps_the_link(tour, tmp_path):
+    shutil.copytree(tour / "good-flow", tmp_path / "real-flow")
+    os.symlink(tmp_path / "real-flow", tmp_path / "link")
+    assert main(["fit", str(tour / "good.npz"), "--out", str(tmp_path / "link"), "--steps", "3", "--hidden", "4",
+                 "-q"]) == 0
+    assert (tmp_path / "link").is_symlink() and os.readlink(tmp_path / "link") == str(tmp_path / "real-flow")
+    assert PreferenceFlow.load(tmp_path / "link").field.config()["hidden"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real-flow"]  # no hidden leftovers
+
+
+def test_saved_files_have_the_umasks_permissions(tour, tmp_path):
+    old = os.umask(0o022)
+    try:
+        PreferenceFlow((2,), hidden=4).save(tmp_path / "f")
+    finally:
+        os.umask(old)
+    for p in [tmp_path / "f", *(tmp_path / "f").iterdir()]:
+        want = 0o755 if p.is_dir() else 0o644
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+
+
+def test_info_into_a_closed_pipe_is_quiet(tour):
+    code = ("import sys; from pfm.cli import main; sys.exit(main(['info', sys.argv[1]]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tour / "good-flow")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # `| head` that has read what it wanted
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
+def test_a_missing_optional_dependency_names_the_extra(tour, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # `import gymnasium` now fails as if it were absent
+    for key in [k for k in sys.modules if k.startswith("pfm.tasks.control")]:
+        monkeypatch.delitem(sys.modules, key)
+    code = main(["reproduce", "control", "--quick", "--out", str(tour / "res")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    check_line(err, r"needs the optional dependency 'gymnasium'.*pip install 'pfm\[control\]'")
+
+
+def test_a_missing_pyarrow_names_the_extra(tour, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    code = main(fit_args(str(tour / "good.parquet"))[:3] + [str(tour / "pq-flow"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    check_line(err, r"pip install 'pfm\[parquet\]'")
+
+
+# ------------------------------------------------------------------------------------------------- crash while saving
+CRASH_POINTS = [("safetensors.torch", "save_file", "before"), ("safetensors.torch", "save_file", "after"),
+                ("pathlib", "Path.write_text", "after"), ("pfm._io", "_fsync_tree", "after"),
+                ("pfm._io", "exchange", "before"), ("pfm._io", "exchange", "after"),
+                ("shutil", "rmtree", "before"), ("os", "replace", "before"), ("os", "replace", "after")]
+
+CRASHER = r"""
+import functools, importlib, os, sys
+import numpy as np, torch
+from pfm import PreferenceFlow
+module, name, when, target, no_exchange = sys.argv[1:6]
+obj = importlib.import_module(module)
+owner, attr = (getattr(obj, name.split('.')[0]), name.split('.')[1]) if '.' in name else (obj, name)
+real = getattr(owner, attr)
+@functools.wraps(real)
+def crash(*a, **k):
+    if when == 'before':
+        os._exit(17)
+    out = real(*a, **k)
+    os._exit(17)
+setattr(owner, attr, crash)
+import pfm._io as io
+if no_exchange == '1':
+    io.exchange = lambda a, b: False
+if module == 'safetensors.torch':
+    import pfm.flow  # save imports save_file from safetensors.torch at call time
+flow = PreferenceFlow((2,), hidden=4)
+with torch.no_grad():
+    flow.y_shift.fill_(7.0)
+flow.save(target)
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("no_exchange", ["0", "1"], ids=["exchange", "two-renames"])
+def test_a_crash_at_any_point_of_saving_leaves_a_loadable_flow(tmp_path, no_exchange):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    old = PreferenceFlow((2,), hidden=4)
+    for module, name, when in CRASH_POINTS:
+        if no_exchange == "1" and name == "exchange":
+            continue
+        target = tmp_path / f"{module}-{name}-{when}"
+        old.save(target)
+        run = subprocess.run([sys.executable, "-c", CRASHER, module, name, when, str(target), no_exchange],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode in (0, 17), run.stderr[-2000:]
+        flow = PreferenceFlow.load(target)  # old or new, never missing or half-written
+        shift = float(flow.y_shift[0])
+        assert shift in (0.0, 7.0), (module, name, when, shift)
+        if run.returncode == 0:
+            assert shift == 7.0
+        old.save(target)  # and the next save goes through, sweeping what the crash left
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{target.name}.")]
+        assert leftovers == [], (module, name, when, leftovers)
+
+
+def test_the_tour_has_enough_cases():
+    by_group = {g: sum(c.group == g for c in CASES) for g in CLASSES}
+    assert sum(by_group.values()) >= 100 and all(n >= 10 for n in by_group.values()), by_group
+
+
+def doc_rows(d: Path, capsys) -> list[str]:
+    """The tour's part of docs/bad-input.md: one table for each class."""
+    rows: list[str] = []
+    for g, title in CLASSES.items():
+        rows += ["", f"### {g}. {title}", "", "| bad input | what the user sees |", "|---|---|"]
+        for c in CASES:
+            if c.group != g or c.pattern is None:
+                continue
+            if c.cli is not None:
+                msg = run_cli(d, c.cli, capsys)[1].strip()
+            else:
+                try:
+                    c.api(d)
+                    msg = "(no error)"
+                except PFMError as exc:
+                    msg = f"{type(exc).__name__}: {exc}"
+            msg = " ".join(msg.replace(str(d) + os.sep, "").replace(str(d), ".").split()).replace("|", "\\|")
+            rows.append(f"| {c.name} | `{msg}` |")
+    return rows
+
+
+def test_the_docs_have_the_tour(tour, capsys):
+    text = DOC.read_text()
+    start = text.find("<!-- tour -->")
+    expected = (text[:start] if start >= 0 else text.rstrip() + "\n\n") + "<!-- tour -->\n" + \
+        "\n".join(doc_rows(tour, capsys)) + "\n"
+    if os.environ.get("PFM_WRITE_DOCS") == "1":
+        DOC.write_text(expected)
+        return
+    assert [r[:120] for r in text.splitlines()] == [r[:120] for r in expected.splitlines()], \
+        "docs/bad-input.md is out of date: PFM_WRITE_DOCS=1 pytest tests/test_bad_input.py tests/test_tour.py"
