@@ -115,22 +115,23 @@ def _sweep(path: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a directory's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path, mode_dir: int, mode_file: int) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
             f = os.path.join(dirpath, name)
             os.chmod(f, mode_file)
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(f)
         os.chmod(dirpath, mode_dir)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(root)
 
 
 @contextlib.contextmanager
@@ -162,9 +163,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(OSError):
-            fd = os.open(path.parent, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            _fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

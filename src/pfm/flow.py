@@ -244,8 +244,6 @@ class PreferenceFlow(nn.Module):
         """
         ds = self._check_dataset(dataset)
         check_solver(self.solver, "flow.solver")  # saved with the flow and used by every transform: check it now
-        if checkpoint_dir is not None:  # before the first step, not when the first checkpoint is due
-            checkpoint_dir = check_output(checkpoint_dir, "checkpoint_dir", kind="dir")
         if device is not None:
             device = V.check_device(device)
         V.check_choice(coupling, "coupling", COUPLINGS)
