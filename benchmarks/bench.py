@@ -1,6 +1,6 @@
 """Speed of pfm against a bare training step and against the peer pipeline (torchcfm + torchdiffeq), side by side.
 
-Parts (``--parts``, all by default):
+Parts (``--parts``, all but ``load`` by default):
     overhead   time per step of ``PreferenceFlow.fit`` against a bare forward + backward + Adam step of the same field
                on batches that are already paired, for several batch and output sizes (MLP and UNet fields);
     peer       the paper's pipeline (torchcfm's ExactOptimalTransportConditionalFlowMatcher + Adam, dopri5 at
@@ -11,12 +11,16 @@ Parts (``--parts``, all by default):
     batch      where exact OT stops paying off: the solve time of one block and the transport cost of exact OT,
                Sinkhorn and independent pairing as the batch grows;
     precision  ``fit`` in float32, under bfloat16 autocast and through ``torch.compile``, on the fastest device here
-               (CUDA when there is one): time per step, compilation time and the final loss.
+               (CUDA when there is one): time per step, compilation time and the final loss;
+    load       the peer part's training side-by-side at batch 256, idle and while 1 or 2 busy-loop processes
+               (``--competitors``) run beside it, at ``--threads`` and at 1 torch thread: both throughput ratios and
+               where pfm's time went (waiting for the pairing thread, solving couplings, stepping).
 
 Writes ``results/bench.json`` (or ``--out``), prints Markdown tables and draws ``results/bench.png``.
 
     python benchmarks/bench.py            # the full run (8 minutes on 2 cores)
     python benchmarks/bench.py --quick    # a small run (under 2 minutes), what the tests run
+    python benchmarks/bench.py --parts load --out results/bench-load.json   # 20 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -249,9 +256,11 @@ def swd(a: Tensor, b: Tensor) -> float:
     return float(ot.sliced_wasserstein_distance(a.double().numpy(), b.double().numpy(), n_projections=256, seed=0))
 
 
-def train_peer(train: PreferenceDataset, batch: int, steps: int, seed: int) -> tuple[torch.nn.Module, float]:
+def train_peer(train: PreferenceDataset, batch: int, steps: int, seed: int,
+               timing: Optional[dict[str, float]] = None) -> tuple[torch.nn.Module, float]:
     """The paper's pipeline: torchcfm's exact-OT matcher (sigma 0.1), the same field, Adam (lr 1e-3), random
-    batches of the raw pairs. Returns the field and the seconds it took."""
+    batches of the raw pairs. Returns the field and the seconds it took; ``timing["ot_s"]`` (when given) gets the
+    seconds spent in the matcher (the batch's exact OT and the draw of its pairs)."""
     from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
 
     torch.manual_seed(seed)
@@ -260,15 +269,21 @@ def train_peer(train: PreferenceDataset, batch: int, steps: int, seed: int) -> t
     opt = torch.optim.Adam(field.parameters(), lr=1e-3)
     matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=SIGMA)
     x0_all, x1_all = train.rejected, train.chosen
+    ot_s = 0.0
     t0 = time.perf_counter()
     for _ in range(steps):
         i = torch.randint(0, len(train), (batch,))
+        m = time.perf_counter()
         t, xt, ut = matcher.sample_location_and_conditional_flow(x0_all[i], x1_all[i])
+        ot_s += time.perf_counter() - m
         loss = (field(t, xt, None) - ut).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return field.eval(), time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    if timing is not None:
+        timing["ot_s"] = ot_s
+    return field.eval(), took
 
 
 @torch.no_grad()
@@ -330,6 +345,138 @@ def peer(quick: bool) -> dict[str, Any]:
 
 
 _PEER_FLOWS: list[tuple[int, PreferenceFlow]] = []  # the peer part's flows at batch 256, reused by the inference part
+
+
+# ---------------------------------------------------------------------------------------------- load
+COMPETITORS = (1, 2)
+"""Busy-loop processes run beside the timings of the ``load`` part (``--competitors``)."""
+
+
+class Competitors:
+    """``k`` separate busy-loop processes (``while True: pass``) at the normal priority, for the ``with`` block:
+    other jobs on the machine's cores. On exit, ``busy``: the CPU they got, in cores (their CPU seconds over the
+    block's wall seconds); ``others``: what the rest of the machine used beside this process and them, in cores
+    (what else ran: "idle" is only as idle as that)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.busy, self.others = k, 0.0, float("nan")
+
+    def __enter__(self) -> "Competitors":
+        self._procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.k)]
+        time.sleep(0.3 if self.k else 0.0)  # started and spinning
+        self._t0, self._cpu0 = time.perf_counter(), self._cpu()
+        return self
+
+    def _cpu(self) -> tuple[float, float, float]:
+        """CPU seconds so far: the competitors', this process's, and the whole machine's (busy, all cores)."""
+        def of(pid: Any) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        try:
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            machine = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+            return sum(of(p.pid) for p in self._procs), of("self"), machine
+        except (OSError, IndexError, ValueError):
+            return float("nan"), float("nan"), float("nan")
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        (c1, s1, m1), (c0, s0, m0) = self._cpu(), self._cpu0
+        self.busy = (c1 - c0) / wall if self._procs else 0.0
+        self.others = max(0.0, (m1 - m0) - (c1 - c0) - (s1 - s0)) / wall
+        for p in self._procs:
+            p.kill()
+            p.wait()
+
+
+def time_pfm_parts(train: PreferenceDataset, batch: int, steps: int, seed: int) -> dict[str, float]:
+    """``fit`` as in the peer part, timed, and where its time went: ``wait_s`` (the training loop waiting for the
+    pairing thread), ``solve_s`` (couplings the loop solved itself), ``thread_solve_s`` (the thread's), the blocks
+    the loop ``taken_over`` from the thread, ``startup_s`` (before the first step), ``steps_s`` (from the first
+    step to the end, the couplings it waited for or solved included) and the median step."""
+    import pfm.flow as flow_module
+    from pfm.pairing import PairingPlan
+
+    plans: list[PairingPlan] = []
+
+    class Recorded(PairingPlan):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            plans.append(self)
+
+    flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
+    clock = StepClock(flow.field)
+    flow_module.PairingPlan = Recorded
+    try:
+        t = time.perf_counter()
+        flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False)
+        end = time.perf_counter()
+    finally:
+        flow_module.PairingPlan = PairingPlan
+    median = clock.steady()
+    stats = dict(plans[-1].stats) if plans else {}
+    return {"train_s": end - t, "startup_s": clock.stamps[0] - t, "steps_s": end - clock.stamps[0],
+            "median_step_ms": 1e3 * median, **{k: float(v) for k, v in stats.items()}}
+
+
+def load_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per torch thread count and number of competitors: the seeds' mean of every timing, and the throughput ratio's
+    median, min and max over the seeds (one seed whose timing met a burst of other work moves a mean a lot) and the
+    ratio of the summed times."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for th in sorted({r["threads"] for r in rows}, reverse=True):
+        for k in sorted({r["competitors"] for r in rows}):
+            rs = [r for r in rows if r["competitors"] == k and r["threads"] == th]
+            if not rs:
+                continue
+            mean = {name: float(np.mean([r[name] for r in rs])) for name in rs[0] if name not in ("batch", "seed")}
+            ratios = [r["speedup"] for r in rs]
+            mean.update(speedup_median=float(np.median(ratios)), speedup_min=float(np.min(ratios)),
+                        speedup_max=float(np.max(ratios)),
+                        speedup_of_totals=float(np.sum([r["peer_train_s"] for r in rs])
+                                                / np.sum([r["pfm_train_s"] for r in rs])))
+            summary.setdefault(str(th), {})[str(k)] = mean
+    return summary
+
+
+def load(quick: bool, competitors: tuple[int, ...] = COMPETITORS) -> dict[str, Any]:
+    """The peer part's side-by-side at batch 256 (2D task, the same field, data and steps; training only) on the
+    machine as it is and while ``k`` busy-loop processes run beside it, at the benchmark's torch thread count and at
+    one thread. For each seed and thread count: idle, then each ``k``, pfm and then the peer each time. Every row
+    keeps the CPU the rest of the machine used meanwhile: "idle" is only as idle as that."""
+    steps = 20 if quick else 1000
+    seeds = (0,) if quick else (0, 1, 2)
+    batch = 256
+    threads = torch.get_num_threads()
+    warm, _, _ = toy_data(0, n=512, n_test=10)  # first calls: imports, kernels, allocator
+    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False)
+    train_peer(warm, 64, 20, 0)
+    rows = []
+    try:
+        for seed in seeds:
+            train, _, _ = toy_data(seed, n_test=10)
+            for th in sorted({threads, 1}, reverse=True):
+                torch.set_num_threads(th)
+                for k in (0, *competitors):
+                    with Competitors(k) as comp:
+                        ours = time_pfm_parts(train, batch, steps, seed)
+                        timing: dict[str, float] = {}
+                        _, peer_s = train_peer(train, batch, steps, seed, timing)
+                    row = {"batch": batch, "seed": seed, "steps": steps, "threads": th, "competitors": k,
+                           "competitors_cores": comp.busy, "others_cores": comp.others,
+                           **{f"pfm_{name}": v for name, v in ours.items()},
+                           "peer_train_s": peer_s, "peer_ot_s": timing["ot_s"], "speedup": peer_s / ours["train_s"]}
+                    rows.append(row)
+                    print(f"  seed {seed}, {th} thread(s), {k} competitor(s) (they got {comp.busy:.2f} cores, the "
+                          f"rest of the machine {comp.others:.2f}): pfm {ours['train_s']:.2f} s (waiting "
+                          f"{ours['wait_s']:.2f} s, solving {ours['solve_s']:.2f} s, median step "
+                          f"{ours['median_step_ms']:.2f} ms) vs peer {peer_s:.2f} s (OT {timing['ot_s']:.2f} s): "
+                          f"{row['speedup']:.2f}x", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    summary = load_summary(rows)
+    return {"rows": rows, "summary": summary, "seeds": len(seeds), "threads": threads}
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -464,6 +611,30 @@ def tables(result: dict[str, Any]) -> str:
         r0 = next(iter(p.values()))
         out.append(f"\nReference outputs before the flow: SWD {r0['reference_swd']:.3f}, reward "
                    f"{r0['reference_reward']:.3f}.")
+    if "load" in result:
+        ld = result["load"]
+        r0 = ld["rows"][0]
+        out += ["", f"**Under load: the peer part's side-by-side at batch {r0['batch']}** (2D task, the same field, "
+                f"data and {r0['steps']} steps, training only; mean of {ld['seeds']} seed(s); competitors: separate "
+                "busy-loop processes at normal priority during both timings, and the cores they got; others: the "
+                "cores the rest of the machine used meanwhile; times are the seeds' means; pfm's time in the "
+                "training loop's waits for the pairing thread, in couplings the loop solved itself, and its median "
+                "step; the peer's time in torchcfm's OT matcher)", "",
+                "| torch threads | competitors | they got | others | pfm train | peer train | throughput ratio: "
+                "median (min-max) | of the totals | pfm waiting | pfm solving | pfm median step | peer in OT |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        summary = load_summary(ld["rows"])
+        for th, by_k in summary.items():
+            for k, r in by_k.items():
+                got = f"{r['competitors_cores']:.2f} cores" if int(k) else "-"
+                out.append(f"| {th} | {k} | {got} | {r['others_cores']:.2f} cores | {r['pfm_train_s']:.2f} s | "
+                           f"{r['peer_train_s']:.2f} s | {r['speedup_median']:.2f}x ({r['speedup_min']:.2f}-"
+                           f"{r['speedup_max']:.2f}x) | {r['speedup_of_totals']:.2f}x | {r['pfm_wait_s']:.3f} s | "
+                           f"{r['pfm_solve_s']:.3f} s | {r['pfm_median_step_ms']:.2f} ms | {r['peer_ot_s']:.2f} s |")
+        for th, by_k in summary.items():
+            ratios = ", ".join(f"{k} competitor(s) {r['speedup_median']:.2f}x" for k, r in by_k.items() if int(k))
+            out.append(f"\nThroughput ratio pfm / peer at {th} torch thread(s), median of the seeds: idle "
+                       f"{by_k['0']['speedup_median']:.2f}x; {ratios}.")
     if "inference" in result:
         inf = result["inference"]
         out += ["", f"**Solvers** (10,000 fresh reference outputs, mean over {inf['flows']} flow(s); errors are mean "
@@ -553,16 +724,20 @@ def figure(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-PARTS: dict[str, Callable[[bool], Any]] = {"overhead": overhead, "peer": peer, "inference": inference,
-                                           "batch": batch_scaling, "precision": precision}
+PARTS: dict[str, Callable[..., Any]] = {"overhead": overhead, "peer": peer, "inference": inference,
+                                       "batch": batch_scaling, "precision": precision, "load": load}
+DEFAULT_PARTS = [name for name in PARTS if name != "load"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--parts", nargs="+", default=DEFAULT_PARTS, choices=list(PARTS),
+                        help=f"default: {' '.join(DEFAULT_PARTS)} (load only when asked: 20 minutes on 2 cores)")
     parser.add_argument("--out", default="results/bench.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--competitors", type=int, nargs="+", default=list(COMPETITORS),
+                        help="busy-loop processes beside the load part's timings, one case per count")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the figure of --out")
     args = parser.parse_args()
     out = Path(args.out)
@@ -577,7 +752,8 @@ def main() -> None:
         for name in args.parts:
             print(f"{name}:", flush=True)
             t = time.perf_counter()
-            result[name] = parts[name](args.quick)
+            kwargs = {"competitors": tuple(args.competitors)} if name == "load" else {}
+            result[name] = parts[name](args.quick, **kwargs)
             result.setdefault("seconds", {})[name] = time.perf_counter() - t
         if out.exists():  # a run of some parts keeps the others' results
             kept = json.loads(out.read_text())
@@ -594,8 +770,11 @@ def main() -> None:
             json.dump(result, f, indent=1)
     print()
     print(tables(result))
-    figure(result, out.with_suffix(".png"))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    if {"overhead", "inference", "batch"} & set(result):
+        figure(result, out.with_suffix(".png"))
+        print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    else:  # nothing to draw
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Couplings solved ahead (pfm.pairing): a plan's first epoch is minibatch OT on its own batches, later epochs keep its
 partners, runs are reproducible and resume exactly whatever the thread's timing, errors reach the training loop."""
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pfm import InvalidInputError, PreferenceDataset, PreferenceFlow
 from pfm.coupling import squared_distances
+from pfm import pairing
 from pfm.pairing import PairingPlan
 from pfm.train import epoch_order
 
@@ -129,3 +132,138 @@ def test_epoch_orders_depend_on_seed_and_epoch_only():
     assert torch.equal(epoch_order(50, 3, 7), epoch_order(50, 3, 7))
     assert not torch.equal(epoch_order(50, 3, 7), epoch_order(50, 4, 7))
     assert not torch.equal(epoch_order(50, 1, 0), epoch_order(50, 0, 1))  # neighbouring seeds are not shifted epochs
+
+
+# ---------------------------------------------------------------------------------------------- a starved thread
+def _blocked_thread_rows(y0, y1, gate):
+    """``rows`` that holds the pairing thread (a thread starved of CPU, at its worst) until ``gate`` is set."""
+    def rows(index):
+        if threading.current_thread().name == "pfm-pairing":
+            gate.wait(60)
+        return y0[index], y1[index], None
+    return rows
+
+
+@pytest.mark.parametrize("method", ["ot", "sinkhorn"])
+@pytest.mark.parametrize("n", [200, 64])  # four blocks (the last one partial), one block
+def test_a_stalled_thread_does_not_stall_the_training_loop(n, method):
+    g = torch.Generator().manual_seed(5)
+    y0, y1 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) + 1
+    b = 64
+    gate = threading.Event()
+    try:
+        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, method=method, seed=3) as plan:
+            order = plan.order(0)
+            t = time.perf_counter()
+            # the first epoch, block by block, then every row (a later epoch's random batches reach the last block)
+            got = [plan.partners(order[s:s + b]) for s in range(0, n - b + 1, b)] + [plan.partners(torch.arange(n))]
+            took = time.perf_counter() - t
+            stats = dict(plan.stats)
+            gate.set()
+    finally:
+        gate.set()
+    assert took < 10, f"partners() waited {took:.1f} s for a stalled thread"
+    assert stats["taken_over"] == 1 and stats["wait_s"] < 2 and stats["thread_blocks"] == 0
+    # the same partners as a plan whose thread solved every block itself
+    with PairingPlan(rows_of(y0, y1), n, b, method=method, seed=3) as free:
+        free.order(0)
+        free._thread.join()  # a plan kept for the run: the thread ends once it has solved every block
+        assert free.stats["thread_blocks"] == -(-n // b) and free.stats["blocks"] == 0
+        want = free.partners(torch.arange(n))
+    assert torch.equal(got[-1], want)
+    assert all(torch.equal(p, want[order[s:s + b]]) for p, s in zip(got, range(0, n - b + 1, b)))
+
+
+def test_the_loop_solves_ahead_while_the_thread_is_busy_and_keeps_the_first_result():
+    """While the thread holds the block a step needs, the loop solves the next free one, not wait; a block solved
+    twice (the loop took it over) keeps one result, the same either way."""
+    g = torch.Generator().manual_seed(6)
+    n, b = 256, 64
+    y0, y1 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+    gate = threading.Event()
+    try:
+        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, seed=0) as plan:
+            order = plan.order(0)
+            first = plan.partners(order[:b])  # held by the thread: the loop solves blocks 1-3, then takes block 0 over
+            assert plan.stats["blocks"] == 4 and plan.stats["taken_over"] == 1
+            gate.set()
+            plan._thread.join()  # the thread finishes block 0 too; its (equal) result is not written over the loop's
+            assert plan.stats["thread_blocks"] == 1
+            assert torch.equal(plan.partners(order[:b]), first)
+    finally:
+        gate.set()
+
+
+def test_a_fit_whose_thread_is_slowed_matches_one_whose_thread_is_not(monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    y0 = torch.randn(400, 2, generator=g)
+    ds = PreferenceDataset(y0 + 1.0, y0)
+    timed = {"partners_s": 0.0, "solve_s": 0.0}
+    partners, close = PairingPlan.partners, PairingPlan.close
+
+    def timed_partners(self, index):
+        t = time.perf_counter()
+        try:
+            return partners(self, index)
+        finally:
+            timed["partners_s"] += time.perf_counter() - t
+
+    def timed_close(self):
+        close(self)
+        timed["solve_s"] += self.stats["solve_s"]
+
+    monkeypatch.setattr(PairingPlan, "partners", timed_partners)
+    monkeypatch.setattr(PairingPlan, "close", timed_close)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(ds, hidden=16, depth=2)
+        flow.fit(ds, steps=60, batch_size=64, seed=2, progress=False, **kw)
+        return flow.state_dict()
+
+    real = pairing.couple
+
+    def slow(*a, **k):  # a thread starved by other processes: every coupling it solves takes a second
+        if threading.current_thread().name == "pfm-pairing":
+            time.sleep(1.0)
+        return real(*a, **k)
+
+    for every in (2, None):  # 7 blocks a plan (the last one partial); 10 epochs: 5 plans, or 1
+        free = run(recouple_every=every)
+        monkeypatch.setattr(pairing, "couple", slow)
+        timed.update(partners_s=0.0, solve_s=0.0)
+        slowed = run(recouple_every=every)
+        monkeypatch.setattr(pairing, "couple", real)
+        assert all(torch.equal(free[k], slowed[k]) for k in free)
+        waited = timed["partners_s"] - timed["solve_s"]  # in partners() but not solving: waiting for the thread
+        assert waited < 0.5, f"the training loop waited {waited:.2f} s for the slowed thread"
+
+
+def _priorities_seen():
+    seen = []
+
+    def rows(index):
+        if threading.current_thread().name == "pfm-pairing":
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return torch.zeros(len(index), 2), torch.ones(len(index), 2), None
+    return seen, rows
+
+
+def test_the_thread_solves_the_current_plan_at_the_process_priority():
+    """At the lowest priority a thread starves under load (and it holds the GIL at times)."""
+    seen, rows = _priorities_seen()
+    with PairingPlan(rows, 128, 64, seed=0) as plan:
+        plan.order(0)
+        plan._thread.join()
+    assert seen and set(seen) == {os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+def test_the_thread_works_ahead_at_the_lowest_priority():
+    seen, rows = _priorities_seen()
+    with PairingPlan(rows, 128, 64, recouple_every=1, seed=0) as plan:
+        plan.order(0)
+        deadline = time.monotonic() + 30
+        while plan.stats["thread_blocks"] < 4 and time.monotonic() < deadline:  # plans 0 and 1: two blocks each
+            time.sleep(0.01)
+        assert plan.stats["thread_blocks"] == 4
+    assert seen[:2] == [os.getpriority(os.PRIO_PROCESS, 0)] * 2 and seen[2:] == [19, 19]

@@ -64,3 +64,33 @@ def test_optimize_keeps_the_best_evaluated_weights_and_stops_on_patience():
     with pytest.raises(InvalidInputError, match="checkpoint_dir"):
         optimize(model, lambda i, g: model.weight.sum(), 5, steps=1, evaluate=lambda m: 0.0, checkpoint_dir="x",
                  progress=False)
+
+
+def test_small_cpu_steps_run_on_one_thread_and_the_setting_is_restored():
+    from pfm.train import SMALL_STEP, step_threads
+
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = [torch.zeros(1000)]
+        big = [torch.zeros(SMALL_STEP)]
+        cpu = torch.device("cpu")
+        assert step_threads(small, 256, cpu) == 1
+        assert step_threads(big, 1, cpu) == 2
+        assert step_threads(small, 256, torch.device("meta")) == 2  # not the CPU: torch's setting
+        seen = []
+        w = nn.Parameter(torch.zeros(3))
+
+        def loss_fn(index, gen):
+            seen.append(torch.get_num_threads())
+            return (w - 1).pow(2).sum()
+
+        optimize(nn.ParameterList([w]), loss_fn, 8, steps=3, batch_size=4, progress=False)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+        seen.clear()
+        optimize(nn.ParameterList([w]), loss_fn, 8, steps=2, batch_size=4, progress=False, threads=2)
+        assert seen == [2, 2] and torch.get_num_threads() == 2
+        with pytest.raises(InvalidInputError, match="threads"):
+            optimize(nn.ParameterList([w]), loss_fn, 8, steps=2, threads=0, progress=False)
+    finally:
+        torch.set_num_threads(outer)

@@ -147,7 +147,8 @@ def _fit_on(args: argparse.Namespace, ds, rank: int) -> int:
                        coupling=args.coupling, sigma=args.sigma, normalize=not args.no_normalize,
                        ema_decay=args.ema, seed=args.seed, device=device, progress=not args.quiet,
                        checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                       recouple_every=args.recouple_every, precision=args.precision, compile=args.compile)
+                       recouple_every=args.recouple_every, precision=args.precision, compile=args.compile,
+                       threads=args.threads)
     if rank != 0:  # one writer
         return 0
     flow.save(args.out)
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="pfm", description="Preference Flow Matching: learn a flow from rejected to "
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                   help="torch CPU threads (default: torch's choice; fit trains a small field on one)")
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     sub = p.add_subparsers(dest="command", required=True)
 

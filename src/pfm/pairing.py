@@ -11,16 +11,24 @@ training step. A coupling depends on the data only, never on the network, so it 
   fresh random orders but keep the plan's partners; then a new plan is drawn. ``K = 1`` is minibatch OT on a fresh
   partition every epoch (the paper's and torchcfm's scheme); ``K = None`` keeps one plan for the whole run;
 * a background thread solves the blocks ahead of the steps that need them, at most one plan ahead, so on two cores
-  the solve runs beside the optimizer step instead of before it (scipy's solver releases the GIL).
+  the solve runs beside the optimizer step instead of before it (scipy's solver releases the GIL);
+* the training loop never waits long for that thread. When it needs a block nobody has started, it solves it itself;
+  when the thread holds every block it needs, it first solves the next block nobody has started (it will need that
+  one soon), and a block the thread has held for longer than twice a block's solve time (a thread starved of CPU by
+  other processes) it solves itself as well, whatever the thread is doing with it. The first result is kept. The
+  thread runs at the process's priority while it solves the plan the loop is on, and at the lowest once it works
+  ahead on the next one.
 
-Every plan is a function of the seed and its number, so a run is reproducible and resumes exactly, whatever the
-thread's timing.
+Every block is coupled from its own seed (:func:`pfm.train.mix_seed` of the seed, the plan and the block), with one
+torch thread whoever solves it, so who solves it, and when, changes nothing: a run is reproducible bit for bit and
+resumes exactly, whatever the thread's timing or the machine's load.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -34,13 +42,34 @@ from .train import epoch_order, mix_seed
 Rows = Callable[[Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
 """``rows(index) -> (y0, y1, context)``: the rejected outputs, preferred outputs and contexts of rows ``index``."""
 
+GRACE_S = 0.002
+"""Least time the training loop waits for a block the thread is solving, before solving it itself."""
+FIRST_WAIT_S = 0.05
+"""How long the loop waits for the thread's block before any block's solve time is known."""
+
+
+def _lower_priority() -> bool:
+    """Give the calling thread the lowest CPU priority (nice 19), for good (an unprivileged process cannot raise it
+    again). The thread does so once it solves a plan ahead, which the loop needs only epochs later: then the training
+    steps, which a thread solving beside them slows (their OpenMP team has to share the cores), go first. Not before:
+    under load a thread at the lowest priority hardly runs, and while it holds the GIL (between scipy calls) neither
+    does the training loop."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+    return True
+
 
 @dataclass
 class _Plan:
     perm: Tensor  # (n,) the partition's row order
     partner: Tensor  # (n,) partner of each row, -1 until its block is solved
-    claimed: set[int] = field(default_factory=set)  # blocks being solved or solved
+    claimed: dict[int, float] = field(default_factory=dict)  # block -> when its first solver started it
+    by_loop: set[int] = field(default_factory=set)  # blocks the training loop solves (or solved) itself
+    done: set[int] = field(default_factory=set)  # blocks whose partners are in ``partner``
     starts: dict[int, int] = field(default_factory=dict)  # first row of a block -> the block's number
+    block_of: Optional[Tensor] = None  # (n,) block of each row, made when first needed
 
 
 class PairingPlan:
@@ -57,8 +86,13 @@ class PairingPlan:
 
     Use as a context manager (the thread stops on exit). :meth:`order` is the ``order`` argument of
     :func:`pfm.optimize`; :meth:`partners` gives the partners of a batch's rows. When the training loop gets ahead of
-    the thread (a plan's first epoch, when a block's solve takes longer than a step), it solves the block it needs
-    itself rather than wait, so both cores solve. Every block has its own seed, so who solves it changes nothing.
+    the thread (a plan's first epoch, when a block's solve takes longer than a step), it solves blocks itself rather
+    than wait, so both cores solve, and it does not wait long for a block the thread is slow to finish (see the
+    module docstring). Every block has its own seed, so who solves it changes nothing.
+
+    ``stats`` counts where the time went: ``wait_s`` (the loop waiting for the thread), ``solve_s`` and ``blocks``
+    (the loop's own solves), ``thread_solve_s`` and ``thread_blocks`` (the thread's), and ``taken_over`` (blocks the
+    loop solved while the thread held them).
     """
 
     def __init__(self, rows: Rows, n: int, batch_size: int, *, method: str = "ot",
@@ -69,12 +103,16 @@ class PairingPlan:
         V.check_choice(method, "method", ("ot", "sinkhorn"))
         self._rows, self.n, self.batch_size = rows, int(n), min(int(batch_size), int(n))
         self.method, self.every, self.seed, self._kwargs = method, recouple_every, int(seed), couple_kwargs
+        self._blocks = -(-self.n // self.batch_size)
         self._cond = threading.Condition()
         self._plans: dict[int, _Plan] = {}
         self._current = 0  # the plan the training loop is on
         self._error: Optional[BaseException] = None
         self._stop = False
         self._thread: Optional[threading.Thread] = None
+        self._solve_time: Optional[float] = None  # shortest solve of a full block so far (s), by anyone
+        self.stats = {"wait_s": 0.0, "solve_s": 0.0, "blocks": 0, "thread_solve_s": 0.0, "thread_blocks": 0,
+                      "taken_over": 0}
         # int32 partners below 2^31 rows: half the memory (10^7 rows: 40 MB a plan, two plans at most)
         self._dtype = torch.int32 if self.n < 2**31 else torch.int64
 
@@ -102,27 +140,39 @@ class PairingPlan:
         return plan.perm if first else epoch_order(self.n, epoch, mix_seed(self.seed, 0x0D3))
 
     def partners(self, index: Tensor) -> Tensor:
-        """Partners ``(B,)`` (int64, on the CPU) of the rows ``index`` under the current plan; solves the block they
-        form (in a plan's first epoch) if the thread has not started it, else waits for it."""
+        """Partners ``(B,)`` (int64, on the CPU) of the rows ``index`` under the current plan. Missing ones are solved
+        here (blocks nobody has started, blocks the thread has held too long) or waited for (briefly)."""
         index = index.cpu()
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 if self._error is not None:
                     raise self._error
                 number = self._current
                 plan = self._plan(number)
                 got = plan.partner[index]
-                if bool((got >= 0).all()):
+                missing = got < 0
+                if not bool(missing.any()):
                     return got.long()
-                j = plan.starts.get(int(index[0]))
-                if j is not None and j not in plan.claimed:
-                    plan.claimed.add(j)
-                    break
-                if self._thread is None or not self._thread.is_alive():
-                    raise RuntimeError("the pairing thread stopped before solving the plan")
-                self._cond.wait(timeout=1.0)
-        self._solve_block(number, plan, j)
-        return self.partners(index)
+                need = self._blocks_of(plan, index, missing)
+                j = next((j for j in need if j not in plan.claimed), None)  # nobody has started it
+                if j is None:  # the thread holds them all: solve one it will need soon meanwhile
+                    j = self._next_unclaimed(plan, after=need[0])
+                if j is None:  # wait for the thread, not long
+                    now = time.perf_counter()
+                    held = [k for k in need if k not in plan.by_loop]
+                    alive = self._thread is not None and self._thread.is_alive()
+                    late = [k for k in held if not alive or now >= plan.claimed[k] + self._patience()]
+                    if late:
+                        j = late[0]
+                        self.stats["taken_over"] += 1
+                    else:
+                        deadline = min(plan.claimed[k] for k in held) + self._patience()
+                        self._cond.wait(timeout=max(deadline - now, 1e-4))
+                        self.stats["wait_s"] += time.perf_counter() - now
+                        continue
+                plan.claimed.setdefault(j, time.perf_counter())
+                plan.by_loop.add(j)
+            self._solve_block(number, plan, j, here=True)
 
     # ------------------------------------------------------------------------------------------ solving
     def _plan(self, number: int) -> _Plan:
@@ -135,26 +185,67 @@ class PairingPlan:
             self._plans[number] = plan
         return plan
 
-    def _solve_block(self, number: int, plan: _Plan, j: int) -> None:
-        block = plan.perm[j * self.batch_size:(j + 1) * self.batch_size]
-        y0, y1, c = self._rows(block)
-        gen = torch.Generator(device=y0.device).manual_seed(mix_seed(self.seed, number, j, 0x5EED))
-        i0, i1 = couple(y0, y1, c, self.method, generator=gen, **self._kwargs)
-        i0, i1 = i0.cpu(), i1.cpu()
+    def _block(self, plan: _Plan, j: int) -> Tensor:
+        return plan.perm[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def _blocks_of(self, plan: _Plan, index: Tensor, missing: Tensor) -> list[int]:
+        """The blocks of the rows ``index[missing]``, in increasing order (call with the lock held)."""
+        j = plan.starts.get(int(index[0]))
+        if j is not None and torch.equal(index, self._block(plan, j)):  # a plan's first epoch: a batch is a block
+            return [j]
+        if plan.block_of is None:
+            plan.block_of = torch.empty(self.n, dtype=self._dtype)
+            plan.block_of[plan.perm] = (torch.arange(self.n) // self.batch_size).to(self._dtype)
+        return torch.unique(plan.block_of[index[missing]]).tolist()
+
+    def _next_unclaimed(self, plan: _Plan, after: int) -> Optional[int]:
+        """The first block after ``after`` (in the plan's order, wrapping round) that nobody has started and that the
+        loop will need under this plan: a plan kept one epoch never visits the rows of its last, partial block."""
+        full = self.n // self.batch_size if self.every == 1 else self._blocks
+        for k in range(1, full + 1):
+            j = (after + k) % self._blocks
+            if j < full and j not in plan.claimed:
+                return j
+        return None
+
+    def _patience(self) -> float:
+        """How long after it started the thread's block the loop waits for it (call with the lock held)."""
+        if self._solve_time is None:
+            return FIRST_WAIT_S
+        return 2.0 * self._solve_time + GRACE_S
+
+    def _solve_block(self, number: int, plan: _Plan, j: int, here: bool = False) -> None:
+        block = self._block(plan, j)
+        start = time.perf_counter()
+        threads = torch.get_num_threads()
+        try:
+            if here and threads != 1:  # as in the thread: the same float sums, so the same partners
+                torch.set_num_threads(1)
+            y0, y1, c = self._rows(block)
+            gen = torch.Generator(device=y0.device).manual_seed(mix_seed(self.seed, number, j, 0x5EED))
+            i0, i1 = couple(y0, y1, c, self.method, generator=gen, **self._kwargs)
+            i0, i1 = i0.cpu(), i1.cpu()
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+        took = time.perf_counter() - start
         with self._cond:
-            plan.partner[block[i0]] = block[i1].to(self._dtype)
+            if len(block) == self.batch_size:
+                self._solve_time = took if self._solve_time is None else min(self._solve_time, took)
+            self.stats["solve_s" if here else "thread_solve_s"] += took
+            self.stats["blocks" if here else "thread_blocks"] += 1
+            if j not in plan.done:  # the first result is kept (a second one, of the same seed, is the same)
+                plan.partner[block[i0]] = block[i1].to(self._dtype)
+                plan.done.add(j)
             self._cond.notify_all()
 
     def _run(self, number: int) -> None:
         # One intra-op thread here: a second thread whose torch ops open their own OpenMP team slowed the training
-        # thread's steps threefold on 2 cores, even while this one sat idle. (The setting is per thread.) And a low
-        # priority, so that the training loop's threads go first when both want a core.
+        # thread's steps threefold on 2 cores, even while this one sat idle. (The setting is per thread.) The
+        # process's priority while it solves the plan the loop is on, the lowest once it works ahead (see
+        # _lower_priority).
         torch.set_num_threads(1)
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
-        blocks = -(-self.n // self.batch_size)
+        ahead = False
         try:
             while True:
                 with self._cond:
@@ -164,13 +255,15 @@ class PairingPlan:
                         return
                     number = max(number, self._current)
                     plan = self._plan(number)
-                for j in range(blocks):
+                for j in range(self._blocks):
                     with self._cond:
                         if self._stop or number < self._current:  # stopped, or the loop moved past this plan
                             break
                         if j in plan.claimed:
                             continue
-                        plan.claimed.add(j)
+                        plan.claimed[j] = time.perf_counter()
+                        if not ahead and number > self._current:
+                            ahead = _lower_priority()
                     self._solve_block(number, plan, j)
                 number += 1
         except BaseException as exc:  # handed to the training loop, which raises it
@@ -191,4 +284,3 @@ class PairingPlan:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-

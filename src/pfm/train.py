@@ -10,7 +10,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +110,37 @@ def resolve_steps(steps: Optional[int], epochs: Optional[float], n: int, batch_s
     return int(steps)
 
 
+SMALL_STEP = 2**24
+"""Parameters x batch below which a CPU step runs on one intra-op thread by default. Measured on 2 cores (torch
+2.13, Adam steps of MLP fields): below it a second thread gained 6-8% (2-D and 64-d 3x128 MLPs at batch 256), above
+it 30-90%; and with another process on the cores, every op on a 2-thread team waits for its second thread to get a
+core, which made the 2-D batch-256 step 3-4x slower, against none at one thread (``benchmarks/bench.py --parts
+load``)."""
+
+
+def step_threads(params: Sequence[Tensor], batch_size: int, device: torch.device) -> int:
+    """The intra-op threads :func:`optimize` trains on by default: one for a small step on the CPU (see
+    :data:`SMALL_STEP`), else torch's current setting."""
+    current = torch.get_num_threads()
+    if device.type != "cpu" or current == 1:
+        return current
+    work = sum(p.numel() for p in params) * int(batch_size)
+    return 1 if work < SMALL_STEP else current
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` torch intra-op threads (a per-thread setting), restoring the old count."""
+    outer = torch.get_num_threads()
+    if threads != outer:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != outer:
+            torch.set_num_threads(outer)
+
+
 def optimize(
     module: nn.Module,
     loss_fn: LossFn,
@@ -136,6 +167,7 @@ def optimize(
     evaluate: Optional[Callable[[nn.Module], float]] = None,
     evaluate_every: Optional[int] = None,
     patience: Optional[int] = None,
+    threads: Optional[int] = None,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
 
@@ -166,6 +198,10 @@ def optimize(
     mode without gradients; the weights of the best evaluation are the ones ``module`` ends with
     (``history.best_step``), and with ``patience`` the run stops after that many evaluations without improvement.
     One process only, and not with ``checkpoint_dir`` (the best weights are not checkpointed).
+
+    ``threads`` is the number of torch intra-op threads the steps run on (restored afterwards). By default
+    (:func:`step_threads`) a CPU run whose step is small (parameters x batch below :data:`SMALL_STEP`) runs on one, and
+    any other run on torch's current setting.
     """
     V.check_positive_int(n, "n")
     V.check_positive_int(steps, "steps")
@@ -187,6 +223,7 @@ def optimize(
         check_output(checkpoint_dir, "checkpoint_dir", kind="dir")
     V.check_positive_int(evaluate_every, "evaluate_every", allow_none=True)
     V.check_positive_int(patience, "patience", allow_none=True)
+    V.check_positive_int(threads, "threads", allow_none=True)
     if evaluate is not None:
         if not callable(evaluate):
             raise InvalidTypeError(f"evaluate must be a callable evaluate(model) -> float, got "
@@ -205,6 +242,8 @@ def optimize(
         device = params[0].device
     device = V.check_device(device)
     batch_size = min(batch_size, n)
+    if threads is None:
+        threads = step_threads(params, batch_size, device)
 
     opt_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
     opt = _adam(opt_cls, params, lr=lr, weight_decay=weight_decay)
@@ -353,8 +392,8 @@ def optimize(
 
     start = time.perf_counter()
     module.train()
-    with tqdm(total=steps, initial=first_step, desc=desc, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with intra_op_threads(threads), tqdm(total=steps, initial=first_step, desc=desc, unit="step",
+                                         disable=not progress, dynamic_ncols=True) as bar:
         epoch, rows = -1, torch.empty(0, dtype=torch.int64)
         for step in range(first_step, steps):
             if step // steps_per_epoch != epoch:
