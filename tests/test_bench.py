@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     try:
         import torchcfm  # noqa: F401
@@ -44,3 +47,20 @@ def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report", "--out", str(out)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0 and "| solver | NFE |" in again.stdout
+
+
+@pytest.mark.slow
+def test_quick_load_case_reports_the_ratios_idle_and_beside_a_competitor(tmp_path):
+    pytest.importorskip("torchcfm")
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
+                          "--parts", "load", "--competitors", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    load = json.loads(out.read_text())["load"]
+    assert {th: set(by_k) for th, by_k in load["summary"].items()} == {"2": {"0", "1"}, "1": {"0", "1"}}
+    for r in load["rows"]:
+        assert r["speedup"] > 0 and r["pfm_train_s"] > 0 and r["peer_ot_s"] > 0
+        assert r["pfm_wait_s"] >= 0 and r["pfm_blocks"] + r["pfm_thread_blocks"] >= 12  # 3,000 rows: 12 blocks
+        assert r["competitors_cores"] > 0.05 if r["competitors"] else r["competitors_cores"] == 0
+    assert "Throughput ratio pfm / peer at 2 torch thread(s), median of the seeds: idle" in run.stdout
+    assert not out.with_suffix(".png").exists()  # nothing to draw

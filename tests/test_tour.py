@@ -989,9 +989,140 @@ def test_a_crash_at_any_point_of_saving_leaves_a_loadable_flow(tmp_path, no_exch
         assert leftovers == [], (module, name, when, leftovers)
 
 
+# ------------------------------------------------------------------------------------------------- 5. under load
+LOAD_TITLE = "Fast under load: the training loop never waits long on a starved pairing thread"
+
+
+@dataclass
+class LoadCase:
+    name: str
+    competitors: int = 0  # busy-loop processes beside the fit, at normal priority
+    thread: str = "free"  # the pairing thread: free | slowed (1 s per block) | blocked (never solves) | niced (19)
+    recouple_every: Optional[int] = None
+    threads: Optional[int] = None  # fit's intra-op threads (None: its default)
+    cli: bool = False
+
+
+LOAD_CASES = [
+    LoadCase("fit beside one busy process", competitors=1),
+    LoadCase("fit beside two busy processes (both cores taken)", competitors=2),
+    LoadCase("fit recoupling every epoch beside one busy process", competitors=1, recouple_every=1),
+    LoadCase("fit recoupling every 2 epochs beside two busy processes", competitors=2, recouple_every=2),
+    LoadCase("pairing thread slowed to 1 s a block", thread="slowed"),
+    LoadCase("pairing thread slowed, recoupling every epoch", thread="slowed", recouple_every=1),
+    LoadCase("pairing thread that never finishes a block", thread="blocked"),
+    LoadCase("pairing thread at nice 19 from its start, beside two busy processes", competitors=2, thread="niced"),
+    LoadCase("fit on 2 intra-op threads beside one busy process", competitors=1, threads=2),
+    LoadCase("`pfm fit` beside one busy process", competitors=1, cli=True),
+    LoadCase("`pfm --threads 2 fit` beside two busy processes", competitors=2, threads=2, cli=True),
+]
+LOAD_WAIT_S = 0.5  # the most the training loop may spend waiting for the thread in a case (idle it is ~0)
+
+
+class Busy:
+    """``k`` busy-loop processes for the ``with`` block: other people's jobs on the cores."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __enter__(self) -> "Busy":
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.k)]
+        time.sleep(0.2 if self.k else 0.0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, torch.Tensor], float]:
+    """Fit the case's flow (1,200 pairs, batch 128: 9 blocks a plan; 45 steps, 5 epochs); returns its weights and
+    the seconds the training loop spent in ``partners`` other than solving (waiting for the thread)."""
+    import threading
+
+    import pfm.flow as flow_module
+    from pfm import pairing
+    from pfm.pairing import PairingPlan
+
+    timed = {"partners_s": 0.0, "solve_s": 0.0}
+    partners, close, run, real = PairingPlan.partners, PairingPlan.close, PairingPlan._run, pairing.couple
+    gate = threading.Event()
+
+    def timed_partners(self, index):
+        t = time.perf_counter()
+        try:
+            return partners(self, index)
+        finally:
+            timed["partners_s"] += time.perf_counter() - t
+
+    def timed_close(self):
+        gate.set()
+        close(self)
+        timed["solve_s"] += getattr(self, "stats", {}).get("solve_s", 0.0)
+
+    def couple(*a, **k):
+        if threading.current_thread().name == "pfm-pairing":
+            if case.thread == "slowed":
+                time.sleep(1.0)
+            elif case.thread == "blocked":
+                gate.wait(120)
+        return real(*a, **k)
+
+    def niced_run(self, number):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return run(self, number)
+
+    monkeypatch.setattr(PairingPlan, "partners", timed_partners)
+    monkeypatch.setattr(PairingPlan, "close", timed_close)
+    monkeypatch.setattr(pairing, "couple", couple)
+    if case.thread == "niced":
+        monkeypatch.setattr(PairingPlan, "_run", niced_run)
+    g = np.random.default_rng(3)
+    y0 = g.normal(size=(1200, 2)).astype(np.float32)
+    data = d / "load.npz"
+    np.savez(data, chosen=y0 + 1, rejected=y0)
+    out = d / f"load-flow-{case.competitors}-{case.thread}-{case.recouple_every}-{case.threads}-{case.cli}"
+    threads = torch.get_num_threads()
+    try:
+        if case.cli:
+            args = (["--threads", str(case.threads)] if case.threads else []) + [
+                "fit", str(data), "--out", str(out), "--steps", "45", "--batch-size", "128", "--hidden", "32",
+                "--depth", "2", "--seed", "4", "-q"] + (["--recouple-every", str(case.recouple_every)]
+                                                        if case.recouple_every else [])
+            assert main(args) == 0, capsys.readouterr().err
+            weights = PreferenceFlow.load(out).state_dict()
+        else:
+            ds = PreferenceDataset.load(data)
+            torch.manual_seed(0)
+            flow = PreferenceFlow.for_dataset(ds, hidden=32, depth=2)
+            flow.fit(ds, steps=45, batch_size=128, seed=4, progress=False, recouple_every=case.recouple_every,
+                     threads=case.threads)
+            weights = flow.state_dict()
+    finally:
+        gate.set()
+        torch.set_num_threads(threads)
+    return weights, timed["partners_s"] - timed["solve_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", LOAD_CASES, ids=[c.name for c in LOAD_CASES])
+def test_under_load_the_loop_does_not_wait_and_the_result_is_the_same(case, tmp_path, monkeypatch, capsys):
+    """Each case against the same fit on the machine as it is, with a free thread: bit-identical weights, and the
+    training loop waited for the pairing thread at most LOAD_WAIT_S."""
+    idle = LoadCase("idle", recouple_every=case.recouple_every, threads=case.threads, cli=case.cli)
+    want, _ = _load_fit(idle, tmp_path, monkeypatch, capsys)
+    monkeypatch.undo()
+    with Busy(case.competitors):
+        got, waited = _load_fit(case, tmp_path, monkeypatch, capsys)
+    assert waited < LOAD_WAIT_S, f"the training loop waited {waited:.2f} s for the pairing thread"
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_the_tour_has_enough_cases():
     by_group = {g: sum(c.group == g for c in CASES) for g in CLASSES}
     assert sum(by_group.values()) >= 100 and all(n >= 10 for n in by_group.values()), by_group
+    assert len(LOAD_CASES) >= 10
 
 
 def doc_rows(d: Path, capsys) -> list[str]:
@@ -1012,6 +1143,17 @@ def doc_rows(d: Path, capsys) -> list[str]:
                     msg = f"{type(exc).__name__}: {exc}"
             msg = " ".join(msg.replace(str(d) + os.sep, "").replace(str(d), ".").split()).replace("|", "\\|")
             rows.append(f"| {c.name} | `{msg}` |")
+    rows += ["", f"### 5. {LOAD_TITLE}", "",
+             "Each case fits the same small flow (1,200 pairs, batch 128, 45 steps) on the machine as it is with a "
+             "free pairing thread, then again as the case says, and checks that the weights are bit-identical and "
+             f"that the training loop spent under {LOAD_WAIT_S} s waiting for the pairing thread "
+             "(`test_under_load_the_loop_does_not_wait_and_the_result_is_the_same`). The speed side by side with "
+             "the peer pipeline under load is in `benchmarks/bench.py --parts load`.", "",
+             "| case | busy processes beside it | pairing thread | recouple_every | intra-op threads |",
+             "|---|---|---|---|---|"]
+    for c in LOAD_CASES:
+        rows.append(f"| {c.name} | {c.competitors} | {c.thread} | {c.recouple_every or 'one plan'} | "
+                    f"{c.threads or 'default'} |")
     return rows
 
 
