@@ -201,12 +201,12 @@ def overhead(quick: bool) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- precision
-def precision(quick: bool) -> list[dict[str, Any]]:
+def precision(quick: bool, device: Optional[str] = None) -> list[dict[str, Any]]:
     """``fit`` of the 784-d labelled MLP (batch 256) and the UNet (batch 64) in the four settings of ``precision``
     and ``compile``, on CUDA when available: the mean step over the second half (the loss is read back every 25
     steps, so on a GPU the queue drains within the mean), the start-up (compilation), and the mean loss of the
     last quarter, which shows whether bf16 trains as well."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cases = [("mlp", (784,), 256, 100 if quick else 800)]
     if not quick:
         cases.append(("unet", (1, 28, 28), 64, 100 if device == "cpu" else 800))

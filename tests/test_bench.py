@@ -64,3 +64,21 @@ def test_quick_load_case_reports_the_ratios_idle_and_beside_a_competitor(tmp_pat
         assert r["competitors_cores"] > 0.05 if r["competitors"] else r["competitors_cores"] == 0
     assert "Throughput ratio pfm / peer at 2 torch thread(s), median of the seeds: idle" in run.stdout
     assert not out.with_suffix(".png").exists()  # nothing to draw
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_here_on_the_cpu_and_reports(tmp_path):
+    """benchmarks/gpu.py is what benchmarks/gpu.sh runs on a GPU machine; its coupling part runs here on the CPU, and
+    --report prints the tables of what it wrote."""
+    out = tmp_path / "gpu.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick",
+                          "--parts", "ot", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and "CPU" in result["device_name"]
+    assert [r["batch"] for r in result["ot"]] == [256, 1024]
+    assert all(r["ot_cost"] <= r["sinkhorn_cost"] + 1e-6 and r["ot_cost"] < r["independent_cost"]
+               for r in result["ot"])
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--report", "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "One block's coupling on the device" in again.stdout
