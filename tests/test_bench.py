@@ -24,7 +24,7 @@ def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PFM_DATA_DIR": str(tmp_path / "data")}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
-                          "--parts", *parts], capture_output=True, text=True, env=env, timeout=600)
+                          "--parts", *parts], capture_output=True, text=True, env=env, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["quick"] is True and set(parts) <= set(result)
@@ -54,7 +54,7 @@ def test_quick_load_case_reports_the_ratios_idle_and_beside_a_competitor(tmp_pat
     pytest.importorskip("torchcfm")
     out = tmp_path / "load.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
-                          "--parts", "load", "--competitors", "1"], capture_output=True, text=True, timeout=600)
+                          "--parts", "load", "--competitors", "1"], capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     load = json.loads(out.read_text())["load"]
     assert {th: set(by_k) for th, by_k in load["summary"].items()} == {"2": {"0", "1"}, "1": {"0", "1"}}
