@@ -11,11 +11,13 @@ BIN     = $(VENV)/bin
 
 .PHONY: venv demo test docs bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml experiments/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[test,plot,control,text,docs]'
+	# the paper's experiments, a package of their own (`pfm reproduce NAME` finds them by entry point)
+	$(BIN)/pip install -q -e 'experiments[plot,control,text]'
 	# the peer pipeline of the benchmark: --no-deps, or pip may replace the CPU torch (and pull torchdyn, lightning);
 	# the module it uses needs only torch, numpy, scipy and POT
 	$(BIN)/pip install -q --no-deps 'torchcfm==1.0.7'
@@ -38,4 +40,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache site
+	rm -rf $(VENV) build src/*.egg-info experiments/build experiments/src/*.egg-info .pytest_cache site

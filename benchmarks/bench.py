@@ -239,7 +239,7 @@ def precision(quick: bool, device: Optional[str] = None) -> list[dict[str, Any]]
 def toy_data(seed: int, n: int = 3000, n_test: int = 10_000) -> tuple[PreferenceDataset, PreferenceDataset, Tensor]:
     """The 2D task's preference pairs (Bradley-Terry), test pairs, and fresh reference outputs."""
     from pfm import collect_preferences
-    from pfm.tasks import toy2d
+    from pfm_experiments import toy2d
 
     gen = torch.Generator().manual_seed(seed)
     ref, prefer = toy2d.reference_policy(), toy2d.preference_model("bt")
@@ -298,7 +298,7 @@ def peer_transform(field: torch.nn.Module, y: Tensor) -> Tensor:
 
 
 def peer(quick: bool) -> dict[str, Any]:
-    from pfm.tasks import toy2d
+    from pfm_experiments import toy2d
 
     steps = 150 if quick else 1000
     seeds = (0,) if quick else (0, 1, 2)

@@ -12,12 +12,12 @@ pytest.importorskip("mujoco")
 minari = pytest.importorskip("minari")
 
 from pfm import FlowFileError, InvalidInputError  # noqa: E402
-from pfm.tasks.control import datasets as D  # noqa: E402
-from pfm.tasks.control import envs as E  # noqa: E402
-from pfm.tasks.control.experiment import episodes_score  # noqa: E402
-from pfm.tasks.control.experts import (ARSConfig, ARSResult, LinearPolicy, load_experts,  # noqa: E402
+from pfm_experiments.control import datasets as D  # noqa: E402
+from pfm_experiments.control import envs as E  # noqa: E402
+from pfm_experiments.control.experiment import episodes_score  # noqa: E402
+from pfm_experiments.control.experts import (ARSConfig, ARSResult, LinearPolicy, load_experts,  # noqa: E402
                                        load_snapshots, medium_target, pick_medium, save_experts, train_ars)
-from pfm.tasks.control.segments import SegmentRoller, make_segments  # noqa: E402
+from pfm_experiments.control.segments import SegmentRoller, make_segments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     assert np.all(np.abs(expert(obs * 1e6)) <= 1)  # actions stay in the action space
     with pytest.raises(FlowFileError, match="not 'walker2d'"):
         load_experts("walker2d", path)
-    with pytest.raises(FlowFileError, match="python -m pfm.tasks.control.experts"):
+    with pytest.raises(FlowFileError, match="python -m pfm_experiments.control.experts"):
         load_experts("hopper", tmp_path / "none.npz")
     with pytest.raises(InvalidInputError, match="top"):
         train_ars("hopper", ARSConfig(directions=2, top=3), progress=False)
@@ -149,7 +149,7 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
 
 def test_mlp_policy_files_round_trip_beside_linear_ones(tmp_path):
     """SAC's actors are stored as numpy MLPs in the same file layout, so the data sets need no sbx to act."""
-    from pfm.tasks.control.experts import MLPPolicy, policy_from_dict
+    from pfm_experiments.control.experts import MLPPolicy, policy_from_dict
 
     rng = np.random.default_rng(0)
     low, high = -np.ones(6), np.ones(6) * 2
@@ -182,7 +182,7 @@ def test_sac_actor_becomes_the_numpy_policy(tmp_path):
     """The numpy MLP acts as sbx's deterministic SAC actor does (sbx is needed only to train, so this is skipped
     where it is not installed)."""
     pytest.importorskip("sbx")
-    from pfm.tasks.control.sac_experts import SACConfig, actor_policy, train_sac
+    from pfm_experiments.control.sac_experts import SACConfig, actor_policy, train_sac
 
     cfg = SACConfig(steps=600, hidden=(16, 16), learning_starts=200, eval_every=300, eval_episodes=1)
     result = train_sac("hopper", cfg, checkpoint=tmp_path / "ck", progress=False)
@@ -242,8 +242,8 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     again = json.loads((tmp_path / "out2" / "control-quick.json").read_text())
     assert again["cells"] == result["cells"]
     # the analysis reads the cached cell's models
-    from pfm.tasks.control.analysis import analyse, table
-    from pfm.tasks.control.experiment import Config
+    from pfm_experiments.control.analysis import analyse, table
+    from pfm_experiments.control.experiment import Config
 
     found = analyse("hopper", "medium", 1, Config.quick_config(), steps=10_000, progress=False)
     (run,) = found["runs"]
@@ -256,7 +256,7 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):
-    from pfm.tasks.control.reproduce import ensure_dataset
+    from pfm_experiments.control.reproduce import ensure_dataset
 
     path = Path(ensure_dataset("hopper", "random", 300, tmp_path, progress=False))
     stamp = path / "pfm-source.json"
@@ -274,7 +274,7 @@ def test_the_analysis_splits_a_displacement_into_a_shift_and_the_rest():
     import torch
 
     from pfm.policies import GaussianPolicy
-    from pfm.tasks.control.analysis import displacement, jittered, shifted
+    from pfm_experiments.control.analysis import displacement, jittered, shifted
 
     bc = GaussianPolicy((4, 3), context_shape=(5,), hidden=16, depth=1)
     ctx = torch.randn(400, 5)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pfm.tasks import gaussian
+from pfm import demo as gaussian
 
 
 @pytest.mark.parametrize("conditional", [False, True])

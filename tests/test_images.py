@@ -12,9 +12,9 @@ import torch
 from pfm import InvalidInputError
 from pfm.baselines import dpo
 from pfm.errors import MissingFileError
-from pfm.tasks.images.data import load_images, read_idx, read_idx_split
-from pfm.tasks.images.metrics import frechet_distance, mean_pairwise_distance
-from pfm.tasks.images.models import ConditionalVAE, LatentImagePolicy
+from pfm_experiments.images.data import load_images, read_idx, read_idx_split
+from pfm_experiments.images.metrics import frechet_distance, mean_pairwise_distance
+from pfm_experiments.images.models import ConditionalVAE, LatentImagePolicy
 
 
 def write_idx(path, array, code=0x08, gz=False):
@@ -169,7 +169,7 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
-    from pfm.tasks.images.experiment import Config
+    from pfm_experiments.images.experiment import Config
 
     base = Config()
     assert Config(flow_field="mlp", flow_batch=256).key("m") == base.key("m")

@@ -3,7 +3,7 @@ import torch
 
 from pfm import FlowFileError, InvalidInputError, InvalidTypeError, PreferenceFlow
 from pfm.iterative import FlowChain, iterative_pfm
-from pfm.tasks import gaussian
+from pfm import demo as gaussian
 
 
 def test_iterative_pfm_moves_further_each_round_and_reloads(tmp_path):

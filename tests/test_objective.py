@@ -13,7 +13,7 @@ from torch.distributions import Normal
 from pfm import InvalidInputError, InvalidTypeError, collect_preferences
 from pfm.objective import (BOUND, iterate_marginals, preference_objective, preferred_log_density,
                            rejected_log_density, tempered_objective, win_probability)
-from pfm.tasks import toy2d
+from pfm_experiments import toy2d
 
 
 def larger_wins(a, b, context=None):

@@ -10,11 +10,11 @@ import torch
 from pfm.cli import main
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
-from pfm.tasks.text.annotator import SentimentHead, fit_sentiment_head
-from pfm.tasks.text.codec import TextCodec, load_codec
-from pfm.tasks.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
-from pfm.tasks.text.encoder import EmbeddingCache, SentenceEncoder, minilm_path
-from pfm.tasks.text.judge import VaderJudge
+from pfm_experiments.text.annotator import SentimentHead, fit_sentiment_head
+from pfm.text.codec import TextCodec, load_codec
+from pfm_experiments.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
+from pfm.text.encoder import EmbeddingCache, SentenceEncoder, minilm_path
+from pfm_experiments.text.judge import VaderJudge
 from pfm.text_pairs import TextPair, read_text_pairs, text_pairs
 
 WORDS = ["good", "great", "bad", "awful", "movie", "plot", "the", "was", "a", "is", "film", "dull", "fun"]
@@ -210,7 +210,7 @@ def _toy_sentences(n=300, seed=0):
 
 def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
     from pfm.errors import FlowFileError
-    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+    from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
     texts = _toy_sentences()
     tok = train_tokenizer(texts, vocab_size=300)
@@ -236,8 +236,8 @@ def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
 
 
 def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_ref():
-    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
-    from pfm.tasks.text.rlhf import continuation_logprob, rlhf_lm
+    from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+    from pfm_experiments.text.rlhf import continuation_logprob, rlhf_lm
 
     torch.manual_seed(0)
     texts = _toy_sentences()
@@ -275,7 +275,7 @@ def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_re
 
 
 def test_conditional_language_model_reads_its_condition():
-    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+    from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
     texts = _toy_sentences(400, seed=1)
     cond = torch.tensor([[1.0, 0.0] if t.split()[-1] in ("good", "great", "fun") else [0.0, 1.0] for t in texts])
@@ -293,8 +293,8 @@ def test_conditional_language_model_reads_its_condition():
 
 
 def test_codec_with_a_decoder_saves_and_loads(tiny_bert, tmp_path):
-    from pfm.tasks.text.codec import LMDecoder
-    from pfm.tasks.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+    from pfm.text.codec import LMDecoder
+    from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
     texts = _toy_sentences(200)
     enc_codec = load_codec(str(tiny_bert), cache_dir=tmp_path / "emb")

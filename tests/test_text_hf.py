@@ -7,8 +7,8 @@ import torch
 
 from pfm.cli import main
 from pfm.errors import InvalidInputError, InvalidTypeError
-from pfm.tasks.text.hf import HFCausalLM, HFClassifier
-from pfm.tasks.text.rlhf import continuation_logprob, rlhf_lm
+from pfm_experiments.text.hf import HFCausalLM, HFClassifier
+from pfm_experiments.text.rlhf import continuation_logprob, rlhf_lm
 
 GOOD, BAD = ["good", "great", "fun"], ["bad", "awful", "dull"]
 
@@ -143,7 +143,7 @@ def test_hugging_face_annotator_scores_by_its_labels(tiny_classifier):
 def test_text_experiment_runs_on_a_users_models(tiny_gpt2, tiny_classifier):
     """pi_ref and the annotator from Hugging Face directories through the whole pipeline (pairs, flow, RLHF on a
     copy of the user's LM, decoding, metrics), on a tiny configuration."""
-    from pfm.tasks.text.experiment import Config, codec_quality, pretrained, run_key, run_one
+    from pfm_experiments.text.experiment import Config, codec_quality, pretrained, run_key, run_one
 
     cfg = Config(sentences=300, vocab=300, lm_dim=16, lm_hidden=32, decoder_epochs=1, n_pairs=24, flow_steps=20,
                  flow_hidden=32, eval_prompts=4, reward_steps=10, betas=(0.1,), rlhf_steps=2, rlhf_prompts=4,

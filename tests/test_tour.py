@@ -915,7 +915,7 @@ def test_info_into_a_closed_pipe_is_quiet(tour):
 
 def test_a_missing_optional_dependency_names_the_extra(tour, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # `import gymnasium` now fails as if it were absent
-    for key in [k for k in sys.modules if k.startswith("pfm.tasks.control")]:
+    for key in [k for k in sys.modules if k.startswith("pfm_experiments.control")]:
         monkeypatch.delitem(sys.modules, key)
     code = main(["reproduce", "control", "--quick", "--out", str(tour / "res")])
     err = capsys.readouterr().err

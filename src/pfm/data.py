@@ -238,7 +238,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         Args:
             rows: TRL-style rows (``prompt``/``chosen``/``rejected``, strings or chat messages; see
                 :mod:`pfm.text_pairs`), a JSONL file of them, or :class:`pfm.text_pairs.TextPair` objects.
-            codec: anything with ``encode(list[str]) -> (N, d)`` tensor, e.g. :class:`pfm.tasks.text.codec.TextCodec`.
+            codec: anything with ``encode(list[str]) -> (N, d)`` tensor, e.g. :class:`pfm.text.codec.TextCodec`.
         """
         from .text_pairs import read_text_pairs, text_pairs
 

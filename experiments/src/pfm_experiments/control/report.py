@@ -1,0 +1,167 @@
+"""Tables and figures of the control experiment, from the per-cell records of :func:`.experiment.run_cell`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pfm.io import atomic_file
+
+PAPER = {  # ../shared/PAPER.md (the paper's D4RL v2 table): BC, DPO fine-tuned, PFM, Marginal BC, means over seeds
+    "ant-random": (31.59, 31.52, 31.62, 25.01),
+    "ant-medium": (90.16, 95.04, 96.73, 99.67),
+    "ant-expert": (125.83, 134.96, 132.20, 99.29),
+    "hopper-random": (3.17, 3.23, 7.69, 5.48),
+    "hopper-medium": (52.83, 53.47, 58.76, 40.44),
+    "hopper-expert": (111.27, 111.51, 111.70, 32.39),
+    "halfcheetah-random": (2.25, 2.26, 2.26, 2.21),
+    "halfcheetah-medium": (40.97, 41.94, 43.49, 38.79),
+    "halfcheetah-expert": (91.02, 92.15, 90.05, 4.77),
+    "walker2d-random": (1.47, 1.38, 1.77, 2.45),
+    "walker2d-medium": (60.35, 74.05, 72.59, 65.29),
+    "walker2d-expert": (108.62, 108.38, 108.36, 15.8),
+}
+PAPER_METHODS = ("BC", "DPO", "PFM", "Marginal BC")
+PAPER_AVERAGE = (59.97, 62.49, 63.10, 35.97)  # over all twelve data sets, ant included
+
+
+def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``{dataset: {protocol: {method: [mean, std over seeds]}}}`` plus the segment test's means."""
+    out: dict[str, Any] = {}
+    for name, runs in cells.items():
+        d: dict[str, Any] = {"seeds": len(runs), "scores": {}, "segment_returns": {}}
+        for protocol in runs[0]["scores"]:
+            d["scores"][protocol] = {
+                m: [float(np.mean([r["scores"][protocol][m]["score"] for r in runs])),
+                    float(np.std([r["scores"][protocol][m]["score"] for r in runs]))]
+                for m in runs[0]["scores"][protocol]}
+        for key in ("segment_returns", "teacher_returns"):  # the latter with a teacher's lookahead only
+            if key in runs[0]:
+                d[key] = {m: [float(np.mean([r[key][m] for r in runs])), float(np.std([r[key][m] for r in runs]))]
+                          for m in runs[0][key]}
+        d["dpo_beta"] = [r["dpo"]["beta"] for r in runs]
+        d["flow_best_step"] = [r["flow"]["best_step"] for r in runs]
+        out[name] = d
+    return out
+
+
+def table(summary: dict[str, Any], protocol: str) -> str:
+    """Normalized return per data set (rows) and method (columns) under one protocol, with the paper's numbers."""
+    first = next(iter(summary.values()))
+    methods = list(first["scores"][protocol])
+    lines = ["| data set (D4RL-style) | seeds | " + " | ".join(methods) + " | paper: BC / DPO / PFM / MBC |",
+             "|---|---|" + "---|" * len(methods) + "---|"]
+    means: dict[str, list[float]] = {m: [] for m in methods}
+    for name, d in summary.items():
+        row = d["scores"][protocol]
+        cells = []
+        for m in methods:
+            mean, std = row[m]
+            means[m].append(mean)
+            cells.append(f"{mean:.1f} ± {std:.1f}")
+        paper = PAPER.get(name)
+        lines.append(f"| {name} | {d['seeds']} | " + " | ".join(cells) + " | " +
+                     (" / ".join(f"{v:.1f}" for v in paper) if paper else "-") + " |")
+    if len(summary) > 1:
+        lines.append("| **average** | | " + " | ".join(f"{np.mean(v):.1f}" for v in means.values()) + " | |")
+    return "\n".join(lines)
+
+
+def segment_table(summary: dict[str, Any], key: str = "segment_returns") -> str:
+    """Mean simulated return of one segment from held-out start states, per method (``key="teacher_returns"``:
+    the segment and the teacher's lookahead)."""
+    first = next(iter(summary.values()))
+    methods = list(first[key])
+    lines = ["| data set | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for name, d in summary.items():
+        lines.append(f"| {name} | " + " | ".join(f"{d[key][m][0]:.2f}" for m in methods) + " |")
+    return "\n".join(lines)
+
+
+def bars(summary: dict[str, Any], path: Path, title: str) -> None:
+    """One panel per data set: the methods' normalized returns (mean ± std over seeds) under each protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    cols = min(3, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        d = summary[name]["scores"]
+        protocols = list(d)
+        methods = list(d[protocols[0]])
+        width = 0.8 / len(protocols)
+        x = np.arange(len(methods))
+        for j, p in enumerate(protocols):
+            ax.bar(x + j * width, [d[p][m][0] for m in methods], width, yerr=[d[p][m][1] for m in methods],
+                   label=p, capsize=2)
+        ax.set_xticks(x + width * (len(protocols) - 1) / 2)
+        ax.set_xticklabels(methods, rotation=30, fontsize=7, ha="right")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("normalized return")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int, frames: int = 8,
+                every: int = 20, seed: int = 0, title: str = "") -> dict[str, float]:
+    """Render one episode per method offscreen (MuJoCo, ``chunk`` protocol): ``frames`` frames ``every`` steps
+    apart, one row per method; returns each episode's return. Needs an offscreen OpenGL (``MUJOCO_GL=egl`` is set
+    when unset)."""
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .envs import make_env
+
+    shots: dict[str, list[np.ndarray]] = {}
+    returns: dict[str, float] = {}
+    for method, propose in proposes.items():
+        env = make_env(name, render_mode="rgb_array", width=240, height=180)
+        obs, _ = env.reset(seed=seed)
+        low, high = env.action_space.low, env.action_space.high
+        total, pics, step, done = 0.0, [env.render()], 0, False
+        while not done and len(pics) < frames:
+            for a in propose(obs[None])[0]:
+                obs, r, terminated, truncated, _ = env.step(np.clip(a, low, high))
+                total += float(r)
+                step += 1
+                if step % every == 0 and len(pics) < frames:
+                    pics.append(env.render())
+                if terminated or truncated:
+                    done = True
+                    break
+        env.close()
+        shots[method], returns[method] = pics, total
+    fig, axes = plt.subplots(len(shots), frames, figsize=(1.6 * frames, 1.4 * len(shots)), squeeze=False)
+    for row, (method, pics) in zip(axes, shots.items()):
+        for j, ax in enumerate(row):
+            if j < len(pics):
+                ax.imshow(pics[j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(method, fontsize=8)
+            if row is axes[0]:
+                ax.set_title(f"step {j * every}", fontsize=7)
+    fig.suptitle(title or f"{name}: one episode per method", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return returns

@@ -1,0 +1,388 @@
+"""The conditional image generation experiment: PFM against RLHF, DPO and a trivial shift on real digits.
+
+Per data set, once (cached under the data directory): the reference generator (a conditional VAE, see
+:mod:`.models`), the annotator (LeNet-5) and the independent judge. Per seed: ``n_pairs`` preference pairs, two
+reference samples of the same label each (random pairs, as in the paper), the one the annotator gives the higher
+label probability preferred; then every method on the same pairs, scored on fresh samples (see :mod:`.metrics`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pfm.io import atomic_dir, atomic_file
+from pfm.baselines import RewardModel, dpo, rlhf, sweep_beta
+from pfm.baselines.dpo import implicit_accuracy
+from pfm.data import PreferenceDataset, collect_preferences
+from pfm.errors import InvalidInputError
+from pfm.flow import PreferenceFlow
+from pfm.runtime import data_dir
+from .data import ImageData, load_images
+from .metrics import ImageEvaluator
+from .models import (ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, RewardEncoder, fit_classifier,
+                     label_probability, predict)
+
+log = logging.getLogger("pfm")
+SCHEMA = 1
+
+
+@dataclass
+class Config:
+    dataset: str = "mnist"
+    path: Optional[str] = None
+    max_train: Optional[int] = 20_000
+    test_per_class: int = 100
+    vae_epochs: float = 60
+    classifier_epochs: float = 15
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_pairs: int = 10_000
+    heldout: float = 0.1
+    flow_steps: int = 3000
+    flow_hidden: int = 512
+    flow_depth: int = 3
+    flow_ema: Optional[float] = 0.999
+    flow_field: str = "mlp"
+    flow_batch: int = 256
+    eval_per_class: int = 100
+    betas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
+    validation_per_class: int = 50
+    reward_model: str = "cnn"
+    reward_steps: int = 400
+    rlhf_estimator: str = "pathwise"
+    rlhf_steps: int = 400
+    dpo_steps: int = 600
+    curve_points: int = 10
+    schema: int = SCHEMA
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, dataset: str = "mnist") -> "Config":
+        return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
+                   flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
+                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
+
+    def models_key(self, data: ImageData) -> str:
+        """What the pre-trained models depend on: the data (its bytes) and their training settings."""
+        h = hashlib.sha256()
+        h.update(data.train_x.numpy().tobytes())
+        h.update(data.train_y.numpy().tobytes())
+        h.update(json.dumps([self.vae_epochs, self.classifier_epochs, SCHEMA]).encode())
+        return f"{data.name}-{h.hexdigest()[:16]}"
+
+    def key(self, models_key: str) -> str:
+        # options added later leave the key of runs at their default unchanged, so those runs stay cached
+        later = {"flow_field": "mlp", "flow_batch": 256}
+        fields_ = {k: v for k, v in asdict(self).items() if k not in ("seeds", "path") and later.get(k, k) != v}
+        return hashlib.sha256(json.dumps([models_key, fields_], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Pretrained:
+    vae: ConditionalVAE
+    annotator: LeNet5
+    judge: JudgeCNN
+    info: dict[str, Any]
+
+    @property
+    def policy(self) -> LatentImagePolicy:
+        return LatentImagePolicy(self.vae).eval()
+
+
+def pretrained(cfg: Config, data: ImageData, progress: bool = True, cache_dir: Optional[Path] = None) -> Pretrained:
+    """The reference generator, annotator and judge for ``data``: loaded from the cache, else trained and cached."""
+    from safetensors.torch import load_file, save_file
+
+    key = cfg.models_key(data)
+    where = (cache_dir or data_dir() / "images") / key
+    vae, annotator, judge = ConditionalVAE(data.image_shape, data.num_classes), LeNet5(data.num_classes), \
+        JudgeCNN(data.num_classes)
+    models = {"vae": vae, "annotator": annotator, "judge": judge}
+    if (where / "info.json").exists():
+        for name, m in models.items():
+            m.load_state_dict(load_file(where / f"{name}.safetensors"))
+            m.eval()
+        info = json.loads((where / "info.json").read_text())
+        log.info("images: pre-trained models from %s", where)
+        return Pretrained(vae, annotator, judge, info)
+    torch.manual_seed(0)
+    info: dict[str, Any] = {"data": data.source, "train": len(data.train_y), "test": len(data.test_y), "seconds": {}}
+    t = time.perf_counter()
+    vae.fit(data.train_x, data.train_y, epochs=cfg.vae_epochs, progress=progress)
+    info["seconds"]["vae"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fit_classifier(annotator, data.train_x, data.train_y, epochs=cfg.classifier_epochs, progress=progress,
+                   desc="annotator (LeNet-5)")
+    info["seconds"]["annotator"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fit_classifier(judge, data.train_x, data.train_y, epochs=cfg.classifier_epochs, augment=True, seed=1,
+                   progress=progress, desc="independent judge (CNN)")
+    info["seconds"]["judge"] = time.perf_counter() - t
+    for name, m in models.items():
+        m.eval()
+    for name in ("annotator", "judge"):
+        info[f"{name}_heldout_accuracy"] = float((predict(models[name], data.test_x).argmax(1) == data.test_y)
+                                                 .float().mean())
+    with torch.no_grad():
+        info["vae_heldout_elbo_per_pixel"] = float(vae.elbo(data.test_x, data.test_y).mean()) / data.test_x[0].numel()
+    with atomic_dir(where) as tmp:
+        for name, m in models.items():
+            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp / f"{name}.safetensors")
+        (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    return Pretrained(vae, annotator, judge, info)
+
+
+def _sample_images(policy: LatentImagePolicy, labels: Tensor, gen: torch.Generator) -> Tensor:
+    return policy.images(policy.sample(labels, len(labels), generator=gen))
+
+
+def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progress: bool = False) -> dict[str, Any]:
+    """Every method on one seed's preference pairs. Returns metrics, sweeps, curves, times and the samples."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ref = models.policy
+    k = data.num_classes
+    times: dict[str, float] = {}
+
+    def score(y: Tensor, c: Tensor) -> Tensor:  # the annotator on the (clipped) image part
+        return label_probability(models.annotator, ref.images(y).clamp(0, 1), c)
+
+    t = time.perf_counter()
+    labels = torch.arange(k).repeat(math.ceil(cfg.n_pairs / k))[:cfg.n_pairs]
+    full = collect_preferences(lambda c, n: ref.sample(c, n, generator=gen), score, labels, kind="score",
+                               seed=10_000 + seed)
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+    n_held = max(k, int(round(cfg.heldout * len(full))))
+    full_train, full_held = full.subset(perm[n_held:]), full.subset(perm[:n_held])
+
+    def as_images(ds: PreferenceDataset) -> PreferenceDataset:
+        return PreferenceDataset(ref.images(ds.chosen), ref.images(ds.rejected), ds.context)
+
+    train, held = as_images(full_train), as_images(full_held)
+    eval_labels = torch.arange(k).repeat_interleave(cfg.eval_per_class)
+    x_ref = _sample_images(ref, eval_labels, gen)
+    test_pairs = as_images(collect_preferences(lambda c, n: ref.sample(c, n, generator=gen), score, eval_labels,
+                                               kind="score", seed=20_000 + seed))
+    ev = ImageEvaluator(models.annotator, models.judge, data.test_x, data.test_y, x_ref, eval_labels)
+    samples: dict[str, Tensor] = {}
+    M: dict[str, Any] = {}
+
+    def record(name: str, x: Tensor, **more: Any) -> None:
+        samples[name] = x
+        M[name] = {"metrics": ev.as_dict(x, eval_labels), **more}
+
+    record("reference", x_ref)
+    record("rejected (y-)", test_pairs.rejected)
+    record("preferred (y+)", test_pairs.chosen)
+    times["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cfg.flow_field == "mlp":
+        flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    elif cfg.flow_field == "unet":
+        flow = PreferenceFlow.for_dataset(train, field="unet")
+    else:
+        raise InvalidInputError(f"flow_field must be 'mlp' or 'unet', got {cfg.flow_field!r}")
+    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
+                    progress=progress)
+    times["PFM fit"] = hist.seconds
+    x_pfm = flow.transform(x_ref, eval_labels)
+    record("PFM", x_pfm)
+    record("PFM x 2", flow.transform(x_pfm, eval_labels))
+    times["PFM"] = time.perf_counter() - t
+
+    shift = torch.stack([(train.chosen - train.rejected)[train.context == c].mean(0) for c in range(k)])
+    record("trivial shift", x_ref + shift[eval_labels])
+
+    t = time.perf_counter()
+    if cfg.reward_model == "cnn":
+        rm = RewardModel.for_dataset(train, hidden=128, depth=1, encoder=RewardEncoder(data.image_shape))
+    elif cfg.reward_model == "mlp":
+        rm = RewardModel.for_dataset(train, hidden=256, depth=2)
+    else:
+        raise InvalidInputError(f"reward_model must be 'cnn' or 'mlp', got {cfg.reward_model!r}")
+    rm.fit(train, steps=cfg.reward_steps, seed=seed, progress=progress)
+    rm.eval().requires_grad_(False)
+    reward_info = {"model": cfg.reward_model, "heldout_accuracy": rm.accuracy(held),
+                   "train_accuracy": rm.accuracy(train)}
+    times["reward model"] = time.perf_counter() - t
+
+    def reward(y: Tensor, c: Tensor) -> Tensor:  # differentiable for the pathwise estimator
+        return rm(ref.images(y), c) if cfg.rlhf_estimator == "pathwise" else rm.score(ref.images(y), c)
+
+    # Validation: the annotator's mean score of fresh samples (new queries to the labeler, on noise that neither
+    # the pairs nor the test samples use). It picks beta for RLHF and DPO; PFM has no beta to pick.
+    val_labels = torch.arange(k).repeat_interleave(cfg.validation_per_class)
+
+    def validate(policy: nn.Module) -> float:
+        g = torch.Generator().manual_seed(30_000 + seed)
+        return float(score(policy.sample(val_labels, len(val_labels), generator=g), val_labels).mean())
+
+    def evaluate_policy(policy: nn.Module, learned_reward: bool = False) -> dict[str, float]:
+        x = _sample_images(policy, eval_labels, gen)
+        extra = {"learned_reward": float(rm.score(x, eval_labels).mean())} if learned_reward else {}
+        return {**ev.as_dict(x, eval_labels), **extra}
+
+    t = time.perf_counter()
+    train_labels = labels[:len(full_train)]
+    rlhf_fit: Callable[[float], nn.Module] = lambda b: rlhf(  # noqa: E731
+        ref, reward, train_labels, beta=b, steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
+        estimator=cfg.rlhf_estimator, progress=progress)[0]
+    _sweep("RLHF", cfg.betas, rlhf_fit, ref, full_held, lambda p: evaluate_policy(p, True), validate, M, samples,
+           eval_labels, gen, ev)
+    M["RLHF"]["reward_model"] = reward_info
+    M["RLHF"]["curve"] = _overoptimization(cfg, ref, reward, train_labels, M["RLHF"]["beta"], ev, eval_labels, rm,
+                                           gen, seed, progress)
+    times["RLHF"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dpo_fit: Callable[[float], nn.Module] = lambda b: dpo(ref, full_train, beta=b, steps=cfg.dpo_steps,  # noqa: E731
+                                                           batch_size=128, lr=1e-4, seed=seed,
+                                                           progress=progress)[0]
+    _sweep("DPO", cfg.betas, dpo_fit, ref, full_held, evaluate_policy, validate, M, samples, eval_labels, gen, ev)
+    small = min(cfg.betas) / 10
+    policy = dpo_fit(small)
+    samples["DPO, small beta"] = _sample_images(policy, eval_labels, gen)
+    M["DPO, small beta"] = {"beta": small, "heldout_accuracy": implicit_accuracy(policy, ref, full_held),
+                            "validation": validate(policy),
+                            "metrics": ev.as_dict(samples["DPO, small beta"], eval_labels)}
+    times["DPO"] = time.perf_counter() - t
+    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
+             "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
+    return {"seed": seed, "n_train": len(train), "n_heldout": len(held), "methods": {m: M[m] for m in order},
+            "flow_loss": hist.loss[::max(1, len(hist.loss) // 200)], "seconds": times,
+            "samples": {m: samples[m].numpy() for m in order}, "labels": eval_labels.numpy()}
+
+
+def _sweep(name: str, betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,
+           heldout: PreferenceDataset, evaluate: Callable[[nn.Module], dict[str, float]],
+           validate: Callable[[nn.Module], float], M: dict[str, Any], samples: dict[str, Tensor],
+           eval_labels: Tensor, gen: torch.Generator, ev: ImageEvaluator) -> None:
+    """Sweep beta; record ``name`` (beta picked by ``validate``) and ``name, beta by implicit acc.`` (the label-free
+    pick: held-out implicit accuracy) in ``M`` with their test samples in ``samples``."""
+    policies: dict[float, nn.Module] = {}
+
+    def keep(beta: float) -> nn.Module:
+        policies[beta] = train(beta)
+        return policies[beta]
+
+    beta, _, rows = sweep_beta(keep, betas, ref, heldout, evaluate, validate)
+    by_acc = max(reversed(rows), key=lambda r: r["heldout_accuracy"])["beta"]  # ties: the larger beta
+    for label, b in ((name, beta), (f"{name}, beta by implicit acc.", by_acc)):
+        samples[label] = _sample_images(policies[b], eval_labels, gen)
+        row = next(r for r in rows if r["beta"] == b)
+        M[label] = {"beta": b, "heldout_accuracy": row["heldout_accuracy"], "validation": row["validation"],
+                    "metrics": ev.as_dict(samples[label], eval_labels)}
+    M[name]["sweep"] = rows
+
+
+def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, contexts: Tensor, beta: float,
+                      ev: ImageEvaluator, eval_labels: Tensor, rm: RewardModel, gen: torch.Generator, seed: int,
+                      progress: bool) -> list[dict[str, float]]:
+    """RLHF at ``beta`` for twice its steps, scored every ``2 * rlhf_steps / curve_points`` steps: the learned
+    reward of its samples beside the annotator's and the judge's scores (reward over-optimization)."""
+    chunk = max(1, 2 * cfg.rlhf_steps // cfg.curve_points)
+    policy: nn.Module = ref
+    curve = []
+    for i in range(cfg.curve_points + 1):
+        if i:
+            policy = rlhf(policy, reward, contexts, beta=beta, steps=chunk, batch_size=64, lr=1e-4, reference=ref,
+                          seed=seed + 100 * i, estimator=cfg.rlhf_estimator, progress=progress)[0]
+        x = _sample_images(policy, eval_labels, gen)
+        m = ev(x, eval_labels)
+        curve.append({"step": i * chunk, "learned_reward": float(rm.score(x, eval_labels).mean()),
+                      "annotator": m.annotator, "judge_probability": m.judge_probability, "frechet": m.frechet})
+    return curve
+
+
+def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: Optional[str] = None,
+              quick: bool = False, seeds: Optional[int] = None, cache_dir: Optional[str | Path] = None,
+              field: str = "mlp", flow_steps: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+    """Run every method on every seed; write ``{dataset}.json``, ``{dataset}.md``, ``{dataset}-grids.png``,
+    ``{dataset}-rlhf.png`` and ``{dataset}-samples.npz`` (every method's samples, one array each, and ``labels``).
+
+    The pre-trained models and each finished seed are cached under ``cache_dir`` (default: the data directory),
+    so a stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
+    ``(1, 28, 28)`` images (batch 64) instead of the MLP on the flattened vector; the files are then named
+    ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps.
+    """
+    from . import report
+
+    cfg = Config.quick_config(dataset) if quick else Config(dataset=dataset)
+    cfg.path = path
+    if field not in ("mlp", "unet"):
+        raise InvalidInputError(f"field must be 'mlp' or 'unet', got {field!r}")
+    if field == "unet":
+        cfg.flow_field, cfg.flow_batch = "unet", 64
+    if flow_steps is not None:
+        if not isinstance(flow_steps, int) or flow_steps < 1:
+            raise InvalidInputError(f"flow_steps must be a positive integer, got {flow_steps!r}")
+        cfg.flow_steps = flow_steps
+    if seeds is not None:
+        if not isinstance(seeds, int) or seeds < 1:
+            raise InvalidInputError(f"seeds must be a positive integer, got {seeds!r}")
+        cfg.seeds = tuple(range(seeds))
+    start = time.perf_counter()
+    data = load_images(dataset, path, max_train=cfg.max_train, test_per_class=cfg.test_per_class)
+    root = Path(cache_dir) if cache_dir is not None else data_dir() / "images"
+    models = pretrained(cfg, data, progress=progress, cache_dir=root)
+    cache = root / "runs" / cfg.key(cfg.models_key(data))
+    cache.mkdir(parents=True, exist_ok=True)
+    parts, first = [], None
+    for seed in cfg.seeds:
+        rec = cache / f"seed-{seed}.json"
+        if rec.exists() and rec.with_suffix(".npz").exists():
+            record = json.loads(rec.read_text())
+            with np.load(rec.with_suffix(".npz")) as z:
+                arrays = {"samples": {k[8:]: z[k] for k in z.files if k.startswith("samples/")}, "labels": z["labels"]}
+            log.info("images: reusing %s", rec)
+        else:
+            log.info("images: %s, seed %d", dataset, seed)
+            t = time.perf_counter()
+            part = run_one(cfg, data, models, seed, progress=progress)
+            part["wall_seconds"] = time.perf_counter() - t
+            arrays = {"samples": part.pop("samples"), "labels": part.pop("labels")}
+            record = part
+            with atomic_file(rec.with_suffix(".npz"), "wb") as f:
+                np.savez_compressed(f, labels=arrays["labels"],
+                                    **{f"samples/{k}": v.astype(np.float32) for k, v in arrays["samples"].items()})
+            with atomic_file(rec, "w") as f:
+                json.dump(record, f)
+        parts.append(record)
+        if first is None:
+            first = arrays
+    assert first is not None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = report.summarize(parts)
+    name = dataset if field == "mlp" else f"{dataset}-{field}"
+    with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
+        np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
+                                                          for k, v in first["samples"].items()})
+    report.grids(first["samples"], first["labels"], data.classes, out / f"{name}-grids.png",
+                 f"{dataset}: 10 samples per label (rows) of every method, seed {cfg.seeds[0]}")
+    report.curve_figure(parts, out / f"{name}-rlhf.png", f"{dataset}: RLHF's learned reward against the "
+                        "annotator and the independent judge along its training")
+    result = {"config": asdict(cfg), "pretrained": models.info, "summary": summary, "runs": parts,
+              "seconds": time.perf_counter() - start, "compute_seconds": float(sum(p["wall_seconds"] for p in parts)),
+              "torch_threads": torch.get_num_threads()}
+    with atomic_file(out / f"{name}.json", "w") as f:
+        json.dump(result, f, indent=1)
+    md = (report.table(summary, dataset, len(parts)) + "\n\n" + report.sweep_table(parts) +
+          f"\n\nPre-trained models: annotator held-out accuracy {models.info['annotator_heldout_accuracy']:.3f}, "
+          f"judge {models.info['judge_heldout_accuracy']:.3f} ({models.info['train']} training images, "
+          f"{models.info['test']} held out). Computing the seeds took {result['compute_seconds']:.0f} s with "
+          f"{torch.get_num_threads()} torch threads (this invocation: {result['seconds']:.0f} s).\n")
+    with atomic_file(out / f"{name}.md", "w") as f:
+        f.write(md)
+    return result

@@ -1,0 +1,128 @@
+"""Tables and figures of the image experiment, from the per-seed records of :func:`.experiment.run_one`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pfm.io import atomic_file
+
+PAPER_MNIST = {"reference": 0.8389, "rejected (y-)": 0.3951, "preferred (y+)": 0.9976, "PFM": 0.9841,
+               "PFM x 2": 0.9996, "RLHF": 0.9171, "DPO": 0.8936, "DPO, small beta": 0.5397}
+"""The paper's MNIST numbers (mean annotator probability of the label); no trivial-shift row there."""
+
+METRICS = (("annotator", "annotator prob."), ("judge_accuracy", "judge acc."), ("judge_probability", "judge prob."),
+           ("frechet", "Fréchet dist."), ("diversity", "diversity"), ("out_of_range", "pixels out of [0, 1]"))
+
+
+def summarize(parts: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{method: {metric: [mean, std over seeds]}}``, plus the chosen betas and the reward model's accuracy."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in parts[0]["methods"]:
+        rows = [p["methods"][method] for p in parts]
+        out[method] = {m: [float(np.mean([r["metrics"][m] for r in rows])),
+                           float(np.std([r["metrics"][m] for r in rows]))] for m, _ in METRICS}
+        if "beta" in rows[0]:
+            out[method]["beta"] = [r["beta"] for r in rows]
+    return out
+
+
+def table(summary: dict[str, Any], dataset: str, seeds: int) -> str:
+    paper = dataset == "mnist"
+    head = "| method | " + " | ".join(label for _, label in METRICS) + (" | paper: annotator prob. |" if paper
+                                                                          else " |")
+    lines = [head, "|" + "---|" * (len(METRICS) + 1 + paper)]
+    for method, row in summary.items():
+        cells = []
+        for m, _ in METRICS:
+            mean, std = row[m]
+            fmt = ".1f" if m == "frechet" else ".3f"
+            cells.append(f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}")
+        name = method + (f" (beta {', '.join(f'{b:g}' for b in row['beta'])})" if "beta" in row else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + (f" | {PAPER_MNIST.get(method, float('nan')):.4f} |"
+                                                           if paper else " |"))
+    return "\n".join(lines).replace("| nan |", "| - |")
+
+
+def sweep_table(parts: list[dict[str, Any]]) -> str:
+    """Every beta of the RLHF and DPO sweeps (first seed): the two selection criteria, RLHF's learned reward and
+    the test metrics."""
+    lines = ["| method | beta | held-out implicit acc. | validation annotator prob. | learned reward | "
+             "annotator prob. | judge acc. | Fréchet dist. | diversity |", "|---|---|---|---|---|---|---|---|---|"]
+    for method in ("RLHF", "DPO"):
+        for r in parts[0]["methods"][method]["sweep"]:
+            reward = f"{r['learned_reward']:.2f}" if "learned_reward" in r else "-"
+            lines.append(f"| {method} | {r['beta']:g} | {r['heldout_accuracy']:.3f} | {r['validation']:.3f} | "
+                         f"{reward} | {r['annotator']:.3f} | {r['judge_accuracy']:.3f} | {r['frechet']:.1f} | "
+                         f"{r['diversity']:.3f} |")
+    return "\n".join(lines)
+
+
+def grids(samples: dict[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...], path: Path,
+          title: str) -> None:
+    """A 10x10 grid per method (one row per label, the first ten samples of each), clipped to [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(samples)
+    cols = 3
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows))
+    k = len(classes)
+    for ax, name in zip(np.ravel(axes), names):
+        x = np.clip(samples[name], 0, 1).reshape(len(labels), 28, 28)
+        tiles = np.ones((k * 29, 10 * 29))
+        for c in range(k):
+            picks = np.nonzero(labels == c)[0][:10]
+            for j, i in enumerate(picks):
+                tiles[c * 29:c * 29 + 28, j * 29:j * 29 + 28] = x[i]
+        ax.imshow(tiles, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    for ax in np.ravel(axes)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
+    """RLHF's learned reward beside the annotator's and the judge's scores along its training (every seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+    for p in parts:
+        sweep = p["methods"]["RLHF"]["sweep"]
+        ax[2].plot([r["learned_reward"] for r in sweep], [r["judge_probability"] for r in sweep], "o-",
+                   label=f"seed {p['seed']}")
+        if p is parts[0]:
+            for r in sweep:
+                ax[2].annotate(f"{r['beta']:g}", (r["learned_reward"], r["judge_probability"]), fontsize=7)
+        c = p["methods"]["RLHF"]["curve"]
+        steps = [r["step"] for r in c]
+        ax[0].plot(steps, [r["learned_reward"] for r in c], "o-", label=f"seed {p['seed']}")
+        ax[1].plot(steps, [r["judge_probability"] for r in c], "o-", label=f"judge, seed {p['seed']}")
+        ax[1].plot(steps, [r["annotator"] for r in c], "x--", label=f"annotator, seed {p['seed']}")
+    ax[0].set_xlabel("RLHF step")
+    ax[0].set_ylabel("learned reward of its samples")
+    ax[1].set_xlabel("RLHF step")
+    ax[1].set_ylabel("mean probability of the label")
+    ax[2].set_xlabel("learned reward of its samples")
+    ax[2].set_ylabel("judge's probability of the label")
+    ax[2].set_title("RLHF across beta (labels), end of training", fontsize=8)
+    for a in ax:
+        a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,463 @@
+"""The controlled text generation experiment, small: pi_ref (a GRU language model trained on the corpus) continues
+the first words of a sentence; the annotator (a ridge head on MiniLM embeddings, fitted to the human ratings)
+prefers the more positive of two continuations; the flow acts on the MiniLM embedding of the whole sentence,
+conditioned on the prompt's embedding; the codec's decoder writes the moved embedding back as a sentence that starts
+with the prompt. RLHF learns a Bradley-Terry reward model on the same pairs' embeddings and fine-tunes pi_ref
+against it (KL-regularized REINFORCE, beta swept and picked on the held-out pairs' prompts); RLHF + PFM applies the
+same flow to the RLHF model's sentences, as a black box on top of it.
+
+:func:`pretrained` trains (once, then cached in the data directory) the tokenizer, pi_ref, the decoder and the
+annotator; :func:`run_one` collects the pairs, fits the flow and evaluates every method on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pfm.io import atomic_dir
+from pfm.baselines import RewardModel
+from pfm.data import PreferenceDataset
+from pfm.flow import PreferenceFlow
+from pfm.runtime import data_dir
+from .annotator import HeadAnnotator, SentimentHead, evaluate_scores, fit_sentiment_head
+from pfm.text.codec import LMDecoder, TextCodec, load_codec
+from .corpus import Corpus, load_vader_corpus
+from .hf import HFCausalLM, HFClassifier
+from .judge import VaderJudge
+from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
+from .rlhf import rlhf_lm
+
+log = logging.getLogger("pfm")
+SCHEMA = 1
+
+
+@dataclass
+class Config:
+    sentences: Optional[int] = None  # the first N sentences of the shuffled corpus (None: all 10,605)
+    test_fraction: float = 0.1
+    prompt_words: int = 4
+    vocab: int = 4000
+    lm_dim: int = 128
+    lm_hidden: int = 384
+    lm_layers: int = 1
+    lm_epochs: int = 12
+    decoder_epochs: int = 12
+    decoder_noise: float = 0.05
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_pairs: int = 3000
+    heldout: float = 0.1
+    temperature: float = 1.0
+    flow_steps: int = 3000
+    flow_hidden: int = 512
+    flow_depth: int = 3
+    patience: Optional[int] = 5
+    eval_prompts: int = 200
+    iterations: int = 5
+    project: bool = True  # put moved embeddings back on the unit sphere, where the encoder's live
+    candidates: int = 8  # decoded texts per vector; the one nearest the vector (re-encoded) is kept
+    reward_steps: int = 1000
+    betas: tuple[float, ...] = (0.01, 0.1, 1.0)  # swept on the first seed, whose pick the other seeds use
+    rlhf_steps: int = 150
+    rlhf_prompts: int = 32  # prompts a step, 4 samples each
+    rlhf_lr: float = 3e-4
+    validation_prompts: int = 100  # of the held-out pairs, to pick RLHF's beta by the annotator's mean score
+    reference: Optional[str] = None  # a Hugging Face causal LM directory as pi_ref (None: the GRU trained here)
+    annotator: Optional[str] = None  # a Hugging Face sequence classifier directory (None: the ridge head)
+    schema: int = SCHEMA
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls) -> "Config":
+        return cls(sentences=2000, vocab=1500, lm_dim=64, lm_hidden=128, lm_epochs=4, decoder_epochs=4,
+                   seeds=(0,), n_pairs=600, flow_steps=600, flow_hidden=256, eval_prompts=60, reward_steps=300,
+                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, quick=True)
+
+    def models_key(self) -> str:
+        """What pi_ref, the tokenizer and the annotator depend on."""
+        keys = ("sentences", "test_fraction", "vocab", "lm_dim", "lm_hidden", "lm_layers", "lm_epochs", "schema")
+        fields_ = {k: getattr(self, k) for k in keys}
+        if self.reference is not None:  # only then, so that the keys of runs with our own pi_ref stay as they were
+            fields_["reference"] = str(Path(self.reference).expanduser().resolve())
+        blob = json.dumps(fields_, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def decoder_key(self) -> str:
+        """What the codec's decoder depends on beyond :meth:`models_key`."""
+        blob = json.dumps({k: getattr(self, k) for k in ("decoder_epochs", "decoder_noise")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Pretrained:
+    train: Corpus
+    test: Corpus
+    codec: TextCodec
+    reference: TextLM | HFCausalLM
+    annotator: HeadAnnotator | HFClassifier  # score(texts) -> (N,); the head also scores vectors
+    info: dict[str, Any]
+
+
+def corpus_split(cfg: Config) -> tuple[Corpus, Corpus]:
+    corpus = load_vader_corpus()
+    if cfg.sentences is not None:
+        corpus = corpus.subset(np.random.default_rng(0).permutation(len(corpus))[:cfg.sentences])
+    return corpus.split(cfg.test_fraction, seed=0)
+
+
+def _new_lm(cfg: Config, tokenizer: Any, cond_dim: int = 0) -> TextLM:
+    """An untrained language model of ``cfg``'s size (conditioned on a ``cond_dim`` vector when > 0)."""
+    return TextLM(ConditionalLM(LMConfig(tokenizer.get_vocab_size(), dim=cfg.lm_dim, hidden=cfg.lm_hidden,
+                                         layers=cfg.lm_layers, cond_dim=cond_dim)), tokenizer)
+
+
+def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = None) -> Pretrained:
+    """pi_ref, the codec (MiniLM + a decoder) and the annotator for ``cfg``: loaded from the cache, else trained
+    and cached (the corpus split is fixed, seed 0; the experiment's seeds vary pairs, flows and samples). The
+    decoder is cached apart, under pi_ref's directory, so that changing how it is trained keeps pi_ref.
+
+    ``cfg.reference`` / ``cfg.annotator`` name a user's Hugging Face models (local directories) to use instead of
+    the GRU pi_ref and the ridge head; the decoder is still trained here (with its own tokenizer when pi_ref is a
+    user's model), and a user's annotator is scored against the human ratings of the test sentences."""
+    from safetensors.torch import load_file, save_file
+
+    train, test = corpus_split(cfg)
+    assert train.ratings is not None
+    encoder = load_codec("minilm")
+    where = (cache_dir or data_dir() / "text" / "models") / cfg.models_key()
+    head = SentimentHead(encoder.dim)
+    z: Optional[Tensor] = None
+    user_ref = HFCausalLM(cfg.reference) if cfg.reference is not None else None
+    if (where / "info.json").exists():
+        reference = user_ref if user_ref is not None else TextLM.load(where / "reference")
+        head.load_state_dict(load_file(str(where / "annotator.safetensors")))
+        info = json.loads((where / "info.json").read_text())
+        log.info("text: pi_ref and the annotator from %s", where)
+    else:
+        torch.manual_seed(0)
+        info = {"train": len(train), "test": len(test), "seconds": {}}
+        t = time.perf_counter()
+        z = encoder.encode(list(train.texts), progress=progress)
+        info["seconds"]["embed"] = time.perf_counter() - t
+        head, report = fit_sentiment_head(z, train.ratings)
+        info["annotator"] = report.__dict__
+        if user_ref is not None:
+            reference = user_ref
+            info["reference"] = {"path": str(user_ref.path)}
+        else:
+            tok = train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
+            t = time.perf_counter()
+            reference = _new_lm(cfg, tok)
+            info["reference"] = fit_lm(reference.model, reference.ids(train.texts), epochs=cfg.lm_epochs,
+                                       progress=progress)
+            info["seconds"]["reference"] = time.perf_counter() - t
+        with atomic_dir(where) as tmp:
+            if isinstance(reference, TextLM):
+                reference.save(tmp / "reference")
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "annotator.safetensors"))
+            (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    dec_dir = where / f"decoder-{cfg.decoder_key()}"
+    if (dec_dir / "info.json").exists():
+        decoder = TextLM.load(dec_dir / "lm")
+        dec_info = json.loads((dec_dir / "info.json").read_text())
+    else:
+        if z is None:
+            z = encoder.encode(list(train.texts), progress=progress)
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        tok = reference.tokenizer if isinstance(reference, TextLM) else \
+            train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
+        decoder = _new_lm(cfg, tok, cond_dim=encoder.dim)
+        dec_info = fit_lm(decoder.model, decoder.ids(train.texts), cond=z, epochs=cfg.decoder_epochs,
+                          cond_noise=cfg.decoder_noise, progress=progress)
+        dec_info["seconds"] = time.perf_counter() - t
+        with atomic_dir(dec_dir) as tmp:
+            decoder.save(tmp / "lm")
+            (tmp / "info.json").write_text(json.dumps(dec_info, indent=1))
+    info = {**info, "decoder": dec_info}
+    codec = TextCodec(encoder.encoder, LMDecoder(decoder), spec="minilm")
+    annotator: HeadAnnotator | HFClassifier = HeadAnnotator(head, codec)
+    if cfg.annotator is not None:
+        annotator = HFClassifier(cfg.annotator)
+        assert test.ratings is not None
+        r, rho, acc = evaluate_scores(annotator.score(list(test.texts)).numpy(), test.ratings)
+        info = {**info, "user_annotator": {"path": str(annotator.path), "pearson": r, "spearman": rho,
+                                           "sign_accuracy": acc, "n_test": len(test)}}
+    return Pretrained(train, test, codec, reference, annotator, info)
+
+
+def prompts_of(corpus: Corpus, words: int, n: Optional[int] = None, seed: int = 0) -> list[str]:
+    """The first ``words`` words of sentences with at least ``words + 2`` words (``n`` of them, drawn with
+    ``seed``; all in corpus order when ``n`` is None)."""
+    ok = [t for t in corpus.texts if len(t.split()) >= words + 2]
+    if n is not None:
+        idx = np.random.default_rng(seed).choice(len(ok), size=n, replace=n > len(ok))
+        ok = [ok[i] for i in idx]
+    return [" ".join(t.split()[:words]) for t in ok]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of ``texts`` (words): 1.0 when nothing repeats, low for degenerate text."""
+    grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.split()] for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def perplexity(lm: TextLM | HFCausalLM, texts: Sequence[str], prompts: Sequence[str]) -> float:
+    """Perplexity per token of the continuations of ``prompts`` in ``texts`` under ``lm``."""
+    nll, count = lm.nll(texts, prompts=prompts)
+    return float(np.exp(nll.sum() / max(count.sum(), 1)))
+
+
+def annotate(annotator: HeadAnnotator | HFClassifier, texts: Sequence[str], z: Optional[Tensor] = None) -> Tensor:
+    """The annotator's scores ``(N,)`` of ``texts``; from their vectors ``z`` when given and the annotator reads
+    vectors (the same numbers, without encoding the texts again)."""
+    if z is not None and isinstance(annotator, HeadAnnotator):
+        return annotator.score_vectors(z)
+    return annotator.score(texts)
+
+
+def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, float]:
+    """How well the codec writes back what a vector says, on ``n`` held-out sentences: each is encoded, decoded
+    (from its prompt, greedy and with ``cfg.candidates`` candidates) and encoded again. Reports the mean cosine
+    between the two vectors (with, for scale, that of unrelated sentences and of the prompt alone), the
+    correlation of the annotator's scores of the sentence and of its reconstruction, and exact reconstructions."""
+    texts = [t for t in models.test.texts if len(t.split()) >= cfg.prompt_words + 2][:n]
+    prompts = [" ".join(t.split()[:cfg.prompt_words]) for t in texts]
+    z = models.codec.encode(texts)
+    out: dict[str, float] = {"sentences": float(len(texts))}
+    with torch.no_grad():
+        s = annotate(models.annotator, texts, z).numpy()
+        for label, cands in (("greedy", 1), (f"best_of_{cfg.candidates}", cfg.candidates)):
+            back = models.codec.decode(z, prompts, candidates=cands)
+            z2 = models.codec.encode(back, cache=False)
+            out[f"cosine_{label}"] = float((z * z2).sum(-1).mean())
+            out[f"score_correlation_{label}"] = float(np.corrcoef(s, annotate(models.annotator, back, z2).numpy())[0, 1])
+            out[f"exact_{label}"] = float(np.mean([a == b for a, b in zip(back, texts)]))
+        out["cosine_unrelated"] = float((z * z.roll(1, 0)).sum(-1).mean())
+        out["cosine_prompt_only"] = float((z * models.codec.encode(prompts)).sum(-1).mean())
+    return out
+
+
+def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
+            betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
+    every method's texts and scores on held-out prompts."""
+    codec, ref, annotator = models.codec, models.reference, models.annotator
+    times: dict[str, float] = {}
+
+    t = time.perf_counter()
+    prompts = prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
+    a = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 1)
+    b = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 2)
+    za, zb, zc = codec.encode(a, cache=False), codec.encode(b, cache=False), codec.encode(prompts)
+    sa, sb = annotate(annotator, a, za), annotate(annotator, b, zb)
+    prefer_a = (sa >= sb)[:, None]
+    pairs = PreferenceDataset(torch.where(prefer_a, za, zb), torch.where(prefer_a, zb, za), zc)
+    gap = (sa - sb).abs().mean().item()
+    times["pairs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    n_held = max(2, int(round(cfg.heldout * len(pairs))))
+    train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
+    train_prompts = [prompts[i] for i in perm[n_held:].tolist()]
+    val_prompts = [prompts[i] for i in perm[:n_held].tolist()][:cfg.validation_prompts]
+    torch.manual_seed(seed)
+    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
+                     patience=cfg.patience, seed=seed, progress=progress)
+    times["PFM fit"] = time.perf_counter() - t
+
+    # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
+    # fine-tuned against it for each beta; the beta whose policy the annotator scores best on held-out pairs'
+    # prompts is kept (the strongest RLHF this sweep finds, by the metric of the table).
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    rm = RewardModel.for_dataset(train, hidden=256)
+    rm.fit(train, steps=cfg.reward_steps, batch_size=min(256, len(train)), seed=seed, progress=progress)
+    rm_acc = {"train": rm.accuracy(train), "heldout": rm.accuracy(held)}
+
+    def reward(texts: list[str], ps: list[str]) -> Tensor:
+        return rm.score(codec.encode(texts, cache=False), codec.encode(ps))
+
+    sweep, policies = [], {}
+    for beta in (cfg.betas if betas is None else tuple(betas)):
+        policy, hist = rlhf_lm(ref, reward, train_prompts, beta=beta, steps=cfg.rlhf_steps,
+                               prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed, progress=progress)
+        y_val = policy.generate(val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
+        sweep.append({"beta": beta, "validation_score": annotate(annotator, y_val).mean().item(),
+                      "validation_perplexity": perplexity(ref, y_val, val_prompts),
+                      "validation_distinct_2": distinct_n(y_val, 2), "final_reward": float(np.mean(hist["reward"][-10:])),
+                      "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
+                      "kl_curve": hist["kl"], "seconds": hist["seconds"]})
+        policies[beta] = policy
+    picked = max(reversed(sweep), key=lambda r: r["validation_score"])["beta"]  # ties: the larger beta
+    rlhf_policy = policies[picked]
+    times["RLHF"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    test_prompts = prompts_of(models.test, cfg.prompt_words)[:cfg.eval_prompts]
+    y_ref = ref.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed)
+    y_rlhf = rlhf_policy.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed)
+    z_ref, z_rlhf, c_test = codec.encode(y_ref, cache=False), codec.encode(y_rlhf, cache=False), \
+        codec.encode(test_prompts)
+
+    def moved(z: Tensor) -> Tensor:
+        return torch.nn.functional.normalize(z, dim=-1) if cfg.project else z
+
+    k = cfg.iterations
+    vectors = {"reference (codec)": z_ref, "PFM": moved(flow.transform(z_ref, c_test)),
+               f"PFM x {k}": moved(flow.iterate(z_ref, c_test, k=k)), "RLHF (codec)": z_rlhf,
+               "RLHF + PFM": moved(flow.transform(z_rlhf, c_test)),
+               f"RLHF + PFM x {k}": moved(flow.iterate(z_rlhf, c_test, k=k))}
+    decoded = {name: codec.decode(v, test_prompts, candidates=cfg.candidates, seed=seed) for name, v in vectors.items()}
+    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", "RLHF", "RLHF (codec)", "RLHF + PFM",
+             f"RLHF + PFM x {k}"]
+    texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
+    times["decode"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    judge = VaderJudge()
+    methods: dict[str, dict[str, float]] = {}
+    for name, txt in texts.items():
+        m = {"score": annotate(annotator, txt).mean().item(), "vader": float(judge.score(txt).mean()),
+             "vader_win_rate_vs_rlhf": judge.win_rate(txt, y_rlhf),
+             "vader_win_rate_vs_reference": judge.win_rate(txt, y_ref),
+             "perplexity": perplexity(ref, txt, test_prompts), "distinct_1": distinct_n(txt, 1),
+             "distinct_2": distinct_n(txt, 2), "words": float(np.mean([len(s.split()) for s in txt]))}
+        if name in vectors and isinstance(annotator, HeadAnnotator):
+            m["score_of_vector"] = annotator.score_vectors(vectors[name]).mean().item()
+        methods[name] = m
+    times["metrics"] = time.perf_counter() - t
+    return {"seed": seed, "methods": methods, "pairs": {"n": len(pairs), "score_gap": gap},
+            "flow": {"steps": fhist.steps, "validation": fhist.validation,
+                     "zero_field": fhist.extras.get("validation_zero_field")},
+            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep},
+            "examples": [{"prompt": p, **{k_: v[i] for k_, v in texts.items()}} for i, p in
+                         enumerate(test_prompts[:10])], "seconds": times}
+
+
+def run_key(cfg: Config) -> str:
+    fields_ = {k: v for k, v in asdict(cfg).items() if k != "seeds"}
+    for k in ("reference", "annotator"):  # unset: left out, so that the keys of earlier runs stay as they were
+        if fields_[k] is None:
+            del fields_[k]
+        else:
+            fields_[k] = str(Path(fields_[k]).expanduser().resolve())
+    return hashlib.sha256(json.dumps(fields_, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per method and metric: ``[mean, std]`` over the runs (seeds)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in runs[0]["methods"]:
+        out[name] = {}
+        for metric in runs[0]["methods"][name]:
+            vals = np.array([r["methods"][name][metric] for r in runs], dtype=float)
+            out[name][metric] = [float(vals.mean()), float(vals.std())]
+    return out
+
+
+METRICS = (("score", "annotator score"), ("score_of_vector", "score of the vector"), ("vader", "VADER"),
+           ("vader_win_rate_vs_rlhf", "VADER win rate vs RLHF"), ("perplexity", "perplexity under pi_ref"),
+           ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("words", "words"))
+
+
+def table(summary: dict[str, dict[str, list[float]]], seeds: int) -> str:
+    """A markdown table: one row per method, mean ± std over ``seeds`` seeds (no ± with one seed)."""
+    head = "| method | " + " | ".join(label for _, label in METRICS) + " |"
+    rows = [head, "|---" * (len(METRICS) + 1) + "|"]
+    for name, m in summary.items():
+        cells = []
+        for key, _ in METRICS:
+            if key not in m:
+                cells.append("")
+            else:
+                mean, std = m[key]
+                cells.append(f"{mean:.3f}" + (f" ± {std:.3f}" if seeds > 1 else ""))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Optional[int] = None,
+              reference: Optional[str] = None, annotator: Optional[str] = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Every seed of the text experiment (each finished seed cached in the data directory, so a stopped run goes
+    on where it was); writes ``text.json`` and ``text.md`` (the table and ten example prompts) to ``out_dir``.
+    ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory instead of the
+    models trained here (see :func:`pretrained`)."""
+    from pfm import validate as V
+    from pfm.io import atomic_file
+
+    V.check_positive_int(seeds, "seeds", allow_none=True)
+    cfg = Config.quick_config() if quick else Config()
+    if seeds is not None:
+        cfg.seeds = tuple(range(seeds))
+    from .hf import model_dir
+
+    cfg.reference = None if reference is None else str(model_dir(reference, "reference"))
+    cfg.annotator = None if annotator is None else str(model_dir(annotator, "annotator"))
+    start = time.perf_counter()
+    models = pretrained(cfg, progress=progress)
+    cache = data_dir() / "text" / "runs" / run_key(cfg)
+    codec_file = cache / "codec.json"
+    if codec_file.exists():
+        codec_report = json.loads(codec_file.read_text())
+    else:
+        codec_report = codec_quality(models, cfg, n=50 if quick else 200)
+        with atomic_file(codec_file, "w") as f:
+            json.dump(codec_report, f)
+    runs: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        # RLHF's beta is swept on the first seed; the later seeds train RLHF at the beta it picked
+        betas = None if not runs else (runs[0]["rlhf"]["beta"],)
+        rec = cache / f"seed-{seed}.json"
+        if rec.exists():
+            runs.append(json.loads(rec.read_text()))
+            log.info("text: reusing %s", rec)
+            continue
+        t = time.perf_counter()
+        part = run_one(cfg, models, seed, progress=progress, betas=betas)
+        part["wall_seconds"] = time.perf_counter() - t
+        with atomic_file(rec, "w") as f:
+            json.dump(part, f)
+        runs.append(part)
+    summary = summarize(runs)
+    result = {"config": asdict(cfg), "models": models.info, "codec": codec_report, "summary": summary, "runs": runs,
+              "seconds": time.perf_counter() - start}
+    out = Path(out_dir)
+    stem = "text-quick" if quick else "text"
+    with atomic_file(out / f"{stem}.json", "w") as f:
+        json.dump(result, f, indent=1)
+    users = [f"{role}: `{path}`" for role, path in (("pi_ref", cfg.reference), ("annotator", cfg.annotator)) if path]
+    lines = [f"# Controlled text generation ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
+             *([", ".join(users) + " (a user's Hugging Face models)", ""] if users else []),
+             table(summary, len(runs)), "", "## The codec", "",
+             "Held-out sentences encoded, decoded from their prompt and encoded again: " + ", ".join(
+                 f"{k.replace('_', ' ')} {v:.3f}" for k, v in codec_report.items()) + ".", "",
+             "## RLHF's beta sweep", "",
+             "| seed | beta | annotator score (validation prompts) | perplexity | distinct-2 | reward (last 10 steps) "
+             "| KL (nats a sentence) | picked |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for row in r["rlhf"]["sweep"]:
+            lines.append(f"| {r['seed']} | {row['beta']:g} | {row['validation_score']:.3f} | "
+                         f"{row['validation_perplexity']:.1f} | {row['validation_distinct_2']:.3f} | "
+                         f"{row['final_reward']:.3f} | {row['final_kl']:.2f} | "
+                         f"{'yes' if row['beta'] == r['rlhf']['beta'] else ''} |")
+    lines += ["", "## Examples (seed 0)", ""]
+    for ex in runs[0]["examples"]:
+        lines.append(f"**{ex['prompt']}**")
+        lines += [f"- {k}: {v}" for k, v in ex.items() if k != "prompt"]
+        lines.append("")
+    with atomic_file(out / f"{stem}.md", "w") as f:
+        f.write("\n".join(lines))
+    return result

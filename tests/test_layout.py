@@ -1,0 +1,184 @@
+"""Two packages in one repository: the library never imports the experiments, the experiments use only pfm's public
+API, `pfm reproduce` finds them by entry point (and says how to install them when they are not), the old
+`pfm.tasks` paths still work for one release, and a wheel of the experiments carries their data files."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pfm import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "src" / "pfm"
+EXPERIMENTS = ROOT / "experiments" / "src" / "pfm_experiments"
+SHIM = LIBRARY / "tasks" / "__init__.py"  # the one library file that may name the experiments
+NAMES = ["toy2d", "mnist", "control", "text"]
+
+
+def imports(path: Path):
+    """(line, absolute module or None, relative level, names) for every import in the file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name, 0, []
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.module, node.level, [a.name for a in node.names]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            yield node.lineno, node.args[0].value, 0, []
+
+
+def test_the_library_never_imports_the_experiments():
+    files = [p for p in LIBRARY.rglob("*.py") if p != SHIM]
+    assert len(files) > 20
+    bad = [f"{p.relative_to(ROOT)}:{line}: {module}" for p in files for line, module, level, _ in imports(p)
+           if level == 0 and module and module.split(".")[0] == "pfm_experiments"]
+    assert not bad, bad
+    assert not list((ROOT / "src").glob("pfm_experiments*")), "the experiments are packaged apart from the library"
+
+
+def test_the_experiments_import_only_public_modules_of_pfm():
+    files = list(EXPERIMENTS.rglob("*.py"))
+    assert len(files) > 20
+    bad = []
+    for p in files:
+        package = list(p.relative_to(EXPERIMENTS.parent).with_suffix("").parts)
+        if p.name != "__init__.py":
+            package = package[:-1]
+        for line, module, level, names in imports(p):
+            where = f"{p.relative_to(ROOT)}:{line}"
+            if level > 0:
+                if level - 1 >= len(package):  # above pfm_experiments: into whatever lies beside it
+                    bad.append(f"{where}: relative import out of pfm_experiments ({'.' * level}{module or ''})")
+                continue
+            parts = (module or "").split(".")
+            if parts[0] != "pfm":
+                continue
+            private = [x for x in parts[1:] + names if x.startswith("_")]
+            if private:
+                bad.append(f"{where}: private {'.'.join(parts)} {private}")
+    assert not bad, bad
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-c", code], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_importing_every_library_module_loads_no_experiment():
+    code = """if True:
+        import pkgutil, sys
+        import pfm, pfm.cli
+        names = [m.name for m in pkgutil.walk_packages(pfm.__path__, "pfm.") if m.name != "pfm.__main__"]
+        for name in names:
+            __import__(name)
+        assert "pfm.text.codec" in names and "pfm.tasks" in names and "pfm.io" in names, names
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "pfm_experiments")
+        assert not leaked, leaked
+        print(len(names))
+    """
+    assert int(run_python(code).stdout) > 25
+
+
+def test_the_old_import_paths_warn_and_give_the_new_modules():
+    pytest.importorskip("pfm_experiments")
+    code = """if True:
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import pfm.tasks.toy2d, pfm.tasks.gaussian, pfm.tasks.text.codec, pfm.tasks.control
+            from pfm.tasks.images import metrics
+            from pfm.tasks import toy2d
+        import pfm.demo, pfm.text.codec, pfm_experiments.toy2d, pfm_experiments.images.metrics
+        import pfm_experiments.control
+        assert pfm.tasks.toy2d is toy2d is pfm_experiments.toy2d
+        assert pfm.tasks.gaussian is pfm.demo and pfm.tasks.text.codec is pfm.text.codec
+        assert metrics is pfm_experiments.images.metrics and pfm.tasks.control is pfm_experiments.control
+        assert pfm_experiments.toy2d.__spec__.name == "pfm_experiments.toy2d"  # the module keeps its own spec
+        assert pfm_experiments.toy2d.__name__ == "pfm_experiments.toy2d"
+        said = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert any("pfm.tasks.toy2d is deprecated" in m and "pfm_experiments.toy2d" in m for m in said), said
+        assert any("pfm.tasks.gaussian is deprecated" in m and "pfm.demo" in m for m in said), said
+    """
+    run_python(code)
+
+
+def test_reproduce_finds_the_experiments_by_entry_point(capsys):
+    pytest.importorskip("pfm_experiments")
+    found = cli.experiments()
+    assert list(found) == NAMES
+    assert all(callable(e.run) and callable(e.add_arguments) for e in found.values())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--quick", "--seeds", "--out", "--preference", "--reward", "--dataset", "--field", "--flow-steps",
+                 "--data-path", "--tasks", "--kinds", "--protocols", "--start", "--dataset-steps",
+                 "--teacher-lookahead", "--reference", "--annotator", "--quiet"):
+        assert flag in out, flag
+    assert "{toy2d,mnist,control,text}" in out and "toy2d: the illustrative 2D example" in out
+    assert "mnist: 'mnist' (default" in out and "control: a Minari data set id" in out  # --dataset: both helps
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "toy2d", "--quick"], ["reproduce", "control", "--quick", "--tasks",
+                                                                       "hopper", "--dataset", "x", "-q"]])
+def test_reproduce_without_the_experiments_says_how_to_install_them(argv, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "experiments", dict)  # as if no package declared the entry points
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"pfm: error: pfm reproduce {argv[1]} needs the experiments"), err
+    assert "pip install -e experiments" in err and "pip install pfm-experiments" in err, err
+
+
+def test_reproduce_with_the_experiments_package_gone_says_to_reinstall_them(capsys, monkeypatch):
+    gone = ModuleNotFoundError("No module named 'pfm_experiments'", name="pfm_experiments")
+    gone.package = "pfm_experiments"  # what experiments() records of an entry point that failed to load
+    monkeypatch.setattr(cli, "experiments", lambda: {"toy2d": gone})
+    assert cli.main(["reproduce", "toy2d", "--quick", "--reward", "edge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be imported" in err and "pip install -e experiments" in err, err
+
+
+def test_the_error_is_a_pfm_error():
+    from pfm.errors import ExperimentsNotInstalledError, MissingDependencyError, PFMError
+
+    assert issubclass(ExperimentsNotInstalledError, MissingDependencyError)
+    assert issubclass(ExperimentsNotInstalledError, PFMError) and issubclass(ExperimentsNotInstalledError, ImportError)
+
+
+def test_public_io_and_validate_are_the_private_implementations():
+    from pfm import _io, _validate, io, validate
+    from pfm.baselines._common import check_beta
+
+    for name in io.__all__:
+        assert getattr(io, name) is getattr(_io, name)
+    for name in validate.__all__:
+        assert getattr(validate, name) is (check_beta if name == "check_beta" else getattr(_validate, name))
+
+
+@pytest.mark.slow
+def test_the_experiments_wheel_carries_its_data_and_entry_points(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           str(ROOT / "experiments"), "-w", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("pfm_experiments-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        text = z.read(entry_points).decode()
+    for task in ("hopper", "halfcheetah", "walker2d"):
+        assert f"pfm_experiments/control/experts/{task}.npz" in names, names
+    assert "pfm_experiments/cli.py" in names and "pfm_experiments/toy2d.py" in names
+    assert not [n for n in names if n.startswith("pfm/")], "the library is not in the experiments' wheel"
+    assert "[pfm.experiments]" in text, text
+    for name in NAMES:
+        assert f"{name} = pfm_experiments.cli:{name.upper()}" in text, text
