@@ -237,8 +237,12 @@ def precision_part(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     return bench.precision(quick, device=str(device))
 
 
-PARTS: dict[str, Callable[..., Any]] = {"train": None, "transform": transform_part, "precision": precision_part,
-                                       "ot": ot_part}  # type: ignore[dict-item]
+PARTS: dict[str, Callable[[torch.device, bool, argparse.Namespace], Any]] = {
+    "train": lambda device, quick, args: train_part(device, quick, args.peer_seconds),
+    "transform": lambda device, quick, args: transform_part(device, quick),
+    "precision": lambda device, quick, args: precision_part(device, quick),
+    "ot": lambda device, quick, args: ot_part(device, quick),
+}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -302,10 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in args.parts:
         print(f"{name}:", flush=True)
         t = time.perf_counter()
-        if name == "train":
-            result[name] = train_part(device, args.quick, args.peer_seconds)
-        else:
-            result[name] = PARTS[name](device, args.quick)
+        result[name] = PARTS[name](device, args.quick, args)
         result["seconds"][name] = time.perf_counter() - t
         result["seconds_total"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1))  # after every part: a run cut short keeps what it measured
