@@ -106,7 +106,7 @@ def test_log_prob_on_the_device(device):
     flow.fit(ds, steps=30, batch_size=64, device=device, progress=False)
     ref = torch.distributions.MultivariateNormal(torch.zeros(2, device=device), torch.eye(2, device=device))
     y = torch.randn(50, 2, device=device)
-    lp = log_prob(flow, y, reference=lambda y, c=None: ref.log_prob(y), method="rk4", steps=8)
+    lp = log_prob(flow, y, reference=lambda y, c=None: ref.log_prob(y), method="rk4", solver_steps=8)
     assert lp.log_prob.shape == (50,) and torch.isfinite(lp.log_prob).all()
     assert lp.output.device.type == device.type
 

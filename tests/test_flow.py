@@ -66,9 +66,9 @@ def test_transform_keeps_shape_dtype_and_batches():
     torch.testing.assert_close(flow.transform(y, batch_size=5), out, rtol=1e-5, atol=1e-5)  # float32 inside
     arr = flow.transform(y.numpy().astype(np.float32))
     assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == (37, 2, 3)
-    traj = flow.transform(y, return_trajectory=True, steps=4)
+    traj = flow.transform(y, return_trajectory=True, solver_steps=4)
     assert traj.shape == (5, 37, 2, 3)
-    torch.testing.assert_close(flow.iterate(y, k=2), flow.transform(flow.transform(y)))
+    torch.testing.assert_close(flow.iterate(y, iterations=2), flow.transform(flow.transform(y)))
 
 
 def test_transform_errors():

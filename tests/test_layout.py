@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pfm import cli
+from pfm import cli, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "pfm"
@@ -130,7 +130,7 @@ def test_reproduce_finds_the_experiments_by_entry_point(capsys):
 @pytest.mark.parametrize("argv", [["reproduce", "toy2d", "--quick"], ["reproduce", "control", "--quick", "--tasks",
                                                                        "hopper", "--dataset", "x", "-q"]])
 def test_reproduce_without_the_experiments_says_how_to_install_them(argv, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "experiments", dict)  # as if no package declared the entry points
+    monkeypatch.setattr(reproduce, "experiments", dict)  # as if no package declared the entry points
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
@@ -141,7 +141,7 @@ def test_reproduce_without_the_experiments_says_how_to_install_them(argv, capsys
 def test_reproduce_with_the_experiments_package_gone_says_to_reinstall_them(capsys, monkeypatch):
     gone = ModuleNotFoundError("No module named 'pfm_experiments'", name="pfm_experiments")
     gone.package = "pfm_experiments"  # what experiments() records of an entry point that failed to load
-    monkeypatch.setattr(cli, "experiments", lambda: {"toy2d": gone})
+    monkeypatch.setattr(reproduce, "experiments", lambda: {"toy2d": gone})
     assert cli.main(["reproduce", "toy2d", "--quick", "--reward", "edge"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be imported" in err and "pip install -e experiments" in err, err
@@ -177,7 +177,7 @@ def test_the_experiments_wheel_carries_its_data_and_entry_points(tmp_path):
         text = z.read(entry_points).decode()
     for task in ("hopper", "halfcheetah", "walker2d"):
         assert f"pfm_experiments/control/experts/{task}.npz" in names, names
-    assert "pfm_experiments/cli.py" in names and "pfm_experiments/toy2d.py" in names
+    assert "pfm_experiments/cli.py" in names and "pfm_experiments/toy2d/__init__.py" in names
     assert not [n for n in names if n.startswith("pfm/")], "the library is not in the experiments' wheel"
     assert "[pfm.experiments]" in text, text
     for name in NAMES:

@@ -50,17 +50,17 @@ def ref_log_prob(ref):
 def test_exact_divergence_matches_the_pushed_gaussian_both_ways():
     flow, ref, pushed = affine_case(3)
     y1 = pushed.sample((500,))
-    lp = flow.log_prob(y1, reference=ref_log_prob(ref), method="rk4", steps=32)
+    lp = flow.log_prob(y1, reference=ref_log_prob(ref), method="rk4", solver_steps=32)
     true = pushed.log_prob(y1)
     assert float(((lp - true).abs() / true.abs()).max()) < 0.01
-    fwd = log_prob(flow, ref.sample((500,)), reference=ref_log_prob(ref), given="reference", method="rk4", steps=32)
+    fwd = log_prob(flow, ref.sample((500,)), reference=ref_log_prob(ref), given="reference", method="rk4", solver_steps=32)
     assert torch.allclose(fwd.log_prob, pushed.log_prob(fwd.output), rtol=1e-6, atol=1e-6)
     assert torch.equal(fwd.stderr, torch.zeros(500, dtype=torch.float64))
 
 
 def test_kl_to_reference_matches_the_closed_form():
     flow, ref, pushed = affine_case(3, seed=1)
-    est = kl_to_reference(flow, ref_log_prob(ref), samples=ref.sample((20_000,)), method="rk4", steps=32)
+    est = kl_to_reference(flow, ref_log_prob(ref), samples=ref.sample((20_000,)), method="rk4", solver_steps=32)
     true = gauss_kl(pushed, ref)
     assert abs(est.kl - true) < max(0.01 * true, 3 * est.stderr)
     assert est.n == 20_000 and est.stderr > 0
@@ -75,8 +75,8 @@ def test_k_maps_compose():
     M, c = E[:2, :2], E[:2, 2]
     pushed3 = MultivariateNormal(M @ ref.mean + c, covariance_matrix=M @ ref.covariance_matrix @ M.T)
     y = pushed3.sample((200,))
-    single = log_prob(flow, y, reference=ref_log_prob(ref), k=3, method="rk4", steps=32).log_prob
-    chain = log_prob(FlowChain([flow, flow, flow]), y, reference=ref_log_prob(ref), method="rk4", steps=32).log_prob
+    single = log_prob(flow, y, reference=ref_log_prob(ref), iterations=3, method="rk4", solver_steps=32).log_prob
+    chain = log_prob(FlowChain([flow, flow, flow]), y, reference=ref_log_prob(ref), method="rk4", solver_steps=32).log_prob
     assert torch.allclose(single, pushed3.log_prob(y), rtol=1e-5)
     assert torch.allclose(single, chain)
 
@@ -85,14 +85,14 @@ def test_hutchinson_is_within_its_standard_error_in_64_dimensions():
     flow, ref, pushed = affine_case(64, seed=3, scale=0.5)
     y1 = pushed.sample((400,))
     dens = log_prob(flow, y1, reference=ref_log_prob(ref), divergence="hutchinson", probes=16, method="rk4",
-                    steps=8)
+                    solver_steps=8)
     err = (dens.log_prob - pushed.log_prob(y1)) / dens.stderr
     assert bool((dens.stderr > 0).all())
     # a z-score per row: about 95% within 2 standard errors if the errors are honest
     assert float((err.abs() < 2).float().mean()) > 0.85
     assert abs(float(err.mean())) < 0.3  # unbiased
     est = kl_to_reference(flow, ref_log_prob(ref), samples=ref.sample((2000,)), divergence="hutchinson", probes=4,
-                          method="rk4", steps=8)
+                          method="rk4", solver_steps=8)
     assert abs(est.kl - gauss_kl(pushed, ref)) < 3 * est.stderr
 
 
@@ -134,7 +134,7 @@ def test_bad_input_fails_clearly():
         flow.log_prob(torch.zeros(3, 2, dtype=torch.float64), reference=lambda y, c: torch.full((3,), float("nan")))
     with pytest.raises(InvalidInputError, match="divergence"):
         flow.log_prob(torch.zeros(3, 2), reference=lp, divergence="approx")
-    with pytest.raises(InvalidInputError, match="solver options"):
+    with pytest.raises(InvalidInputError, match="unknown solver setting"):
         log_prob(flow, torch.zeros(3, 2), reference=lp, stepz=3)
     with pytest.raises(InvalidTypeError, match="PreferenceFlow"):
         log_prob(nn.Linear(2, 2), torch.zeros(3, 2), reference=lp)
@@ -158,13 +158,13 @@ def test_forward_and_inverse_agree_on_a_nonlinear_flow():
 
     flow = PreferenceFlow((2,), field=Field()).double()
     ref = MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
-    fwd = log_prob(flow, ref.sample((300,)), reference=ref_log_prob(ref), given="reference", method="rk4", steps=64)
+    fwd = log_prob(flow, ref.sample((300,)), reference=ref_log_prob(ref), given="reference", method="rk4", solver_steps=64)
     assert float((fwd.output - fwd.source).norm(dim=1).mean()) > 0.3
-    back = log_prob(flow, fwd.output, reference=ref_log_prob(ref), method="rk4", steps=64)
+    back = log_prob(flow, fwd.output, reference=ref_log_prob(ref), method="rk4", solver_steps=64)
     assert torch.allclose(back.source, fwd.source, atol=1e-5)
     assert torch.allclose(back.log_prob, fwd.log_prob, atol=1e-5)
     # and the density integrates to one: importance sampling from a wide Gaussian
     wide = MultivariateNormal(torch.zeros(2, dtype=torch.float64), 16 * torch.eye(2, dtype=torch.float64))
     y = wide.sample((20_000,))
-    lp = log_prob(flow, y, reference=ref_log_prob(ref), method="rk4", steps=32).log_prob
+    lp = log_prob(flow, y, reference=ref_log_prob(ref), method="rk4", solver_steps=32).log_prob
     assert float((lp - wide.log_prob(y)).exp().mean()) == pytest.approx(1.0, abs=0.05)

@@ -430,10 +430,10 @@ CASES: list[Case] = [
          None, "--hidden and --depth apply to --field mlp"),
     Case(2, "apply --iterations 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--iterations",
                                                      "0"), None, "--iterations"),
-    Case(2, "apply --steps 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--steps", "0"), None,
-         "--steps"),
+    Case(2, "apply --solver-steps 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--solver-steps",
+                                                      "0"), None, "--solver-steps"),
     Case(2, "demo --pairs 0", None, ["demo", "--pairs", "0"], None, "--pairs"),
-    Case(2, "transform(steps=0)", None, None, lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, steps=0),
+    Case(2, "transform(solver_steps=0)", None, None, lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, solver_steps=0),
          "solver steps must be an integer"),
     Case(2, "transform(atol=-1)", None, None,
          lambda d: PreferenceFlow.load(d / "good-flow").transform(Y, method="dopri5", atol=-1), "atol"),
@@ -920,7 +920,7 @@ def test_a_missing_optional_dependency_names_the_extra(tour, capsys, monkeypatch
     code = main(["reproduce", "control", "--quick", "--out", str(tour / "res")])
     err = capsys.readouterr().err
     assert code == 2, err
-    check_line(err, r"needs the optional dependency 'gymnasium'.*pip install 'pfm\[control\]'")
+    check_line(err, r"needs the optional dependency 'gymnasium'.*pip install 'pfm-experiments\[control\]'")
 
 
 def test_a_missing_pyarrow_names_the_extra(tour, capsys, monkeypatch):
@@ -1041,7 +1041,7 @@ def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, t
     the seconds the training loop spent in ``partners`` other than solving (waiting for the thread)."""
     import threading
 
-    import pfm.flow as flow_module
+    import pfm.fitting as flow_module  # where fit makes its PairingPlan
     from pfm import pairing
     from pfm.pairing import PairingPlan
 

@@ -53,7 +53,7 @@ def test_optimize_keeps_the_best_evaluated_weights_and_stops_on_patience():
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
     hist = optimize(model, lambda i, g: (model.weight - 1).pow(2).sum(), 4, steps=200, lr=0.01, progress=False,
-                    evaluate=lambda m: float((m.weight - 0.5).abs()), evaluate_every=5, patience=3)
+                    evaluate=lambda m: float((m.weight - 0.5).abs()), validate_every=5, patience=3)
     steps = [s for s, _ in hist.validation]
     assert steps == list(range(5, 5 * (len(steps) + 1), 5)) and hist.steps == steps[-1] < 200
     assert hist.best_step == steps[-4]  # three evaluations without improvement after the best

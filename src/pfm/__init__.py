@@ -10,8 +10,10 @@ through it. The public API, nothing else (the baselines live in :mod:`pfm.baseli
 __version__ = "0.1.0"
 
 from .compat import OptimalTransportConditionalFlowMatching
+from .config import FitConfig, SolverConfig, TrainConfig
 from .coupling import couple
-from .data import PreferenceDataset, collect_preferences
+from .collect import collect_preferences
+from .data import PreferenceDataset
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
 from .fields import MLPField, UNetField
 from .flow import PreferenceFlow
@@ -26,6 +28,9 @@ __all__ = [
     "OptimalTransportConditionalFlowMatching",
     "PreferenceDataset",
     "PreferenceFlow",
+    "FitConfig",
+    "TrainConfig",
+    "SolverConfig",
     "FlowChain",
     "iterative_pfm",
     "kl_to_reference",

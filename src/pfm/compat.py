@@ -17,9 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
+from .config import SolverConfig
 from .data import PreferenceDataset
 from .errors import InvalidInputError, InvalidTypeError
 from .flow import PreferenceFlow
+
+
+PAPER_SOLVER = SolverConfig(method="dopri5", atol=1e-4, rtol=1e-4)
+"""The solver the paper's code applies its flows with (torchdiffeq's dopri5 at atol = rtol = 1e-4)."""
 
 
 def _stack(items: list[Any], name: str) -> Tensor:
@@ -138,6 +143,6 @@ class OptimalTransportConditionalFlowMatching:
         are given; ``timesteps`` is accepted for compatibility and ignored (only the end point is returned)."""
         if self.flow is None:
             raise InvalidInputError("call fit(...) before compute_target(...)")
-        opts = {"method": "dopri5", "atol": 1e-4, "rtol": 1e-4}
+        opts = {"method": PAPER_SOLVER.method, "atol": PAPER_SOLVER.atol, "rtol": PAPER_SOLVER.rtol}
         opts.update(solver)
         return self.flow.transform(source, context, **opts)

@@ -66,7 +66,7 @@ def run(
     t1 = time.perf_counter()
     y_pfm = flow.transform(y_ref, test_c)
     infer_s = time.perf_counter() - t1
-    y_iter = flow.iterate(y_pfm, test_c, k=iterations - 1) if iterations > 1 else y_pfm
+    y_iter = flow.iterate(y_pfm, test_c, iterations=iterations - 1) if iterations > 1 else y_pfm
     rows = {
         "reference": distance(y_ref, test_c),
         "rejected (y-)": distance(ds.rejected, ds.context),

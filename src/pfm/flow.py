@@ -4,10 +4,7 @@ save and load.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,23 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from ._io import atomic_dir, check_output, read_json, recover_dir
-from .coupling import COUPLINGS, couple
+from .config import FitConfig, SolverConfig, merge, renamed, solver_options
 from .data import PreferenceDataset, as_context
-from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
+from .errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
 from .fields import FIELDS, MAX_CLASSES, check_sizes
-from .pairing import PairingPlan
-from .path import flow_matching_loss
+from .flow_files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
+                         read_config, read_weights_header)
 from .solve import check_solver, solve
-from .train import History, optimize, resolve_steps
+from .train import History
 
 log = logging.getLogger("pfm")
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "weights.safetensors"
-FORMAT = "pfm.PreferenceFlow"
-FORMAT_VERSION = 1
-
 
 class PreferenceFlow(nn.Module):
     """A flow ``y -> y(1)`` of ``dy/dt = v(t, y, context)`` trained to move rejected outputs onto preferred ones.
@@ -86,7 +76,7 @@ class PreferenceFlow(nn.Module):
         cshape = self.context_shape or (1,)
         self.register_buffer("c_shift", torch.zeros(cshape))
         self.register_buffer("c_scale", torch.ones(cshape))
-        self.solver: dict[str, Any] = {"method": "midpoint", "steps": 4, "atol": 1e-4, "rtol": 1e-4}
+        self.solver: dict[str, Any] = SolverConfig().to_dict()  # method, steps, atol, rtol
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -174,211 +164,34 @@ class PreferenceFlow(nn.Module):
                                     f"{self.context_shape}")
         return ds
 
-    def fit(
-        self,
-        dataset: PreferenceDataset,
-        *,
-        steps: Optional[int] = None,
-        epochs: Optional[float] = None,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        coupling: str = "ot",
-        sigma: float = 0.1,
-        normalize: bool = True,
-        within_context: bool = True,
-        context_weight: float = 10.0,
-        weight_decay: float = 0.0,
-        grad_clip: Optional[float] = 1.0,
-        ema_decay: Optional[float] = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        progress: bool = True,
-        checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: Optional[int] = None,
-        resume: bool = False,
-        recouple_every: Optional[int] = None,
-        precision: str = "fp32",
-        compile: bool = False,
-        validation: Optional[PreferenceDataset] = None,
-        validate_every: Optional[int] = None,
-        patience: Optional[int] = None,
-        threads: Optional[int] = None,
-    ) -> History:
+    def fit(self, dataset: PreferenceDataset, config: Optional[FitConfig] = None, *,
+            validation: Optional[PreferenceDataset] = None, **overrides: Any) -> History:
         """Train the field by conditional flow matching from the rejected to the preferred outputs.
 
         Args:
             dataset: the preference triples.
-            steps / epochs: length of training (default 2,000 steps).
-            batch_size, lr, weight_decay, grad_clip, ema_decay: optimizer settings (Adam/AdamW).
-            coupling: ``ot`` (default), ``sinkhorn``, ``independent`` or ``paired``; see :mod:`pfm.coupling`.
-            sigma: noise of the path, in units of the data's overall standard deviation when ``normalize`` is on
-                (the default), else in the data's units.
-            normalize: learn in standardized units (see the class docstring).
-            within_context, context_weight: see :func:`pfm.coupling.couple`.
-            recouple_every: for ``ot`` and ``sinkhorn``, the epochs a set of minibatch couplings is kept before a
-                new one is solved: ``None`` (default) solves one for the whole run, in the first epoch; ``1`` every
-                epoch, as the paper's code does (there in every step). The couplings are solved in a background
-                thread ahead of the steps (see :mod:`pfm.pairing`). One set for the run scored as well as re-solving
-                every batch on the 2D task and takes the solver off the training step (see the README's
-                Performance section). Under ``torch.distributed`` each rank couples its minibatch in every step
-                instead (``recouple_every`` does not apply).
-            seed: seeds batch order, times, noise and couplings (CPU runs are reproducible).
-                Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and
-                couples its own minibatch of ``batch_size`` pairs (exact OT within it): the optimizer step sees
-                ``world_size * batch_size`` pairs, but OT pairs only within each rank's share, as it would with
-                that per-rank batch on one process. See :func:`pfm.optimize`.
-            device: where to train (default: where the flow is).
-            precision: ``fp32`` (default) or ``bf16``: the field's forward under ``torch.autocast`` in bfloat16
-                (weights and optimizer state stay float32; for GPUs with bf16 tensor cores).
-            compile: run the field through ``torch.compile`` while training (the first steps wait for it).
-            checkpoint_dir, checkpoint_every, resume: write the training state every ``checkpoint_every`` steps and
-                resume from it (see :func:`pfm.optimize`); a checkpoint of other data or settings is refused.
+            config: a :class:`pfm.FitConfig` (default ``FitConfig()``): the length of training (default 2,000
+                steps), the optimizer, the coupling (exact minibatch OT within each context by default), the path's
+                ``sigma``, normalization, checkpoints, precision, threads; each setting is documented there.
             validation: held-out pairs. Every ``validate_every`` steps (default: 20 times a run) the flow-matching
                 loss on them is measured (coupled once, as in training, with fixed times and noise, so the values
                 are comparable), the flow ends with the weights of the lowest one, and with ``patience`` training
                 stops after that many evaluations without improvement. ``history.validation`` holds the curve and
                 ``history.extras["validation_zero_field"]`` the held-out loss of the zero field ``v = 0`` (a field
                 above it predicts the held-out displacement worse than not moving). Small data sets overfit fast.
-            threads: torch intra-op threads for the training steps; by default one for a small field on the CPU
-                (parameters x batch below 2^24: a second thread gains under 10% there and, on a busy machine,
-                makes every step wait for it), else torch's setting. See :func:`pfm.train.step_threads`.
+            **overrides: any field of :class:`pfm.FitConfig` by name, applied to ``config``
+                (``flow.fit(ds, steps=500, lr=3e-4)``).
+
+        Under ``torch.distributed`` (``torchrun``), each rank trains on its own part of every epoch and couples its
+        own minibatch of ``batch_size`` pairs (exact OT within it): the optimizer step sees ``world_size *
+        batch_size`` pairs, but OT pairs only within each rank's share. See :func:`pfm.optimize`.
 
         Returns:
             :class:`pfm.train.History` with the loss of every step.
         """
-        ds = self._check_dataset(dataset)
-        check_solver(self.solver, "flow.solver")  # saved with the flow and used by every transform: check it now
-        if device is not None:
-            device = V.check_device(device)
-        V.check_choice(coupling, "coupling", COUPLINGS)
-        V.check_positive_int(recouple_every, "recouple_every", allow_none=True)
-        V.check_nonneg_float(sigma, "sigma")
-        V.check_positive_int(batch_size, "batch_size")
-        if device is not None:
-            self.to(device)
-        device = self.device
-        n_steps = resolve_steps(steps, epochs, len(ds), batch_size, default=2000)
-        if normalize:
-            self._set_normalization(ds)
-        dtype = next(self.field.parameters()).dtype
-        for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
-            self._check_range(raw, name, "; rescale the outputs or train a float64 flow (flow.double())")
-        cdtype = dtype if ds.context is not None and ds.context.is_floating_point() else torch.int64
+        from .fitting import fit_flow
 
-        def read(t: Tensor, index: Optional[Tensor], kind: torch.dtype) -> Tensor:
-            return t[slice(None) if index is None else index.cpu()].to(device, kind)
-
-        def rejected_rows(index: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-            """Normalized rejected outputs and contexts of rows ``index`` (all rows: None), on the device."""
-            c = None if ds.context is None else self._norm_c(read(ds.context, index, cdtype))
-            return self._norm_y(read(ds.rejected, index, dtype)), c
-
-        def chosen_rows(index: Optional[Tensor]) -> Tensor:
-            return self._norm_y(read(ds.chosen, index, dtype))
-
-        # memory-mapped data: rows are read from disk batch by batch and the data set is never copied whole; in
-        # memory: normalize it once, keep it all on the device, and index that
-        if not ds.memory_mapped:
-            (y0_all, c_all), y1_all = rejected_rows(None), chosen_rows(None)
-            if not bool(torch.isfinite(y0_all).all() and torch.isfinite(y1_all).all()):
-                raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
-                                        f"for {str(dtype).replace('torch.', '')})")
-
-            def rejected_rows(index: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-                index = index.to(y0_all.device)
-                return y0_all[index], None if c_all is None else c_all[index]
-
-            def chosen_rows(index: Optional[Tensor]) -> Tensor:
-                return y1_all[index.to(y1_all.device)]
-
-        def batch_rows(index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-            """Normalized rejected, chosen and context rows ``index``, on the device."""
-            y0, c = rejected_rows(index)
-            return y0, chosen_rows(index), c
-
-        y_probe, c_probe = rejected_rows(torch.zeros(1, dtype=torch.int64))
-        self._check_field(y_probe, c_probe)
-        sigma = float(sigma) if normalize else float(sigma) / float(self.y_scale)
-        couple_kwargs = {"within_context": within_context, "context_weight": context_weight}
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        plan = None
-        if coupling in ("ot", "sinkhorn") and not distributed:
-            plan = PairingPlan(batch_rows, len(ds), batch_size, method=coupling, recouple_every=recouple_every,
-                               seed=seed, **couple_kwargs)
-
-        def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
-            if plan is not None:  # the partners were solved ahead, in the plan's thread
-                y0, c = rejected_rows(index)
-                y1 = chosen_rows(plan.partners(index))
-                return flow_matching_loss(model, y0, y1, c, sigma, gen)
-            y0, y1, c = batch_rows(index)
-            i0, i1 = couple(y0, y1, c, coupling, generator=gen, **couple_kwargs)
-            return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
-
-        evaluate = None
-        zero_field = None
-        if validation is not None:
-            evaluate, zero_field = self._heldout_loss(self._check_dataset(validation), coupling, sigma, dtype,
-                                                      couple_kwargs, seed)
-        elif validate_every is not None or patience is not None:
-            raise InvalidInputError("validate_every and patience need validation (held-out pairs)")
-
-        fingerprint = None
-        if checkpoint_dir is not None:
-            fingerprint = {"data": ds.digest(), "coupling": coupling, "sigma": sigma, "normalize": bool(normalize),
-                           "within_context": bool(within_context), "context_weight": float(context_weight),
-                           "grad_clip": grad_clip, "flow": json.dumps(self.config()["field"], sort_keys=True),
-                           "recouple_every": recouple_every if plan is not None else None,
-                           "precision": precision}
-        try:
-            history = optimize(self.field, loss_fn, len(ds), steps=n_steps, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, seed=seed,
-                               device=device, progress=progress, desc="fitting flow", checkpoint_dir=checkpoint_dir,
-                               checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
-                               order=None if plan is None else plan.order, precision=precision, compile=compile,
-                               evaluate=evaluate, evaluate_every=validate_every, patience=patience,
-                               threads=threads)
-            if zero_field is not None:
-                history.extras["validation_zero_field"] = [zero_field]
-                best = min((v for _, v in history.validation), default=math.inf)
-                if best >= zero_field:
-                    log.warning("the flow's best held-out loss (%.4g) is not below the zero field's (%.4g): it has "
-                                "learned nothing from these pairs that carries over to held-out ones", best, zero_field)
-            return history
-        finally:
-            if plan is not None:
-                plan.close()
-
-    def _heldout_loss(self, ds: PreferenceDataset, coupling: str, sigma: float, dtype: torch.dtype,
-                      couple_kwargs: dict[str, Any], seed: int, repeats: int = 4, chunk: int = 4096):
-        """``(evaluate(model) -> float, zero-field loss)``: the flow-matching loss on held-out pairs, normalized
-        like the training data, coupled once (in chunks of ``chunk`` rows), with fixed times and noise."""
-        device = self.device
-        y0 = self._norm_y(ds.rejected[:].to(device, dtype))
-        y1 = self._norm_y(ds.chosen[:].to(device, dtype))
-        c = None
-        if ds.context is not None:
-            c = self._norm_c(ds.context[:].to(device, dtype if ds.context.is_floating_point() else torch.int64))
-        gen = torch.Generator(device=device).manual_seed(seed + 104_729)
-        parts = []
-        for s in range(0, len(ds), chunk):
-            a, b = y0[s:s + chunk], y1[s:s + chunk]
-            cc = None if c is None else c[s:s + chunk]
-            i0, i1 = couple(a, b, cc, coupling, generator=gen, **couple_kwargs)
-            parts.append((a[i0], b[i1], None if cc is None else cc[i0]))
-        state = gen.get_state()
-
-        def evaluate(model: nn.Module) -> float:
-            g = torch.Generator(device=device)
-            g.set_state(state)  # the same times and noise at every evaluation
-            total = 0.0
-            for _ in range(repeats):
-                for a, b, cc in parts:
-                    total += float(flow_matching_loss(model, a, b, cc, sigma, g)) * a.shape[0]
-            return total / (repeats * len(ds))
-
-        zero = evaluate(lambda t, y, cc: torch.zeros_like(y))  # type: ignore[arg-type]
-        return evaluate, zero
+        return fit_flow(self, dataset, merge(config, overrides, FitConfig, "fit"), validation)
 
     # ------------------------------------------------------------------------------------------ inference
     def _prepare_context(self, context: Any, n: int) -> Optional[Tensor]:
@@ -449,29 +262,30 @@ class PreferenceFlow(nn.Module):
         context: Any = None,
         *,
         method: Optional[str] = None,
-        steps: Optional[int] = None,
+        solver_steps: Optional[int] = None,
         atol: Optional[float] = None,
         rtol: Optional[float] = None,
         batch_size: int = 8192,
         return_trajectory: bool = False,
+        steps: Optional[int] = None,
     ) -> Any:
         """Push outputs ``y`` ``(N, *output_shape)`` through the flow from t = 0 to 1.
 
         Args:
             y: tensor or NumPy array; the result has its shape, dtype and device (or is an array).
             context: labels ``(N,)`` or a single label; float contexts ``(N, *context_shape)`` or one context.
-            method, steps, atol, rtol: solver settings (defaults in ``self.solver``; see :func:`pfm.solve.solve`).
+            method, solver_steps, atol, rtol: solver settings (defaults in ``self.solver``, a
+                :class:`pfm.SolverConfig` as a dict; see :func:`pfm.solve`). ``steps`` is the old name of
+                ``solver_steps`` (deprecated).
             batch_size: rows solved at once.
-            return_trajectory: return ``(steps + 1, N, *output_shape)`` states instead of the end points.
+            return_trajectory: return ``(solver_steps + 1, N, *output_shape)`` states instead of the end points.
         """
         as_numpy = isinstance(y, np.ndarray)
         y_t = self.check_outputs(y)
         V.check_positive_int(batch_size, "batch_size")
         c = self._prepare_context(context, y_t.shape[0])
-        opts = dict(self.solver)
-        for k, v in (("method", method), ("steps", steps), ("atol", atol), ("rtol", rtol)):
-            if v is not None:
-                opts[k] = v
+        given = {"method": method, "solver_steps": solver_steps, "atol": atol, "rtol": rtol, "steps": steps}
+        opts = {**self.solver, **solver_options("transform", given)}
         check_solver(opts, "solver")
         if not isinstance(return_trajectory, bool):
             raise InvalidTypeError(f"return_trajectory must be True or False, got {return_trajectory!r}")
@@ -514,7 +328,7 @@ class PreferenceFlow(nn.Module):
         y = V.as_float(y, "y")
         V.check_trailing_shape(y, "y", self.output_shape, "flow's outputs")
         c = self._prepare_context(context, y.shape[0])
-        opts = {**self.solver, **{k: v for k, v in solver.items() if v is not None}}
+        opts = {**self.solver, **solver_options("divergence_pass", solver)}
         dev, dtype = self.device, self.y_shift.dtype
         cb = self._field_context(c)
         was_training = self.training
@@ -526,20 +340,28 @@ class PreferenceFlow(nn.Module):
             self.train(was_training)
         return self._denorm_y(z), integral, se
 
-    def log_prob(self, y: Any, context: Any = None, *, reference: Any, k: int = 1, **options: Any) -> Tensor:
-        """Log-density ``(N,)`` of this flow's outputs (applied ``k`` times) at the aligned outputs ``y``, given
-        the reference's ``log_prob``: ``y`` is solved back to t = 0 and scored there by the change of variables.
-        Options (``divergence``, ``probes``, ``method``, ``steps``, ...) go to :func:`pfm.likelihood.log_prob`."""
+    def log_prob(self, y: Any, context: Any = None, *, reference: Any, iterations: Optional[int] = None,
+                 k: Optional[int] = None, **options: Any) -> Tensor:
+        """Log-density ``(N,)`` of this flow's outputs (applied ``iterations`` times) at the aligned outputs ``y``,
+        given the reference's ``log_prob``: ``y`` is solved back to t = 0 and scored there by the change of
+        variables. Options (``divergence``, ``probes``, ``method``, ``solver_steps``, ...) go to
+        :func:`pfm.likelihood.log_prob`. ``k`` is the old name of ``iterations`` (deprecated)."""
         from .likelihood import log_prob
 
-        return log_prob(self, y, context, reference=reference, given="output", k=k, **options).log_prob
+        iterations = renamed("log_prob", "iterations", iterations, "k", k)
+        return log_prob(self, y, context, reference=reference, given="output", iterations=iterations,
+                        **options).log_prob
 
-    def iterate(self, y: Any, context: Any = None, k: int = 2, **solver: Any) -> Any:
-        """Apply the flow ``k`` times ("PFM x k"): ``transform(transform(...y...))``. Keyword arguments go to
-        :meth:`transform`. This re-applies one trained flow; re-collecting preferences and training a new flow
-        each round is the paper's iterative method, a different thing."""
-        V.check_positive_int(k, "k")
-        for _ in range(k):
+    def iterate(self, y: Any, context: Any = None, iterations: Optional[int] = None, *, k: Optional[int] = None,
+                **solver: Any) -> Any:
+        """Apply the flow ``iterations`` times (default 2; "PFM x k"): ``transform(transform(...y...))``. Keyword arguments go
+        to :meth:`transform`. This re-applies one trained flow; re-collecting preferences and training a new flow
+        each round is the paper's iterative method (:func:`pfm.iterative_pfm`), a different thing. ``k`` is the
+        old name of ``iterations`` (deprecated)."""
+        iterations = renamed("iterate", "iterations", iterations, "k", k)
+        iterations = 2 if iterations is None else iterations
+        V.check_positive_int(iterations, "iterations")
+        for _ in range(iterations):
             y = self.transform(y, context, **solver)
         return y
 
@@ -561,21 +383,10 @@ class PreferenceFlow(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` into ``directory``, replaced atomically: a crash at any
-        moment leaves the old flow or the new one there (see :func:`pfm._io.atomic_dir`)."""
-        from safetensors.torch import save_file
+        moment leaves the old flow or the new one there (see :func:`pfm.io.atomic_dir`)."""
+        from .flow_files import save_flow
 
-        check_output(directory, "directory", kind="flow")
-        config = self.config()
-        check_solver(config["solver"], "flow.solver")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise NonFiniteOutputError(f"the flow's {', '.join(bad[:3])} hold NaN or infinite values; refusing to "
-                                       "save a broken flow")
-        with atomic_dir(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        return Path(directory)
+        return save_flow(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, field: Optional[nn.Module] = None,
@@ -586,188 +397,7 @@ class PreferenceFlow(nn.Module):
         the weights' shapes (read from the safetensors header) are compared with those the config builds (on the
         ``meta`` device, which allocates nothing) before any memory is taken, and weights or buffers that are NaN
         or infinite, or a zero scale, are refused."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from .flow_files import load_flow
 
-        if field is not None and not isinstance(field, nn.Module):
-            raise InvalidTypeError(f"field must be an nn.Module, got {type(field).__name__}")
-        device = V.check_device(device)
-        directory = Path(directory)
-        cfg = read_config(directory)
-        weights = directory / WEIGHTS_NAME
-        header = read_weights_header(weights)
-        fcfg = cfg["field"]
-        common = dict(num_classes=cfg["num_classes"], context_shape=cfg["context_shape"])
-        expected = {"y_shift": list(cfg["output_shape"]), "y_scale": [],
-                    "c_shift": list(cfg["context_shape"] or [1]), "c_scale": list(cfg["context_shape"] or [1])}
-        for name, shape in expected.items():
-            got = header.get(name, (None, None))[1]
-            if got != shape:
-                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {name} has shape "
-                                    f"{got} in {WEIGHTS_NAME}, {shape} by the config")
-        if fcfg["type"] == "custom":
-            if field is None:
-                raise FlowFileError(f"{str(directory)!r} holds a custom field ({fcfg.get('class')}); pass an "
-                                    "instance of it as load(..., field=module)")
+        return load_flow(cls, directory, field=field, device=device)
 
-            def build() -> "PreferenceFlow":
-                return cls(cfg["output_shape"], field=field, **common)
-        else:
-            kw = {k: v for k, v in fcfg["config"].items() if k not in ("output_shape", "num_classes",
-                                                                        "context_shape")}
-            kw.setdefault("time_max_freq", 1000.0)  # files written before the setting existed
-            # every size the config names must appear in some weight's shape, and the layers be no more than the
-            # weights: a tampered config is refused before building anything
-            dims = {int(d) for _, shape in header.values() for d in shape} | {1}
-            keys = ("hidden", "time_dim", "emb_dim") + (("context_dim",) if common["num_classes"] or
-                                                        common["context_shape"] else ())
-            for key in keys:
-                if isinstance(kw.get(key), int) and kw[key] not in dims:
-                    raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: no weight has "
-                                        f"a dimension of {key}={kw[key]}")
-            if isinstance(kw.get("depth"), int) and kw["depth"] > len(header):
-                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: depth="
-                                    f"{kw['depth']} layers, but the file holds {len(header)} tensors")
-
-            def build() -> "PreferenceFlow":
-                return cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
-        dtype = getattr(torch, cfg["dtype"])
-        try:
-            with torch.device("meta"):
-                shell = build()
-        except (TypeError, KeyError, InvalidInputError, RuntimeError, NotImplementedError) as exc:
-            raise FlowFileError(f"{str(directory)!r} has a config this version cannot build: {exc}") from None
-        want = {k: list(v.shape) for k, v in shell.state_dict().items()}
-        del shell
-        have = {k: shape for k, (_, shape) in header.items()}
-        missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-        if missing or unexpected:
-            what = (f"missing {missing[:3]}" if missing else "") + ("; " if missing and unexpected else "") + \
-                   (f"unexpected {unexpected[:3]}" if unexpected else "")
-            raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {what}")
-        for k in want:
-            if want[k] != have[k]:
-                raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: size mismatch for "
-                                    f"{k}: {have[k]} in {WEIGHTS_NAME}, {want[k]} by the config")
-        flow = build()  # the sizes now match a file that exists: building takes what the file holds
-        flow.solver.update(cfg["solver"])
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise FlowFileError(f"{str(weights)!r} is not a readable safetensors file ({exc})") from None
-        flow.to(dtype)
-        try:
-            flow.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            first = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
-                         lines[0] if lines else "")
-            raise FlowFileError(f"the weights in {str(directory)!r} do not match its config: {first}") from None
-        for name, t in flow.state_dict().items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise FlowFileError(f"{str(weights)!r} holds NaN or infinite values in {name!r}; the flow is broken")
-        for name in ("y_scale", "c_scale"):
-            if not bool((getattr(flow, name) > 0).all()):
-                raise FlowFileError(f"{str(weights)!r} holds a {name} that is not positive; the flow is broken")
-        return flow.to(device).eval()
-
-
-WEIGHT_DTYPES = ("float32", "float64", "float16", "bfloat16")
-
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def read_weights_header(path: str | os.PathLike) -> dict[str, tuple[str, list[int]]]:
-    """``{name: (dtype, shape)}`` from a safetensors file's header, checked against the file's size (every
-    tensor's bytes must lie inside the file) without reading the tensors."""
-    path = Path(path)
-    if not path.exists():
-        raise FlowFileError(f"{str(path.parent)!r} has no {path.name}")
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n <= 0 or n > min(size - 8, 100 << 20):
-                raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (Error while deserializing "
-                                    "header: invalid header length)")
-            meta = json.loads(f.read(n))
-    except PermissionError:
-        raise FlowFileError(f"{str(path)!r} cannot be read (permission denied)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (its header is not JSON)") from None
-    if not isinstance(meta, dict):
-        raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (its header is not a JSON object)")
-    out: dict[str, tuple[str, list[int]]] = {}
-    room = size - 8 - n
-    for name, info in meta.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (a, b) = info["dtype"], info["shape"], info["data_offsets"]
-            ok = (dtype in _ST_DTYPES and isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
-                  and type(a) is int and type(b) is int and 0 <= a <= b <= room
-                  and b - a == math.prod(shape) * _ST_DTYPES[dtype])
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise FlowFileError(f"{str(path)!r} is not a readable safetensors file (tensor {name!r} is described "
-                                "wrongly or lies beyond the end of the file)")
-        out[name] = (dtype, shape)
-    return out
-
-
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The JSON config of a saved flow, checked to be one: every setting by type and range (a tampered file is a
-    :class:`FlowFileError` naming the file and the setting)."""
-    directory = Path(directory)
-    recover_dir(directory)  # a save cut between its two renames, on systems without an atomic exchange
-    if not directory.exists():
-        raise MissingFileError(f"no such flow directory: {str(directory)!r}")
-    if not directory.is_dir():
-        raise FlowFileError(f"{str(directory)!r} is a file; a saved flow is a directory with {CONFIG_NAME} "
-                            f"and {WEIGHTS_NAME}")
-    path = directory / CONFIG_NAME
-    if not path.exists():
-        raise FlowFileError(f"{str(directory)!r} is not a saved flow: it has no {CONFIG_NAME}")
-    if path.stat().st_size > 1 << 20:
-        raise FlowFileError(f"{str(path)!r} is {path.stat().st_size:,} bytes; a flow's config is a few hundred")
-    try:
-        cfg = read_json(path)
-    except PermissionError:
-        raise FlowFileError(f"{str(path)!r} cannot be read (permission denied)") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        found = cfg.get("format") if isinstance(cfg, dict) else None
-        raise FlowFileError(f"{str(path)!r} is not a pfm flow config (format {found!r})")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise FlowFileError(f"{str(directory)!r} was written in flow format {cfg.get('format_version')}; this "
-                            f"version of pfm reads format {FORMAT_VERSION}")
-    for key in ("output_shape", "field"):
-        if key not in cfg:
-            raise FlowFileError(f"{str(path)!r} lacks {key!r}")
-    cfg.setdefault("num_classes", None)
-    cfg.setdefault("context_shape", None)
-    cfg.setdefault("solver", {})
-    cfg.setdefault("dtype", "float32")
-    try:
-        check_sizes(cfg["output_shape"], cfg["num_classes"], cfg["context_shape"])
-        if cfg["num_classes"] is not None and cfg["context_shape"] is not None:
-            raise InvalidInputError("it gives both num_classes and context_shape")
-        check_solver(cfg["solver"], "solver")
-        if cfg["dtype"] not in WEIGHT_DTYPES:
-            raise InvalidInputError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {cfg['dtype']!r}")
-        field = cfg["field"]
-        if not isinstance(field, dict) or field.get("type") not in (*FIELDS, "custom"):
-            what = field.get("type") if isinstance(field, dict) else field
-            raise InvalidInputError(f"field must name a type ({', '.join(FIELDS)} or custom), got {what!r}")
-        if field["type"] != "custom":
-            fc = field.get("config")
-            if not isinstance(fc, dict):
-                raise InvalidInputError(f"field config must be an object, got {type(fc).__name__}")
-            known = set(inspect.signature(FIELDS[field["type"]]).parameters)
-            unknown = sorted(set(fc) - known)
-            if unknown:
-                raise InvalidInputError(f"the {field['type']} field has no setting(s) {unknown}")
-    except InvalidInputError as exc:
-        raise FlowFileError(f"{str(path)!r} is not a valid flow config: {exc}") from None
-    return cfg

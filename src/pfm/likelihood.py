@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as V
+from .config import renamed, solver_options
 from .errors import InvalidInputError, InvalidTypeError
 from .solve import Field, solve
 
@@ -128,7 +129,7 @@ def divergence_integral(
 # ------------------------------------------------------------------------------------------------ flows
 def _as_flows(flows: Any, k: int) -> list[Any]:
     """A PreferenceFlow, a FlowChain or a sequence of flows -> the list of maps, applied first to last, ``k`` times."""
-    V.check_positive_int(k, "k")
+    V.check_positive_int(k, "iterations")
     if hasattr(flows, "flows") and not hasattr(flows, "divergence_pass"):  # a FlowChain
         flows = list(flows.flows)
     elif hasattr(flows, "divergence_pass"):
@@ -178,7 +179,8 @@ def log_prob(
     *,
     reference: Any,
     given: str = "output",
-    k: int = 1,
+    iterations: Optional[int] = None,
+    k: Optional[int] = None,
     divergence: str = "auto",
     probes: int = 8,
     batch_size: int = 4096,
@@ -193,23 +195,22 @@ def log_prob(
             samples to push forward (``given="reference"``).
         context: as for :meth:`pfm.PreferenceFlow.transform`; passed to ``reference``'s ``log_prob`` as given.
         reference: pi_ref: an object with ``log_prob(y, context) -> (N,)`` or that function.
-        k: apply the maps ``k`` times (PFM x k).
+        iterations: apply the maps this many times (PFM x k); ``k=`` is its old name (deprecated).
         divergence, probes: see :func:`divergence_integral`.
         batch_size: rows solved at once.
         seed: seeds Hutchinson's probes.
-        **solver: ``method``, ``steps``, ``atol``, ``rtol`` (default: each flow's ``solver``).
+        **solver: ``method``, ``solver_steps``, ``atol``, ``rtol`` (default: each flow's ``solver``).
 
     Returns:
         :class:`FlowDensity` with the outputs, the reference points and the log-density at the outputs.
     """
     V.check_choice(given, "given", ("output", "reference"))
-    maps = _as_flows(flows, k)
+    iterations = renamed("log_prob", "iterations", iterations, "k", k)
+    maps = _as_flows(flows, 1 if iterations is None else iterations)
     log_ref = reference_log_prob(reference)
     y_t = maps[0].check_outputs(y)
     V.check_positive_int(batch_size, "batch_size")
-    unknown = set(solver) - {"method", "steps", "atol", "rtol"}
-    if unknown:
-        raise InvalidInputError(f"unknown solver options {sorted(unknown)}; expected method, steps, atol, rtol")
+    solver = {("solver_steps" if k == "steps" else k): v for k, v in solver_options("log_prob", solver).items()}
     gen = torch.Generator().manual_seed(int(seed))
     order = maps if given == "reference" else maps[::-1]
     with torch.no_grad():
@@ -254,7 +255,8 @@ def kl_to_reference(
     *,
     n: Optional[int] = None,
     samples: Any = None,
-    k: int = 1,
+    iterations: Optional[int] = None,
+    k: Optional[int] = None,
     divergence: str = "auto",
     probes: int = 8,
     seed: int = 0,
@@ -267,10 +269,12 @@ def kl_to_reference(
     (Hutchinson's noise is part of each sample's value, so it is included).
 
     Args:
-        flows: a flow, a chain or a list of flows; ``k`` applies them ``k`` times (PFM x k).
+        flows: a flow, a chain or a list of flows; ``iterations`` applies them that many times (PFM x k; ``k=`` is
+            its old name, deprecated).
         reference: pi_ref with ``log_prob`` (and ``sample`` or ``__call__`` when ``samples`` is not given).
         context: contexts of the samples (one row each), or None.
     """
+    iterations = renamed("kl_to_reference", "iterations", iterations, "k", k)
     log_ref = reference_log_prob(reference)
     if samples is None:
         if n is None:
@@ -287,7 +291,7 @@ def kl_to_reference(
                 samples = reference(context, n)
             else:
                 raise InvalidTypeError("reference cannot be sampled (no sample() or __call__); pass samples")
-    dens = log_prob(flows, samples, context, reference=log_ref, given="reference", k=k, divergence=divergence,
+    dens = log_prob(flows, samples, context, reference=log_ref, given="reference", iterations=iterations, divergence=divergence,
                     probes=probes, seed=seed, **solver)
     with torch.no_grad():
         lr = _call_log_prob(log_ref, dens.output, context).double().cpu()

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import _validate as V
 from .coupling import couple
-from .train import epoch_order, mix_seed
+from .ordering import epoch_order, mix_seed
 
 Rows = Callable[[Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
 """``rows(index) -> (y0, y1, context)``: the rejected outputs, preferred outputs and contexts of rows ``index``."""

@@ -59,10 +59,10 @@ def solve(
     y: Tensor,
     context: Optional[Tensor] = None,
     *,
-    method: str = "midpoint",
-    steps: int = 16,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
+    method: Optional[str] = None,
+    steps: Optional[int] = None,
+    atol: Optional[float] = None,
+    rtol: Optional[float] = None,
     t_span: tuple[float, float] = (0.0, 1.0),
     return_trajectory: bool = False,
 ) -> Tensor:
@@ -71,6 +71,7 @@ def solve(
     Args:
         field: ``field(t, y, context)`` with ``t: (B,)``.
         context: passed to the field unchanged.
+        method, steps, atol, rtol: default to :class:`pfm.SolverConfig`'s (midpoint, 4 steps, 1e-4).
         method: ``euler``, ``midpoint``, ``rk4`` (fixed ``steps``) or an adaptive torchdiffeq method.
         steps: steps of a fixed-step method; for an adaptive one, the number of intervals of the returned
             trajectory (it picks its own steps).
@@ -81,6 +82,13 @@ def solve(
     Returns:
         ``(B, *shape)`` end points, or the trajectory.
     """
+    from .config import SolverConfig
+
+    default = SolverConfig()
+    method = default.method if method is None else method
+    steps = default.steps if steps is None else steps
+    atol = default.atol if atol is None else atol
+    rtol = default.rtol if rtol is None else rtol
     V.check_choice(method, "method", METHODS)
     V.check_int(steps, "steps", low=1, high=1 << 20)
     V.check_positive_float(atol, "atol")

@@ -82,5 +82,5 @@ def behavior_cloning(
 
     history = optimize(pi, loss_fn, y.shape[0], steps=total, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, device=dev, progress=progress,
-                       desc="behavior cloning", evaluate=evaluate, evaluate_every=validate_every, patience=patience)
+                       desc="behavior cloning", evaluate=evaluate, validate_every=validate_every, patience=patience)
     return pi.eval(), history

@@ -151,7 +151,7 @@ class RewardModel(nn.Module):
             return -F.logsigmoid(margin).mean(), {"acc": (margin > 0).float().mean()}
 
         return optimize(self, loss_fn, n, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        seed=seed, device=device, progress=progress, desc="reward model")
+                        grad_clip=None, seed=seed, device=device, progress=progress, desc="reward model")
 
     @torch.no_grad()
     def accuracy(self, dataset: PreferenceDataset, batch_size: int = 8192) -> float:

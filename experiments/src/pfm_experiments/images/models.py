@@ -111,7 +111,8 @@ class ConditionalVAE(nn.Module):
             p.requires_grad_(False)
         self.log_std.requires_grad_(True)
         optimize(self, gaussian, len(x), steps=max(1, math.ceil(std_epochs * len(x) / batch_size)),
-                 batch_size=batch_size, lr=1e-2, seed=seed + 1, progress=progress, desc="reference generator (std)")
+                 batch_size=batch_size, lr=1e-2, grad_clip=None, seed=seed + 1, progress=progress,
+                 desc="reference generator (std)")
         for p in frozen:
             p.requires_grad_(True)
         return history

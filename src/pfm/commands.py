@@ -1,0 +1,205 @@
+"""What ``pfm fit``, ``pfm apply``, ``pfm info`` and ``pfm demo`` do, once :mod:`pfm.cli` has parsed their options.
+
+Every path written and every setting used later is checked before any data is read or a step is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import FitConfig, SolverConfig
+from .errors import InvalidInputError, MissingFileError
+from .options import config_from_args, given
+
+log = logging.getLogger("pfm")
+
+
+def _exists(path: str) -> None:
+    if not Path(path).exists():
+        raise MissingFileError(f"no such file: {path!r}")
+
+
+def field_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The field's settings given on the command line (the others keep the field's own defaults)."""
+    if args.field == "unet":
+        if args.hidden is not None or args.depth is not None:
+            raise InvalidInputError("--hidden and --depth apply to --field mlp; the UNet takes --channels")
+        return {} if args.channels is None else {"channels": args.channels}
+    if args.channels is not None:
+        raise InvalidInputError("--channels applies to --field unet; the MLP takes --hidden and --depth")
+    return {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v is not None}
+
+
+def fit(args: argparse.Namespace) -> int:
+    from ._io import check_output
+
+    _exists(args.data)
+    args.out = str(check_output(args.out, "--out", kind="flow", inputs=[(args.data, "data file")]))
+    ckpt = args.checkpoint_dir
+    if ckpt is None and (args.checkpoint_every or args.resume):
+        ckpt = str(Path(args.out).with_name(Path(args.out).name + ".checkpoint"))
+    if ckpt is not None:
+        ckpt = str(check_output(ckpt, "--checkpoint-dir", kind="dir",
+                                inputs=[(args.data, "data file"), (args.out, "--out flow directory")]))
+        if (Path(ckpt) / "checkpoint.pt").exists() and not args.resume:
+            raise InvalidInputError(f"--checkpoint-dir {ckpt!r} holds the checkpoint of an earlier run; pass "
+                                    "--resume to go on from it, or choose another directory")
+    held_out = args.validation is not None or args.validation_fraction is not None
+    if held_out and ckpt is not None:
+        raise InvalidInputError("--validation and --validation-fraction cannot be combined with checkpoints yet "
+                                "(the best weights are not part of the checkpoint)")
+    if not held_out and (args.validate_every is not None or args.patience is not None):
+        raise InvalidInputError("--validate-every and --patience need held-out pairs: --validation FILE or "
+                                "--validation-fraction F")
+    if args.validation is not None:
+        _exists(args.validation)
+    if args.device is not None:
+        from ._validate import check_device
+
+        check_device(args.device, "--device")
+    args.field_kwargs = field_options(args)
+    args.config = config_from_args(FitConfig, args, checkpoint_dir=ckpt, progress=not args.quiet,
+                                   threads=args.threads)
+    args.solver = config_from_args(SolverConfig, args)
+    ds = _read_pairs(args, args.data)
+    validation = None
+    if args.validation is not None:
+        validation = _read_pairs(args, args.validation)
+    elif args.validation_fraction is not None:
+        validation, ds = ds.split(args.validation_fraction, seed=args.seed)
+    return _distributed(args, ds, validation)
+
+
+def _read_pairs(args: argparse.Namespace, path: str):
+    from .data import PreferenceDataset
+
+    if str(path).lower().endswith(".jsonl"):
+        if not args.codec:
+            raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
+                                    "e.g. --codec minilm")
+        if getattr(args, "codec_object", None) is None:
+            from .text.codec import load_codec
+
+            args.codec_object = load_codec(args.codec)
+        ds = PreferenceDataset.from_text_pairs(path, args.codec_object, progress=not args.quiet)
+    elif args.codec:
+        raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {path!r}")
+    else:
+        ds = PreferenceDataset.load(path)
+    log.info("loaded %r from %s", ds, path)
+    return ds
+
+
+def _distributed(args: argparse.Namespace, ds, validation) -> int:
+    """Fit on one process, or on every rank of a ``torchrun`` launch."""
+    import torch
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1 or torch.distributed.is_initialized():
+        return _fit_on(args, ds, validation, rank)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(args.device)
+    try:
+        code = _fit_on(args, ds, validation, rank)
+        torch.distributed.barrier()  # nobody tears the group down while rank 0 still writes
+        return code
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
+    import dataclasses
+
+    import torch
+
+    from ._io import atomic_file
+    from .flow import PreferenceFlow
+    from .runtime import seed_everything
+
+    seed_everything(args.seed)
+    flow = PreferenceFlow.for_dataset(ds, field=args.field, **args.field_kwargs)
+    flow.solver.update(args.solver.to_dict())
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = dataclasses.replace(args.config, device=device)
+    if cfg.resume and not (Path(cfg.checkpoint_dir) / "checkpoint.pt").exists():
+        log.warning("no checkpoint in %s: starting from step 0", cfg.checkpoint_dir)
+    history = flow.fit(ds, cfg, validation=validation)
+    if rank != 0:  # one writer
+        return 0
+    flow.save(args.out)
+    with atomic_file(Path(args.out) / "history.json", "w") as fh:
+        json.dump(history.to_dict(), fh)
+    if getattr(args, "codec_object", None) is not None:  # what turned the text into vectors, to apply it again
+        with atomic_file(Path(args.out) / "codec.json", "w") as fh:
+            json.dump(args.codec_object.describe(), fh)
+    kept = f", weights of step {history.best_step}" if history.best_step is not None else ""
+    print(f"saved flow to {args.out} ({history.steps} steps, {history.seconds:.1f} s, "
+          f"final loss {history.loss[-1]:.4g}{kept})")
+    return 0
+
+
+def apply(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._io import atomic_file, check_output
+    from .data import npz_keys, read_npz
+    from .errors import FlowFileError
+    from .flow import PreferenceFlow
+
+    _exists(args.input)
+    solver = given(SolverConfig, args)
+    flow = PreferenceFlow.load(args.flow, device=args.device or "cpu")  # first: is FLOW a flow at all?
+    args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".npz",),
+                                inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
+    names = npz_keys(args.input)
+    key = args.key
+    if key is None:
+        others = [k for k in names if k != args.context_key]
+        candidates = [k for k in ("y", "outputs", "rejected") if k in names] or (others if len(others) == 1 else [])
+        if not candidates:
+            raise FlowFileError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
+        key = candidates[0]
+    if key not in names:
+        raise FlowFileError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
+    arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
+    context = arrays.get(args.context_key)
+    if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
+        solver["solver_steps"] = solver.pop("steps")
+    y = flow.iterate(arrays[key], context, iterations=args.iterations, **solver)
+    out = {"y": y}
+    if context is not None:
+        out["context"] = context
+    with atomic_file(args.out) as f:
+        np.savez(f, **out)
+    print(f"wrote {len(y)} transformed outputs to {args.out} (array 'y')")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from .flow_files import WEIGHTS_NAME, read_config, read_weights_header
+
+    cfg = read_config(args.flow)
+    read_weights_header(Path(args.flow) / WEIGHTS_NAME)
+    size = (Path(args.flow) / WEIGHTS_NAME).stat().st_size if (Path(args.flow) / WEIGHTS_NAME).exists() else 0
+    cfg["weights_bytes"] = size
+    print(json.dumps(cfg, indent=2))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from . import demo as the_demo
+
+    result = the_demo.run(n_pairs=args.pairs, steps=args.steps, conditional=args.conditional, seed=args.seed,
+                          progress=not args.quiet)
+    print(the_demo.table(result))
+    print(f"\n{result['n_pairs']} pairs; fit {result['steps']} steps in {result['fit_seconds']:.1f} s; "
+          f"transform of 2,000 samples in {result['transform_seconds']:.2f} s")
+    return 0

@@ -1,0 +1,237 @@
+"""Settings as dataclasses, one place for every default (as TRL's ``DPOConfig``).
+
+- :class:`TrainConfig`: the training loop's settings (:func:`pfm.optimize`, which the flows and the baselines train
+  through): its length, the optimizer, checkpoints, validation, precision.
+- :class:`FitConfig`: a :class:`TrainConfig` plus what a flow's fit adds: the coupling and the path
+  (:meth:`pfm.PreferenceFlow.fit`).
+- :class:`SolverConfig`: the ODE solver a flow is applied with (saved with the flow, see
+  :meth:`pfm.PreferenceFlow.transform` and :func:`pfm.solve`).
+
+Each field's help text is in its ``metadata["help"]``; the command line (``pfm fit``, ``pfm apply``) builds its
+options from these fields (:mod:`pfm.options`), so an option's default is written once, here.
+
+Names: ``steps`` alone is always *training* steps; the solver's steps are ``SolverConfig.steps``, which is
+``solver_steps`` wherever it stands beside other settings (``transform(solver_steps=)``, ``pfm fit
+--solver-steps``, ``pfm apply --solver-steps``). Applying one trained flow k times is ``iterations``
+(``flow.iterate(y, iterations=3)``, ``pfm apply --iterations 3``); ``rounds`` is the paper's iterative method,
+which collects new preferences and trains a new flow each round (:func:`pfm.iterative_pfm`).
+
+Every value is checked when a config is made (or changed with :func:`dataclasses.replace`); a wrong one raises a
+:class:`pfm.PFMError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, TypeVar
+
+from . import _validate as V
+from .errors import InvalidInputError, InvalidTypeError
+from .solve import METHODS
+
+PRECISIONS = ("fp32", "bf16")
+COUPLINGS = ("ot", "sinkhorn", "independent", "paired")
+DEFAULT_STEPS = 2000
+"""Training steps when neither ``steps`` nor ``epochs`` is given."""
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field with its help text; ``cli`` holds how the command line shows it (see :mod:`pfm.options`):
+    ``flags`` (default ``--name-with-dashes``), ``metavar``, ``cli=False`` to leave it off the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def _check_bool(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop, :func:`pfm.optimize`."""
+
+    steps: Optional[int] = option(None, f"optimizer steps (default {DEFAULT_STEPS:,} when epochs is not given)",
+                                  group="length", range="positive_int")
+    epochs: Optional[float] = option(None, "passes over the data, instead of steps", group="length", range="positive")
+    batch_size: int = option(256, "pairs (rows) a step", range="positive_int")
+    lr: float = option(1e-3, "Adam learning rate", range="positive")
+    weight_decay: float = option(0.0, "AdamW weight decay (0: plain Adam)", range="nonneg")
+    grad_clip: Optional[float] = option(1.0, "clip the gradient's norm to this (None, 'none' on the command line: "
+                                        "no clipping)", none="none", range="nonneg")
+    ema_decay: Optional[float] = option(None, "keep an exponential moving average of the weights with this decay, "
+                                        "e.g. 0.999, and end with it", flags=("--ema-decay", "--ema"), range="decay")
+    seed: int = option(0, "seeds the batch order, times, noise and couplings (CPU runs are reproducible)", range="nonneg_int")
+    device: Optional[str] = option(None, "where to train: cpu, cuda, cuda:1, ... (default: where the model is; "
+                                   "on the command line cuda if available)")
+    progress: bool = option(True, "show a progress bar", cli=False)
+    checkpoint_dir: Optional[str] = option(None, "where the training state is written (on the command line: "
+                                           "OUT.checkpoint/ when --checkpoint-every or --resume is given)")
+    checkpoint_every: Optional[int] = option(None, "write the training state every N steps (default: 10 times a "
+                                             "run when checkpoint_dir is set)", metavar="N", range="positive_int")
+    resume: bool = option(False, "go on from the checkpoint of an interrupted run with the same data and settings; "
+                          "ends with the same weights as an uninterrupted run")
+    precision: str = option("fp32", "fp32, or bf16: the forward under bfloat16 autocast (GPUs with bf16 tensor "
+                            "cores); weights and optimizer state stay float32", choices=PRECISIONS)
+    compile: bool = option(False, "train through torch.compile (the first steps wait for it)")
+    validate_every: Optional[int] = option(None, "with validation data: evaluate the held-out loss every N steps "
+                                           "(default: 20 times a run)", metavar="N", range="positive_int")
+    patience: Optional[int] = option(None, "with validation data: stop after this many evaluations without "
+                                     "improvement", range="positive_int")
+    threads: Optional[int] = option(None, "torch intra-op threads of the steps (default: one for a small step on "
+                                    "the CPU, see pfm.train.step_threads; else torch's setting)", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise InvalidInputError("give steps or epochs, not both")
+        V.check_positive_int(self.steps, "steps", allow_none=True)
+        if self.epochs is not None:
+            V.check_nonneg_float(self.epochs, "epochs")
+            if not float(self.epochs) > 0:
+                raise InvalidInputError(f"epochs must be > 0, got {self.epochs!r}")
+        V.check_positive_int(self.batch_size, "batch_size")
+        V.check_nonneg_float(self.lr, "lr")  # 0 is allowed here (to evaluate without moving); the CLI wants > 0
+        V.check_nonneg_float(self.weight_decay, "weight_decay")
+        V.check_nonneg_float(self.grad_clip, "grad_clip", allow_none=True)
+        if self.ema_decay is not None:
+            V.check_nonneg_float(self.ema_decay, "ema_decay")
+            if not 0.0 < float(self.ema_decay) < 1.0:
+                raise InvalidInputError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
+        V.check_int(self.seed, "seed", low=0)
+        for name in ("progress", "resume", "compile"):
+            _check_bool(getattr(self, name), name)
+        V.check_positive_int(self.checkpoint_every, "checkpoint_every", allow_none=True)
+        V.check_choice(self.precision, "precision", PRECISIONS)
+        V.check_positive_int(self.validate_every, "validate_every", allow_none=True)
+        V.check_positive_int(self.patience, "patience", allow_none=True)
+        V.check_positive_int(self.threads, "threads", allow_none=True)
+        if self.resume and self.checkpoint_dir is None:
+            raise InvalidInputError("resume=True needs checkpoint_dir, where the checkpoint is")
+
+    def total_steps(self, n: int) -> int:
+        """Optimizer steps of a run over ``n`` rows: ``steps``, or ``epochs`` passes (one pass = ceil(n /
+        batch_size) steps), or :data:`DEFAULT_STEPS`."""
+        if self.epochs is not None:
+            return max(1, math.ceil(float(self.epochs) * math.ceil(n / self.batch_size)))
+        return DEFAULT_STEPS if self.steps is None else int(self.steps)
+
+
+@dataclass
+class FitConfig(TrainConfig):
+    """Settings of :meth:`pfm.PreferenceFlow.fit`: the training loop's (:class:`TrainConfig`) and the flow's own."""
+
+    coupling: str = option("ot", "how rejected and preferred outputs are paired in a batch, always within a context: "
+                           "ot (exact minibatch optimal transport), sinkhorn, independent or paired",
+                           choices=COUPLINGS)
+    sigma: float = option(0.1, "noise of the path, in units of the data's overall standard deviation when normalize "
+                          "is on, else in the data's units", range="nonneg")
+    normalize: bool = option(True, "learn in standardized units (one overall scale for the outputs, so the OT "
+                             "pairing keeps the data's geometry)", flags=("--no-normalize",),
+                             off_help="train on the data's raw units (sigma is then in data units)")
+    within_context: bool = option(True, "couple only pairs of the same context (labels), or weigh the context "
+                                  "distance (float contexts); see pfm.couple", flags=("--across-contexts",),
+                                  off_help="pair across the whole batch, whatever the contexts, as the paper's "
+                                  "released code does")
+    context_weight: float = option(10.0, "for float contexts: weight of the context distance in the OT cost", range="nonneg")
+    recouple_every: Optional[int] = option(None, "ot/sinkhorn: epochs a set of minibatch couplings is kept before "
+                                           "new ones are solved (None, 'never' on the command line: one set, solved "
+                                           "in the first epoch; 1 re-solves every epoch, as the paper's code)",
+                                           metavar="EPOCHS", none="never", range="positive_int")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        V.check_choice(self.coupling, "coupling", COUPLINGS)
+        V.check_nonneg_float(self.sigma, "sigma")
+        _check_bool(self.normalize, "normalize")
+        _check_bool(self.within_context, "within_context")
+        V.check_nonneg_float(self.context_weight, "context_weight")
+        V.check_positive_int(self.recouple_every, "recouple_every", allow_none=True)
+
+
+@dataclass
+class SolverConfig:
+    """The ODE solver (:func:`pfm.solve`): a fixed-step method takes ``steps`` steps, an adaptive one (dopri5, ...)
+    its tolerances. A flow saves its own (``flow.solver``) and applies it unless told otherwise."""
+
+    method: str = option("midpoint", "ODE solver: euler, midpoint, rk4 (fixed steps) or an adaptive method of "
+                         "torchdiffeq (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun, tsit5)", metavar="METHOD",
+                         choices=METHODS)
+    steps: int = option(4, "steps of a fixed-step method", flags=("--solver-steps",), dest="solver_steps",
+                       range="positive_int")
+    atol: float = option(1e-4, "absolute tolerance of an adaptive method", range="positive")
+    rtol: float = option(1e-4, "relative tolerance of an adaptive method", range="positive")
+
+    def __post_init__(self) -> None:
+        from .solve import check_solver
+
+        check_solver(dataclasses.asdict(self), "solver")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+C = TypeVar("C")
+
+
+def merge(config: Optional[C], overrides: Mapping[str, Any], cls: type[C], where: str,
+          renamed: Optional[Mapping[str, str]] = None) -> C:
+    """``config`` (default ``cls()``) with ``overrides`` applied, every value checked. An unknown name is refused
+    with the closest known one; ``renamed`` maps old names to new ones (accepted, with a ``DeprecationWarning``)."""
+    if config is None:
+        config = cls()
+    elif not isinstance(config, cls):
+        raise InvalidTypeError(f"{where}: config must be a {cls.__name__}, got {type(config).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = dict(overrides)
+    for old, new in (renamed or {}).items():
+        if old in values:
+            import warnings
+
+            warnings.warn(f"{where}: {old}= is now {new}=", DeprecationWarning, stacklevel=3)
+            if new in values:
+                raise InvalidInputError(f"{where}: give {new} or its old name {old}, not both")
+            values[new] = values.pop(old)
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(names)}"
+        raise InvalidInputError(f"{where} got an unknown setting {unknown[0]!r}{hint}")
+    if not values:
+        return config
+    return dataclasses.replace(config, **values)  # type: ignore[type-var]
+
+
+def renamed(where: str, new: str, new_value: Any, old: str, old_value: Any) -> Any:
+    """The value of a renamed argument: ``new_value``, or ``old_value`` (given by its old name ``old``, with a
+    ``DeprecationWarning``); both given is refused."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{where}: {old}= is now {new}=", DeprecationWarning, stacklevel=3)
+    if new_value is not None:
+        raise InvalidInputError(f"{where}: give {new} or its old name {old}, not both")
+    return old_value
+
+
+SOLVER_ARGS = ("method", "solver_steps", "atol", "rtol")
+
+
+def solver_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Solver settings given beside other arguments (``method``, ``solver_steps``, ``atol``, ``rtol``; None ones
+    left out) as :class:`SolverConfig`'s keys (``solver_steps`` -> ``steps``). The old name ``steps`` is accepted
+    with a ``DeprecationWarning``."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "steps":
+            value = renamed(where, "solver_steps", options.get("solver_steps"), "steps", value)
+            key = "solver_steps"
+        elif key not in SOLVER_ARGS:
+            close = difflib.get_close_matches(key, SOLVER_ARGS + ("steps",), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(SOLVER_ARGS)}"
+            raise InvalidInputError(f"{where} got an unknown solver setting {key!r}{hint}")
+        if value is not None:
+            out["steps" if key == "solver_steps" else key] = value
+    return out

@@ -1,0 +1,175 @@
+"""Fitting a :class:`pfm.PreferenceFlow`: conditional flow matching from the rejected to the preferred outputs,
+through the training loop :func:`pfm.optimize`. :meth:`pfm.PreferenceFlow.fit` is the way in; its settings are a
+:class:`pfm.FitConfig`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import _validate as V
+from .config import FitConfig
+from .coupling import couple
+from .data import PreferenceDataset
+from .errors import InvalidInputError
+from .pairing import PairingPlan
+from .path import flow_matching_loss
+from .solve import check_solver
+from .train import History, optimize
+
+if TYPE_CHECKING:
+    from .flow import PreferenceFlow
+
+log = logging.getLogger("pfm")
+
+
+class Rows:
+    """The normalized rows of a data set, on the flow's device, read by index.
+
+    In memory: normalized once, kept on the device whole and indexed. Memory-mapped: read from disk batch by batch,
+    never copied whole."""
+
+    def __init__(self, flow: "PreferenceFlow", ds: PreferenceDataset) -> None:
+        self.flow, self.ds = flow, ds
+        self.device = flow.device
+        self.dtype = next(flow.field.parameters()).dtype
+        floating = ds.context is not None and ds.context.is_floating_point()
+        self.cdtype = self.dtype if floating else torch.int64
+        self.whole: Optional[tuple[Tensor, Tensor, Optional[Tensor]]] = None
+        if not ds.memory_mapped:
+            y0, c = self._read_rejected(None)
+            y1 = self._read_chosen(None)
+            if not bool(torch.isfinite(y0).all() and torch.isfinite(y1).all()):
+                raise InvalidInputError("normalizing the outputs overflowed; rescale them (their spread is too large "
+                                        f"for {str(self.dtype).replace('torch.', '')})")
+            self.whole = (y0, y1, c)
+
+    def _read(self, t: Tensor, index: Optional[Tensor], kind: torch.dtype) -> Tensor:
+        return t[slice(None) if index is None else index.cpu()].to(self.device, kind)
+
+    def _read_rejected(self, index: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        ds, flow = self.ds, self.flow
+        c = None if ds.context is None else flow._norm_c(self._read(ds.context, index, self.cdtype))
+        return flow._norm_y(self._read(ds.rejected, index, self.dtype)), c
+
+    def _read_chosen(self, index: Optional[Tensor]) -> Tensor:
+        return self.flow._norm_y(self._read(self.ds.chosen, index, self.dtype))
+
+    def rejected(self, index: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Normalized rejected outputs and contexts of rows ``index``."""
+        if self.whole is None:
+            return self._read_rejected(index)
+        y0, _, c = self.whole
+        index = index.to(y0.device)
+        return y0[index], None if c is None else c[index]
+
+    def chosen(self, index: Tensor) -> Tensor:
+        """Normalized preferred outputs of rows ``index``."""
+        if self.whole is None:
+            return self._read_chosen(index)
+        y1 = self.whole[1]
+        return y1[index.to(y1.device)]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Normalized rejected, preferred and context rows ``index``."""
+        y0, c = self.rejected(index)
+        return y0, self.chosen(index), c
+
+
+def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
+             validation: Optional[PreferenceDataset] = None) -> History:
+    """Train ``flow``'s field on ``dataset`` with the settings ``cfg``; see :meth:`pfm.PreferenceFlow.fit`."""
+    ds = flow._check_dataset(dataset)
+    check_solver(flow.solver, "flow.solver")  # saved with the flow and used by every transform: check it now
+    if cfg.device is not None:
+        flow.to(V.check_device(cfg.device))
+    if cfg.normalize:
+        flow._set_normalization(ds)
+    for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
+        flow._check_range(raw, name, "; rescale the outputs or train a float64 flow (flow.double())")
+    rows = Rows(flow, ds)
+    flow._check_field(*rows.rejected(torch.zeros(1, dtype=torch.int64)))
+    sigma = float(cfg.sigma) if cfg.normalize else float(cfg.sigma) / float(flow.y_scale)
+    couple_kwargs = {"within_context": cfg.within_context, "context_weight": cfg.context_weight}
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    plan = None
+    if cfg.coupling in ("ot", "sinkhorn") and not distributed:
+        plan = PairingPlan(rows.batch, len(ds), cfg.batch_size, method=cfg.coupling,
+                           recouple_every=cfg.recouple_every, seed=cfg.seed, **couple_kwargs)
+
+    def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
+        if plan is not None:  # the partners were solved ahead, in the plan's thread
+            y0, c = rows.rejected(index)
+            return flow_matching_loss(model, y0, rows.chosen(plan.partners(index)), c, sigma, gen)
+        y0, y1, c = rows.batch(index)
+        i0, i1 = couple(y0, y1, c, cfg.coupling, generator=gen, **couple_kwargs)
+        return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
+
+    evaluate = zero_field = None
+    if validation is not None:
+        evaluate, zero_field = heldout_loss(flow, flow._check_dataset(validation), cfg.coupling, sigma, rows.dtype,
+                                            couple_kwargs, cfg.seed)
+    elif cfg.validate_every is not None or cfg.patience is not None:
+        raise InvalidInputError("validate_every and patience need validation (held-out pairs)")
+    fingerprint = None
+    if cfg.checkpoint_dir is not None:
+        fingerprint = {"data": ds.digest(), "coupling": cfg.coupling, "sigma": sigma, "normalize": cfg.normalize,
+                       "within_context": cfg.within_context, "context_weight": float(cfg.context_weight),
+                       "grad_clip": cfg.grad_clip, "flow": json.dumps(flow.config()["field"], sort_keys=True),
+                       "recouple_every": cfg.recouple_every if plan is not None else None,
+                       "precision": cfg.precision}
+    try:
+        history = optimize(flow.field, loss_fn, len(ds), cfg, device=flow.device, desc="fitting flow",
+                           fingerprint=fingerprint, order=None if plan is None else plan.order, evaluate=evaluate)
+    finally:
+        if plan is not None:
+            plan.close()
+    if zero_field is not None:
+        _compare_with_zero_field(history, zero_field)
+    return history
+
+
+def _compare_with_zero_field(history: History, zero_field: float) -> None:
+    history.extras["validation_zero_field"] = [zero_field]
+    best = min((v for _, v in history.validation), default=math.inf)
+    if best >= zero_field:
+        log.warning("the flow's best held-out loss (%.4g) is not below the zero field's (%.4g): it has learned "
+                    "nothing from these pairs that carries over to held-out ones", best, zero_field)
+
+
+def heldout_loss(flow: "PreferenceFlow", ds: PreferenceDataset, coupling: str, sigma: float, dtype: torch.dtype,
+                 couple_kwargs: dict[str, Any], seed: int, repeats: int = 4,
+                 chunk: int = 4096) -> tuple[Callable[[nn.Module], float], float]:
+    """``(evaluate(model) -> float, zero-field loss)``: the flow-matching loss on held-out pairs, normalized
+    like the training data, coupled once (in chunks of ``chunk`` rows), with fixed times and noise."""
+    device = flow.device
+    y0 = flow._norm_y(ds.rejected[:].to(device, dtype))
+    y1 = flow._norm_y(ds.chosen[:].to(device, dtype))
+    c = None
+    if ds.context is not None:
+        c = flow._norm_c(ds.context[:].to(device, dtype if ds.context.is_floating_point() else torch.int64))
+    gen = torch.Generator(device=device).manual_seed(seed + 104_729)
+    parts = []
+    for s in range(0, len(ds), chunk):
+        a, b = y0[s:s + chunk], y1[s:s + chunk]
+        cc = None if c is None else c[s:s + chunk]
+        i0, i1 = couple(a, b, cc, coupling, generator=gen, **couple_kwargs)
+        parts.append((a[i0], b[i1], None if cc is None else cc[i0]))
+    state = gen.get_state()
+
+    def evaluate(model: nn.Module) -> float:
+        g = torch.Generator(device=device)
+        g.set_state(state)  # the same times and noise at every evaluation
+        total = 0.0
+        for _ in range(repeats):
+            for a, b, cc in parts:
+                total += float(flow_matching_loss(model, a, b, cc, sigma, g)) * a.shape[0]
+        return total / (repeats * len(ds))
+
+    zero = evaluate(lambda t, y, cc: torch.zeros_like(y))  # type: ignore[arg-type]
+    return evaluate, zero

@@ -1,0 +1,118 @@
+"""``.npz`` archives of named arrays, read safely: never unpickled, no array read that was not asked for, and each
+array's declared size checked against its zip entry before anything is allocated (a crafted archive cannot make
+pfm allocate what the file does not hold)."""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from .. import _validate as V
+from .._io import atomic_file
+from ..errors import FlowFileError, InvalidInputError, MissingFileError
+from . import as_numpy
+
+if TYPE_CHECKING:
+    from ..data import PreferenceDataset
+
+NPZ_NOT_ARRAYS = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
+
+# deflate packs at most about 1032 bytes into one; an entry that says it holds more than this per byte it stores lies
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _open_npz(path: Path) -> zipfile.ZipFile:
+    if not path.exists():
+        raise MissingFileError(f"no such file: {str(path)!r}")
+    if path.is_dir():
+        raise FlowFileError(f"{str(path)!r} is a directory, not a .npz file")
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        why = ("a single .npy array, not a .npz archive of named arrays; write it with np.savez(path, y=array)"
+               if head == b"\x93NUMPY" else f"BadZipFile: {exc}" if head.startswith(b"PK") else NPZ_NOT_ARRAYS)
+        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({why})") from None
+    except OSError as exc:
+        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+
+
+def npz_keys(path: str | os.PathLike) -> list[str]:
+    """The names of the arrays in a ``.npz``, without reading any of them."""
+    with _open_npz(Path(path)) as z:
+        return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+
+
+def _read_member(z: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
+    """One array of a ``.npz``, its declared size checked against what its zip entry holds before anything is
+    allocated; object arrays (pickles) are refused."""
+    bad = f"array {key!r} of {str(path)!r}"
+    info = z.getinfo(key + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
+        raise FlowFileError(f"{bad} claims {info.file_size:,} bytes from {info.compress_size:,} compressed; the "
+                            "file is damaged or crafted")
+    try:
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if dtype.hasobject:
+                raise FlowFileError(f"{bad} holds Python objects ({dtype}); pfm never unpickles files")
+            nbytes = math.prod(shape) * dtype.itemsize
+            header = f.tell()
+            if nbytes != info.file_size - header:
+                raise FlowFileError(f"{bad} declares shape {tuple(shape)} ({nbytes:,} bytes) but its entry holds "
+                                    f"{info.file_size - header:,} bytes; the file is damaged or crafted")
+            V.check_allocation(nbytes, bad)
+            arr = np.empty(shape, dtype, order="F" if fortran else "C")
+            view, got = memoryview(arr.reshape(-1, order="A")).cast("B"), 0
+            while got < nbytes:  # straight into the array: no second copy of it
+                k = f.readinto(view[got:])
+                if not k:
+                    raise EOFError(f"the entry ended after {got:,} of {nbytes:,} bytes")
+                got += k
+    except (FlowFileError, InvalidInputError):
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise FlowFileError(f"{bad} is not readable ({type(exc).__name__}: {exc})") from None
+    return arr
+
+
+def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (),
+             optional: Optional[tuple[str, ...]] = None) -> dict[str, np.ndarray]:
+    """The arrays ``required`` (an error names those missing) and those of ``optional`` present, of a ``.npz``
+    (``optional=None``: every array); never unpickles, never reads an array not asked for, and checks each
+    array's declared size against the file before allocating it."""
+    path = Path(path)
+    with _open_npz(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        missing = [k for k in required if k not in names]
+        if missing:
+            raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(names)}")
+        wanted = list(required) + [k for k in (names if optional is None else optional)
+                                   if k in names and k not in required]
+        return {k: _read_member(z, path, k) for k in wanted}
+
+
+def save_npz(ds: PreferenceDataset, path: Path) -> None:
+    """Arrays ``chosen``, ``rejected`` and, when there is one, ``context``, written atomically."""
+    arrays = {"chosen": as_numpy(ds.chosen), "rejected": as_numpy(ds.rejected)}
+    if ds.context is not None:
+        arrays["context"] = as_numpy(ds.context)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
+
+
+def load_npz(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
+    """A data set of the arrays ``chosen``, ``rejected`` and an optional ``context`` of a ``.npz`` (others unread)."""
+    arrays = read_npz(path, required=("chosen", "rejected"), optional=("context",))
+    return cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))

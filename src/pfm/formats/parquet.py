@@ -1,0 +1,127 @@
+"""A data set as a ``.parquet`` table: list columns ``chosen`` and ``rejected`` (one row a pair), an optional
+``context`` column (labels, or lists), and pfm's metadata (the shapes the flat lists are reshaped to). Reading and
+writing need pyarrow (``pip install 'pfm[parquet]'``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor
+
+from .. import _validate as V
+from .._io import atomic_file
+from ..errors import FlowFileError, InvalidInputError, MissingDependencyError
+from . import as_numpy
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..data import PreferenceDataset
+
+FORMAT_VERSION = 1
+
+
+def _pyarrow(doing: str) -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, or an error that says how to install them."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(f"{doing} parquet needs pyarrow: pip install 'pfm[parquet]'") from None
+    return pa, pq
+
+
+def _fixed_list(pa: Any, t: Tensor) -> "pa.Array":
+    flat = as_numpy(t.reshape(t.shape[0], -1))
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def save_parquet(ds: PreferenceDataset, path: Path) -> None:
+    """Fixed-size list columns (labels as a plain column) and the shapes in the ``pfm`` metadata, atomically."""
+    pa, pq = _pyarrow("writing")
+    cols = {"chosen": _fixed_list(pa, ds.chosen), "rejected": _fixed_list(pa, ds.rejected)}
+    meta = {"format_version": FORMAT_VERSION, "output_shape": list(ds.output_shape)}
+    if ds.context is not None:
+        if ds.context_kind == "label":
+            cols["context"] = pa.array(as_numpy(ds.context))
+        else:
+            cols["context"] = _fixed_list(pa, ds.context)
+            meta["context_shape"] = list(ds.context_shape)
+    table = pa.table(cols).replace_schema_metadata({"pfm": json.dumps(meta)})
+    with atomic_file(path) as f:
+        pq.write_table(table, f)
+
+
+def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
+    """The schema, and the columns chosen, rejected and context (the others are never read)."""
+    try:
+        schema = pq.read_schema(path)
+        missing = [k for k in ("chosen", "rejected") if k not in schema.names]
+        if missing:
+            raise FlowFileError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
+        wanted = [k for k in ("chosen", "rejected", "context") if k in schema.names]
+        table = pq.read_table(path, columns=wanted)
+    except (pa.ArrowException, OSError) as exc:
+        raise FlowFileError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
+    if table.num_rows == 0:
+        raise FlowFileError(f"{str(path)!r} has no rows; at least one preference pair is needed")
+    return schema, table
+
+
+def _read_metadata(schema: "pa.Schema", path: Path) -> dict:
+    """pfm's metadata (``{}`` when the file has none), its shapes checked."""
+    raw = (schema.metadata or {}).get(b"pfm", b"{}")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FlowFileError(f"the pfm metadata of {str(path)!r} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise FlowFileError(f"the pfm metadata of {str(path)!r} must be a JSON object, got {type(meta).__name__}")
+    for key in ("output_shape", "context_shape"):
+        try:
+            V.check_shape(meta.get(key), f"its {key}", allow_none=True)
+        except InvalidInputError as exc:
+            raise FlowFileError(f"the pfm metadata of {str(path)!r} is wrong: {exc}") from None
+    return meta
+
+
+def _column(pa: Any, table: "pa.Table", name: str, shape: list[int] | None, path: Path) -> np.ndarray:
+    """A column as an array: lists of one length as ``(N, width)``, reshaped to ``(N, *shape)`` if a shape is given;
+    a column of numbers as ``(N,)``."""
+    col = table.column(name).combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        lengths = np.asarray(col.value_lengths())
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of different lengths; "
+                                "every row must have the same size")
+        if col.null_count:
+            raise FlowFileError(f"column {name!r} of {str(path)!r} has {col.null_count} empty (null) row(s)")
+        flat = np.asarray(col.flatten())
+        width = int(lengths[0]) if len(lengths) else 0
+        if shape and math.prod(shape) != width:
+            raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of {width} values, but its pfm "
+                                f"metadata says shape {list(shape)} ({math.prod(shape)} values)")
+        arr = flat.reshape(len(col), width)
+        if shape:
+            arr = arr.reshape(len(col), *shape)
+        return arr
+    if pa.types.is_nested(col.type):
+        raise FlowFileError(f"column {name!r} of {str(path)!r} has type {col.type}; expected lists of numbers")
+    return col.to_numpy(zero_copy_only=False)
+
+
+def load_parquet(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
+    """A data set of a table written by :func:`save_parquet`, or any with list columns chosen/rejected and an
+    optional context column."""
+    pa, pq = _pyarrow("reading")
+    schema, table = _read_table(pa, pq, path)
+    meta = _read_metadata(schema, path)
+    context = None
+    if "context" in table.column_names:
+        context = _column(pa, table, "context", meta.get("context_shape"), path)
+    shape = meta.get("output_shape")
+    return cls(_column(pa, table, "chosen", shape, path), _column(pa, table, "rejected", shape, path), context)
