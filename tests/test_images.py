@@ -144,12 +144,14 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out"), "-q"]) == 0
     result = json.loads((tmp_path / "out" / "mnist.json").read_text())
-    s = result["summary"]
+    s = result["summary"]["methods"]
     methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
                "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
     assert list(s) == methods
-    assert s["PFM"]["annotator"][0] > s["reference"]["annotator"][0]
-    assert s["preferred (y+)"]["annotator"][0] > s["rejected (y-)"]["annotator"][0]
+    assert s["PFM"]["annotator"]["mean"] > s["reference"]["annotator"]["mean"]
+    assert s["preferred (y+)"]["annotator"]["mean"] > s["rejected (y-)"]["annotator"]["mean"]
+    assert s["PFM"]["annotator"]["std"] is None and s["PFM"]["annotator"]["n"] == 1  # one seed: no std
+    assert [(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]][0] == ("PFM", "reference")
     with np.load(tmp_path / "out" / "mnist-samples.npz") as z:
         assert set(z.files) == set(methods) | {"labels"}
         assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
@@ -158,13 +160,13 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     # a second run reuses the cached models and seed
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
     again = json.loads((tmp_path / "out2" / "mnist.json").read_text())
-    assert again["summary"] == s and again["seconds"] < result["seconds"]
+    assert again["summary"]["methods"] == s and again["seconds"] < result["seconds"]
     # the UNet field: its own files and cache key, the same models
     assert main(["reproduce", "mnist", "--quick", "--field", "unet", "--flow-steps", "60", "--out",
                  str(tmp_path / "out"), "-q"]) == 0
     unet = json.loads((tmp_path / "out" / "mnist-unet.json").read_text())
     assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
-    assert unet["summary"]["reference"] == s["reference"]
+    assert unet["summary"]["methods"]["reference"] == s["reference"]
     assert (tmp_path / "out" / "mnist-unet-grids.png").exists()
 
 

@@ -3,8 +3,8 @@
 Each experiment is one :class:`Experiment`, named by an entry point in the group ``pfm.experiments`` (see
 ``experiments/pyproject.toml``). The library's CLI loads them when it builds its parser: it adds the options every
 experiment shares (``--out``, ``--quick``, ``--seeds``, ``--quiet``), calls each experiment's ``add_arguments`` on the
-same ``reproduce`` parser (an option two experiments share, such as ``--dataset``, is defined once here and added by
-both), and calls ``run(args)`` of the experiment named. ``exclusive`` lists options that are an error with any other
+same ``reproduce`` parser (an option two experiments share, such as ``--dataset`` or ``--report-only``, is defined
+once here and added by each), and calls ``run(args)`` of the experiment named. ``exclusive`` lists options that are an error with any other
 experiment. Loading this module is cheap: the experiments themselves are imported by ``run``.
 """
 
@@ -34,7 +34,21 @@ def _dataset(r: argparse.ArgumentParser) -> None:  # mnist's and control's
                    "instead of our own, with one --tasks")
 
 
+def _report_only(r: argparse.ArgumentParser) -> None:  # every experiment's
+    r.add_argument("--report-only", action="store_true",
+                   help="run nothing: recompute the summary (mean ± sample std, paired differences with 95%% CIs) "
+                   "of the results JSON in --out from its per-seed records, and rewrite it and the .md tables")
+
+
+def _wrote(args: argparse.Namespace, stem: str, files: str, result: dict) -> str:
+    """What the run wrote (``files``), or with --report-only what it rewrote."""
+    if args.report_only:
+        return f"rewrote {args.out}/{stem}.json's summary and its tables from the per-seed records in it"
+    return f"wrote {args.out}/{files} in {result['seconds']:.0f} s"
+
+
 def _toy2d_arguments(r: argparse.ArgumentParser) -> None:
+    _report_only(r)
     r.add_argument("--preference", nargs="+", choices=["bt", "threshold"], default=None,
                    help="preference models to run (default both; bt with --quick)")
     r.add_argument("--reward", choices=["inside", "edge"], default="inside",
@@ -45,16 +59,18 @@ def _toy2d_arguments(r: argparse.ArgumentParser) -> None:
 def _toy2d(args: argparse.Namespace) -> int:
     from . import toy2d
 
-    result = toy2d.reproduce(args.out, quick=args.quick, seeds=args.seeds, preferences=args.preference,
-                             reward=args.reward, progress=not args.quiet)
-    print(toy2d.table(result["summary"]))
     stem = "toy2d" if args.reward == "inside" else f"toy2d-{args.reward}"
-    print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-*.png in {result['seconds']:.0f} s")
+    result = toy2d.report_only(args.out, reward=args.reward) if args.report_only else toy2d.reproduce(
+        args.out, quick=args.quick, seeds=args.seeds, preferences=args.preference, reward=args.reward,
+        progress=not args.quiet)
+    print(toy2d.table(result["summary"]))
+    print(_wrote(args, stem, f"{stem}.json, {stem}.md and {stem}-*.png", result))
     return 0
 
 
 def _mnist_arguments(r: argparse.ArgumentParser) -> None:
     _dataset(r)
+    _report_only(r)
     r.add_argument("--field", choices=["mlp", "unet"], default="mlp",
                    help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
     r.add_argument("--flow-steps", type=POSITIVE_INT, default=None,
@@ -70,17 +86,18 @@ def _mnist(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
     from .images import experiment, report
 
-    result = experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick,
-                                  seeds=args.seeds, field=args.field, flow_steps=args.flow_steps,
-                                  progress=not args.quiet)
-    print(report.table(result["summary"], dataset, len(result["runs"])))
-    stem = dataset if args.field == "mlp" else f"{dataset}-{args.field}"
-    print(f"wrote {args.out}/{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz in {result['seconds']:.0f} s")
+    stem = experiment.stem(dataset, args.field)
+    result = experiment.report_only(args.out, dataset=dataset, field=args.field) if args.report_only else \
+        experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick, seeds=args.seeds,
+                             field=args.field, flow_steps=args.flow_steps, progress=not args.quiet)
+    print(report.table(result["summary"], dataset))
+    print(_wrote(args, stem, f"{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz", result))
     return 0
 
 
 def _control_arguments(r: argparse.ArgumentParser) -> None:
     _dataset(r)
+    _report_only(r)
     r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
     r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
@@ -98,21 +115,22 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
 
 def _control(args: argparse.Namespace) -> int:
     from .control import report
-    from .control.reproduce import reproduce
+    from .control.reproduce import report_only, reproduce
 
-    result = reproduce(args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds,
-                       quick=args.quick, protocols=args.protocols, start=args.start,
-                       dataset_steps=args.dataset_steps, teacher_lookahead=args.teacher_lookahead,
-                       progress=not args.quiet)
+    stem = "control-quick" if args.quick else "control"
+    result = report_only(args.out, quick=args.quick) if args.report_only else reproduce(
+        args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
+        protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
+        teacher_lookahead=args.teacher_lookahead, progress=not args.quiet)
     for p in result["config"]["protocols"]:
         print(f"protocol {p}:")
         print(report.table(result["summary"], p))
-    stem = "control-quick" if args.quick else "control"
-    print(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}-bars.png in {result['seconds']:.0f} s")
+    print(_wrote(args, stem, f"{stem}.json, {stem}.md and {stem}-bars.png", result))
     return 0
 
 
 def _text_arguments(r: argparse.ArgumentParser) -> None:
+    _report_only(r)
     r.add_argument("--reference", default=None, metavar="DIR",
                    help="text: a Hugging Face causal LM directory (e.g. a saved GPT-2) as pi_ref, instead of the "
                    "small GRU trained here; RLHF fine-tunes a copy of it")
@@ -122,13 +140,14 @@ def _text_arguments(r: argparse.ArgumentParser) -> None:
 
 
 def _text(args: argparse.Namespace) -> int:
-    from .text import experiment
+    from .text import experiment, report
 
-    result = experiment.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,
-                                  annotator=args.annotator, progress=not args.quiet)
-    print(experiment.table(result["summary"], len(result["runs"])))
     stem = "text-quick" if args.quick else "text"
-    print(f"wrote {args.out}/{stem}.json and {stem}.md in {result['seconds']:.0f} s")
+    result = report.report_only(args.out, quick=args.quick) if args.report_only else experiment.reproduce(
+        args.out, quick=args.quick, seeds=args.seeds, reference=args.reference, annotator=args.annotator,
+        progress=not args.quiet)
+    print(report.table(result["summary"]))
+    print(_wrote(args, stem, f"{stem}.json and {stem}.md", result))
     return 0
 
 

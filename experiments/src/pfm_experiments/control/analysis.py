@@ -12,6 +12,9 @@ If the shift alone lowers the return as much as PFM and a random displacement of
 flow learned from the teacher's preferences (not the flow's error) is what costs return.
 
     python -m pfm_experiments.control.analysis --task hopper --kind medium --seeds 5 --out results
+    python -m pfm_experiments.control.analysis --task hopper --kind medium --out results --report-only
+
+(the second rewrites the ``.md`` from the ``.json`` the first wrote, running nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,8 @@ import torch
 
 from pfm.io import atomic_file
 from pfm.errors import InvalidInputError
+from ..runner import read_results
+from ..stats import compare, comparison_table, describe, format_mean_std
 from .datasets import load_episodes, minari_root
 from .envs import make_env, normalized_score
 from .experiment import PROTOCOLS, Config, Propose, _mean, episodes_score, load_models, proposer
@@ -123,19 +129,34 @@ def analyse(task: str, kind: str, seeds: int, cfg: Optional[Config] = None, stat
 
 
 def table(result: dict[str, Any]) -> str:
+    """Markdown: each variant's normalized return per protocol (mean ± sample std over seeds), each paired per
+    seed against BC (mean difference and 95% CI), and the displacement's size and shift share."""
     runs = result["runs"]
     methods = list(runs[0]["scores"][PROTOCOLS[0]])
+    protocols = list(runs[0]["scores"])
     lines = ["| protocol | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for p in runs[0]["scores"]:
-        vals = [[r["scores"][p][m] for r in runs] for m in methods]
-        lines.append(f"| {p} | " + " | ".join(f"{np.mean(v):.1f} ± {np.std(v):.1f}" for v in vals) + " |")
+    for p in protocols:
+        lines.append(f"| {p} | " + " | ".join(format_mean_std(describe([r["scores"][p][m] for r in runs]), ".1f")
+                                             for m in methods) + " |")
+    rows = compare(runs, [(m, "BC") for m in methods if m != "BC"], protocols,
+                   lambda r, method, protocol: r["scores"][protocol][method])
     size = np.mean([r["size"] for r in runs])
-    lines.append("")
+    lines += ["", "Each variant against BC, paired per seed (mean difference and its 95% Student-t confidence "
+              "interval):", "", comparison_table(rows, {p: f"`{p}`" for p in protocols}, ".1f"), ""]
     lines.append(f"{result['task']}-{result['kind']}, {len(runs)} seeds: the flow moves pi_ref's mean segment by "
                  f"{size:.3f} on average (norm over the whole segment); a constant shift of norm "
                  f"{np.mean([r['shift_norm'] for r in runs]):.3f} explains "
                  f"{100 * np.mean([r['shift_share'] for r in runs]):.0f}% of its mean square.")
     return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any], base: Path) -> str:
+    """``<base>.md``: :func:`table` and the run's time; returns its text."""
+    threads = f" on {result['torch_threads']} torch threads" if result.get("torch_threads") else ""
+    text = table(result) + f"\n\n({result['seconds']:.0f} s{threads})\n"
+    with atomic_file(base.with_suffix(".md"), "w") as f:
+        f.write(text)
+    return text
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -144,19 +165,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--kind", default="medium")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the .md from the .json in --out, running nothing")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    base = a.out / f"control-analysis-{a.task}-{a.kind}"
+    if a.report_only:
+        result = read_results(base.with_suffix(".json"), f"python -m pfm_experiments.control.analysis --task "
+                              f"{a.task} --kind {a.kind}")
+        md = base.with_suffix(".md")
+        if "torch_threads" not in result and md.exists():  # a JSON written before it kept its thread count
+            found = re.search(r"on (\d+) torch threads\)", md.read_text())
+            result["torch_threads"] = int(found.group(1)) if found else None
+        print(write_report(result, base))
+        return 0
     t = time.perf_counter()
     result = analyse(a.task, a.kind, a.seeds)
     result["seconds"] = time.perf_counter() - t
+    result["torch_threads"] = torch.get_num_threads()
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"control-analysis-{a.task}-{a.kind}"
-    with atomic_file(stem.with_suffix(".json"), "w") as f:
+    with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
-    text = table(result) + f"\n\n({result['seconds']:.0f} s on {torch.get_num_threads()} torch threads)\n"
-    with atomic_file(stem.with_suffix(".md"), "w") as f:
-        f.write(text)
-    print(text)
+    print(write_report(result, base))
     return 0
 
 

@@ -7,8 +7,9 @@ One *cell* is one task x one data set x one seed:
 3. ``n_pairs`` preference pairs: from a data-set start state, two segments sampled from pi_ref, each executed from
    the restored state in the simulator, the higher return preferred (a scripted teacher). A fraction is held out.
 4. Methods on those pairs: PFM (the flow over flattened segments given the start observation, trained with the
-   held-out pairs' flow-matching loss for early stopping; PFM x k applies it k times), DPO fine-tuning of pi_ref
-   (beta swept, picked by held-out implicit accuracy), Marginal BC (pi_ref fine-tuned on the preferred segments).
+   held-out pairs' flow-matching loss for early stopping; PFM x k applies it k = ``iterations`` times), DPO
+   fine-tuning of pi_ref (beta swept, picked by held-out implicit accuracy), Marginal BC (pi_ref fine-tuned on the
+   preferred segments).
 5. Segment test: on held-out start states, the simulated return of each method's segment.
 6. Episodes, both protocols: ``replan`` (a segment every step, its first action executed: the paper's text) and
    ``chunk`` (the whole segment executed, then the next one proposed). BC, DPO and Marginal BC act with their
@@ -19,12 +20,10 @@ Scores are D4RL-style normalized returns (see :mod:`.envs`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,17 +31,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from pfm.baselines import behavior_cloning, dpo, sweep_beta
+from pfm.baselines import behavior_cloning, dpo
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.policies import GaussianPolicy
+from ..sweeps import sweep_betas
 from .envs import make_env, normalized_score
 from .segments import SegmentRoller, Segments, make_segments
 
 log = logging.getLogger("pfm")
 SCHEMA = 1
 PROTOCOLS = ("replan", "chunk")
+KEY = {"omit": (), "unset": {"teacher_lookahead": 0}}
+"""How :func:`..runner.config_key` keys a cell (with the data's digest as context): options added later leave the
+key of cells at their default unchanged."""
+RENAMED = {"k": "iterations"}
+"""Config fields renamed since results were written: old name -> new (for :func:`..runner.config_from_dict`)."""
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Config:
     flow_depth: int = 3
     validate_every: int = 50
     patience: int = 10
-    k: int = 2
+    iterations: int = 2  # PFM x k: how many times the flow is applied (was k)
     betas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
     dpo_steps: int = 500
     mbc_steps: int = 500
@@ -75,13 +80,6 @@ class Config:
         return cls(max_segments=5000, bc_steps=300, n_pairs=300, flow_steps=400, flow_hidden=128,
                    validate_every=25, patience=6, betas=(1.0,), dpo_steps=50, mbc_steps=50, test_states=100,
                    eval_episodes=2, max_episode_steps=100)
-
-    def key(self, data_digest: str, seed: int) -> str:
-        # options added later leave the key of runs at their default unchanged, so those runs stay cached
-        later = {"teacher_lookahead": 0}
-        fields_ = {k: v for k, v in asdict(self).items() if later.get(k, k) != v}
-        return hashlib.sha256(json.dumps([data_digest, fields_, seed], sort_keys=True,
-                                         default=str).encode()).hexdigest()[:16]
 
 
 class Normalizer:
@@ -199,10 +197,10 @@ def load_models(directory: Path, cfg: Config, obs_dim: int, act_dim: int
     return bc.eval(), flow, norm
 
 
-def proposer(bc: GaussianPolicy, norm: Normalizer, flow: Optional[PreferenceFlow] = None, k: int = 1,
+def proposer(bc: GaussianPolicy, norm: Normalizer, flow: Optional[PreferenceFlow] = None, iterations: int = 1,
              start: str = "mean", seed: int = 0) -> Propose:
     """``obs (E, obs_dim) -> segments (E, H, A)``: pi_ref's mean (``flow=None``), or PFM: pi_ref's mean or a
-    sample pushed through ``flow`` ``k`` times."""
+    sample pushed through ``flow`` ``iterations`` times."""
     gen = torch.Generator().manual_seed(seed)
 
     def propose(obs: np.ndarray) -> np.ndarray:
@@ -210,7 +208,7 @@ def proposer(bc: GaussianPolicy, norm: Normalizer, flow: Optional[PreferenceFlow
         if flow is None:
             return _mean(bc, ctx).numpy()
         y = _mean(bc, ctx) if start == "mean" else bc.sample(ctx, len(ctx), generator=gen)
-        for _ in range(k):
+        for _ in range(iterations):
             y = flow.transform(y, ctx)
         return y.numpy()
     return propose
@@ -252,7 +250,8 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
         return dpo(bc, train, beta=beta, steps=cfg.dpo_steps, batch_size=min(128, len(train)), lr=1e-4, seed=seed,
                    progress=progress)[0]
 
-    beta, dpo_policy, sweep = sweep_beta(dpo_fit, cfg.betas, bc, held, lambda p: {})
+    dpo_sweep = sweep_betas(dpo_fit, cfg.betas, bc, held)
+    beta, dpo_policy, sweep = dpo_sweep.beta, dpo_sweep.policy, dpo_sweep.rows
     times["DPO"] = time.perf_counter() - t
     t = time.perf_counter()
     mbc, _ = behavior_cloning(bc, train.chosen, train.context, steps=cfg.mbc_steps, batch_size=min(128, len(train)),
@@ -264,7 +263,7 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
     methods: dict[str, Propose] = {
         "BC": proposer(bc, norm), "DPO": proposer(dpo_policy, norm), "Marginal BC": proposer(mbc, norm),
         "PFM": proposer(bc, norm, flow, 1, cfg.start, seed + 7),
-        f"PFM x {cfg.k}": proposer(bc, norm, flow, cfg.k, cfg.start, seed + 7)}
+        f"PFM x {cfg.iterations}": proposer(bc, norm, flow, cfg.iterations, cfg.start, seed + 7)}
 
     # segment test on held-out start states: the teacher's own measure
     t = time.perf_counter()

@@ -1,13 +1,15 @@
-"""Tables and figures of the control experiment, from the per-cell records of :func:`.experiment.run_cell`."""
+"""Tables and figures of the control experiment, from the per-cell records of :func:`.experiment.run_cell`
+(statistics: :mod:`pfm_experiments.stats`: mean ± sample std over seeds, paired per-seed differences with a 95% CI)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from pfm.io import atomic_file
+from ..figures import pyplot, save_figure
+from ..stats import best, compare, describe, format_difference, format_mean_std
 
 PAPER = {  # ../shared/PAPER.md (the paper's D4RL v2 table): BC, DPO fine-tuned, PFM, Marginal BC, means over seeds
     "ant-random": (31.59, 31.52, 31.62, 25.01),
@@ -27,20 +29,29 @@ PAPER_METHODS = ("BC", "DPO", "PFM", "Marginal BC")
 PAPER_AVERAGE = (59.97, 62.49, 63.10, 35.97)  # over all twelve data sets, ant included
 
 
+BASELINES = ("BC", "DPO", "Marginal BC")
+
+
+def _score(protocol: str) -> Callable[[dict[str, Any], str, str], Any]:
+    return lambda record, method, metric: record["scores"][protocol][method][metric]
+
+
 def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """``{dataset: {protocol: {method: [mean, std over seeds]}}}`` plus the segment test's means."""
+    """``{dataset: {"scores": {protocol: {method: describe(...)}}, "comparisons": {protocol: [...]}, ...}}``: the
+    normalized return over seeds, the segment test's returns, and PFM and PFM x k paired against the baseline
+    (BC, DPO or Marginal BC) with the best mean return under each protocol."""
     out: dict[str, Any] = {}
     for name, runs in cells.items():
-        d: dict[str, Any] = {"seeds": len(runs), "scores": {}, "segment_returns": {}}
-        for protocol in runs[0]["scores"]:
-            d["scores"][protocol] = {
-                m: [float(np.mean([r["scores"][protocol][m]["score"] for r in runs])),
-                    float(np.std([r["scores"][protocol][m]["score"] for r in runs]))]
-                for m in runs[0]["scores"][protocol]}
+        d: dict[str, Any] = {"seeds": len(runs), "scores": {}, "comparisons": {}}
+        for protocol, methods in runs[0]["scores"].items():
+            d["scores"][protocol] = {m: describe([r["scores"][protocol][m]["score"] for r in runs]) for m in methods}
+            baseline = best(d["scores"][protocol], BASELINES)
+            pfm = [m for m in methods if m.startswith("PFM")]
+            d["comparisons"][protocol] = compare(runs, [(m, baseline) for m in pfm] if baseline else [], ["score"],
+                                                 _score(protocol))
         for key in ("segment_returns", "teacher_returns"):  # the latter with a teacher's lookahead only
             if key in runs[0]:
-                d[key] = {m: [float(np.mean([r[key][m] for r in runs])), float(np.std([r[key][m] for r in runs]))]
-                          for m in runs[0][key]}
+                d[key] = {m: describe([r[key][m] for r in runs]) for m in runs[0][key]}
         d["dpo_beta"] = [r["dpo"]["beta"] for r in runs]
         d["flow_best_step"] = [r["flow"]["best_step"] for r in runs]
         out[name] = d
@@ -48,7 +59,8 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def table(summary: dict[str, Any], protocol: str) -> str:
-    """Normalized return per data set (rows) and method (columns) under one protocol, with the paper's numbers."""
+    """Normalized return per data set (rows) and method (columns) under one protocol, mean ± sample std over
+    seeds, with the paper's numbers."""
     first = next(iter(summary.values()))
     methods = list(first["scores"][protocol])
     lines = ["| data set (D4RL-style) | seeds | " + " | ".join(methods) + " | paper: BC / DPO / PFM / MBC |",
@@ -56,16 +68,31 @@ def table(summary: dict[str, Any], protocol: str) -> str:
     means: dict[str, list[float]] = {m: [] for m in methods}
     for name, d in summary.items():
         row = d["scores"][protocol]
-        cells = []
         for m in methods:
-            mean, std = row[m]
-            means[m].append(mean)
-            cells.append(f"{mean:.1f} ± {std:.1f}")
+            means[m].append(row[m]["mean"])
         paper = PAPER.get(name)
-        lines.append(f"| {name} | {d['seeds']} | " + " | ".join(cells) + " | " +
-                     (" / ".join(f"{v:.1f}" for v in paper) if paper else "-") + " |")
+        lines.append(f"| {name} | {d['seeds']} | " + " | ".join(format_mean_std(row[m], ".1f") for m in methods)
+                     + " | " + (" / ".join(f"{v:.1f}" for v in paper) if paper else "-") + " |")
     if len(summary) > 1:
         lines.append("| **average** | | " + " | ".join(f"{np.mean(v):.1f}" for v in means.values()) + " | |")
+    return "\n".join(lines)
+
+
+def comparisons_table(summary: dict[str, Any], protocol: str) -> str:
+    """Per data set: PFM and PFM x k minus the best baseline's normalized return, paired over seeds, with the 95%
+    Student-t confidence interval, and on how many seeds PFM is ahead."""
+    first = next(iter(summary.values()))
+    variants = [row["method"] for row in first["comparisons"][protocol]]
+    lines = ["| data set | best baseline | " + " | ".join(f"{v} − baseline [95% CI]" for v in variants)
+             + " | seeds PFM ahead |", "|---|---|" + "---|" * (len(variants) + 1)]
+    for name, d in summary.items():
+        rows = d["comparisons"][protocol]
+        if not rows:
+            continue
+        score = rows[0]["score"]
+        lines.append(f"| {name} | {rows[0]['baseline']} | "
+                     + " | ".join(format_difference(r["score"], ".1f") for r in rows)
+                     + f" | {score['wins']} of {score['n']} |")
     return "\n".join(lines)
 
 
@@ -76,17 +103,14 @@ def segment_table(summary: dict[str, Any], key: str = "segment_returns") -> str:
     methods = list(first[key])
     lines = ["| data set | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for name, d in summary.items():
-        lines.append(f"| {name} | " + " | ".join(f"{d[key][m][0]:.2f}" for m in methods) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{d[key][m]['mean']:.2f}" for m in methods) + " |")
     return "\n".join(lines)
 
 
 def bars(summary: dict[str, Any], path: Path, title: str) -> None:
-    """One panel per data set: the methods' normalized returns (mean ± std over seeds) under each protocol."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One panel per data set: the methods' normalized returns (mean ± sample std over seeds) under each
+    protocol."""
+    plt = pyplot()
     names = list(summary)
     cols = min(3, len(names))
     rows = int(np.ceil(len(names) / cols))
@@ -98,8 +122,8 @@ def bars(summary: dict[str, Any], path: Path, title: str) -> None:
         width = 0.8 / len(protocols)
         x = np.arange(len(methods))
         for j, p in enumerate(protocols):
-            ax.bar(x + j * width, [d[p][m][0] for m in methods], width, yerr=[d[p][m][1] for m in methods],
-                   label=p, capsize=2)
+            ax.bar(x + j * width, [d[p][m]["mean"] for m in methods], width,
+                   yerr=[d[p][m]["std"] or 0.0 for m in methods], label=p, capsize=2)
         ax.set_xticks(x + width * (len(protocols) - 1) / 2)
         ax.set_xticklabels(methods, rotation=30, fontsize=7, ha="right")
         ax.set_title(name, fontsize=9)
@@ -109,9 +133,7 @@ def bars(summary: dict[str, Any], path: Path, title: str) -> None:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int, frames: int = 8,
@@ -122,10 +144,7 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
     import os
 
     os.environ.setdefault("MUJOCO_GL", "egl")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from .envs import make_env
 
@@ -161,7 +180,5 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
                 ax.set_title(f"step {j * every}", fontsize=7)
     fig.suptitle(title or f"{name}: one episode per method", fontsize=9)
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return returns

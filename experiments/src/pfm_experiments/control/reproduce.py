@@ -3,6 +3,7 @@ goes on where it stopped; then the tables, the bar plot and a frame strip."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,10 +18,11 @@ import torch
 from pfm.io import atomic_file
 from pfm.errors import InvalidInputError
 from pfm.runtime import data_dir
+from ..runner import SeedRunner, config_from_dict, read_results
 from . import report
 from .datasets import KINDS, collect, dataset_id, load_episodes, minari_root, write_minari
 from .envs import TASKS
-from .experiment import PROTOCOLS, Config, run_cell
+from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
 
 log = logging.getLogger("pfm")
 
@@ -61,10 +63,16 @@ def ensure_dataset(name: str, kind: str, steps: int, root: Path, progress: bool 
     return str(path)
 
 
+def cells_of(name: str, cfg: Config, digest: str) -> SeedRunner:
+    """The runner of data set ``name``'s cells: ``control/cells/<name>/<key>/seed-<seed>.json`` in the data
+    directory, the key of the config and the data's ``digest`` (:func:`_digest`; :class:`..runner.SeedRunner`)."""
+    return SeedRunner(data_dir() / "control" / "cells" / name.replace("/", "_"), cfg, **KEY, context=digest,
+                      name="control")
+
+
 def cell_path(name: str, seed: int, cfg: Config, digest: str) -> Path:
-    """Where cell ``(name, seed)`` is cached: ``<path>.json`` holds its record and ``<path>/`` its models. Cells are
-    named by data set, seed and a key of the config and the data's ``digest`` (:func:`_digest`)."""
-    return data_dir() / "control" / "cells" / f"{name.replace('/', '_')}-seed{seed}-{cfg.key(digest, seed)}"
+    """Where cell ``(name, seed)`` is cached: ``<path>.json`` holds its record and ``<path>/`` its models."""
+    return cells_of(name, cfg, digest).path(seed).with_suffix("")
 
 
 def _digest(episodes: list) -> str:
@@ -130,56 +138,76 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     else:
         sources = {f"{t}-{k}": (t, ensure_dataset(t, k, steps, root, progress)) for t in tasks for k in kinds}
     cells: dict[str, list[dict[str, Any]]] = {}
-    jobs = [(name, s) for name in sources for s in range(n_seeds)]
     episodes_cache: dict[str, tuple[list, str]] = {}
-    with tqdm(total=len(jobs), desc="control cells", disable=not progress, unit="cell") as bar:
-        for name, seed in jobs:
-            task_name, source = sources[name]
-            if name not in episodes_cache:
-                eps = load_episodes(source)
-                episodes_cache = {name: (eps, _digest(eps))}  # one data set in memory at a time
-            eps, digest = episodes_cache[name]
-            path = cell_path(name, seed, cfg, digest).with_suffix(".json")
-            if path.exists():
-                record = json.loads(path.read_text())
-                log.info("control: reusing %s", path)
-            else:
-                t = time.perf_counter()
-                record = run_cell(task_name, eps, cfg, seed, progress=False, save_dir=path.with_suffix(""))
-                record["wall_seconds"] = time.perf_counter() - t
-                record["torch_threads"] = torch.get_num_threads()
-                with atomic_file(path, "w") as f:
-                    json.dump(record, f)
-            cells.setdefault(name, []).append(record)
-            bar.set_postfix_str(f"{name} seed {seed}")
-            bar.update(1)
-    summary = report.summarize(cells)
+    with tqdm(total=len(sources) * n_seeds, desc="control cells", disable=not progress, unit="cell") as bar:
+        for name, (task_name, source) in sources.items():
+            eps = load_episodes(source)
+            episodes_cache = {name: (eps, _digest(eps))}  # one data set in memory at a time
+            runner = cells_of(name, cfg, episodes_cache[name][1])
+            for s in runner.run(range(n_seeds), functools.partial(_cell, task_name, eps, cfg, runner)):
+                cells.setdefault(name, []).append(s.record)
+                bar.set_postfix_str(f"{name} seed {s.seed}")
+                bar.update(1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "control-quick" if quick else "control"
-    result = {"config": asdict(cfg), "sources": sources, "summary": summary, "cells": cells,
+    result = {"config": asdict(cfg), "sources": sources, "summary": report.summarize(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
               "compute_seconds": float(sum(r["wall_seconds"] for rs in cells.values() for r in rs))}
-    with atomic_file(out / f"{stem}.json", "w") as f:
+    strip = "" if quick else _frame_strip(cfg, sources, episodes_cache, out / f"{stem}-frames.png")
+    if strip:
+        result["frame_strip"] = f"Frame strip (`{stem}-frames.png`): {strip}."
+    write_report(result, out / stem)
+    return result
+
+
+def _cell(task_name: str, episodes: list, cfg: Config, runner: SeedRunner, seed: int) -> dict[str, Any]:
+    """One cell's record, its models saved beside it (``seed-<seed>/``)."""
+    record = run_cell(task_name, episodes, cfg, seed, progress=False, save_dir=runner.path(seed).with_suffix(""))
+    record["torch_threads"] = torch.get_num_threads()
+    return record
+
+
+def write_report(result: dict[str, Any], base: Path) -> None:
+    """``<base>.json`` (the result), ``<base>.md`` (the tables, per protocol: every method, then PFM against the
+    best baseline paired over seeds; the segment test) and ``<base>-bars.png``."""
+    cfg, summary = config_from_dict(Config, result["config"], RENAMED), result["summary"]
+    with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
     md = []
     for p in cfg.protocols:
         md.append(f"**Protocol `{p}`** (PFM starts from pi_ref's {cfg.start}), D4RL-style normalized return, "
-                  f"{cfg.eval_episodes} episodes per seed:\n\n" + report.table(summary, p))
+                  f"{cfg.eval_episodes} episodes per seed, mean ± sample std over seeds:\n\n" + report.table(summary, p))
+        md.append(f"PFM against the best baseline under `{p}` (its mean), paired per seed: the mean difference and "
+                  "its 95% Student-t confidence interval:\n\n" + report.comparisons_table(summary, p))
     md.append("**Segment test**: mean simulated return of one segment of "
               f"{cfg.horizon} actions from held-out data-set start states:\n\n" + report.segment_table(summary))
     if cfg.teacher_lookahead:
         md.append(f"**The teacher's measure**: the segment's return plus that of the next {cfg.teacher_lookahead} "
                   "steps acted by pi_ref's mean:\n\n" + report.segment_table(summary, "teacher_returns"))
-    md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {torch.get_num_threads()} torch "
+    threads = next(r["torch_threads"] for rs in result["cells"].values() for r in rs)
+    md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {threads} torch "
               f"threads (this invocation: {result['seconds']:.0f} s).")
-    strip = "" if quick else _frame_strip(cfg, sources, episodes_cache, out / f"{stem}-frames.png")
-    if strip:
-        md.append(f"Frame strip (`{stem}-frames.png`): {strip}.")
-    with atomic_file(out / f"{stem}.md", "w") as f:
+    if result.get("frame_strip"):
+        md.append(result["frame_strip"])
+    with atomic_file(base.with_suffix(".md"), "w") as f:
         f.write("\n\n".join(md) + "\n")
-    report.bars(summary, out / f"{stem}-bars.png", "D4RL-style normalized return (mean ± std over seeds); "
-                f"PFM starts from pi_ref's {cfg.start}")
+    report.bars(summary, base.parent / f"{base.name}-bars.png", "D4RL-style normalized return (mean ± sample std "
+                f"over seeds); PFM starts from pi_ref's {cfg.start}")
+
+
+def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict[str, Any]:
+    """Recompute the summary of ``<out_dir>/control[-quick].json`` from its cells and rewrite that JSON's
+    ``summary``, the ``.md`` and the bar plot (``pfm reproduce control --report-only``); the frame strip is not
+    rendered again. A JSON written before it kept the frame strip's line takes it from the ``.md`` beside it."""
+    base = Path(out_dir) / ("control-quick" if quick else "control")
+    result = read_results(base.with_suffix(".json"), "pfm reproduce control" + (" --quick" if quick else ""))
+    result["summary"] = report.summarize(result["cells"])
+    md = base.with_suffix(".md")
+    if "frame_strip" not in result and md.exists():
+        result.update({"frame_strip": line for line in md.read_text().splitlines()
+                       if line.startswith("Frame strip (")})
+    write_report(result, base)
     return result
 
 
@@ -204,9 +232,8 @@ def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cach
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         env.close()
         bc, flow, norm = load_models(models, cfg, obs_dim, act_dim)
-        proposes = {"BC (pi_ref's mean)": proposer(bc, norm),
-                    "PFM": proposer(bc, norm, flow, 1, cfg.start), f"PFM x {cfg.k}": proposer(bc, norm, flow, cfg.k,
-                                                                                              cfg.start)}
+        proposes = {"BC (pi_ref's mean)": proposer(bc, norm), "PFM": proposer(bc, norm, flow, 1, cfg.start),
+                    f"PFM x {cfg.iterations}": proposer(bc, norm, flow, cfg.iterations, cfg.start)}
         bc_returns = episodes_score(task_name, proposes["BC (pi_ref's mean)"], "chunk", 10, 0, cfg.horizon,
                                     cfg.max_episode_steps)  # reset seeds 0..9
         start = int(np.argsort(bc_returns)[len(bc_returns) // 2])

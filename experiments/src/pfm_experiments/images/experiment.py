@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from pfm.io import atomic_dir, atomic_file
-from pfm.baselines import RewardModel, dpo, rlhf, sweep_beta
+from pfm.baselines import RewardModel, dpo, rlhf
 from pfm.baselines.dpo import implicit_accuracy
 from pfm.data import PreferenceDataset, collect_preferences
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.runtime import data_dir
+from ..runner import SeedRunner, config_key, read_results
+from ..sweeps import sweep_betas
 from .data import ImageData, load_images
 from .metrics import ImageEvaluator
 from .models import (ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, RewardEncoder, fit_classifier,
@@ -35,6 +37,10 @@ from .models import (ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, Reward
 
 log = logging.getLogger("pfm")
 SCHEMA = 1
+KEY = {"omit": ("seeds", "path"), "unset": {"flow_field": "mlp", "flow_batch": 256}}
+"""How :func:`..runner.config_key` keys a run: the seeds and the data's path do not count (the data's bytes do,
+through :meth:`Config.models_key`); options added later leave the key of runs at their default unchanged, so those
+runs stay cached."""
 
 
 @dataclass
@@ -81,10 +87,8 @@ class Config:
         return f"{data.name}-{h.hexdigest()[:16]}"
 
     def key(self, models_key: str) -> str:
-        # options added later leave the key of runs at their default unchanged, so those runs stay cached
-        later = {"flow_field": "mlp", "flow_batch": 256}
-        fields_ = {k: v for k, v in asdict(self).items() if k not in ("seeds", "path") and later.get(k, k) != v}
-        return hashlib.sha256(json.dumps([models_key, fields_], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """The key of this config's runs on the models of ``models_key`` (see :data:`KEY`)."""
+        return config_key(self, **KEY, context=models_key)
 
 
 @dataclass
@@ -270,20 +274,13 @@ def _sweep(name: str, betas: tuple[float, ...], train: Callable[[float], nn.Modu
            eval_labels: Tensor, gen: torch.Generator, ev: ImageEvaluator) -> None:
     """Sweep beta; record ``name`` (beta picked by ``validate``) and ``name, beta by implicit acc.`` (the label-free
     pick: held-out implicit accuracy) in ``M`` with their test samples in ``samples``."""
-    policies: dict[float, nn.Module] = {}
-
-    def keep(beta: float) -> nn.Module:
-        policies[beta] = train(beta)
-        return policies[beta]
-
-    beta, _, rows = sweep_beta(keep, betas, ref, heldout, evaluate, validate)
-    by_acc = max(reversed(rows), key=lambda r: r["heldout_accuracy"])["beta"]  # ties: the larger beta
-    for label, b in ((name, beta), (f"{name}, beta by implicit acc.", by_acc)):
-        samples[label] = _sample_images(policies[b], eval_labels, gen)
-        row = next(r for r in rows if r["beta"] == b)
+    s = sweep_betas(train, betas, ref, heldout, evaluate, validate)
+    for label, b in ((name, s.beta), (f"{name}, beta by implicit acc.", s.pick("heldout_accuracy"))):
+        samples[label] = _sample_images(s.policies[b], eval_labels, gen)
+        row = next(r for r in s.rows if r["beta"] == b)
         M[label] = {"beta": b, "heldout_accuracy": row["heldout_accuracy"], "validation": row["validation"],
                     "metrics": ev.as_dict(samples[label], eval_labels)}
-    M[name]["sweep"] = rows
+    M[name]["sweep"] = s.rows
 
 
 def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, contexts: Tensor, beta: float,
@@ -312,7 +309,8 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     ``{dataset}-rlhf.png`` and ``{dataset}-samples.npz`` (every method's samples, one array each, and ``labels``).
 
     The pre-trained models and each finished seed are cached under ``cache_dir`` (default: the data directory),
-    so a stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
+    the seeds in ``runs/<key>/seed-<seed>.json`` (:class:`pfm_experiments.runner.SeedRunner`, :data:`KEY`), so a
+    stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
     ``(1, 28, 28)`` images (batch 64) instead of the MLP on the flattened vector; the files are then named
     ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps.
     """
@@ -336,36 +334,16 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     data = load_images(dataset, path, max_train=cfg.max_train, test_per_class=cfg.test_per_class)
     root = Path(cache_dir) if cache_dir is not None else data_dir() / "images"
     models = pretrained(cfg, data, progress=progress, cache_dir=root)
-    cache = root / "runs" / cfg.key(cfg.models_key(data))
-    cache.mkdir(parents=True, exist_ok=True)
+    runner = SeedRunner(root / "runs", cfg, arrays=("samples", "labels"), **KEY, context=cfg.models_key(data),
+                        name="images")
     parts, first = [], None
-    for seed in cfg.seeds:
-        rec = cache / f"seed-{seed}.json"
-        if rec.exists() and rec.with_suffix(".npz").exists():
-            record = json.loads(rec.read_text())
-            with np.load(rec.with_suffix(".npz")) as z:
-                arrays = {"samples": {k[8:]: z[k] for k in z.files if k.startswith("samples/")}, "labels": z["labels"]}
-            log.info("images: reusing %s", rec)
-        else:
-            log.info("images: %s, seed %d", dataset, seed)
-            t = time.perf_counter()
-            part = run_one(cfg, data, models, seed, progress=progress)
-            part["wall_seconds"] = time.perf_counter() - t
-            arrays = {"samples": part.pop("samples"), "labels": part.pop("labels")}
-            record = part
-            with atomic_file(rec.with_suffix(".npz"), "wb") as f:
-                np.savez_compressed(f, labels=arrays["labels"],
-                                    **{f"samples/{k}": v.astype(np.float32) for k, v in arrays["samples"].items()})
-            with atomic_file(rec, "w") as f:
-                json.dump(record, f)
-        parts.append(record)
-        if first is None:
-            first = arrays
+    for s in runner.run(cfg.seeds, lambda seed: run_one(cfg, data, models, seed, progress=progress)):
+        parts.append(s.record)
+        first = first or s.arrays()
     assert first is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = report.summarize(parts)
-    name = dataset if field == "mlp" else f"{dataset}-{field}"
+    name = stem(dataset, field)
     with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
         np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
                                                           for k, v in first["samples"].items()})
@@ -373,16 +351,45 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
                  f"{dataset}: 10 samples per label (rows) of every method, seed {cfg.seeds[0]}")
     report.curve_figure(parts, out / f"{name}-rlhf.png", f"{dataset}: RLHF's learned reward against the "
                         "annotator and the independent judge along its training")
-    result = {"config": asdict(cfg), "pretrained": models.info, "summary": summary, "runs": parts,
+    result = {"config": asdict(cfg), "pretrained": models.info, "summary": report.summarize(parts), "runs": parts,
               "seconds": time.perf_counter() - start, "compute_seconds": float(sum(p["wall_seconds"] for p in parts)),
               "torch_threads": torch.get_num_threads()}
-    with atomic_file(out / f"{name}.json", "w") as f:
+    write_report(result, out / name)
+    return result
+
+
+def stem(dataset: str, field: str = "mlp") -> str:
+    """The results' file stem: ``mnist``, ``fashion``, ``mnist-unet``, ..."""
+    return dataset if field == "mlp" else f"{dataset}-{field}"
+
+
+def write_report(result: dict[str, Any], base: Path) -> None:
+    """``<base>.json`` (the result) and ``<base>.md`` (the tables: every method, the paired comparisons, every beta
+    of the sweeps)."""
+    from . import report
+
+    summary, info, cfg = result["summary"], result["pretrained"], result["config"]
+    with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
-    md = (report.table(summary, dataset, len(parts)) + "\n\n" + report.sweep_table(parts) +
-          f"\n\nPre-trained models: annotator held-out accuracy {models.info['annotator_heldout_accuracy']:.3f}, "
-          f"judge {models.info['judge_heldout_accuracy']:.3f} ({models.info['train']} training images, "
-          f"{models.info['test']} held out). Computing the seeds took {result['compute_seconds']:.0f} s with "
-          f"{torch.get_num_threads()} torch threads (this invocation: {result['seconds']:.0f} s).\n")
-    with atomic_file(out / f"{name}.md", "w") as f:
+    md = (report.table(summary, cfg["dataset"]) + "\n\n**Paired per-seed differences** (mean of the per-seed "
+          "differences and its 95% Student-t confidence interval; the baseline is the one with the best mean "
+          "annotator probability)\n\n" + report.comparisons_table(summary) + "\n\n" + report.sweep_table(result["runs"]) +
+          f"\n\nPre-trained models: annotator held-out accuracy {info['annotator_heldout_accuracy']:.3f}, "
+          f"judge {info['judge_heldout_accuracy']:.3f} ({info['train']} training images, "
+          f"{info['test']} held out). Computing the seeds took {result['compute_seconds']:.0f} s with "
+          f"{result['torch_threads']} torch threads (this invocation: {result['seconds']:.0f} s).\n")
+    with atomic_file(base.with_suffix(".md"), "w") as f:
         f.write(md)
+
+
+def report_only(out_dir: str | Path = "results", *, dataset: str = "mnist", field: str = "mlp") -> dict[str, Any]:
+    """Recompute the summary of ``<out_dir>/<stem>.json`` (:func:`stem`) from its per-seed runs and rewrite that
+    JSON's ``summary`` and the ``.md`` (``pfm reproduce mnist --report-only``); the figures are left as they are."""
+    from . import report
+
+    name = Path(out_dir) / stem(dataset, field)
+    command = f"pfm reproduce mnist --dataset {dataset}" + (f" --field {field}" if field != "mlp" else "")
+    result = read_results(name.with_suffix(".json"), command)
+    result["summary"] = report.summarize(result["runs"])
+    write_report(result, name)
     return result

@@ -1,4 +1,5 @@
-"""Tables and figures of the image experiment, from the per-seed records of :func:`.experiment.run_one`."""
+"""Tables and figures of the image experiment, from the per-seed records of :func:`.experiment.run_one`
+(statistics: :mod:`pfm_experiments.stats`: mean ± sample std over seeds, paired per-seed differences with a 95% CI)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pfm.io import atomic_file
+from ..figures import pyplot, save_figure
+from ..stats import best, compare, comparison_table, describe, format_mean_std
 
 PAPER_MNIST = {"reference": 0.8389, "rejected (y-)": 0.3951, "preferred (y+)": 0.9976, "PFM": 0.9841,
                "PFM x 2": 0.9996, "RLHF": 0.9171, "DPO": 0.8936, "DPO, small beta": 0.5397}
@@ -15,35 +17,49 @@ PAPER_MNIST = {"reference": 0.8389, "rejected (y-)": 0.3951, "preferred (y+)": 0
 
 METRICS = (("annotator", "annotator prob."), ("judge_accuracy", "judge acc."), ("judge_probability", "judge prob."),
            ("frechet", "Fréchet dist."), ("diversity", "diversity"), ("out_of_range", "pixels out of [0, 1]"))
+BASELINES = ("trivial shift", "RLHF", "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.",
+             "DPO, small beta")
+COMPARED = {"annotator": "annotator prob.", "judge_accuracy": "judge acc.", "frechet": "Fréchet dist."}
 
 
-def summarize(parts: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{method: {metric: [mean, std over seeds]}}``, plus the chosen betas and the reward model's accuracy."""
-    out: dict[str, dict[str, Any]] = {}
+def _metric(record: dict[str, Any], method: str, metric: str) -> Any:
+    return record["methods"][method]["metrics"].get(metric)
+
+
+def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"methods": {method: {metric: describe(...), "beta": [...]}}, "comparisons": [...]}``: every metric
+    over seeds, and PFM and PFM x 2 paired against the reference, against the baseline with the best mean
+    annotator probability and (PFM) against the trivial shift."""
+    methods: dict[str, dict[str, Any]] = {}
     for method in parts[0]["methods"]:
         rows = [p["methods"][method] for p in parts]
-        out[method] = {m: [float(np.mean([r["metrics"][m] for r in rows])),
-                           float(np.std([r["metrics"][m] for r in rows]))] for m, _ in METRICS}
+        methods[method] = {m: describe([r["metrics"][m] for r in rows]) for m, _ in METRICS}
         if "beta" in rows[0]:
-            out[method]["beta"] = [r["beta"] for r in rows]
-    return out
+            methods[method]["beta"] = [r["beta"] for r in rows]
+    baseline = best({n: methods[n]["annotator"] for n in BASELINES if n in methods}, BASELINES)
+    pairs = [("PFM", "reference")] + ([("PFM", baseline), ("PFM x 2", baseline)] if baseline else [])
+    if baseline != "trivial shift" and "trivial shift" in methods:  # the cheapest baseline, always beside
+        pairs.append(("PFM", "trivial shift"))
+    return {"methods": methods, "comparisons": compare(parts, pairs, COMPARED, _metric)}
 
 
-def table(summary: dict[str, Any], dataset: str, seeds: int) -> str:
+def table(summary: dict[str, Any], dataset: str) -> str:
+    """Every method's metrics, mean ± sample std over seeds (the mean alone with one seed)."""
     paper = dataset == "mnist"
     head = "| method | " + " | ".join(label for _, label in METRICS) + (" | paper: annotator prob. |" if paper
                                                                           else " |")
     lines = [head, "|" + "---|" * (len(METRICS) + 1 + paper)]
-    for method, row in summary.items():
-        cells = []
-        for m, _ in METRICS:
-            mean, std = row[m]
-            fmt = ".1f" if m == "frechet" else ".3f"
-            cells.append(f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}")
+    for method, row in summary["methods"].items():
+        cells = [format_mean_std(row[m], ".1f" if m == "frechet" else ".3f") for m, _ in METRICS]
         name = method + (f" (beta {', '.join(f'{b:g}' for b in row['beta'])})" if "beta" in row else "")
         lines.append(f"| {name} | " + " | ".join(cells) + (f" | {PAPER_MNIST.get(method, float('nan')):.4f} |"
                                                            if paper else " |"))
     return "\n".join(lines).replace("| nan |", "| - |")
+
+
+def comparisons_table(summary: dict[str, Any]) -> str:
+    """The paired per-seed differences of :func:`summarize`."""
+    return comparison_table(summary["comparisons"], COMPARED, specs={"frechet": ".1f"})
 
 
 def sweep_table(parts: list[dict[str, Any]]) -> str:
@@ -63,11 +79,7 @@ def sweep_table(parts: list[dict[str, Any]]) -> str:
 def grids(samples: dict[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...], path: Path,
           title: str) -> None:
     """A 10x10 grid per method (one row per label, the first ten samples of each), clipped to [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(samples)
     cols = 3
     rows = int(np.ceil(len(names) / cols))
@@ -87,18 +99,12 @@ def grids(samples: dict[str, np.ndarray], labels: np.ndarray, classes: tuple[str
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
     """RLHF's learned reward beside the annotator's and the judge's scores along its training (every seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     for p in parts:
         sweep = p["methods"]["RLHF"]["sweep"]
@@ -123,6 +129,4 @@ def curve_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -12,7 +12,7 @@ annotator; :func:`run_one` collects the pairs, fits the flow and evaluates every
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import time
@@ -36,6 +36,8 @@ from .hf import HFCausalLM, HFClassifier
 from .judge import VaderJudge
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
+from ..runner import SeedRunner, config_key, digest
+from ..sweeps import best_beta
 
 log = logging.getLogger("pfm")
 SCHEMA = 1
@@ -88,13 +90,11 @@ class Config:
         fields_ = {k: getattr(self, k) for k in keys}
         if self.reference is not None:  # only then, so that the keys of runs with our own pi_ref stay as they were
             fields_["reference"] = str(Path(self.reference).expanduser().resolve())
-        blob = json.dumps(fields_, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(fields_)
 
     def decoder_key(self) -> str:
         """What the codec's decoder depends on beyond :meth:`models_key`."""
-        blob = json.dumps({k: getattr(self, k) for k in ("decoder_epochs", "decoder_noise")}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest({k: getattr(self, k) for k in ("decoder_epochs", "decoder_noise")})
 
 
 @dataclass
@@ -300,7 +300,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
                       "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
                       "kl_curve": hist["kl"], "seconds": hist["seconds"]})
         policies[beta] = policy
-    picked = max(reversed(sweep), key=lambda r: r["validation_score"])["beta"]  # ties: the larger beta
+    picked = best_beta(sweep, "validation_score")  # ties: the larger beta
     rlhf_policy = policies[picked]
     times["RLHF"] = time.perf_counter() - t
 
@@ -316,9 +316,9 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
 
     k = cfg.iterations
     vectors = {"reference (codec)": z_ref, "PFM": moved(flow.transform(z_ref, c_test)),
-               f"PFM x {k}": moved(flow.iterate(z_ref, c_test, k=k)), "RLHF (codec)": z_rlhf,
+               f"PFM x {k}": moved(flow.iterate(z_ref, c_test, iterations=k)), "RLHF (codec)": z_rlhf,
                "RLHF + PFM": moved(flow.transform(z_rlhf, c_test)),
-               f"RLHF + PFM x {k}": moved(flow.iterate(z_rlhf, c_test, k=k))}
+               f"RLHF + PFM x {k}": moved(flow.iterate(z_rlhf, c_test, iterations=k))}
     decoded = {name: codec.decode(v, test_prompts, candidates=cfg.candidates, seed=seed) for name, v in vectors.items()}
     order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", "RLHF", "RLHF (codec)", "RLHF + PFM",
              f"RLHF + PFM x {k}"]
@@ -346,57 +346,35 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
                          enumerate(test_prompts[:10])], "seconds": times}
 
 
+KEY = {"omit": ("seeds",), "unset": {"reference": None, "annotator": None}}
+"""How :func:`..runner.config_key` keys a run: the seeds do not count, and the user's model paths only when set (so
+that the keys of runs with our own models stay as they were)."""
+
+
+def _resolved(cfg: Config) -> Config:
+    """``cfg`` with the user's model paths made absolute, so that a path and its alias give one key."""
+    paths = {k: str(Path(v).expanduser().resolve()) for k in ("reference", "annotator")
+             if (v := getattr(cfg, k)) is not None}
+    return dataclasses.replace(cfg, **paths)
+
+
 def run_key(cfg: Config) -> str:
-    fields_ = {k: v for k, v in asdict(cfg).items() if k != "seeds"}
-    for k in ("reference", "annotator"):  # unset: left out, so that the keys of earlier runs stay as they were
-        if fields_[k] is None:
-            del fields_[k]
-        else:
-            fields_[k] = str(Path(fields_[k]).expanduser().resolve())
-    return hashlib.sha256(json.dumps(fields_, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Per method and metric: ``[mean, std]`` over the runs (seeds)."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for name in runs[0]["methods"]:
-        out[name] = {}
-        for metric in runs[0]["methods"][name]:
-            vals = np.array([r["methods"][name][metric] for r in runs], dtype=float)
-            out[name][metric] = [float(vals.mean()), float(vals.std())]
-    return out
-
-
-METRICS = (("score", "annotator score"), ("score_of_vector", "score of the vector"), ("vader", "VADER"),
-           ("vader_win_rate_vs_rlhf", "VADER win rate vs RLHF"), ("perplexity", "perplexity under pi_ref"),
-           ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("words", "words"))
-
-
-def table(summary: dict[str, dict[str, list[float]]], seeds: int) -> str:
-    """A markdown table: one row per method, mean ± std over ``seeds`` seeds (no ± with one seed)."""
-    head = "| method | " + " | ".join(label for _, label in METRICS) + " |"
-    rows = [head, "|---" * (len(METRICS) + 1) + "|"]
-    for name, m in summary.items():
-        cells = []
-        for key, _ in METRICS:
-            if key not in m:
-                cells.append("")
-            else:
-                mean, std = m[key]
-                cells.append(f"{mean:.3f}" + (f" ± {std:.3f}" if seeds > 1 else ""))
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    """The key of ``cfg``'s runs (see :data:`KEY`)."""
+    return config_key(_resolved(cfg), **KEY)
 
 
 def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Optional[int] = None,
               reference: Optional[str] = None, annotator: Optional[str] = None,
               progress: bool = True) -> dict[str, Any]:
-    """Every seed of the text experiment (each finished seed cached in the data directory, so a stopped run goes
-    on where it was); writes ``text.json`` and ``text.md`` (the table and ten example prompts) to ``out_dir``.
-    ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory instead of the
-    models trained here (see :func:`pretrained`)."""
+    """Every seed of the text experiment (each finished seed cached in the data directory, under
+    ``text/runs/<key>/seed-<seed>.json``: :class:`pfm_experiments.runner.SeedRunner`, :data:`KEY`, so a stopped run
+    goes on where it was); writes ``text.json`` and ``text.md`` (the tables and ten example prompts) to
+    ``out_dir``. ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory
+    instead of the models trained here (see :func:`pretrained`)."""
     from pfm import validate as V
     from pfm.io import atomic_file
+
+    from . import report
 
     V.check_positive_int(seeds, "seeds", allow_none=True)
     cfg = Config.quick_config() if quick else Config()
@@ -408,8 +386,8 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     cfg.annotator = None if annotator is None else str(model_dir(annotator, "annotator"))
     start = time.perf_counter()
     models = pretrained(cfg, progress=progress)
-    cache = data_dir() / "text" / "runs" / run_key(cfg)
-    codec_file = cache / "codec.json"
+    runner = SeedRunner(data_dir() / "text" / "runs", _resolved(cfg), **KEY, name="text")
+    codec_file = runner.directory / "codec.json"
     if codec_file.exists():
         codec_report = json.loads(codec_file.read_text())
     else:
@@ -417,47 +395,11 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
         with atomic_file(codec_file, "w") as f:
             json.dump(codec_report, f)
     runs: list[dict[str, Any]] = []
-    for seed in cfg.seeds:
-        # RLHF's beta is swept on the first seed; the later seeds train RLHF at the beta it picked
-        betas = None if not runs else (runs[0]["rlhf"]["beta"],)
-        rec = cache / f"seed-{seed}.json"
-        if rec.exists():
-            runs.append(json.loads(rec.read_text()))
-            log.info("text: reusing %s", rec)
-            continue
-        t = time.perf_counter()
-        part = run_one(cfg, models, seed, progress=progress, betas=betas)
-        part["wall_seconds"] = time.perf_counter() - t
-        with atomic_file(rec, "w") as f:
-            json.dump(part, f)
-        runs.append(part)
-    summary = summarize(runs)
-    result = {"config": asdict(cfg), "models": models.info, "codec": codec_report, "summary": summary, "runs": runs,
-              "seconds": time.perf_counter() - start}
-    out = Path(out_dir)
-    stem = "text-quick" if quick else "text"
-    with atomic_file(out / f"{stem}.json", "w") as f:
-        json.dump(result, f, indent=1)
-    users = [f"{role}: `{path}`" for role, path in (("pi_ref", cfg.reference), ("annotator", cfg.annotator)) if path]
-    lines = [f"# Controlled text generation ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
-             *([", ".join(users) + " (a user's Hugging Face models)", ""] if users else []),
-             table(summary, len(runs)), "", "## The codec", "",
-             "Held-out sentences encoded, decoded from their prompt and encoded again: " + ", ".join(
-                 f"{k.replace('_', ' ')} {v:.3f}" for k, v in codec_report.items()) + ".", "",
-             "## RLHF's beta sweep", "",
-             "| seed | beta | annotator score (validation prompts) | perplexity | distinct-2 | reward (last 10 steps) "
-             "| KL (nats a sentence) | picked |", "|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        for row in r["rlhf"]["sweep"]:
-            lines.append(f"| {r['seed']} | {row['beta']:g} | {row['validation_score']:.3f} | "
-                         f"{row['validation_perplexity']:.1f} | {row['validation_distinct_2']:.3f} | "
-                         f"{row['final_reward']:.3f} | {row['final_kl']:.2f} | "
-                         f"{'yes' if row['beta'] == r['rlhf']['beta'] else ''} |")
-    lines += ["", "## Examples (seed 0)", ""]
-    for ex in runs[0]["examples"]:
-        lines.append(f"**{ex['prompt']}**")
-        lines += [f"- {k}: {v}" for k, v in ex.items() if k != "prompt"]
-        lines.append("")
-    with atomic_file(out / f"{stem}.md", "w") as f:
-        f.write("\n".join(lines))
+    # RLHF's beta is swept on the first seed; the later seeds train RLHF at the beta it picked
+    for s in runner.run(cfg.seeds, lambda seed: run_one(cfg, models, seed, progress=progress,
+                                                        betas=None if not runs else (runs[0]["rlhf"]["beta"],))):
+        runs.append(s.record)
+    result = {"config": asdict(cfg), "models": models.info, "codec": codec_report,
+              "summary": report.summarize(runs), "runs": runs, "seconds": time.perf_counter() - start}
+    report.write_report(result, Path(out_dir) / ("text-quick" if quick else "text"))
     return result
