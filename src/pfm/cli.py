@@ -90,8 +90,12 @@ def _apply_parser(sub) -> None:
     a.add_argument("--out", required=True, help=".npz file to write")
     a.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
     a.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
-    a.add_argument("--iterations", type=POSITIVE_INT, default=1,
-                   help="apply the flow this many times (PFM x k; default 1)")
+    how_far = a.add_mutually_exclusive_group()
+    how_far.add_argument("--iterations", type=POSITIVE_INT, default=1,
+                         help="apply the flow this many times (PFM x k; default 1)")
+    how_far.add_argument("--strength", type=NONNEG, default=None, metavar="S",
+                         help="how far to move: to t = S of one application (S in [0, 1]), or above 1 floor(S) "
+                         "whole applications and a part of one (--strength 2 is --iterations 2)")
     add_config_options(a, SolverConfig, defaults_from="flow's", title="the solver (default: the flow's own)")
     a.add_argument("--steps", dest="solver_steps", type=POSITIVE_INT, default=None,
                    help=argparse.SUPPRESS)  # the old name of --solver-steps

@@ -173,7 +173,10 @@ def apply(args: argparse.Namespace) -> int:
     context = arrays.get(args.context_key)
     if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
         solver["solver_steps"] = solver.pop("steps")
-    y = flow.iterate(arrays[key], context, iterations=args.iterations, **solver)
+    if args.strength is not None:
+        y = flow.transform(arrays[key], context, strength=args.strength, **solver)
+    else:
+        y = flow.iterate(arrays[key], context, iterations=args.iterations, **solver)
     out = {"y": y}
     if context is not None:
         out["context"] = context

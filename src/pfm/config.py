@@ -34,6 +34,7 @@ from .solve import METHODS
 
 PRECISIONS = ("fp32", "bf16")
 COUPLINGS = ("ot", "sinkhorn", "independent", "paired")
+SOURCES = ("rejected", "reference")
 DEFAULT_STEPS = 2000
 """Training steps when neither ``steps`` nor ``epochs`` is given."""
 
@@ -135,6 +136,10 @@ class FitConfig(TrainConfig):
                                   off_help="pair across the whole batch, whatever the contexts, as the paper's "
                                   "released code does")
     context_weight: float = option(10.0, "for float contexts: weight of the context distance in the OT cost", range="nonneg")
+    source: str = option("rejected", "what the flow carries in training: rejected (the paper's: y- onto y+), or "
+                         "reference (the reference's own samples, y- and y+ together, each with its context, onto "
+                         "y+: a fresh reference output is then carried to the preferred marginal, Theorem 1's "
+                         "maximizer, where the paper's flow overshoots it)", choices=SOURCES)
     recouple_every: Optional[int] = option(None, "ot/sinkhorn: epochs a set of minibatch couplings is kept before "
                                            "new ones are solved (None, 'never' on the command line: one set, solved "
                                            "in the first epoch; 1 re-solves every epoch, as the paper's code)",
@@ -143,6 +148,7 @@ class FitConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         V.check_choice(self.coupling, "coupling", COUPLINGS)
+        V.check_choice(self.source, "source", SOURCES)
         V.check_nonneg_float(self.sigma, "sigma")
         _check_bool(self.normalize, "normalize")
         _check_bool(self.within_context, "within_context")

@@ -92,6 +92,8 @@ def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
         flow._set_normalization(ds)
     for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
         flow._check_range(raw, name, "; rescale the outputs or train a float64 flow (flow.double())")
+    if cfg.source == "reference":
+        ds = reference_source(ds)
     rows = Rows(flow, ds)
     flow._check_field(*rows.rejected(torch.zeros(1, dtype=torch.int64)))
     sigma = float(cfg.sigma) if cfg.normalize else float(cfg.sigma) / float(flow.y_scale)
@@ -112,8 +114,11 @@ def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
 
     evaluate = zero_field = None
     if validation is not None:
-        evaluate, zero_field = heldout_loss(flow, flow._check_dataset(validation), cfg.coupling, sigma, rows.dtype,
-                                            couple_kwargs, cfg.seed)
+        held_out = flow._check_dataset(validation)
+        if cfg.source == "reference":
+            held_out = reference_source(held_out)
+        evaluate, zero_field = heldout_loss(flow, held_out, cfg.coupling, sigma, rows.dtype, couple_kwargs,
+                                            cfg.seed)
     elif cfg.validate_every is not None or cfg.patience is not None:
         raise InvalidInputError("validate_every and patience need validation (held-out pairs)")
     fingerprint = None
@@ -122,7 +127,7 @@ def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
                        "within_context": cfg.within_context, "context_weight": float(cfg.context_weight),
                        "grad_clip": cfg.grad_clip, "flow": json.dumps(flow.config()["field"], sort_keys=True),
                        "recouple_every": cfg.recouple_every if plan is not None else None,
-                       "precision": cfg.precision}
+                       "precision": cfg.precision, **({"source": cfg.source} if cfg.source != "rejected" else {})}
     try:
         history = optimize(flow.field, loss_fn, len(ds), cfg, device=flow.device, desc="fitting flow",
                            fingerprint=fingerprint, order=None if plan is None else plan.order, evaluate=evaluate)
@@ -132,6 +137,15 @@ def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
     if zero_field is not None:
         _compare_with_zero_field(history, zero_field)
     return history
+
+
+def reference_source(ds: PreferenceDataset) -> PreferenceDataset:
+    """The pairs of the ``source="reference"`` variant: the reference's samples (every y- and every y+, each with
+    its context) as the start, ``(2N, *shape)``, and the preferred outputs as the end (each y+ twice, so the end
+    marginal is still the preferred one). The coupling then pairs starts and ends as it pairs y- and y+."""
+    chosen, rejected = ds.chosen[:], ds.rejected[:]
+    context = None if ds.context is None else torch.cat([ds.context[:], ds.context[:]])
+    return PreferenceDataset(torch.cat([chosen, chosen]), torch.cat([rejected, chosen]), context)
 
 
 def _compare_with_zero_field(history: History, zero_field: float) -> None:

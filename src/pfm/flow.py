@@ -267,9 +267,10 @@ class PreferenceFlow(nn.Module):
         rtol: Optional[float] = None,
         batch_size: int = 8192,
         return_trajectory: bool = False,
+        strength: float = 1.0,
         steps: Optional[int] = None,
     ) -> Any:
-        """Push outputs ``y`` ``(N, *output_shape)`` through the flow from t = 0 to 1.
+        """Push outputs ``y`` ``(N, *output_shape)`` through the flow from t = 0 to 1 (or to ``strength``).
 
         Args:
             y: tensor or NumPy array; the result has its shape, dtype and device (or is an array).
@@ -279,10 +280,21 @@ class PreferenceFlow(nn.Module):
                 ``solver_steps`` (deprecated).
             batch_size: rows solved at once.
             return_trajectory: return ``(solver_steps + 1, N, *output_shape)`` states instead of the end points.
+            strength: how far to move, a dial for how far to align: the field is integrated from t = 0 to
+                ``strength`` when it is in [0, 1] (part of the way; 0 returns ``y`` unchanged, 1 is the default),
+                and above 1 the flow is applied ``floor(strength)`` whole times, then once more up to the fraction
+                left (``strength=2`` is ``iterate(y, iterations=2)``). A partial solve takes as many solver steps
+                as a whole one.
         """
         as_numpy = isinstance(y, np.ndarray)
         y_t = self.check_outputs(y)
         V.check_positive_int(batch_size, "batch_size")
+        spans = strength_spans(strength)
+        if return_trajectory and spans != [1.0]:
+            raise InvalidInputError("return_trajectory=True needs strength=1 (one whole application)")
+        if not spans:  # strength 0: nothing moves
+            c = self._prepare_context(context, y_t.shape[0])
+            return y.copy() if as_numpy else y_t.clone()
         c = self._prepare_context(context, y_t.shape[0])
         given = {"method": method, "solver_steps": solver_steps, "atol": atol, "rtol": rtol, "steps": steps}
         opts = {**self.solver, **solver_options("transform", given)}
@@ -299,7 +311,9 @@ class PreferenceFlow(nn.Module):
         for s in range(0, n, batch_size):
             z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
             cb = None if c is None else self._field_context(c[s:s + batch_size])
-            z = self._denorm_y(solve(self.field, z, cb, return_trajectory=return_trajectory, **opts))
+            for end in spans:  # one whole application is spans == [1.0]
+                z = solve(self.field, z, cb, t_span=(0.0, end), return_trajectory=return_trajectory, **opts)
+            z = self._denorm_y(z)
             if res is None:
                 res = torch.empty(shape, dtype=z.dtype, device=z.device)
             if return_trajectory:
@@ -401,3 +415,12 @@ class PreferenceFlow(nn.Module):
 
         return load_flow(cls, directory, field=field, device=device)
 
+
+def strength_spans(strength: Any) -> list[float]:
+    """The end times of the solves that move an output by ``strength`` (see :meth:`PreferenceFlow.transform`):
+    ``floor(strength)`` whole ones (t: 0 -> 1), then one to the fraction left; ``[]`` for 0."""
+    V.check_nonneg_float(strength, "strength")
+    whole, part = divmod(float(strength), 1.0)
+    if whole > 1 << 16:
+        raise InvalidInputError(f"strength must be at most {1 << 16:,} whole applications, got {strength!r}")
+    return [1.0] * int(whole) + ([part] if part > 1e-9 else [])
