@@ -1,5 +1,8 @@
 # `make demo`: a virtualenv, the package, and a small end-to-end run that prints a before/after table.
-# `make test`: the test suite (what CI runs).
+# `make test`: the whole test suite (what CI runs).
+# `make test-fast`: the unit tests alone (-m "not slow and not integration"; under a minute), the loop while editing.
+# `make test-slow`: the rest (the tests marked slow or integration: quick reproductions, subprocesses, benchmarks).
+# `make wheel-test`: .ci/wheel-test, the two wheels installed in a fresh virtualenv and run from outside the repository.
 # `make docs`: the documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or reference.
 # `make bench`: benchmarks/bench.py, pfm against a bare step and against the peer pipeline (torchcfm + torchdiffeq).
 PYTHON ?= python3
@@ -9,7 +12,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: venv demo test docs bench clean
+.PHONY: venv demo test test-fast test-slow wheel-test docs bench clean
 
 $(BIN)/.installed: pyproject.toml experiments/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,15 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not integration"
+
+test-slow: venv
+	$(BIN)/python -m pytest -m "slow or integration"
+
+wheel-test: venv
+	BUILD_PYTHON='$(abspath $(BIN))/python' PYTHON='$(PYTHON)' TORCH='$(TORCH)' bash .ci/wheel-test
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

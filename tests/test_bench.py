@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-@pytest.mark.slow
+
 def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     try:
         import torchcfm  # noqa: F401
@@ -49,7 +50,6 @@ def test_quick_benchmark_writes_json_tables_and_figure(tmp_path):
     assert again.returncode == 0 and "| solver | NFE |" in again.stdout
 
 
-@pytest.mark.slow
 def test_quick_load_case_reports_the_ratios_idle_and_beside_a_competitor(tmp_path):
     pytest.importorskip("torchcfm")
     out = tmp_path / "load.json"
@@ -66,7 +66,6 @@ def test_quick_load_case_reports_the_ratios_idle_and_beside_a_competitor(tmp_pat
     assert not out.with_suffix(".png").exists()  # nothing to draw
 
 
-@pytest.mark.slow
 def test_the_gpu_benchmark_runs_here_on_the_cpu_and_reports(tmp_path):
     """benchmarks/gpu.py is what benchmarks/gpu.sh runs on a GPU machine; its coupling part runs here on the CPU, and
     --report prints the tables of what it wrote."""

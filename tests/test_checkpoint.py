@@ -51,6 +51,8 @@ def test_resume_is_bit_identical(tmp_path, ema):
     assert not same_weights(full, fitted(ds, 299, ema_decay=ema))  # the comparison can fail
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     rng = np.random.default_rng(0)
     y0 = rng.normal(size=(2000, 2)).astype(np.float32)

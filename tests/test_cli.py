@@ -70,6 +70,7 @@ def test_apply_bad_inputs(tmp_path, data, capsys):
     assert not (tmp_path / "o.npz").exists()
 
 
+@pytest.mark.integration
 def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "pfm", "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--coupling" in res.stdout and "within a context" in res.stdout

@@ -118,6 +118,7 @@ def test_the_teachers_lookahead_adds_the_steps_after_the_segment(random_episodes
     roller.close()
 
 
+@pytest.mark.slow
 def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     result = train_ars("hopper", ARSConfig(directions=2, top=1, iterations=4, eval_every=2, eval_episodes=1,
                                             horizon=100), progress=False)
@@ -219,6 +220,8 @@ def test_normalized_score_uses_d4rl_references():
     np.testing.assert_allclose(E.normalized_score("halfcheetah", [-280.178953, 12135.0]), [0.0, 100.0])
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     from pfm.cli import main
 

@@ -8,10 +8,13 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from pfm import PreferenceFlow
+
+pytestmark = [pytest.mark.integration]
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys

@@ -232,7 +232,7 @@ def test_a_flow_saved_before_time_max_freq_existed_loads_with_its_1000_rad_featu
     assert float(PreferenceFlow.load(tmp_path / "f").field.time.freqs.min()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("precision, compile", [("bf16", False), ("fp32", True)])
+@pytest.mark.parametrize("precision, compile", [("bf16", False), pytest.param("fp32", True, marks=pytest.mark.slow)])
 def test_bf16_autocast_and_compile_train_the_same_float32_flow(precision, compile, tmp_path):
     ds = shifted()
     flow = PreferenceFlow.for_dataset(ds, hidden=64, depth=2)

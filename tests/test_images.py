@@ -137,6 +137,8 @@ def test_frechet_distance_and_diversity():
     assert math.isclose(mean_pairwise_distance(x, torch.tensor([0, 0, 1, 1])), 2.5)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from pfm.cli import main

@@ -6,6 +6,7 @@ from pfm.iterative import FlowChain, iterative_pfm
 from pfm import demo as gaussian
 
 
+@pytest.mark.slow
 def test_iterative_pfm_moves_further_each_round_and_reloads(tmp_path):
     gen = torch.Generator().manual_seed(0)
     sample = gaussian.reference(gen)

@@ -72,6 +72,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.integration
 def test_importing_every_library_module_loads_no_experiment():
     code = """if True:
         import pkgutil, sys
@@ -87,6 +88,7 @@ def test_importing_every_library_module_loads_no_experiment():
     assert int(run_python(code).stdout) > 25
 
 
+@pytest.mark.integration
 def test_the_old_import_paths_warn_and_give_the_new_modules():
     pytest.importorskip("pfm_experiments")
     code = """if True:
@@ -164,6 +166,7 @@ def test_public_io_and_validate_are_the_private_implementations():
         assert getattr(validate, name) is (check_beta if name == "check_beta" else getattr(_validate, name))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_the_experiments_wheel_carries_its_data_and_entry_points(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

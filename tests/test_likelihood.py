@@ -58,6 +58,7 @@ def test_exact_divergence_matches_the_pushed_gaussian_both_ways():
     assert torch.equal(fwd.stderr, torch.zeros(500, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_kl_to_reference_matches_the_closed_form():
     flow, ref, pushed = affine_case(3, seed=1)
     est = kl_to_reference(flow, ref_log_prob(ref), samples=ref.sample((20_000,)), method="rk4", solver_steps=32)
@@ -144,6 +145,7 @@ def test_bad_input_fails_clearly():
         kl_to_reference(flow, lp)
 
 
+@pytest.mark.slow
 def test_forward_and_inverse_agree_on_a_nonlinear_flow():
     torch.manual_seed(1)
     field = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))

@@ -67,6 +67,7 @@ def test_iterated_marginals_closed_form():
     assert it.entropy[0] == pytest.approx(0.5 * math.log(2 * math.pi * math.e), abs=0.03)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bt", "threshold"])
 def test_theorem_1_on_the_toy2d_task(kind):
     """The toy2d reference and preference model: E_ref[w] = 1/2, the y+ of collected pairs follow 2 pi_ref w, and

@@ -79,7 +79,8 @@ def test_fits_are_reproducible_and_leave_threads_and_settings_as_they_were():
     assert not [t for t in threading.enumerate() if t.name == "pfm-pairing"]
 
 
-@pytest.mark.parametrize("every,coupling", [(1, "ot"), (3, "ot"), (None, "ot"), (2, "sinkhorn")])
+@pytest.mark.parametrize("every,coupling", [(1, "ot"), (3, "ot"), (None, "ot"),
+                                            pytest.param(2, "sinkhorn", marks=pytest.mark.slow)])
 def test_resume_in_the_middle_of_a_plan_is_bit_identical(tmp_path, every, coupling):
     g = torch.Generator().manual_seed(3)
     y0 = torch.randn(400, 2, generator=g)

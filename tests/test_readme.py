@@ -3,7 +3,11 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+pytestmark = [pytest.mark.integration]
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):

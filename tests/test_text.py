@@ -74,6 +74,7 @@ def test_corpus_files_of_ones_own(tmp_path):
     assert all(train.ratings[i] == ord(t) - ord("a") for i, t in enumerate(train.texts))
 
 
+@pytest.mark.integration
 def test_vader_corpus_comes_from_pypi_and_is_cached(shared_cache):
     c = load_vader_corpus(shared_cache / "corpus")
     assert len(c) == 10_605 and c.ratings.min() >= -4 and c.ratings.max() <= 4
@@ -81,6 +82,28 @@ def test_vader_corpus_comes_from_pypi_and_is_cached(shared_cache):
     assert (shared_cache / "corpus" / "movieReviewSnippets_GroundTruth.txt").exists()
 
 
+def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed_download(tmp_path, monkeypatch):
+    """pfm.text.fetch without the registry (the two tests above and below reach it): what it checks and decides."""
+    import subprocess
+
+    from pfm.text import fetch
+
+    with pytest.raises(InvalidInputError, match="pinned as 'name==version'"):
+        fetch.pip_download("vaderSentiment", tmp_path)
+    calls = []
+    monkeypatch.setattr(fetch.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(
+        cmd, 1, "", "ERROR: No matching distribution found for nothing-here==1.0"))
+    with pytest.raises(RuntimeError, match="No matching distribution"):
+        fetch.pip_download("nothing-here==1.0", tmp_path / "dl", sdist=True)
+    assert len(calls) == 1 and "--no-binary" in calls[0] and calls[0][-1] == "nothing-here==1.0"
+    assert not [p for p in (tmp_path / "dl").iterdir()], "a failed download leaves nothing behind"
+    have = tmp_path / "dl" / "vaderSentiment-3.3.2.tar.gz"
+    have.write_bytes(b"already here")
+    assert fetch.pip_download("vadersentiment==3.3.2", tmp_path / "dl", sdist=True) == have
+    assert len(calls) == 1, "a file already there is reused: pip is not run again"
+
+
+@pytest.mark.integration
 def test_minilm_matches_its_known_geometry_and_caches(shared_cache, tmp_path):
     enc = SentenceEncoder(minilm_path(shared_cache / "models"))
     z = enc.encode(["A wonderful, moving film.", "A truly great movie.", "The tax forms are due in April."])
@@ -208,6 +231,7 @@ def _toy_sentences(n=300, seed=0):
     return out
 
 
+@pytest.mark.slow
 def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
     from pfm.errors import FlowFileError
     from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
@@ -235,6 +259,7 @@ def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
         lm.model(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))
 
 
+@pytest.mark.slow
 def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_ref():
     from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
     from pfm_experiments.text.rlhf import continuation_logprob, rlhf_lm
@@ -274,6 +299,7 @@ def test_rlhf_on_a_language_model_raises_the_reward_and_beta_holds_it_near_pi_re
         rlhf_lm(lm, lambda ts, ps: torch.zeros(2), prompts, beta=0.1, steps=1, progress=False)
 
 
+@pytest.mark.slow
 def test_conditional_language_model_reads_its_condition():
     from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
@@ -319,6 +345,8 @@ def test_codec_with_a_decoder_saves_and_loads(tiny_bert, tmp_path):
         LMDecoder(TextLM(ConditionalLM(LMConfig(tok.get_vocab_size(), dim=8, hidden=8, layers=1)), tok))
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_text_experiment_end_to_end(tmp_path, capsys):
     """`pfm reproduce text --quick`: tiny models on 2,000 sentences; the flow, trained on pi_ref's pairs, raises
     the annotator's mean score of held-out prompts' continuations, in the embedding and in the decoded text.

@@ -75,6 +75,7 @@ def tiny_classifier(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_hugging_face_reference_generates_scores_and_is_consistent(tiny_gpt2):
     lm = HFCausalLM(tiny_gpt2, max_new_tokens=8)
     prompts = ["the movie", "the plot was", "the film was", ""]
@@ -104,6 +105,7 @@ def test_hugging_face_reference_generates_scores_and_is_consistent(tiny_gpt2):
         HFCausalLM(tiny_gpt2 / "nowhere")
 
 
+@pytest.mark.slow
 def test_rlhf_fine_tunes_a_copy_of_a_hugging_face_reference(tiny_gpt2):
     lm = HFCausalLM(tiny_gpt2, max_new_tokens=6)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -140,6 +142,8 @@ def test_hugging_face_annotator_scores_by_its_labels(tiny_classifier):
         HFClassifier(tiny_classifier / "nowhere")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_text_experiment_runs_on_a_users_models(tiny_gpt2, tiny_classifier):
     """pi_ref and the annotator from Hugging Face directories through the whole pipeline (pairs, flow, RLHF on a
     copy of the user's LM, decoding, metrics), on a tiny configuration."""

@@ -779,6 +779,7 @@ def test_weights_of_another_dtype_than_the_config_load_as_the_config_says(tour):
 MEMORY_LIMIT_MB = 3072  # address space: Python, torch and numpy take about 700 MB of it
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_allocation_cases_fail_fast_and_small_under_an_address_space_limit(tour, tmp_path):
     cases = [c for c in CASES if c.memory]
@@ -903,6 +904,7 @@ def test_saved_files_have_the_umasks_permissions(tour, tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == want, p
 
 
+@pytest.mark.integration
 def test_info_into_a_closed_pipe_is_quiet(tour):
     code = ("import sys; from pfm.cli import main; sys.exit(main(['info', sys.argv[1]]))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -966,6 +968,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("no_exchange", ["0", "1"], ids=["exchange", "two-renames"])
 def test_a_crash_at_any_point_of_saving_leaves_a_loadable_flow(tmp_path, no_exchange):

@@ -19,6 +19,8 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "toy2d.json").read_text())
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_run_writes_json_table_and_a_readable_figure(quick_run):
     out, result = quick_run
     # its time is recorded, not asserted: a wall-clock bound fails on a busy shared machine (it took 29-55 s here)
@@ -31,6 +33,8 @@ def test_quick_run_writes_json_table_and_a_readable_figure(quick_run):
     assert img.shape[0] > 600 and img.shape[1] > 800 and img.std() > 0.05  # a real picture, not blank
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_run_shows_the_papers_ordering(quick_run):
     _, result = quick_run
     m = result["runs"][0]["methods"]
@@ -46,6 +50,8 @@ def test_quick_run_shows_the_papers_ordering(quick_run):
     assert m["reference"]["metrics"]["out_of_support"] < 0.03
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_quick_run_measures_what_the_theorems_predict(quick_run):
     out, result = quick_run
     run = result["runs"][0]
