@@ -20,7 +20,8 @@ from .errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
 from .fields import FIELDS, MAX_CLASSES, check_sizes
 from .flow_files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
                          read_config, read_weights_header)
-from .solve import check_solver, solve
+from .normalization import context_statistics, output_statistics
+from .solve import check_solver, solve, strength_spans
 from .train import History
 
 log = logging.getLogger("pfm")
@@ -122,25 +123,13 @@ class PreferenceFlow(nn.Module):
 
     @torch.no_grad()
     def _set_normalization(self, ds: PreferenceDataset) -> None:
-        if 2 * ds.chosen.numel() <= V.CHUNK:
-            ys = torch.cat([ds.chosen, ds.rejected]).double()
-            shift = ys.mean(0)
-            scale = (ys - shift).pow(2).mean().sqrt()
-        else:  # large or memory-mapped data: two passes, chunk by chunk, never a copy of it all
-            parts = [c for t in (ds.chosen, ds.rejected) for c in V.row_chunks(t)]
-            count = 2 * len(ds)
-            shift = sum(c.double().sum(0) for c in parts) / count
-            scale = (sum(float((c.double() - shift).pow(2).sum()) for c in parts) / (count * shift.numel())) ** 0.5
-            scale = torch.tensor(scale, dtype=torch.float64)
+        shift, scale = output_statistics(ds)
         self.y_shift.copy_(shift.to(self.y_shift))
         self.y_scale.copy_(scale.clamp_min(1e-8).to(self.y_scale))
         if ds.context_kind == "vector":
-            c = ds.context.double()
-            cs = c.mean(0)
-            sd = c.std(0, unbiased=False) if len(c) > 1 else torch.ones_like(cs)
-            sd = torch.where(sd > 1e-6 * sd.max().clamp_min(1e-12), sd, torch.ones_like(sd))
-            self.c_shift.copy_(cs.to(self.c_shift))
-            self.c_scale.copy_(sd.to(self.c_scale))
+            shift, scale = context_statistics(ds.context)
+            self.c_shift.copy_(shift.to(self.c_shift))
+            self.c_scale.copy_(scale.to(self.c_scale))
 
     def forward(self, t: Tensor, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """The velocity ``dy/dt`` at ``(t, y)`` in data units; ``t: (B,)``, ``y: (B, *output_shape)``."""
@@ -337,22 +326,10 @@ class PreferenceFlow(nn.Module):
         of its divergence over t in [0, 1]: ``(end points, integral (B,), standard error (B,))``; see
         :func:`pfm.likelihood.divergence_integral`. The divergence is the same in data and normalized units (the
         normalization is one shift and one scale), so it is integrated on the normalized field."""
-        from .likelihood import divergence_integral
+        from .likelihood import flow_divergence_pass
 
-        y = V.as_float(y, "y")
-        V.check_trailing_shape(y, "y", self.output_shape, "flow's outputs")
-        c = self._prepare_context(context, y.shape[0])
-        opts = {**self.solver, **solver_options("divergence_pass", solver)}
-        dev, dtype = self.device, self.y_shift.dtype
-        cb = self._field_context(c)
-        was_training = self.training
-        self.eval()
-        try:
-            z, integral, se = divergence_integral(self.field, self._norm_y(y.to(dev, dtype)), cb, inverse=inverse,
-                                                  divergence=divergence, probes=probes, generator=generator, **opts)
-        finally:
-            self.train(was_training)
-        return self._denorm_y(z), integral, se
+        return flow_divergence_pass(self, y, context, inverse=inverse, divergence=divergence, probes=probes,
+                                    generator=generator, **solver_options("divergence_pass", solver))
 
     def log_prob(self, y: Any, context: Any = None, *, reference: Any, iterations: Optional[int] = None,
                  k: Optional[int] = None, **options: Any) -> Tensor:
@@ -415,12 +392,3 @@ class PreferenceFlow(nn.Module):
 
         return load_flow(cls, directory, field=field, device=device)
 
-
-def strength_spans(strength: Any) -> list[float]:
-    """The end times of the solves that move an output by ``strength`` (see :meth:`PreferenceFlow.transform`):
-    ``floor(strength)`` whole ones (t: 0 -> 1), then one to the fraction left; ``[]`` for 0."""
-    V.check_nonneg_float(strength, "strength")
-    whole, part = divmod(float(strength), 1.0)
-    if whole > 1 << 16:
-        raise InvalidInputError(f"strength must be at most {1 << 16:,} whole applications, got {strength!r}")
-    return [1.0] * int(whole) + ([part] if part > 1e-9 else [])

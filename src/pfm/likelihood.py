@@ -127,6 +127,26 @@ def divergence_integral(
 
 
 # ------------------------------------------------------------------------------------------------ flows
+def flow_divergence_pass(flow: Any, y: Any, context: Any, *, inverse: bool, divergence: str, probes: int,
+                         generator: Optional[torch.Generator], **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """:meth:`pfm.PreferenceFlow.divergence_pass`: ``solver`` holds the flow's solver keys (``method``, ``steps``,
+    ``atol``, ``rtol``), each overriding the flow's own."""
+    y = V.as_float(y, "y")
+    V.check_trailing_shape(y, "y", flow.output_shape, "flow's outputs")
+    c = flow._prepare_context(context, y.shape[0])
+    opts = {**flow.solver, **solver}
+    cb = flow._field_context(c)
+    was_training = flow.training
+    flow.eval()
+    try:
+        z, integral, se = divergence_integral(flow.field, flow._norm_y(y.to(flow.device, flow.y_shift.dtype)), cb,
+                                              inverse=inverse, divergence=divergence, probes=probes,
+                                              generator=generator, **opts)
+    finally:
+        flow.train(was_training)
+    return flow._denorm_y(z), integral, se
+
+
 def _as_flows(flows: Any, k: int) -> list[Any]:
     """A PreferenceFlow, a FlowChain or a sequence of flows -> the list of maps, applied first to last, ``k`` times."""
     V.check_positive_int(k, "iterations")

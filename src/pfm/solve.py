@@ -119,3 +119,13 @@ def solve(
     except AssertionError as exc:  # torchdiffeq reports an underflowing step size this way
         raise InvalidInputError(f"the {method} solver failed ({exc}); try a fixed-step method") from None
     return traj if return_trajectory else traj[-1]
+
+
+def strength_spans(strength: Any) -> list[float]:
+    """The end times of the solves that move an output by ``strength`` (see :meth:`pfm.PreferenceFlow.transform`):
+    ``floor(strength)`` whole ones (t: 0 -> 1), then one to the fraction left; ``[]`` for 0."""
+    V.check_nonneg_float(strength, "strength")
+    whole, part = divmod(float(strength), 1.0)
+    if whole > 1 << 16:
+        raise InvalidInputError(f"strength must be at most {1 << 16:,} whole applications, got {strength!r}")
+    return [1.0] * int(whole) + ([part] if part > 1e-9 else [])
