@@ -193,11 +193,7 @@ def merge(config: Optional[C], overrides: Mapping[str, Any], cls: type[C], where
     values = dict(overrides)
     for old, new in (renamed or {}).items():
         if old in values:
-            import warnings
-
-            warnings.warn(f"{where}: {old}= is now {new}=", DeprecationWarning, stacklevel=3)
-            if new in values:
-                raise InvalidInputError(f"{where}: give {new} or its old name {old}, not both")
+            _old_name(where, old, new, given_too=new in values)
             values[new] = values.pop(old)
     unknown = [k for k in values if k not in names]
     if unknown:
@@ -214,12 +210,17 @@ def renamed(where: str, new: str, new_value: Any, old: str, old_value: Any) -> A
     ``DeprecationWarning``); both given is refused."""
     if old_value is None:
         return new_value
+    _old_name(where, old, new, given_too=new_value is not None)
+    return old_value
+
+
+def _old_name(where: str, old: str, new: str, given_too: bool) -> None:
+    """Warn that ``old=`` is now ``new=`` (at the line that called the caller's caller); refuse both at once."""
     import warnings
 
-    warnings.warn(f"{where}: {old}= is now {new}=", DeprecationWarning, stacklevel=3)
-    if new_value is not None:
+    warnings.warn(f"{where}: {old}= is now {new}=", DeprecationWarning, stacklevel=4)
+    if given_too:
         raise InvalidInputError(f"{where}: give {new} or its old name {old}, not both")
-    return old_value
 
 
 SOLVER_ARGS = ("method", "solver_steps", "atol", "rtol")

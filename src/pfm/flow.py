@@ -281,8 +281,8 @@ class PreferenceFlow(nn.Module):
         spans = strength_spans(strength)
         if return_trajectory and spans != [1.0]:
             raise InvalidInputError("return_trajectory=True needs strength=1 (one whole application)")
-        if not spans:  # strength 0: nothing moves
-            c = self._prepare_context(context, y_t.shape[0])
+        if not spans:  # strength 0: nothing moves (the context is still checked)
+            self._prepare_context(context, y_t.shape[0])
             return y.copy() if as_numpy else y_t.clone()
         c = self._prepare_context(context, y_t.shape[0])
         given = {"method": method, "solver_steps": solver_steps, "atol": atol, "rtol": rtol, "steps": steps}

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import math
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 
 def number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -56,11 +56,12 @@ NONNEG = number(**RANGES["nonneg"])
 DECAY = number(**RANGES["decay"])
 
 
-def _kind(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
+def _kind(cls: type, f: dataclasses.Field) -> type:
+    """The type of a field, ``Optional[X]`` being ``X``."""
     hint = typing.get_type_hints(cls)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    return (args[0] if optional and len(args) == 1 else hint), optional
+    return args[0] if optional and len(args) == 1 else hint
 
 
 def dest_of(f: dataclasses.Field) -> str:
@@ -68,23 +69,27 @@ def dest_of(f: dataclasses.Field) -> str:
     return f.metadata.get("dest", f.name)
 
 
+def flags_of(f: dataclasses.Field) -> tuple[str, ...]:
+    """The command-line flags of a config field: ``metadata["flags"]``, else ``--name-with-dashes``."""
+    return tuple(f.metadata.get("flags", ("--" + f.name.replace("_", "-"),)))
+
+
 def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a config field."""
-    return f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))[0]
+    """The command-line flag of a config field (its first)."""
+    return flags_of(f)[0]
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
-                       defaults_from: Optional[str] = None, title: Optional[str] = None) -> None:
-    """Add an option for every field of the dataclass ``cls`` (except ``skip`` and those with ``cli=False``),
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, defaults_from: Optional[str] = None,
+                       title: Optional[str] = None) -> None:
+    """Add an option for every field of the dataclass ``cls`` (except those with ``cli=False``),
     with ``dest`` the field's name (or ``metadata["dest"]``). ``defaults_from``: the options default to None and their help says the
     default comes from there (e.g. "the flow's"), for settings a saved file already holds."""
     group = parser.add_argument_group(title) if title else parser
     exclusive: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli", True) is False:
+        if f.metadata.get("cli", True) is False:
             continue
-        kind, optional = _kind(cls, f)
-        flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
+        kind, flags = _kind(cls, f), flags_of(f)
         text = f.metadata.get("help", "")
         where = group
         if "group" in f.metadata:
@@ -101,7 +106,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
                                    help=f"{text} (default: {defaults_from})")
             continue
         default = None if defaults_from is not None else f.default
-        shown = f"the {defaults_from}" if defaults_from is not None else _show(f.default, optional)
+        shown = f"the {defaults_from}" if defaults_from is not None else _show(f.default)
         kwargs: dict[str, Any] = {"dest": dest_of(f), "default": default,
                                   "help": f"{text} (default: {shown})" if shown is not None else text}
         if "choices" in f.metadata:
@@ -115,7 +120,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
         where.add_argument(*flags, **kwargs)
 
 
-def _show(default: Any, optional: bool) -> Optional[str]:
+def _show(default: Any) -> Optional[str]:
     if default is None:
         return None  # the help text says what None means
     if isinstance(default, float):
@@ -123,7 +128,7 @@ def _show(default: Any, optional: bool) -> Optional[str]:
     return str(default)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, flag_names: bool = True, **extra: Any) -> Any:
+def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     """The ``cls`` config of the parsed options (the fields that are not on the command line keep their defaults,
     ``extra`` overrides). A value the config refuses is reported under its flag's name."""
     from .errors import PFMError
@@ -133,8 +138,6 @@ def config_from_args(cls: type, args: argparse.Namespace, flag_names: bool = Tru
     try:
         return cls(**values)
     except PFMError as exc:
-        if not flag_names:
-            raise
         text = str(exc)
         for f in dataclasses.fields(cls):
             if text.startswith(f.name + " "):
