@@ -21,6 +21,7 @@ from .iterative import FlowChain, iterative_pfm
 from .likelihood import FlowDensity, KLEstimate, kl_to_reference
 from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
+from .selection import best_of_n, nearest_candidate, pfm_select
 from .solve import solve
 from .train import History, optimize
 
@@ -44,6 +45,9 @@ __all__ = [
     "sample_path",
     "flow_matching_loss",
     "solve",
+    "best_of_n",
+    "nearest_candidate",
+    "pfm_select",
     "optimize",
     "seed_everything",
     "data_dir",
