@@ -44,62 +44,10 @@ from pfm.coupling import couple, transport_cost  # noqa: E402
 SIGMA = bench.SIGMA
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
-
-
-# ---------------------------------------------------------------------------------------------- the peer
-def peer_fit(field: torch.nn.Module, train: PreferenceDataset, batch: int, steps: int, device: torch.device,
-             seconds: float, seed: int = 0) -> dict[str, float]:
-    """torchcfm's exact-OT matcher (sigma 0.1) + Adam (lr 1e-3) on random batches of the raw pairs, on ``device``,
-    for ``steps`` steps or until ``seconds`` have passed (at least 3 steps). Returns the steps it ran, the seconds
-    they took and the seconds in the matcher (its OT runs on the CPU)."""
-    from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
-
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    field.to(device).train()
-    opt = torch.optim.Adam(field.parameters(), lr=1e-3)
-    matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=SIGMA)
-    x0_all, x1_all = train.rejected.to(device), train.chosen.to(device)
-    ot_s, done = 0.0, 0
-    sync(device)
-    t0 = time.perf_counter()
-    while done < steps:
-        i = torch.randint(0, len(train), (batch,), device=device)
-        m = time.perf_counter()
-        t, xt, ut = matcher.sample_location_and_conditional_flow(x0_all[i], x1_all[i])
-        ot_s += time.perf_counter() - m
-        loss = (field(t, xt, None) - ut).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        done += 1
-        if done >= 3 and time.perf_counter() - t0 > seconds:
-            break
-    sync(device)
-    field.eval()
-    return {"steps": done, "seconds": time.perf_counter() - t0, "ot_s": ot_s}
-
-
-@torch.no_grad()
-def peer_transform(field: torch.nn.Module, y: Tensor, chunk: int) -> Tensor:
-    """The paper's inference: torchdiffeq dopri5, atol = rtol = 1e-4, t from 0 to 1, ``chunk`` rows at a time."""
-    import torchdiffeq
-
-    def f(t: Tensor, x: Tensor) -> Tensor:
-        return field(t.expand(len(x)), x, None)
-
-    ts = torch.tensor([0.0, 1.0], device=y.device)
-    return torch.cat([torchdiffeq.odeint(f, part, ts, method="dopri5", atol=1e-4, rtol=1e-4)[-1]
-                      for part in y.split(chunk)])
 
 
 # ---------------------------------------------------------------------------------------------- data and quality
@@ -155,15 +103,15 @@ def train_part(device: torch.device, quick: bool, peer_seconds: float) -> list[d
             flow = field_for(kind, train)
             peer_field = field_for(kind, train).field  # the same architecture, its own initial weights
             torch.manual_seed(0)
-            sync(device)
+            bench.sync(device)
             t = time.perf_counter()
             flow.fit(train, steps=steps, batch_size=b, device=device, progress=False)
-            sync(device)
+            bench.sync(device)
             ours = time.perf_counter() - t
-            peer = peer_fit(peer_field, train, b, steps, device, peer_seconds)
+            peer = bench.peer_fit(peer_field, train, b, steps, device=device, seconds=peer_seconds)
             y = y_ref.to(device)
             q_ours = quality(flow.transform(y))
-            q_peer = quality(peer_transform(peer_field, y, chunk=4096))
+            q_peer = quality(bench.peer_transform(peer_field, y, chunk=4096))
             row = {"field": kind, "shape": list(shape), "batch": b, "pairs": n, "steps": steps,
                    "pfm_s": ours, "pfm_pairs_per_s": steps * b / ours,
                    "peer_steps": peer["steps"], "peer_s": peer["seconds"], "peer_ot_s": peer["ot_s"],
@@ -188,17 +136,17 @@ def transform_part(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         flow.fit(train, steps=20, batch_size=256, device=device, progress=False)
         y = torch.randn(m, *shape, device=device)
         flow.transform(y[:256])  # warm-up
-        sync(device)
+        bench.sync(device)
         t = time.perf_counter()
         out = flow.transform(y)
-        sync(device)
+        bench.sync(device)
         ours = time.perf_counter() - t
         field = flow.field
         sub = y[: min(m, 10**5 if kind == "mlp-2d" else 10**4)]  # dopri5 on a part: its time scales with the rows
-        sync(device)
+        bench.sync(device)
         t = time.perf_counter()
-        peer_transform(field, sub, chunk=65_536 if kind == "mlp-2d" else 8192)  # the same network, in its units
-        sync(device)
+        bench.peer_transform(field, sub, chunk=65_536 if kind == "mlp-2d" else 8192)  # the same network, in its units
+        bench.sync(device)
         peer = (time.perf_counter() - t) * m / len(sub)
         row = {"field": kind, "rows": m, "pfm_s": ours, "pfm_rows_per_s": m / ours, "peer_s": peer,
                "peer_rows_timed": len(sub), "peer_rows_per_s": m / peer, "speedup": peer / ours,
@@ -220,10 +168,10 @@ def ot_part(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"batch": b}
         for method in ("independent", "ot", "sinkhorn"):
             couple(y0[i[:64]], y1[i[:64]], None, method)  # warm-up
-            sync(device)
+            bench.sync(device)
             t = time.perf_counter()
             i0, i1 = couple(y0[i], y1[i], None, method, generator=torch.Generator(device=device).manual_seed(0))
-            sync(device)
+            bench.sync(device)
             row[f"{method}_ms"] = 1e3 * (time.perf_counter() - t)
             row[f"{method}_cost"] = transport_cost(y0[i], y1[i], i0, i1)
         rows.append(row)

@@ -16,6 +16,8 @@ from pfm import pairing
 from pfm.pairing import PairingPlan
 from pfm.train import epoch_order
 
+from pairing_timer import time_pairing_plans
+
 
 def rows_of(y0, y1, c=None):
     def rows(index):
@@ -199,22 +201,7 @@ def test_a_fit_whose_thread_is_slowed_matches_one_whose_thread_is_not(monkeypatc
     g = torch.Generator().manual_seed(7)
     y0 = torch.randn(400, 2, generator=g)
     ds = PreferenceDataset(y0 + 1.0, y0)
-    timed = {"partners_s": 0.0, "solve_s": 0.0}
-    partners, close = PairingPlan.partners, PairingPlan.close
-
-    def timed_partners(self, index):
-        t = time.perf_counter()
-        try:
-            return partners(self, index)
-        finally:
-            timed["partners_s"] += time.perf_counter() - t
-
-    def timed_close(self):
-        close(self)
-        timed["solve_s"] += self.stats["solve_s"]
-
-    monkeypatch.setattr(PairingPlan, "partners", timed_partners)
-    monkeypatch.setattr(PairingPlan, "close", timed_close)
+    timed = time_pairing_plans(monkeypatch)
 
     def run(**kw):
         torch.manual_seed(0)

@@ -35,6 +35,8 @@ import pfm
 from pfm import PFMError, PreferenceDataset, PreferenceFlow
 from pfm.cli import main
 
+from pairing_timer import time_pairing_plans
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad-input.md"
 rng = np.random.default_rng(1)
@@ -1048,21 +1050,9 @@ def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, t
     from pfm import pairing
     from pfm.pairing import PairingPlan
 
-    timed = {"partners_s": 0.0, "solve_s": 0.0}
-    partners, close, run, real = PairingPlan.partners, PairingPlan.close, PairingPlan._run, pairing.couple
     gate = threading.Event()
-
-    def timed_partners(self, index):
-        t = time.perf_counter()
-        try:
-            return partners(self, index)
-        finally:
-            timed["partners_s"] += time.perf_counter() - t
-
-    def timed_close(self):
-        gate.set()
-        close(self)
-        timed["solve_s"] += getattr(self, "stats", {}).get("solve_s", 0.0)
+    timed = time_pairing_plans(monkeypatch, before_close=gate.set)
+    run, real = PairingPlan._run, pairing.couple
 
     def couple(*a, **k):
         if threading.current_thread().name == "pfm-pairing":
@@ -1076,8 +1066,6 @@ def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, t
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         return run(self, number)
 
-    monkeypatch.setattr(PairingPlan, "partners", timed_partners)
-    monkeypatch.setattr(PairingPlan, "close", timed_close)
     monkeypatch.setattr(pairing, "couple", couple)
     if case.thread == "niced":
         monkeypatch.setattr(PairingPlan, "_run", niced_run)
