@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 

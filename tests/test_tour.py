@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -1046,7 +1044,6 @@ def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, t
     the seconds the training loop spent in ``partners`` other than solving (waiting for the thread)."""
     import threading
 
-    import pfm.fitting as flow_module  # where fit makes its PairingPlan
     from pfm import pairing
     from pfm.pairing import PairingPlan
 

@@ -132,6 +132,14 @@ def check_int(value: Any, name: str, *, low: int | None = None, high: int | None
         raise InvalidInputError(f"{name} must be an integer {rng}, got {value!r}")
 
 
+def check_beta(beta: Any, name: str = "beta") -> float:
+    """A KL weight: a number > 0 (not inf or NaN), returned as a float."""
+    check_nonneg_float(beta, name)
+    if beta <= 0:
+        raise InvalidInputError(f"{name} must be > 0, got {beta!r}")
+    return float(beta)
+
+
 def check_positive_float(value: Any, name: str, allow_none: bool = False) -> None:
     check_nonneg_float(value, name, allow_none)
     if value is not None and float(value) <= 0:

@@ -13,10 +13,9 @@ a major version; the implementations live in a private module, import them from 
   :func:`check_choice`, :func:`check_shape` (a shape tuple), :func:`check_device` (returns the ``torch.device``)
 """
 
-from ._validate import (as_float, as_tensor, check_choice, check_device, check_finite, check_int, check_min_dim,
-                        check_nonempty, check_nonneg_float, check_positive_float, check_positive_int, check_shape,
-                        check_trailing_shape, shape_of)
-from .baselines._common import check_beta
+from ._validate import (as_float, as_tensor, check_beta, check_choice, check_device, check_finite, check_int,
+                        check_min_dim, check_nonempty, check_nonneg_float, check_positive_float, check_positive_int,
+                        check_shape, check_trailing_shape, shape_of)
 
 __all__ = ["as_tensor", "as_float", "shape_of", "check_finite", "check_nonempty", "check_min_dim",
            "check_trailing_shape", "check_positive_int", "check_int", "check_positive_float", "check_nonneg_float",

@@ -8,7 +8,6 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .. import _validate as V
 from ..errors import InvalidInputError, InvalidTypeError
 
 
@@ -45,13 +44,6 @@ def log_probs(policy: nn.Module, y: Tensor, context: Optional[Tensor], batch_siz
 def trainable_copy(policy: nn.Module) -> nn.Module:
     """A deep copy in train mode that keeps which parameters are trainable: the policy a baseline fine-tunes."""
     return copy.deepcopy(policy).train()
-
-
-def check_beta(beta: Any) -> float:
-    V.check_nonneg_float(beta, "beta")
-    if beta <= 0:
-        raise InvalidInputError(f"beta must be > 0, got {beta!r}")
-    return float(beta)
 
 
 def policy_pair(policy: nn.Module, reference: Optional[nn.Module],

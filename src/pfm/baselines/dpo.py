@@ -21,7 +21,7 @@ from .. import _validate as V
 from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize, resolve_steps
-from ._common import check_beta, check_policy, log_probs, policy_pair
+from ._common import check_policy, log_probs, policy_pair
 
 LOSSES = ("dpo", "ipo")
 
@@ -66,7 +66,7 @@ def dpo(
     if not isinstance(dataset, PreferenceDataset):
         raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
     V.check_choice(loss, "loss", LOSSES)
-    beta = check_beta(beta)
+    beta = V.check_beta(beta)
     V.check_positive_int(batch_size, "batch_size")
     total = resolve_steps(steps, epochs, len(dataset), batch_size, default=1000)
     pi, ref, dev = policy_pair(policy, reference, device)
@@ -133,7 +133,7 @@ def sweep_beta(train: Callable[[float], nn.Module], betas: Sequence[float], refe
     rows: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     best_policy: Optional[nn.Module] = None
-    for beta in sorted((check_beta(b) for b in betas), reverse=True):
+    for beta in sorted((V.check_beta(b) for b in betas), reverse=True):
         policy = train(beta)
         row: dict[str, Any] = {"beta": beta, "heldout_accuracy": implicit_accuracy(policy, reference, heldout)}
         if validate is not None:

@@ -25,7 +25,7 @@ from .. import _validate as V
 from ..data import as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize
-from ._common import check_beta, policy_pair
+from ._common import policy_pair
 
 
 def rlhf(
@@ -63,7 +63,7 @@ def rlhf(
     """
     if not callable(reward):
         raise InvalidTypeError(f"reward must be callable as reward(y, context), got {type(reward).__name__}")
-    beta = check_beta(beta)
+    beta = V.check_beta(beta)
     if estimator not in ("reinforce", "pathwise"):
         raise InvalidInputError(f"estimator must be 'reinforce' or 'pathwise', got {estimator!r}")
     if estimator == "pathwise" and not callable(getattr(policy, "rsample", None)):
