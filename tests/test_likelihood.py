@@ -170,3 +170,47 @@ def test_forward_and_inverse_agree_on_a_nonlinear_flow():
     y = wide.sample((20_000,))
     lp = log_prob(flow, y, reference=ref_log_prob(ref), method="rk4", solver_steps=32).log_prob
     assert float((lp - wide.log_prob(y)).exp().mean()) == pytest.approx(1.0, abs=0.05)
+
+
+def affine_time_map(flow, ref, s: float):
+    """The distribution of the affine field's time-``s`` map applied to ``ref`` (the field is time-independent, so
+    ``strength=s`` is that map, whole applications and a part alike)."""
+    A, b = flow.field.A.detach(), flow.field.b.detach()
+    d = A.shape[0]
+    aug = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    aug[:d, :d], aug[:d, d] = s * A, s * b
+    E = torch.linalg.matrix_exp(aug)
+    M, c = E[:d, :d], E[:d, d]
+    return MultivariateNormal(M @ ref.mean + c, covariance_matrix=M @ ref.covariance_matrix @ M.T)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.4, 1.0, 2.5])
+def test_strength_gives_the_density_of_transform_at_that_strength(strength):
+    flow, ref, _ = affine_case(2, seed=3)
+    y0 = ref.sample((300,))
+    opts = {"method": "rk4", "solver_steps": 32}
+    fwd = log_prob(flow, y0, reference=ref_log_prob(ref), given="reference", strength=strength, **opts)
+    # the same solves as transform(strength=...), and the density of the time-s map
+    torch.testing.assert_close(fwd.output, flow.transform(y0, strength=strength, **opts), rtol=1e-9, atol=1e-9)
+    pushed = affine_time_map(flow, ref, strength)
+    torch.testing.assert_close(fwd.log_prob, pushed.log_prob(fwd.output), rtol=1e-6, atol=1e-6)
+    back = flow.log_prob(fwd.output, reference=ref_log_prob(ref), strength=strength, **opts)
+    torch.testing.assert_close(back, fwd.log_prob, rtol=1e-6, atol=1e-6)
+    kl = kl_to_reference(flow, ref_log_prob(ref), samples=y0, strength=strength, **opts)
+    assert abs(kl.kl - float((fwd.log_prob - ref.log_prob(fwd.output)).mean())) < 1e-9
+
+
+def test_strength_one_is_the_default_and_its_misuse_is_refused():
+    flow, ref, _ = affine_case(2, seed=4)
+    y = ref.sample((50,))
+    lp = ref_log_prob(ref)
+    torch.testing.assert_close(log_prob(flow, y, reference=lp, strength=1.0).log_prob,
+                               log_prob(flow, y, reference=lp).log_prob, rtol=0, atol=0)
+    torch.testing.assert_close(log_prob(flow, y, reference=lp, strength=2).log_prob,
+                               log_prob(flow, y, reference=lp, iterations=2).log_prob, rtol=0, atol=0)
+    with pytest.raises(InvalidInputError, match="iterations or strength"):
+        log_prob(flow, y, reference=lp, strength=0.5, iterations=2)
+    with pytest.raises(InvalidInputError, match="strength takes one flow"):
+        log_prob(FlowChain([flow, flow]), y, reference=lp, strength=0.5)
+    with pytest.raises(InvalidInputError, match="strength"):
+        log_prob(flow, y, reference=lp, strength=-1.0)

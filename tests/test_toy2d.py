@@ -1,6 +1,7 @@
 """`pfm reproduce toy2d --quick` end to end: the files, and the ordering the paper claims, as measured."""
 
 import json
+import math
 
 import matplotlib.image
 import pytest
@@ -60,18 +61,31 @@ def test_quick_run_measures_what_the_theorems_predict(quick_run):
     assert abs(th["mean_w_reference"] - 0.5) < 0.02
     best = max(th["tempered"], key=lambda r: r["J"])
     assert best["power"] == 1.0 and abs(best["J"] - th["plugin_bound"]) < 1e-9
-    # every method's KL and J, and none beats the bound beyond its standard error
+    # every method's KL and J (but PFM-select's: its outputs have no density we can compute), and none beats the
+    # bound beyond its standard error
     for name, entry in run["methods"].items():
-        if "metrics" not in entry:
+        if "metrics" not in entry or name.startswith("PFM-select"):
             continue
         m = entry["metrics"]
         assert m["kl"] is not None and m["J"] is not None, name
         assert m["J_gap"] < 3 * m["J_se"] + 0.01, name
     assert abs(run["methods"]["reference"]["metrics"]["kl"]) < 1e-9
     # J - bound = -KL(pi || p1). PFM as the paper applies it (to fresh reference samples) overshoots p1; the flow
-    # applied to the input it was trained on (fresh y-), or one trained from pi_ref's samples, lands near it
-    assert -0.35 < run["methods"]["PFM"]["metrics"]["J_gap"] < th["PFM on y-"]["J_gap"]
-    assert th["PFM on y-"]["J_gap"] > -0.15 and th["flow from pi_ref to y+"]["J_gap"] > -0.15
+    # applied to the input it was trained on (fresh y-), or one trained from pi_ref's samples (fit(source=
+    # "reference")), lands near it
+    source = run["methods"]["PFM, source = reference"]["metrics"]
+    assert -0.35 < run["methods"]["PFM"]["metrics"]["J_gap"] < min(th["PFM on y-"]["J_gap"], source["J_gap"])
+    assert th["PFM on y-"]["J_gap"] > -0.15 and source["J_gap"] > -0.15
+    assert source["kl"] < run["methods"]["PFM"]["metrics"]["kl"]
+    # the strength dial: s = 0 is the reference samples themselves, s = 1 is PFM, s = 2 is PFM x 2, exactly
+    dial = {r["strength"]: r for r in th["strength"]}
+    assert sorted(dial) == [i / 4 for i in range(13)] and dial[0.0]["kl"] == 0.0
+    for s, name in ((1.0, "PFM"), (2.0, "PFM x 2")):
+        for key in ("reward", "kl", "J"):
+            assert dial[s][key] == pytest.approx(run["methods"][name]["metrics"][key], abs=1e-9), (s, key)
+    rewards = [dial[s]["reward"] for s in sorted(dial)]
+    assert rewards[-1] > rewards[4] > rewards[0]  # further along the flow, more reward (and more KL)
+    assert dial[3.0]["kl"] > dial[1.0]["kl"] > dial[0.25]["kl"] > 0
     # Theorem 2: the predicted entropy falls round by round, and so does iterative PFM's
     pred = [r["entropy"] for r in th["iterated"]]
     measured = [run["methods"]["reference"]["metrics"]["entropy"]] + [
@@ -79,6 +93,49 @@ def test_quick_run_measures_what_the_theorems_predict(quick_run):
     assert all(a > b for a, b in zip(pred, pred[1:])) and all(a > b for a, b in zip(measured, measured[1:]))
     assert "What the theorems predict" in (out / "toy2d.md").read_text()
     assert matplotlib.image.imread(out / "toy2d-bt-theory.png").std() > 0.05
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_run_has_best_of_n_pfm_select_and_every_methods_cost(quick_run):
+    out, result = quick_run
+    run = result["runs"][0]
+    m = run["methods"]
+    reward = {k: v["metrics"]["reward"] for k, v in m.items() if "metrics" in v}
+    ns = result["config"]["ns"]
+    assert ns == [2, 4, 16, 64]
+    for n in ns:
+        oracle, rm, select = (m[f"best-of-{n} (oracle)"], m[f"best-of-{n} (reward model)"], m[f"PFM-select (n = {n})"])
+        assert oracle["cost"]["reference_calls"] == rm["cost"]["reference_calls"] == n and oracle["cost"]["solves"] == 0
+        assert select["cost"]["reference_calls"] == n and select["cost"]["solves"] == 1
+        # the same candidates for all three: the oracle's pick has the highest true reward of each row
+        assert reward[f"best-of-{n} (oracle)"] >= max(reward[f"best-of-{n} (reward model)"],
+                                                      reward[f"PFM-select (n = {n})"]) - 1e-9
+        # best-of-n by a continuous score has a known KL to the reference: log n - (n - 1)/n
+        exact = math.log(n) - (n - 1) / n
+        assert abs(oracle["metrics"]["kl"] - exact) < 0.15 + 3 * oracle["metrics"]["kl_se"], (n, oracle["metrics"])
+    assert reward["best-of-64 (oracle)"] > reward["best-of-4 (oracle)"] > reward["reference"] + 0.1
+    assert reward["best-of-64 (reward model)"] > reward["reference"] + 0.1
+    # every method row has its cost: counts as the issue states them, a measured time per output
+    expected = {"reference": (1, 0, 0), "PFM": (1, 1, 0), "PFM x 2": (1, 2, 0), "PFM x 5": (1, 5, 0),
+                "iterative PFM (2 rounds)": (1, 2, 0), "PFM, source = reference": (1, 1, 0), "RLHF": (0, 0, 1),
+                "DPO": (0, 0, 1), "IPO": (0, 0, 1)}
+    for name, (ref_calls, solves, policy) in expected.items():
+        c = m[name]["cost"]
+        assert (c["reference_calls"], c["solves"], c["policy_calls"]) == (ref_calls, solves, policy), name
+    for name, entry in m.items():
+        if "metrics" in entry and name != "preferred (y+)":
+            assert 0 < entry["cost"]["seconds_per_output"] < 0.1, name
+    summary = result["summary"]["bt"]
+    assert summary["methods"]["PFM"]["seconds_per_output"]["n"] == 1
+    matched = {(c["method"], c["matched_by"]): c["baseline"] for c in summary["cost_comparisons"]}
+    assert matched[("PFM", "calls")] == "best-of-2 (reward model)"
+    assert matched[("iterative PFM (2 rounds)", "calls")] == "best-of-4 (reward model)"
+    assert ("PFM", "wall time") in matched
+    md = (out / "toy2d.md").read_text()
+    assert "| best-of-64 (oracle) |" in md and "| PFM-select (n = 16) |" in md and "µs per output" in md
+    assert "PFM against best-of-n at equal cost" in md and "PFM's flow at strength s" in md
+    assert matplotlib.image.imread(out / "toy2d-cost.png").std() > 0.05
 
 
 def test_preference_models():

@@ -320,16 +320,16 @@ class PreferenceFlow(nn.Module):
 
     @torch.no_grad()
     def divergence_pass(self, y: Tensor, context: Any = None, *, inverse: bool = False, divergence: str = "auto",
-                        probes: int = 8, generator: Optional[torch.Generator] = None,
+                        probes: int = 8, generator: Optional[torch.Generator] = None, end: float = 1.0,
                         **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """Solve the flow from ``y`` ``(B, *output_shape)`` (t: 0 -> 1, or 1 -> 0 when ``inverse``) with the integral
-        of its divergence over t in [0, 1]: ``(end points, integral (B,), standard error (B,))``; see
+        """Solve the flow from ``y`` ``(B, *output_shape)`` (t: 0 -> end, or end -> 0 when ``inverse``) with the
+        integral of its divergence over t in [0, end]: ``(end points, integral (B,), standard error (B,))``; see
         :func:`pfm.likelihood.divergence_integral`. The divergence is the same in data and normalized units (the
         normalization is one shift and one scale), so it is integrated on the normalized field."""
         from .likelihood import flow_divergence_pass
 
         return flow_divergence_pass(self, y, context, inverse=inverse, divergence=divergence, probes=probes,
-                                    generator=generator, **solver_options("divergence_pass", solver))
+                                    generator=generator, end=end, **solver_options("divergence_pass", solver))
 
     def log_prob(self, y: Any, context: Any = None, *, reference: Any, iterations: Optional[int] = None,
                  k: Optional[int] = None, **options: Any) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 from . import _validate as V
 from .config import renamed, solver_options
 from .errors import InvalidInputError, InvalidTypeError
-from .solve import Field, solve
+from .solve import Field, solve, strength_spans
 
 EXACT_MAX_DIM = 32
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -65,6 +65,7 @@ def divergence_integral(
     context: Optional[Tensor] = None,
     *,
     inverse: bool = False,
+    end: float = 1.0,
     divergence: str = "auto",
     probes: int = 8,
     method: str = "midpoint",
@@ -78,19 +79,23 @@ def divergence_integral(
     Args:
         field: ``field(t, y, context)`` with ``t: (B,)`` and ``y: (B, *shape)``.
         y: ``(B, *shape)`` start points: ``y(0)``, or ``y(1)`` when ``inverse``.
-        inverse: solve t: 1 -> 0.
+        inverse: solve t: end -> 0.
+        end: the end time of the solve, in (0, 1] (a partial solve, as ``transform(strength=end)`` takes, with as
+            many solver steps as a whole one).
         divergence: ``exact``, ``hutchinson`` or ``auto`` (exact up to :data:`EXACT_MAX_DIM` dimensions).
         probes: Rademacher probes per row for Hutchinson's estimator.
         method, steps, atol, rtol: solver settings (see :func:`pfm.solve.solve`).
         generator: draws the probes.
 
     Returns:
-        ``(end, integral, stderr)``: the end points ``(B, *shape)``, the estimate of
-        ``integral_0^1 div v(t, y(t)) dt`` along the trajectory ``(B,)`` (always over t from 0 to 1, whichever way
-        it was solved), and its standard error ``(B,)``.
+        ``(end points, integral, stderr)``: the end points ``(B, *shape)``, the estimate of
+        ``integral_0^end div v(t, y(t)) dt`` along the trajectory ``(B,)`` (always over t from 0 to ``end``,
+        whichever way it was solved), and its standard error ``(B,)``.
     """
     V.check_choice(divergence, "divergence", DIVERGENCES)
     V.check_positive_int(probes, "probes")
+    if not 0.0 < float(end) <= 1.0:
+        raise InvalidInputError(f"end must be in (0, 1], got {end!r}")
     B, shape = y.shape[0], tuple(y.shape[1:])
     D = math.prod(shape)
     exact = divergence == "exact" or (divergence == "auto" and D <= EXACT_MAX_DIM)
@@ -113,9 +118,9 @@ def divergence_integral(
         return torch.cat([v.detach(), div.detach()], 1)
 
     state = torch.cat([y.reshape(B, D), torch.zeros(B, K, dtype=y.dtype, device=y.device)], 1)
-    t_span = (1.0, 0.0) if inverse else (0.0, 1.0)
-    end = solve(augmented, state, context, method=method, steps=steps, atol=atol, rtol=rtol, t_span=t_span)
-    integrals = end[:, D:] * (-1.0 if inverse else 1.0)  # always over t from 0 to 1
+    t_span = (float(end), 0.0) if inverse else (0.0, float(end))
+    final = solve(augmented, state, context, method=method, steps=steps, atol=atol, rtol=rtol, t_span=t_span)
+    integrals = final[:, D:] * (-1.0 if inverse else 1.0)  # always over t from 0 to end
     estimate = integrals.mean(1)
     if exact:
         stderr = torch.zeros_like(estimate)
@@ -123,12 +128,13 @@ def divergence_integral(
         stderr = torch.full_like(estimate, float("nan"))
     else:
         stderr = integrals.std(1) / math.sqrt(K)
-    return end[:, :D].reshape(B, *shape), estimate, stderr
+    return final[:, :D].reshape(B, *shape), estimate, stderr
 
 
 # ------------------------------------------------------------------------------------------------ flows
 def flow_divergence_pass(flow: Any, y: Any, context: Any, *, inverse: bool, divergence: str, probes: int,
-                         generator: Optional[torch.Generator], **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
+                         generator: Optional[torch.Generator], end: float = 1.0,
+                         **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
     """:meth:`pfm.PreferenceFlow.divergence_pass`: ``solver`` holds the flow's solver keys (``method``, ``steps``,
     ``atol``, ``rtol``), each overriding the flow's own."""
     y = V.as_float(y, "y")
@@ -140,7 +146,7 @@ def flow_divergence_pass(flow: Any, y: Any, context: Any, *, inverse: bool, dive
     flow.eval()
     try:
         z, integral, se = divergence_integral(flow.field, flow._norm_y(y.to(flow.device, flow.y_shift.dtype)), cb,
-                                              inverse=inverse, divergence=divergence, probes=probes,
+                                              inverse=inverse, end=end, divergence=divergence, probes=probes,
                                               generator=generator, **opts)
     finally:
         flow.train(was_training)
@@ -201,6 +207,7 @@ def log_prob(
     given: str = "output",
     iterations: Optional[int] = None,
     k: Optional[int] = None,
+    strength: Optional[float] = None,
     divergence: str = "auto",
     probes: int = 8,
     batch_size: int = 4096,
@@ -216,6 +223,9 @@ def log_prob(
         context: as for :meth:`pfm.PreferenceFlow.transform`; passed to ``reference``'s ``log_prob`` as given.
         reference: pi_ref: an object with ``log_prob(y, context) -> (N,)`` or that function.
         iterations: apply the maps this many times (PFM x k); ``k=`` is its old name (deprecated).
+        strength: instead of ``iterations``, for one flow: the density of ``flow.transform(y, strength=strength)``
+            (the same solves, :func:`pfm.solve.strength_spans`: ``floor(strength)`` whole ones, then one to the
+            fraction left; 0 is the reference itself).
         divergence, probes: see :func:`divergence_integral`.
         batch_size: rows solved at once.
         seed: seeds Hutchinson's probes.
@@ -227,17 +237,26 @@ def log_prob(
     V.check_choice(given, "given", ("output", "reference"))
     iterations = renamed("log_prob", "iterations", iterations, "k", k)
     maps = _as_flows(flows, 1 if iterations is None else iterations)
+    ends = [1.0] * len(maps)
+    if strength is not None:
+        if iterations is not None:
+            raise InvalidInputError("give iterations or strength, not both")
+        if len(maps) != 1:
+            raise InvalidInputError("strength takes one flow (a PreferenceFlow), not a chain or a list")
+        ends = strength_spans(strength)
+        maps = maps * len(ends)
     log_ref = reference_log_prob(reference)
-    y_t = maps[0].check_outputs(y)
+    y_t = _as_flows(flows, 1)[0].check_outputs(y)
     V.check_positive_int(batch_size, "batch_size")
     solver = {("solver_steps" if k == "steps" else k): v for k, v in solver_options("log_prob", solver).items()}
     gen = torch.Generator().manual_seed(int(seed))
-    order = maps if given == "reference" else maps[::-1]
+    order = list(zip(maps, ends))
+    order = order if given == "reference" else order[::-1]
     with torch.no_grad():
         return _log_prob(order, y_t, context, log_ref, given, divergence, probes, batch_size, gen, solver)
 
 
-def _log_prob(order: list[Any], y_t: Tensor, context: Any, log_ref: LogProbFn, given: str, divergence: str,
+def _log_prob(order: list[tuple[Any, float]], y_t: Tensor, context: Any, log_ref: LogProbFn, given: str, divergence: str,
               probes: int, batch_size: int, gen: torch.Generator, solver: dict[str, Any]) -> FlowDensity:
     outs, srcs, lps, ses = [], [], [], []
     for s in range(0, y_t.shape[0], batch_size):
@@ -246,8 +265,8 @@ def _log_prob(order: list[Any], y_t: Tensor, context: Any, log_ref: LogProbFn, g
         total = torch.zeros(z.shape[0], dtype=torch.float64)
         var = torch.zeros(z.shape[0], dtype=torch.float64)
         start = z
-        for f in order:
-            z, integral, se = f.divergence_pass(z, c, inverse=given == "output", divergence=divergence,
+        for f, end in order:
+            z, integral, se = f.divergence_pass(z, c, inverse=given == "output", end=end, divergence=divergence,
                                                 probes=probes, generator=gen, **solver)
             total += integral.double().cpu()
             var += se.double().cpu().pow(2)
@@ -277,6 +296,7 @@ def kl_to_reference(
     samples: Any = None,
     iterations: Optional[int] = None,
     k: Optional[int] = None,
+    strength: Optional[float] = None,
     divergence: str = "auto",
     probes: int = 8,
     seed: int = 0,
@@ -290,7 +310,7 @@ def kl_to_reference(
 
     Args:
         flows: a flow, a chain or a list of flows; ``iterations`` applies them that many times (PFM x k; ``k=`` is
-            its old name, deprecated).
+            its old name, deprecated); or ``strength`` for one flow (see :func:`log_prob`).
         reference: pi_ref with ``log_prob`` (and ``sample`` or ``__call__`` when ``samples`` is not given).
         context: contexts of the samples (one row each), or None.
     """
@@ -311,8 +331,8 @@ def kl_to_reference(
                 samples = reference(context, n)
             else:
                 raise InvalidTypeError("reference cannot be sampled (no sample() or __call__); pass samples")
-    dens = log_prob(flows, samples, context, reference=log_ref, given="reference", iterations=iterations, divergence=divergence,
-                    probes=probes, seed=seed, **solver)
+    dens = log_prob(flows, samples, context, reference=log_ref, given="reference", iterations=iterations,
+                    strength=strength, divergence=divergence, probes=probes, seed=seed, **solver)
     with torch.no_grad():
         lr = _call_log_prob(log_ref, dens.output, context).double().cpu()
     ratio = dens.log_prob - lr

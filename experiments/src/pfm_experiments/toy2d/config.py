@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from .task import PREFERENCES
 
+SOURCE_REFERENCE = "PFM, source = reference"  # the row of the library's fit(source="reference") variant
+
 RENAMED = {"pfm_iterations": "iterations"}
 """Config fields renamed since results were written: old name -> new (for :func:`..runner.config_from_dict`)."""
 
@@ -27,7 +29,10 @@ class Config:
     iterations: int = 5  # PFM x k: how many times the one trained flow is applied (was pfm_iterations)
     rounds: int = 3
     reward: str = "inside"
-    schema: int = 4  # bumped whenever a part's record changes, so stale cached parts are not reused
+    ns: tuple[int, ...] = (2, 4, 16, 64)  # best-of-n and PFM-select: candidates per output
+    strengths: tuple[float, ...] = tuple(i / 4 for i in range(13))  # the strength dial of transform: 0, 0.25, ..., 3
+    cdf_samples: int = 100_000  # reference samples behind best-of-n's score CDF (its density)
+    schema: int = 5  # bumped whenever a part's record changes, so stale cached parts are not reused
     w_samples: int = 20_000  # reference samples behind the Monte Carlo w(y) of Theorem 1, and its expectations
     iterate_samples: int = 4000  # reference samples carrying Theorem 2's iterated marginals (an M x M table)
     frontier_samples: int = 100_000  # reference samples behind the optimal reward-KL frontier
@@ -37,4 +42,4 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(preferences=("bt",), seeds=(0,), n_pairs=1500, n_test=2000, betas=(0.1, 1.0, 10.0),
                    reward_steps=500, rlhf_steps=200, dpo_steps=300, flow_steps=600, rounds=2, w_samples=8000,
-                   iterate_samples=2000, frontier_samples=20_000, quick=True)
+                   iterate_samples=2000, frontier_samples=20_000, cdf_samples=20_000, quick=True)

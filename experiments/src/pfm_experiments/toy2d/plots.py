@@ -1,5 +1,5 @@
-"""The 2D experiment's figures for one run: the paper's panels (:func:`figure`) and the theorems'
-(:func:`theory_figure`)."""
+"""The 2D experiment's figures: for one run the paper's panels (:func:`figure`) and the theorems'
+(:func:`theory_figure`); over every seed, reward against inference cost (:func:`cost_figure`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import numpy as np
 import torch
 
 from pfm.objective import BOUND
+from ..cost import Cost
 from ..figures import pyplot, save_figure
+from .config import SOURCE_REFERENCE
 from .task import LIMITS, grid, reference_policy, true_reward
 
 
 def _iterated(methods: dict[str, Any]) -> str:
-    """The name of the "PFM x k" row (k is the config's ``iterations``)."""
-    return next(k for k in methods if k.startswith("PFM x "))
+    """The name of the "PFM x k" row with the largest k (the config's ``iterations``; PFM x 2 is a row too)."""
+    return max((k for k in methods if k.startswith("PFM x ")), key=lambda k: int(k.split()[-1]))
 
 
 def figure(part: dict[str, Any], path: Path, title: str) -> None:
@@ -112,8 +114,22 @@ def theory_figure(part: dict[str, Any], path: Path, title: str) -> None:
                         xytext=(3, 3), textcoords="offset points")
     rounds = [methods["reference"]["metrics"]] + methods[it_name]["rounds"]
     ax.plot([r["kl"] for r in rounds], [r["reward"] for r in rounds], "o-", color="tab:blue", label=it_name)
+    for scorer, color in (("oracle", "tab:green"), ("reward model", "tab:cyan")):
+        bon = sorted((e for e in methods.values() if e.get("scorer") == scorer), key=lambda e: e["n"])
+        if bon:
+            ax.plot([e["metrics"]["kl"] for e in bon], [e["metrics"]["reward"] for e in bon], "--", marker="o",
+                    ms=4, lw=1, color=color, label=f"best-of-n ({scorer}), n = {', '.join(str(e['n']) for e in bon)}")
+    dial = th.get("strength") or []
+    ax.plot([r["kl"] for r in dial], [r["reward"] for r in dial], "-", marker=".", color="tab:red", lw=1,
+            label="PFM's flow, strength s = 0 … 3")
+    for r in dial:
+        if r["strength"] in (0.5, 1.0, 2.0, 3.0):
+            ax.annotate(f"s={r['strength']:g}", (r["kl"], r["reward"]), fontsize=7, color="tab:red",
+                        xytext=(-4, 6), textcoords="offset points", ha="right")
     for name, marker, color in (("preferred (y+)", "*", "tab:orange"), ("PFM", "D", "tab:red"),
-                                (pfm_k, "X", "tab:red")):
+                                (pfm_k, "X", "tab:red"), (SOURCE_REFERENCE, "P", "tab:olive")):
+        if name not in methods:
+            continue
         m = methods[name]["metrics"]
         ax.plot([m["kl"]], [m["reward"]], marker=marker, ms=10, ls="", color=color, label=name)
     ax.set_xlabel("KL(pi ‖ pi_ref) [nats]")
@@ -132,9 +148,8 @@ def theory_figure(part: dict[str, Any], path: Path, title: str) -> None:
 
     ax = ax_j
     rows = [(n, methods[n]["metrics"]) for n in ("reference", "preferred (y+)", "RLHF", "DPO", "IPO", "PFM",
-                                                   pfm_k, it_name)]
+                                                   pfm_k, it_name, SOURCE_REFERENCE) if n in methods]
     rows.append(("PFM on fresh y-", th["PFM on y-"]))
-    rows.append(("flow pi_ref -> y+", th["flow from pi_ref to y+"]))
     ys = np.arange(len(rows))
     gaps = [m["J_gap"] for _, m in rows]
     ax.barh(ys, gaps, xerr=[2 * m["J_se"] for _, m in rows], color="tab:cyan")
@@ -165,6 +180,63 @@ def theory_figure(part: dict[str, Any], path: Path, title: str) -> None:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
     ax.set_title("Theorem 2: iterating sharpens toward the maximizers of w")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    save_figure(fig, path, dpi=80)
+
+
+POINTS = (("reference", "o", "k"), ("PFM", "D", "tab:red"), ("PFM x 2", "X", "tab:red"),
+          (SOURCE_REFERENCE, "P", "tab:olive"), ("RLHF", "s", "tab:purple"), ("DPO", "^", "tab:brown"),
+          ("iterative PFM", "*", "tab:pink"))
+
+
+def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
+    """Per preference model: mean true reward (± sample std over seeds) against reference-model calls per output
+    (a fine-tuned policy's call counted as one) and against the measured wall time per output, both log x:
+    best-of-n by either scorer and PFM-select as curves over n, PFM, PFM x 2, the reference-source variant, RLHF,
+    DPO and iterative PFM as points (their solves are in the legend)."""
+    plt = pyplot()
+    prefs = list(summary)
+    fig, axes = plt.subplots(len(prefs), 2, figsize=(13, 5.2 * len(prefs)), squeeze=False)
+    for row, pref in zip(axes, prefs):
+        methods = summary[pref]["methods"]
+
+        def xy(names: list[str], timed: bool) -> tuple[list[float], list[float], list[float]]:
+            x = [1e6 * methods[n]["seconds_per_output"]["mean"] if timed
+                 else Cost.from_dict(methods[n]["cost"]).model_calls for n in names]
+            return x, [methods[n]["reward"]["mean"] for n in names], [methods[n]["reward"]["std"] or 0.0
+                                                                      for n in names]
+
+        for ax, timed in zip(row, (False, True)):
+            curves = {"best-of-n (oracle: true reward)": ("oracle", "tab:green", "o"),
+                      "best-of-n (RLHF's reward model)": ("reward model", "tab:blue", "s"),
+                      "PFM-select (n candidates, 1 solve)": ("select", "tab:orange", "v")}
+            for label, (key, color, marker) in curves.items():
+                names = sorted((n for n, e in methods.items() if "n" in e and
+                                (e.get("scorer") == key or (key == "select" and n.startswith("PFM-select")))),
+                               key=lambda n: methods[n]["n"])
+                if not names:
+                    continue
+                x, y, err = xy(names, timed)
+                ax.errorbar(x, y, yerr=err, marker=marker, color=color, label=label, capsize=2)
+                for xi, yi, n in zip(x, y, names):
+                    ax.annotate(f"n={methods[n]['n']}", (xi, yi), fontsize=7, color=color, xytext=(3, -10),
+                                textcoords="offset points")
+            for prefix, marker, color in POINTS:
+                name = next((n for n in methods if n == prefix or n.startswith(prefix + " (")), None)
+                if name is None or "cost" not in methods[name]:
+                    continue
+                x, y, err = xy([name], timed)
+                label = f"{name} ({Cost.from_dict(methods[name]['cost']).label()})"
+                ax.errorbar(x, y, yerr=err, marker=marker, ms=9, ls="", color=color, label=label, capsize=2,
+                            mfc="none" if name == "PFM x 2" else color)
+            ax.set_xscale("log")
+            ax.set_ylabel("mean true reward")
+            ax.set_xlabel("measured wall time per output [µs]" if timed
+                          else "reference-model calls per output (a policy call counts as one)")
+            ax.set_title(f"{pref} preferences: reward against " + ("wall time" if timed else "model calls"))
+            ax.grid(True, which="both", alpha=0.3)
+        row[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     save_figure(fig, path, dpi=80)

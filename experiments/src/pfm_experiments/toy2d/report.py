@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ..cost import Cost, nearest
 from ..stats import best, compare, comparison_table, describe, format_mean_std
+from .config import SOURCE_REFERENCE
+from .selection import bon_name
 
 METRIC_NAMES = {"reward": "true reward ↑", "win_rate": "win rate vs ref ↑", "swd": "SW dist. to y+ ↓",
                 "out_of_support": "outside ref support ↓"}
@@ -23,13 +26,45 @@ def _metric(record: dict[str, Any], method: str, metric: str) -> Any:
     return record["methods"][method].get("metrics", {}).get(metric)
 
 
+def _is_pfm(name: str) -> bool:
+    return (name.startswith("PFM") and not name.startswith("PFM-select")) or name.startswith("iterative PFM")
+
+
 def comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
     """PFM against the reference, and every PFM variant against the baseline with the best mean true reward:
     paired per-seed differences of the true reward and the mass outside the support."""
-    pfm = [n for n in methods if n.startswith("PFM") or n.startswith("iterative PFM")]
+    pfm = [n for n in methods if _is_pfm(n)]
     baseline = best({n: methods[n]["reward"] for n in BASELINES if n in methods}, BASELINES)
     pairs = [("PFM", "reference")] + ([(n, baseline) for n in pfm] if baseline else [])
     return compare(runs, pairs, COMPARED, _metric)
+
+
+def calls(cost: dict[str, Any]) -> float:
+    """Network calls per output with a flow solve counted as one reference call (the cost matching of
+    :func:`cost_comparisons`)."""
+    c = Cost.from_dict(cost)
+    return c.model_calls + c.solves
+
+
+def cost_comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
+    """PFM (and its reference-source variant, and iterative PFM) against best-of-n by the reward model at the n of
+    nearest cost: by calls per output (a solve counted as one call; ties to the larger n), and, for PFM, by the
+    measured wall time per output. Paired per-seed differences, each row with ``matched_by``."""
+    bon = {methods[n]["n"]: n for n in methods if n.endswith("(reward model)") and "n" in methods[n]}
+    if not bon:
+        return []
+    rows = []
+    for name in [n for n in methods if n == "PFM" or n == SOURCE_REFERENCE or n.startswith("iterative PFM")]:
+        n = int(nearest(calls(methods[name]["cost"]), bon))
+        rows.append({**compare(runs, [(name, bon_name(n, "reward model"))], COMPARED, _metric)[0],
+                     "matched_by": "calls"})
+    if "PFM" in methods and "seconds_per_output" in methods["PFM"]:
+        seconds = {n: methods[bon_name(n, "reward model")]["seconds_per_output"]["mean"] for n in bon}
+        closest = nearest(methods["PFM"]["seconds_per_output"]["mean"], seconds.values())
+        n = next(k for k in sorted(seconds, reverse=True) if seconds[k] == closest)
+        rows.append({**compare(runs, [("PFM", bon_name(n, "reward model"))], COMPARED, _metric)[0],
+                     "matched_by": "wall time"})
+    return rows
 
 
 def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,9 +83,17 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 entry["beta"] = [r["methods"][name]["beta"] for r in runs]
             if "heldout_accuracy" in first:
                 entry["heldout_accuracy"] = describe([r["methods"][name]["heldout_accuracy"] for r in runs])
+            for key in ("n", "scorer"):
+                if key in first:
+                    entry[key] = first[key]
+            if "cost" in first:  # the counts are the same in every seed; the wall time is described over seeds
+                entry["cost"] = {k: v for k, v in first["cost"].items() if k != "seconds_per_output"}
+                entry["seconds_per_output"] = describe([r["methods"][name]["cost"]["seconds_per_output"]
+                                                        for r in runs])
             methods[name] = entry
         summary[pref] = {"seeds": [r["seed"] for r in runs], "methods": methods,
-                         "comparisons": comparisons(runs, methods)}
+                         "comparisons": comparisons(runs, methods),
+                         "cost_comparisons": cost_comparisons(runs, methods)}
     return summary
 
 
@@ -59,22 +102,40 @@ def table(summary: dict[str, Any]) -> str:
     out = []
     for pref, s in summary.items():
         out.append(f"**{LABELS[pref]}** (mean ± sample std over seeds {', '.join(map(str, s['seeds']))})\n")
-        out.append("| method | " + " | ".join(METRIC_NAMES.values()) + " | beta chosen |")
-        out.append("|---|" + "---|" * (len(METRIC_NAMES) + 1))
+        out.append("| method | " + " | ".join(METRIC_NAMES.values()) + " | beta chosen | cost per output | "
+                   "µs per output |")
+        out.append("|---|" + "---|" * (len(METRIC_NAMES) + 3))
         for name, e in s["methods"].items():
             if name == "reward model":
                 out.append(f"| reward model (held-out pair accuracy {format_mean_std(e['heldout_accuracy'])}) |"
-                           + " |" * (len(METRIC_NAMES) + 1))
+                           + " |" * (len(METRIC_NAMES) + 3))
                 continue
             cells = [format_mean_std(e[m]) for m in METRIC_NAMES]
             beta = ", ".join(f"{b:g}" for b in e["beta"]) if "beta" in e else ""
-            out.append(f"| {name} | " + " | ".join(cells) + f" | {beta} |")
+            cost = Cost.from_dict(e["cost"]).label() if "cost" in e else ""
+            us = ""
+            if "seconds_per_output" in e:
+                us = format_mean_std({k: (None if v is None else 1e6 * v) for k, v in e["seconds_per_output"].items()
+                                      if k in ("mean", "std")}, ".3g")
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {beta} | {cost} | {us} |")
         out.append("")
+        out.append("Cost: reference-model samples (ref), calls of a fine-tuned policy and flow solves per output; the "
+                   "wall time covers drawing the samples and scoring or solving them, for all test outputs at once, "
+                   "divided by their number. The oracle scores by the true reward (what the annotator compares or "
+                   "thresholds): an upper bound no pair-trained method gets.\n")
         if s.get("comparisons"):
             out.append(f"**Paired per-seed differences, {LABELS[pref]}** (mean of the per-seed differences, its "
                        "95% Student-t confidence interval; the baseline is the one of RLHF, DPO and IPO with the best "
                        "mean true reward)\n")
             out.append(comparison_table(s["comparisons"], COMPARED))
+            out.append("")
+        if s.get("cost_comparisons"):
+            out.append(f"**PFM against best-of-n at equal cost, {LABELS[pref]}** (paired per-seed differences, "
+                       "95% CI; best-of-n by the RLHF reward model at the n nearest in calls per output, a flow "
+                       "solve counted as one call, or nearest in measured wall time)\n")
+            shown = [{**r, "baseline": f"{r['baseline']}, nearest in {r['matched_by']}"}
+                     for r in s["cost_comparisons"]]
+            out.append(comparison_table(shown, COMPARED))
             out.append("")
     return "\n".join(out)
 
@@ -130,13 +191,19 @@ def theory_table(summary: dict[str, Any], parts: list[dict[str, Any]]) -> str:
 
         theorems = [r["theorems"] for r in runs]
         mean = functools.partial(_mean, theorems)
-        for label, key in (("*PFM's flow on fresh y- (its training input)*", "PFM on y-"),
-                           ("*flow from pi_ref (y- and y+) to y+, on fresh reference samples*",
-                            "flow from pi_ref to y+")):
+        for label, key in (("*PFM's flow on fresh y- (its training input)*", "PFM on y-"),):
             out.append(f"| {label} | " + " | ".join(mean(key, m) for m in ("reward", "kl", "J", "J_gap")) + " | |")
         out.append(f"| *p1 = 2 pi_ref w, predicted* | {mean(P1, 'mean_reward')} | {mean(P1, 'kl')} | "
                    f"{mean(P1, 'J')} | 0 | |")
         out.append("")
+        dial = [r["theorems"].get("strength") for r in runs]
+        if all(dial):
+            out.append("| PFM's flow at strength s | " + " | ".join(f"{row['strength']:g}" for row in dial[0]) + " |")
+            out.append("|---|" + "---|" * len(dial[0]))
+            for key, label in (("reward", "true reward"), ("kl", "KL(pi ‖ pi_ref)"), ("J_gap", "J - bound")):
+                vals = [np.mean([d[i][key] for d in dial]) for i in range(len(dial[0]))]
+                out.append(f"| {label} (mean over seeds) | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+            out.append("")
         out.append(f"E_ref[w] = {mean('mean_w_reference')} (1/2 by the premise of Theorem 1); the "
                    f"plug-in bound log E_ref[w] = {mean('plugin_bound')}.\n")
         rounds = runs[0]["theorems"]["iterated"]

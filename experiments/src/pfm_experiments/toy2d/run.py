@@ -17,7 +17,7 @@ from pfm.io import atomic_file
 from ..runner import SeedRunner, read_results
 from .config import Config
 from .methods import run_one
-from .plots import figure, theory_figure
+from .plots import cost_figure, figure, theory_figure
 from .report import summarize, sweep_table, table, theory_table
 from .task import PREFERENCES, true_reward
 
@@ -80,6 +80,8 @@ def reproduce(
     result = {"config": asdict(cfg), "summary": summarize(parts), "runs": parts,
               "seconds": time.perf_counter() - start, "torch_threads": torch.get_num_threads(),
               "compute_seconds": float(sum(p["wall_seconds"] for p in parts))}
+    cost_figure(result["summary"], out_dir / f"toy2d{suffix}-cost.png", "2D experiment: true reward against "
+                f"inference cost per output (mean ± sample std over seeds {', '.join(map(str, cfg.seeds))})")
     write_report(result, out_dir / f"toy2d{suffix}")
     return result
 
