@@ -1,6 +1,6 @@
-"""The ``pfm`` command: fit a flow from a preference file, apply it to outputs, describe it, run the demo, reproduce
-an experiment of the paper (the experiments are a package of their own, found by entry point: see
-:func:`pfm.reproduce.experiments`).
+"""The ``pfm`` command: fit a flow from a preference file, apply it to outputs (vectors, or text), train a text
+codec's decoder, describe a flow, run the demo, reproduce an experiment of the paper (the experiments are a package
+of their own, found by entry point: see :func:`pfm.reproduce.experiments`).
 
 The options of ``fit`` and ``apply`` are made from the config dataclasses (:mod:`pfm.config`, :mod:`pfm.options`);
 what the commands do is in :mod:`pfm.commands`. Errors a user can cause (a missing or corrupt file, wrong shapes)
@@ -83,11 +83,14 @@ def _fit_parser(sub) -> None:
 def _apply_parser(sub) -> None:
     a = sub.add_parser("apply", help="push outputs through a trained flow",
                        description="Read outputs from INPUT (.npz), transform them with the flow in FLOW, and write "
-                       "OUT (.npz with array y, plus context if given).")
+                       "OUT (.npz with array y, plus context if given). For a flow fitted with --codec, INPUT may "
+                       "be a .jsonl of text rows {\"text\", \"prompt\"?, \"candidates\"?}: each text is encoded, "
+                       "moved, and returned as text in OUT (.jsonl: the row's fields plus improved, improved_by, "
+                       "improved_cosine), written by the codec's decoder or chosen as the nearest candidate.")
     a.add_argument("flow", help="directory written by 'pfm fit'")
     a.add_argument("input", help=".npz holding the outputs (array y, outputs or rejected, or --key) and, for a "
-                   "conditional flow, their contexts (array context, or --context-key)")
-    a.add_argument("--out", required=True, help=".npz file to write")
+                   "conditional flow, their contexts (array context, or --context-key); or a .jsonl of text rows")
+    a.add_argument("--out", required=True, help=".npz file to write (.jsonl for text rows); replaced atomically")
     a.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
     a.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
     how_far = a.add_mutually_exclusive_group()
@@ -100,7 +103,32 @@ def _apply_parser(sub) -> None:
     a.add_argument("--steps", dest="solver_steps", type=POSITIVE_INT, default=None,
                    help=argparse.SUPPRESS)  # the old name of --solver-steps
     a.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    t = a.add_argument_group("text rows (.jsonl)")
+    t.add_argument("--mode", choices=["auto", "decoder", "candidates"], default=None,
+                   help="how text comes back: written by the codec's decoder, or the row's candidate nearest the "
+                   "flowed vector (cosine); auto (default): the candidates where a row has them, else the decoder")
+    t.add_argument("--codec", default=None, metavar="DIR", help="a codec of the flow's encoder to use instead of "
+                   "the flow's own, e.g. one with a decoder from 'pfm train-decoder'")
+    t.add_argument("--decode-samples", type=POSITIVE_INT, default=None, metavar="N", help="the decoder writes the "
+                   "greedy text and N-1 samples and keeps the one nearest the flowed vector (default 1)")
     a.set_defaults(func=commands.apply)
+
+
+def _train_decoder_parser(sub) -> None:
+    from .text.decoder import DecoderConfig
+
+    t = sub.add_parser("train-decoder", help="train a codec's decoder (vectors back to text) on a corpus",
+                       description="Train a GRU language model that writes each sentence of CORPUS back from its "
+                       "embedding by the codec's encoder, measure the reconstruction on held-out sentences (mean "
+                       "cosine between a sentence's embedding and that of its decoding), and save a codec with "
+                       "that decoder to OUT, for 'pfm fit --codec OUT' and 'pfm apply'.")
+    t.add_argument("corpus", help=".jsonl of rows with a 'text' field, or .txt of one sentence a line")
+    t.add_argument("--codec", required=True, metavar="SPEC", help="the encoder: 'minilm', a Hugging Face encoder "
+                   "directory, or a saved codec (its encoder; the new decoder replaces its own)")
+    t.add_argument("--out", required=True, help="directory to write the codec to (replaced atomically)")
+    add_config_options(t, DecoderConfig, title="the decoder (pfm.text.decoder.DecoderConfig)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=commands.train_decoder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
     _apply_parser(sub)
+    _train_decoder_parser(sub)
     i = sub.add_parser("info", help="print a saved flow's configuration")
     i.add_argument("flow", help="directory written by 'pfm fit'")
     i.set_defaults(func=commands.info)

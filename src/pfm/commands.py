@@ -1,4 +1,5 @@
-"""What ``pfm fit``, ``pfm apply``, ``pfm info`` and ``pfm demo`` do, once :mod:`pfm.cli` has parsed their options.
+"""What ``pfm fit``, ``pfm apply``, ``pfm info``, ``pfm demo`` and ``pfm train-decoder`` do (the text parts in
+:mod:`pfm.text_commands`), once :mod:`pfm.cli` has parsed their options.
 
 Every path written and every setting used later is checked before any data is read or a step is taken.
 """
@@ -138,8 +139,11 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
     with atomic_file(Path(args.out) / "history.json", "w") as fh:
         json.dump(history.to_dict(), fh)
     if getattr(args, "codec_object", None) is not None:  # what turned the text into vectors, to apply it again
+        described = args.codec_object.describe()
+        if described["spec"].lower() != "minilm":  # a directory: found again from any working directory
+            described["spec"] = str(Path(described["spec"]).resolve())
         with atomic_file(Path(args.out) / "codec.json", "w") as fh:
-            json.dump(args.codec_object.describe(), fh)
+            json.dump(described, fh)
     kept = f", weights of step {history.best_step}" if history.best_step is not None else ""
     print(f"saved flow to {args.out} ({history.steps} steps, {history.seconds:.1f} s, "
           f"final loss {history.loss[-1]:.4g}{kept})")
@@ -155,10 +159,18 @@ def apply(args: argparse.Namespace) -> int:
     from .flow import PreferenceFlow
 
     _exists(args.input)
+    text = str(args.input).lower().endswith(".jsonl")
+    _text_options(args, text)
     solver = given(SolverConfig, args)
     flow = PreferenceFlow.load(args.flow, device=args.device or "cpu")  # first: is FLOW a flow at all?
-    args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".npz",),
+    args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".jsonl",) if text else (".npz",),
                                 inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
+    if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
+        solver["solver_steps"] = solver.pop("steps")
+    if text:
+        from .text_commands import apply_text
+
+        return apply_text(args, flow, solver)
     names = npz_keys(args.input)
     key = args.key
     if key is None:
@@ -171,8 +183,6 @@ def apply(args: argparse.Namespace) -> int:
         raise FlowFileError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
     arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
     context = arrays.get(args.context_key)
-    if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
-        solver["solver_steps"] = solver.pop("steps")
     if args.strength is not None:
         y = flow.transform(arrays[key], context, strength=args.strength, **solver)
     else:
@@ -184,6 +194,24 @@ def apply(args: argparse.Namespace) -> int:
         np.savez(f, **out)
     print(f"wrote {len(y)} transformed outputs to {args.out} (array 'y')")
     return 0
+
+
+def _text_options(args: argparse.Namespace, text: bool) -> None:
+    """The options of text input (``--mode``, ``--codec``, ``--decode-samples``) only with a .jsonl, and those of
+    arrays (``--key``, ``--context-key``) only with a .npz."""
+    if text and (args.key is not None or args.context_key != "context"):
+        raise InvalidInputError(f"--key and --context-key name arrays of a .npz; {args.input!r} holds text rows")
+    if not text:
+        given_text = [f for f, v in (("--mode", args.mode), ("--codec", args.codec),
+                                     ("--decode-samples", args.decode_samples)) if v is not None]
+        if given_text:
+            raise InvalidInputError(f"{given_text[0]} applies to text rows (.jsonl), not to {args.input!r}")
+
+
+def train_decoder(args: argparse.Namespace) -> int:
+    from .text_commands import train_decoder as run
+
+    return run(args)
 
 
 def info(args: argparse.Namespace) -> int:

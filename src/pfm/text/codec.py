@@ -90,9 +90,9 @@ class TextCodec:
             best_sim = torch.maximum(best_sim, sim)
         return best
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``codec.json`` (the encoder's spec) and the decoder's language model to ``directory``; the spec of
-        the saved codec is that directory."""
+    def save(self, directory: str | Path, info: Optional[dict[str, Any]] = None) -> Path:
+        """Write ``codec.json`` (the encoder's spec, and ``info`` under ``"training"``, e.g. how the decoder was
+        trained) and the decoder's language model to ``directory``; the spec of the saved codec is that directory."""
         if not isinstance(self.decoder, LMDecoder):
             raise InvalidInputError("only a codec with an LMDecoder can be saved")
         if not self.spec or Path(self.spec).resolve() == Path(directory).resolve():
@@ -100,11 +100,31 @@ class TextCodec:
         with atomic_dir(directory) as tmp:
             self.decoder.lm.save(tmp / "decoder")
             enc = self.spec if self.spec.lower() == "minilm" else str(Path(self.spec).resolve())
-            (tmp / "codec.json").write_text(json.dumps({"kind": "pfm-codec", "encoder": enc}, indent=1))
+            meta: dict[str, Any] = {"kind": "pfm-codec", "encoder": enc}
+            if info is not None:
+                meta["training"] = info
+            (tmp / "codec.json").write_text(json.dumps(meta, indent=1))
         return Path(directory)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "dim": self.dim, "decoder": self.decoder is not None}
+
+
+def encoder_spec(spec: str) -> str:
+    """The spec of the encoder behind a codec spec: ``"minilm"``, or an encoder directory made absolute; for a
+    directory written by :meth:`TextCodec.save`, the encoder it names. Two codecs of one encoder spec give the same
+    vectors."""
+    if not isinstance(spec, str) or not spec:
+        raise InvalidInputError(f"codec must be 'minilm' or a model directory, got {spec!r}")
+    saved = Path(spec) / "codec.json"
+    if saved.is_file():
+        from .._io import read_json
+
+        meta = read_json(saved)
+        if not isinstance(meta, dict) or meta.get("kind") != "pfm-codec" or not isinstance(meta.get("encoder"), str):
+            raise FlowFileError(f"{str(saved)!r} is not a pfm codec")
+        return encoder_spec(meta["encoder"])
+    return "minilm" if spec.lower() == "minilm" else str(Path(spec).resolve())
 
 
 def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:

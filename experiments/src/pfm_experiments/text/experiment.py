@@ -34,6 +34,7 @@ from pfm.text.codec import LMDecoder, TextCodec, load_codec
 from .corpus import Corpus, load_vader_corpus
 from .hf import HFCausalLM, HFClassifier
 from .judge import VaderJudge
+from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
 from ..runner import SeedRunner, config_key, digest
@@ -172,14 +173,11 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
     else:
         if z is None:
             z = encoder.encode(list(train.texts), progress=progress)
-        torch.manual_seed(0)
-        t = time.perf_counter()
         tok = reference.tokenizer if isinstance(reference, TextLM) else \
             train_tokenizer(list(train.texts), vocab_size=cfg.vocab)
-        decoder = _new_lm(cfg, tok, cond_dim=encoder.dim)
-        dec_info = fit_lm(decoder.model, decoder.ids(train.texts), cond=z, epochs=cfg.decoder_epochs,
-                          cond_noise=cfg.decoder_noise, progress=progress)
-        dec_info["seconds"] = time.perf_counter() - t
+        dcfg = DecoderConfig(vocab=cfg.vocab, dim=cfg.lm_dim, hidden=cfg.lm_hidden, layers=cfg.lm_layers,
+                             epochs=cfg.decoder_epochs, noise=cfg.decoder_noise)  # pi_ref's size
+        decoder, dec_info = fit_decoder(list(train.texts), z, dcfg, tokenizer=tok, progress=progress)
         with atomic_dir(dec_dir) as tmp:
             decoder.save(tmp / "lm")
             (tmp / "info.json").write_text(json.dumps(dec_info, indent=1))
