@@ -179,3 +179,134 @@ def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
     assert Config(flow_field="mlp", flow_batch=256).key("m") == base.key("m")
     assert Config(flow_field="unet", flow_batch=64).key("m") != base.key("m")
     assert Config(betas=(1.0,)).key("m") != base.key("m")
+    # the pairing is part of the key; the pre-training seed is, through the models' key
+    bw = Config(pairs="best-worst")
+    assert len({base.key("m"), bw.key("m"), Config(pairs="best-worst", pairs_k=5).key("m")}) == 3
+    assert Config(pretrain_seed=1).key("m") != base.key("m")
+
+
+def _numbers(result):
+    """What a results JSON says that must follow from the seeds: everything but times and where files went."""
+    timing = {"seconds", "wall_seconds", "compute_seconds", "cached"}
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in timing}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    return strip({k: result[k] for k in ("config", "summary", "runs")}), \
+        {k: v for k, v in result["pretrained"].items() if k != "seconds"}
+
+
+def _tiny_data():
+    from pfm_experiments.images.data import ImageData
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 28, 28, generator=g)
+    y = torch.arange(60) % 10
+    return ImageData("mnist", x, y, x[:20], y[:20], tuple(map(str, range(10))), "random test images")
+
+
+def test_pretrained_models_follow_from_their_seed_not_from_the_global_random_state(tmp_path):
+    from pfm_experiments.images.pretrain import models_key, pretrained
+
+    data = _tiny_data()
+    kw = {"vae_epochs": 0.5, "classifier_epochs": 0.5, "progress": False}
+    torch.manual_seed(1)
+    a = pretrained(data, **kw, cache_dir=tmp_path / "a")
+    torch.randn(1000)  # whatever ran before must not matter
+    b = pretrained(data, **kw, cache_dir=tmp_path / "b")
+    cached = pretrained(data, **kw, cache_dir=tmp_path / "a")
+    for name in ("vae", "annotator", "judge"):
+        for other in (b, cached):
+            sa, so = getattr(a, name).state_dict(), getattr(other, name).state_dict()
+            assert all(torch.equal(sa[k], so[k]) for k in sa), name
+    assert a.info == cached.info and a.info["pretrain_seed"] == 0
+    c = pretrained(data, **kw, pretrain_seed=1, cache_dir=tmp_path / "a")
+    assert not torch.equal(c.vae.log_std, a.vae.log_std) or not torch.equal(
+        next(c.annotator.parameters()), next(a.annotator.parameters()))
+    # the key holds what the models depend on: the seed, the settings, the data
+    key = models_key(data, vae_epochs=0.5, classifier_epochs=0.5, pretrain_seed=0)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        [key, models_key(data, vae_epochs=0.5, classifier_epochs=0.5, pretrain_seed=1)])
+    assert key != models_key(data, vae_epochs=1, classifier_epochs=0.5, pretrain_seed=0)
+    data.train_x[0, 0, 0, 0] += 0.5
+    assert key != models_key(data, vae_epochs=0.5, classifier_epochs=0.5, pretrain_seed=0)
+
+
+def test_best_worst_pairs_take_the_extremes_of_k_samples_of_a_label():
+    from pfm_experiments.images.pairs import best_worst_pairs, check_pairing, make_pairs
+
+    g = torch.Generator().manual_seed(0)
+
+    def sample(c, n):  # (n, 2): the label, then a uniform draw the score reads
+        return torch.stack([c.float(), torch.rand(n, generator=g)], 1)
+
+    labels = torch.arange(5).repeat(4)
+    ds = best_worst_pairs(sample, lambda y, c: y[:, 1], labels, k=10, batch_size=30)
+    assert len(ds) == 20 and ds.context.tolist() == labels.tolist()
+    assert torch.equal(ds.chosen[:, 0], labels.float()) and torch.equal(ds.rejected[:, 0], labels.float())
+    # the best of 10 uniforms is near 1 and the worst near 0 (expected 10/11 and 1/11), far apart from random pairs'
+    assert float(ds.chosen[:, 1].mean()) > 0.8 and float(ds.rejected[:, 1].mean()) < 0.2
+    rnd = make_pairs("random", 10, sample, lambda y, c: y[:, 1], labels, seed=0)
+    assert len(rnd) == 20 and float((rnd.chosen[:, 1] - rnd.rejected[:, 1]).mean()) < float(
+        (ds.chosen[:, 1] - ds.rejected[:, 1]).mean())
+    # a pair whose samples all score alike is dropped, as collect_preferences drops ties
+    tied = best_worst_pairs(sample, lambda y, c: (y[:, 0] > 2).float() * y[:, 1], labels, k=3)
+    assert tied.context.min() == 3 and len(tied) == 8
+    with pytest.raises(InvalidInputError, match="every best-worst pair was a tie"):
+        best_worst_pairs(sample, lambda y, c: torch.zeros(len(y)), labels, k=3)
+    with pytest.raises(InvalidInputError, match="pairs must be one of"):
+        check_pairing("best", 10)
+    with pytest.raises(InvalidInputError, match="pairs_k must be an integer >= 2"):
+        check_pairing("best-worst", 1)
+
+
+def test_pairing_options_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    from pfm.cli import main
+    from pfm_experiments.images.experiment import reproduce, stem
+
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(InvalidInputError, match="pairs must be one of"):
+        reproduce(tmp_path, pairs="worst")
+    with pytest.raises(InvalidInputError, match="pairs_k applies to pairs='best-worst' only"):
+        reproduce(tmp_path, pairs_k=5)
+    with pytest.raises(InvalidInputError, match="pairs_k must be an integer >= 2"):
+        reproduce(tmp_path, pairs="best-worst", pairs_k=1)
+    assert main(["reproduce", "mnist", "--pairs-k", "4", "--out", str(tmp_path)]) != 0
+    assert main(["reproduce", "mnist", "--pairs", "best-worst", "--pairs-k", "1", "--out", str(tmp_path)]) != 0
+    assert main(["reproduce", "toy2d", "--pairs", "best-worst", "--out", str(tmp_path)]) != 0
+    assert stem("mnist", "mlp", "best-worst") == "mnist-best-worst" and stem("fashion", "unet") == "fashion-unet"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_runs_from_empty_data_directories_give_the_same_numbers(tmp_path, monkeypatch):
+    """Issue 29: the whole pipeline follows from its seeds, from an empty data directory or a populated one."""
+    pytest.importorskip("mlxtend")
+    from pfm.cli import main
+
+    def run(data, out, *more):
+        monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / data))
+        torch.manual_seed(len(data))  # a different global random state before each run
+        assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / out), "-q", *more]) == 0
+        return json.loads((tmp_path / out / ("mnist.json" if not more else "mnist-best-worst.json")).read_text())
+
+    a = run("a", "out-a")
+    b = run("bb", "out-b")
+    assert _numbers(a) == _numbers(b)
+    import shutil
+
+    shutil.rmtree(tmp_path / "bb" / "images" / "runs")  # the models cached, the seed run again on them
+    assert _numbers(run("bb", "out-c")) == _numbers(a)
+    # best-worst pairs (the released code's): more contrasted than random pairs, on the same reference samples
+    bw = run("bb", "out-d", "--pairs", "best-worst")
+    s, t = a["summary"]["methods"], bw["summary"]["methods"]
+    assert bw["config"]["pairs"] == "best-worst" and bw["config"]["pairs_k"] == 10
+    assert t["reference"] == s["reference"] and _numbers(bw)[1] == _numbers(a)[1]  # the same models and samples
+    assert t["preferred (y+)"]["annotator"]["mean"] > s["preferred (y+)"]["annotator"]["mean"]
+    assert t["rejected (y-)"]["annotator"]["mean"] < s["rejected (y-)"]["annotator"]["mean"]
+    assert t["PFM"]["annotator"]["mean"] > t["reference"]["annotator"]["mean"]
+    assert bw["runs"][0]["n_train"] + bw["runs"][0]["n_heldout"] == 1000  # as many pairs as random pairs
+    assert (tmp_path / "out-d" / "mnist-best-worst-grids.png").exists()

@@ -78,6 +78,11 @@ def _mnist_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")
+    r.add_argument("--pairs", choices=["random", "best-worst"], default=None,
+                   help="mnist: how preference pairs are made: two reference samples of a label, the better "
+                   "preferred (random, the default), or the best and the worst of --pairs-k (as the paper's code)")
+    r.add_argument("--pairs-k", type=POSITIVE_INT, default=None, metavar="K",
+                   help="mnist: samples a best-worst pair is chosen from (default 10; >= 2)")
 
 
 def _mnist(args: argparse.Namespace) -> int:
@@ -86,10 +91,16 @@ def _mnist(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
     from .images import experiment, report
 
-    stem = experiment.stem(dataset, args.field)
-    result = experiment.report_only(args.out, dataset=dataset, field=args.field) if args.report_only else \
-        experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick, seeds=args.seeds,
-                             field=args.field, flow_steps=args.flow_steps, progress=not args.quiet)
+    pairs = args.pairs or "random"
+    if args.pairs_k is not None and pairs != "best-worst":
+        raise InvalidInputError("--pairs-k applies to --pairs best-worst only")
+    if args.pairs_k is not None and args.pairs_k < 2:
+        raise InvalidInputError(f"--pairs-k must be at least 2 (a best and a worst sample), got {args.pairs_k}")
+    stem = experiment.stem(dataset, args.field, pairs)
+    result = experiment.report_only(args.out, dataset=dataset, field=args.field, pairs=pairs) if args.report_only \
+        else experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick, seeds=args.seeds,
+                                  field=args.field, flow_steps=args.flow_steps, pairs=pairs, pairs_k=args.pairs_k,
+                                  progress=not args.quiet)
     print(report.table(result["summary"], dataset))
     print(_wrote(args, stem, f"{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz", result))
     return 0
@@ -152,7 +163,8 @@ def _text(args: argparse.Namespace) -> int:
 
 
 TOY2D = Experiment("the illustrative 2D example", _toy2d_arguments, _toy2d, order=0)
-MNIST = Experiment("conditional image generation (digits, or --dataset fashion)", _mnist_arguments, _mnist, order=1)
+MNIST = Experiment("conditional image generation (digits, or --dataset fashion)", _mnist_arguments, _mnist, order=1,
+                   exclusive=("--pairs", "--pairs-k"))
 CONTROL = Experiment("offline RL on MuJoCo locomotion against BC, DPO and Marginal BC", _control_arguments, _control,
                      order=2)
 TEXT = Experiment("controlled generation of movie-review sentences against RLHF on a small language model",

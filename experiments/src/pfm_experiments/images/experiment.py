@@ -1,14 +1,14 @@
 """The conditional image generation experiment: PFM against RLHF, DPO and a trivial shift on real digits.
 
-Per data set, once (cached under the data directory): the reference generator (a conditional VAE, see
-:mod:`.models`), the annotator (LeNet-5) and the independent judge. Per seed: ``n_pairs`` preference pairs, two
-reference samples of the same label each (random pairs, as in the paper), the one the annotator gives the higher
-label probability preferred; then every method on the same pairs, scored on fresh samples (see :mod:`.metrics`).
+Per data set, once (cached under the data directory, :mod:`.pretrain`): the reference generator (a conditional
+VAE, see :mod:`.models`), the annotator (LeNet-5) and the independent judge. Per seed: ``n_pairs`` preference pairs
+(:mod:`.pairs`: two reference samples of the same label, the one the annotator gives the higher label probability
+preferred, as the paper's text says; or the best and the worst of ``pairs_k``, as its released code does); then
+every method on the same pairs, scored on fresh samples (see :mod:`.metrics`). Every number follows from the seeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,23 +21,27 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pfm.io import atomic_dir, atomic_file
+from pfm.io import atomic_file
 from pfm.baselines import RewardModel, dpo, rlhf
 from pfm.baselines.dpo import implicit_accuracy
-from pfm.data import PreferenceDataset, collect_preferences
+from pfm import seed_everything
+from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
+from pfm.ordering import mix_seed
 from pfm.runtime import data_dir
 from ..runner import SeedRunner, config_key, read_results
 from ..sweeps import sweep_betas
 from .data import ImageData, load_images
 from .metrics import ImageEvaluator
-from .models import (ConditionalVAE, JudgeCNN, LatentImagePolicy, LeNet5, RewardEncoder, fit_classifier,
-                     label_probability, predict)
+from .models import LatentImagePolicy, RewardEncoder, label_probability
+from .pairs import check_pairing, make_pairs
+from .pretrain import Pretrained, models_key, pretrained
 
 log = logging.getLogger("pfm")
 SCHEMA = 1
-KEY = {"omit": ("seeds", "path"), "unset": {"flow_field": "mlp", "flow_batch": 256}}
+KEY = {"omit": ("seeds", "path"), "unset": {"flow_field": "mlp", "flow_batch": 256, "pretrain_seed": 0,
+                                           "pairs": "random", "pairs_k": 10}}
 """How :func:`..runner.config_key` keys a run: the seeds and the data's path do not count (the data's bytes do,
 through :meth:`Config.models_key`); options added later leave the key of runs at their default unchanged, so those
 runs stay cached."""
@@ -51,8 +55,14 @@ class Config:
     test_per_class: int = 100
     vae_epochs: float = 60
     classifier_epochs: float = 15
+    pretrain_seed: int = 0
+    """Seeds the reference generator, the annotator and the judge (:mod:`.pretrain`): one set of models for every
+    experiment seed, part of their cache key."""
     seeds: tuple[int, ...] = (0, 1, 2)
     n_pairs: int = 10_000
+    pairs: str = "random"
+    """How a pair is made (:mod:`.pairs`): ``random`` (two samples of a label) or ``best-worst`` (of ``pairs_k``)."""
+    pairs_k: int = 10
     heldout: float = 0.1
     flow_steps: int = 3000
     flow_hidden: int = 512
@@ -79,81 +89,36 @@ class Config:
                    validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
 
     def models_key(self, data: ImageData) -> str:
-        """What the pre-trained models depend on: the data (its bytes) and their training settings."""
-        h = hashlib.sha256()
-        h.update(data.train_x.numpy().tobytes())
-        h.update(data.train_y.numpy().tobytes())
-        h.update(json.dumps([self.vae_epochs, self.classifier_epochs, SCHEMA]).encode())
-        return f"{data.name}-{h.hexdigest()[:16]}"
+        """The pre-trained models' cache key (:func:`.pretrain.models_key`): the data's bytes, their training
+        settings and seed, their architectures."""
+        return models_key(data, vae_epochs=self.vae_epochs, classifier_epochs=self.classifier_epochs,
+                          pretrain_seed=self.pretrain_seed)
 
     def key(self, models_key: str) -> str:
         """The key of this config's runs on the models of ``models_key`` (see :data:`KEY`)."""
         return config_key(self, **KEY, context=models_key)
 
 
-@dataclass
-class Pretrained:
-    vae: ConditionalVAE
-    annotator: LeNet5
-    judge: JudgeCNN
-    info: dict[str, Any]
-
-    @property
-    def policy(self) -> LatentImagePolicy:
-        return LatentImagePolicy(self.vae).eval()
-
-
-def pretrained(cfg: Config, data: ImageData, progress: bool = True, cache_dir: Optional[Path] = None) -> Pretrained:
-    """The reference generator, annotator and judge for ``data``: loaded from the cache, else trained and cached."""
-    from safetensors.torch import load_file, save_file
-
-    key = cfg.models_key(data)
-    where = (cache_dir or data_dir() / "images") / key
-    vae, annotator, judge = ConditionalVAE(data.image_shape, data.num_classes), LeNet5(data.num_classes), \
-        JudgeCNN(data.num_classes)
-    models = {"vae": vae, "annotator": annotator, "judge": judge}
-    if (where / "info.json").exists():
-        for name, m in models.items():
-            m.load_state_dict(load_file(where / f"{name}.safetensors"))
-            m.eval()
-        info = json.loads((where / "info.json").read_text())
-        log.info("images: pre-trained models from %s", where)
-        return Pretrained(vae, annotator, judge, info)
-    torch.manual_seed(0)
-    info: dict[str, Any] = {"data": data.source, "train": len(data.train_y), "test": len(data.test_y), "seconds": {}}
-    t = time.perf_counter()
-    vae.fit(data.train_x, data.train_y, epochs=cfg.vae_epochs, progress=progress)
-    info["seconds"]["vae"] = time.perf_counter() - t
-    t = time.perf_counter()
-    fit_classifier(annotator, data.train_x, data.train_y, epochs=cfg.classifier_epochs, progress=progress,
-                   desc="annotator (LeNet-5)")
-    info["seconds"]["annotator"] = time.perf_counter() - t
-    t = time.perf_counter()
-    fit_classifier(judge, data.train_x, data.train_y, epochs=cfg.classifier_epochs, augment=True, seed=1,
-                   progress=progress, desc="independent judge (CNN)")
-    info["seconds"]["judge"] = time.perf_counter() - t
-    for name, m in models.items():
-        m.eval()
-    for name in ("annotator", "judge"):
-        info[f"{name}_heldout_accuracy"] = float((predict(models[name], data.test_x).argmax(1) == data.test_y)
-                                                 .float().mean())
-    with torch.no_grad():
-        info["vae_heldout_elbo_per_pixel"] = float(vae.elbo(data.test_x, data.test_y).mean()) / data.test_x[0].numel()
-    with atomic_dir(where) as tmp:
-        for name, m in models.items():
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp / f"{name}.safetensors")
-        (tmp / "info.json").write_text(json.dumps(info, indent=1))
-    return Pretrained(vae, annotator, judge, info)
-
-
 def _sample_images(policy: LatentImagePolicy, labels: Tensor, gen: torch.Generator) -> Tensor:
     return policy.images(policy.sample(labels, len(labels), generator=gen))
 
 
+STAGES = ("pairs", "evaluation samples", "test pairs", "flow", "reward model", "RLHF", "DPO", "policy samples")
+"""The stages of one seed's run: each is seeded on its own (:func:`stage`), so none depends on the random state
+another left behind (the reference samples and the test pairs are the same whichever pairs are made)."""
+
+
+def stage(seed: int, name: str) -> torch.Generator:
+    """Seed the global generators for stage ``name`` of seed ``seed`` (:func:`pfm.seed_everything`: new networks'
+    initial weights) and return a generator of its own for the stage's samples, both from
+    ``mix_seed(seed, 1 + STAGES.index(name))``."""
+    s = mix_seed(seed, 1 + STAGES.index(name))
+    seed_everything(s)
+    return torch.Generator().manual_seed(s)
+
+
 def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progress: bool = False) -> dict[str, Any]:
     """Every method on one seed's preference pairs. Returns metrics, sweeps, curves, times and the samples."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     ref = models.policy
     k = data.num_classes
     times: dict[str, float] = {}
@@ -163,8 +128,9 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
     t = time.perf_counter()
     labels = torch.arange(k).repeat(math.ceil(cfg.n_pairs / k))[:cfg.n_pairs]
-    full = collect_preferences(lambda c, n: ref.sample(c, n, generator=gen), score, labels, kind="score",
-                               seed=10_000 + seed)
+    g_pairs = stage(seed, "pairs")
+    full = make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_pairs), score, labels,
+                      seed=10_000 + seed)
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     n_held = max(k, int(round(cfg.heldout * len(full))))
     full_train, full_held = full.subset(perm[n_held:]), full.subset(perm[:n_held])
@@ -174,9 +140,10 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
     train, held = as_images(full_train), as_images(full_held)
     eval_labels = torch.arange(k).repeat_interleave(cfg.eval_per_class)
-    x_ref = _sample_images(ref, eval_labels, gen)
-    test_pairs = as_images(collect_preferences(lambda c, n: ref.sample(c, n, generator=gen), score, eval_labels,
-                                               kind="score", seed=20_000 + seed))
+    x_ref = _sample_images(ref, eval_labels, stage(seed, "evaluation samples"))
+    g_test = stage(seed, "test pairs")
+    test_pairs = as_images(make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_test), score,
+                                      eval_labels, seed=20_000 + seed))
     ev = ImageEvaluator(models.annotator, models.judge, data.test_x, data.test_y, x_ref, eval_labels)
     samples: dict[str, Tensor] = {}
     M: dict[str, Any] = {}
@@ -191,6 +158,7 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     times["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage(seed, "flow")
     if cfg.flow_field == "mlp":
         flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
     elif cfg.flow_field == "unet":
@@ -209,6 +177,7 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     record("trivial shift", x_ref + shift[eval_labels])
 
     t = time.perf_counter()
+    stage(seed, "reward model")
     if cfg.reward_model == "cnn":
         rm = RewardModel.for_dataset(train, hidden=128, depth=1, encoder=RewardEncoder(data.image_shape))
     elif cfg.reward_model == "mlp":
@@ -232,12 +201,15 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
         g = torch.Generator().manual_seed(30_000 + seed)
         return float(score(policy.sample(val_labels, len(val_labels), generator=g), val_labels).mean())
 
+    gen = stage(seed, "policy samples")  # the test samples of every tuned policy, drawn in turn
+
     def evaluate_policy(policy: nn.Module, learned_reward: bool = False) -> dict[str, float]:
         x = _sample_images(policy, eval_labels, gen)
         extra = {"learned_reward": float(rm.score(x, eval_labels).mean())} if learned_reward else {}
         return {**ev.as_dict(x, eval_labels), **extra}
 
     t = time.perf_counter()
+    stage(seed, "RLHF")
     train_labels = labels[:len(full_train)]
     rlhf_fit: Callable[[float], nn.Module] = lambda b: rlhf(  # noqa: E731
         ref, reward, train_labels, beta=b, steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
@@ -250,6 +222,7 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     times["RLHF"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage(seed, "DPO")
     dpo_fit: Callable[[float], nn.Module] = lambda b: dpo(ref, full_train, beta=b, steps=cfg.dpo_steps,  # noqa: E731
                                                            batch_size=128, lr=1e-4, seed=seed,
                                                            progress=progress)[0]
@@ -304,15 +277,20 @@ def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, con
 
 def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: Optional[str] = None,
               quick: bool = False, seeds: Optional[int] = None, cache_dir: Optional[str | Path] = None,
-              field: str = "mlp", flow_steps: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
-    """Run every method on every seed; write ``{dataset}.json``, ``{dataset}.md``, ``{dataset}-grids.png``,
-    ``{dataset}-rlhf.png`` and ``{dataset}-samples.npz`` (every method's samples, one array each, and ``labels``).
+              field: str = "mlp", flow_steps: Optional[int] = None, pairs: str = "random",
+              pairs_k: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+    """Run every method on every seed; write ``{stem}.json``, ``{stem}.md``, ``{stem}-grids.png``,
+    ``{stem}-rlhf.png`` and ``{stem}-samples.npz`` (every method's samples, one array each, and ``labels``), where
+    ``stem`` is :func:`stem` (``mnist``, ``mnist-unet``, ``mnist-best-worst``, ...).
 
     The pre-trained models and each finished seed are cached under ``cache_dir`` (default: the data directory),
     the seeds in ``runs/<key>/seed-<seed>.json`` (:class:`pfm_experiments.runner.SeedRunner`, :data:`KEY`), so a
     stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
     ``(1, 28, 28)`` images (batch 64) instead of the MLP on the flattened vector; the files are then named
-    ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps.
+    ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps. ``pairs`` is how the preference pairs
+    are made (:mod:`.pairs`): ``random`` (default) or ``best-worst`` of ``pairs_k`` samples (default 10; an error
+    with ``random``). Every number follows from the seeds (the pre-trained models from ``Config.pretrain_seed``,
+    see :mod:`.pretrain`; each seed's stages from :func:`stage`), whatever the cache held.
     """
     from . import report
 
@@ -326,6 +304,10 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
         if not isinstance(flow_steps, int) or flow_steps < 1:
             raise InvalidInputError(f"flow_steps must be a positive integer, got {flow_steps!r}")
         cfg.flow_steps = flow_steps
+    if pairs_k is not None and pairs != "best-worst":
+        raise InvalidInputError(f"pairs_k applies to pairs='best-worst' only, not to pairs={pairs!r}")
+    cfg.pairs, cfg.pairs_k = pairs, cfg.pairs_k if pairs_k is None else pairs_k
+    check_pairing(cfg.pairs, cfg.pairs_k)
     if seeds is not None:
         if not isinstance(seeds, int) or seeds < 1:
             raise InvalidInputError(f"seeds must be a positive integer, got {seeds!r}")
@@ -333,7 +315,8 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     start = time.perf_counter()
     data = load_images(dataset, path, max_train=cfg.max_train, test_per_class=cfg.test_per_class)
     root = Path(cache_dir) if cache_dir is not None else data_dir() / "images"
-    models = pretrained(cfg, data, progress=progress, cache_dir=root)
+    models = pretrained(data, vae_epochs=cfg.vae_epochs, classifier_epochs=cfg.classifier_epochs,
+                        pretrain_seed=cfg.pretrain_seed, progress=progress, cache_dir=root)
     runner = SeedRunner(root / "runs", cfg, arrays=("samples", "labels"), **KEY, context=cfg.models_key(data),
                         name="images")
     parts, first = [], None
@@ -343,7 +326,7 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     assert first is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = stem(dataset, field)
+    name = stem(dataset, field, pairs)
     with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
         np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
                                                           for k, v in first["samples"].items()})
@@ -358,9 +341,9 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     return result
 
 
-def stem(dataset: str, field: str = "mlp") -> str:
-    """The results' file stem: ``mnist``, ``fashion``, ``mnist-unet``, ..."""
-    return dataset if field == "mlp" else f"{dataset}-{field}"
+def stem(dataset: str, field: str = "mlp", pairs: str = "random") -> str:
+    """The results' file stem: ``mnist``, ``fashion``, ``mnist-unet``, ``mnist-best-worst``, ..."""
+    return dataset + ("" if field == "mlp" else f"-{field}") + ("" if pairs == "random" else f"-{pairs}")
 
 
 def write_report(result: dict[str, Any], base: Path) -> None:
@@ -382,13 +365,16 @@ def write_report(result: dict[str, Any], base: Path) -> None:
         f.write(md)
 
 
-def report_only(out_dir: str | Path = "results", *, dataset: str = "mnist", field: str = "mlp") -> dict[str, Any]:
+def report_only(out_dir: str | Path = "results", *, dataset: str = "mnist", field: str = "mlp",
+                pairs: str = "random") -> dict[str, Any]:
     """Recompute the summary of ``<out_dir>/<stem>.json`` (:func:`stem`) from its per-seed runs and rewrite that
     JSON's ``summary`` and the ``.md`` (``pfm reproduce mnist --report-only``); the figures are left as they are."""
     from . import report
 
-    name = Path(out_dir) / stem(dataset, field)
-    command = f"pfm reproduce mnist --dataset {dataset}" + (f" --field {field}" if field != "mlp" else "")
+    check_pairing(pairs, 10)
+    name = Path(out_dir) / stem(dataset, field, pairs)
+    command = f"pfm reproduce mnist --dataset {dataset}" + (f" --field {field}" if field != "mlp" else "") + \
+        (f" --pairs {pairs}" if pairs != "random" else "")
     result = read_results(name.with_suffix(".json"), command)
     result["summary"] = report.summarize(result["runs"])
     write_report(result, name)
