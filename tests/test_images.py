@@ -149,15 +149,28 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     s = result["summary"]["methods"]
     methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
                "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
-    assert list(s) == methods
+    picked = [f"{name} (n = {n})" if name == "PFM-select" else f"best-of-{n} ({name})" for n in (2, 4)
+              for name in ("reward model", "annotator", "PFM-select")]
+    assert list(s) == methods + picked
+    # best-of-n by the annotator maximizes what the annotator scores; every row has its cost per output
+    assert (s["reference"]["annotator"]["mean"] < s["best-of-2 (annotator)"]["annotator"]["mean"]
+            < s["best-of-4 (annotator)"]["annotator"]["mean"])
+    assert s["best-of-4 (reward model)"]["cost"] == {"reference_calls": 4, "solves": 0, "policy_calls": 0}
+    assert s["PFM x 2"]["cost"]["solves"] == 2 and s["RLHF"]["cost"]["policy_calls"] == 1
+    assert s["PFM-select (n = 4)"]["cost"] == {"reference_calls": 4, "solves": 1, "policy_calls": 0}
+    assert all(e["seconds_per_output"]["mean"] > 0 for n, e in s.items() if not n.endswith(("(y-)", "(y+)")))
+    assert "cost" not in s["rejected (y-)"]  # the pairs' outputs are data, not a method
+    matched = {(c["method"], c["baseline"], c["matched_by"]) for c in result["summary"]["cost_comparisons"]}
+    assert ("PFM", "best-of-2 (reward model)", "calls") in matched  # 1 sample + 1 solve: two calls
     assert s["PFM"]["annotator"]["mean"] > s["reference"]["annotator"]["mean"]
     assert s["preferred (y+)"]["annotator"]["mean"] > s["rejected (y-)"]["annotator"]["mean"]
     assert s["PFM"]["annotator"]["std"] is None and s["PFM"]["annotator"]["n"] == 1  # one seed: no std
     assert [(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]][0] == ("PFM", "reference")
     with np.load(tmp_path / "out" / "mnist-samples.npz") as z:
-        assert set(z.files) == set(methods) | {"labels"}
+        assert set(z.files) == set(methods) | set(picked) | {"labels"}
         assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
-    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png"):
+    assert "Quality against inference cost" in (tmp_path / "out" / "mnist.md").read_text()
+    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png"):
         assert (tmp_path / "out" / name).stat().st_size > 500
     # a second run reuses the cached models and seed
     assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
@@ -168,7 +181,7 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
                  str(tmp_path / "out"), "-q"]) == 0
     unet = json.loads((tmp_path / "out" / "mnist-unet.json").read_text())
     assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
-    assert unet["summary"]["methods"]["reference"] == s["reference"]
+    assert _untimed(unet["summary"]["methods"]["reference"]) == _untimed(s["reference"])
     assert (tmp_path / "out" / "mnist-unet-grids.png").exists()
 
 
@@ -185,16 +198,21 @@ def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
     assert Config(pretrain_seed=1).key("m") != base.key("m")
 
 
+TIMING = {"seconds", "wall_seconds", "compute_seconds", "cached", "seconds_per_output"}
+
+
+def _untimed(v):
+    """``v`` without its measured times (and the comparisons matched by a measured time, which may pick another n
+    in another run)."""
+    if isinstance(v, dict):
+        return {k: _untimed(x) for k, x in v.items() if k not in TIMING}
+    return [_untimed(x) for x in v if not (isinstance(x, dict) and x.get("matched_by") == "wall time")] \
+        if isinstance(v, list) else v
+
+
 def _numbers(result):
     """What a results JSON says that must follow from the seeds: everything but times and where files went."""
-    timing = {"seconds", "wall_seconds", "compute_seconds", "cached"}
-
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in timing}
-        return [strip(x) for x in v] if isinstance(v, list) else v
-
-    return strip({k: result[k] for k in ("config", "summary", "runs")}), \
+    return _untimed({k: result[k] for k in ("config", "summary", "runs")}), \
         {k: v for k, v in result["pretrained"].items() if k != "seconds"}
 
 
@@ -304,7 +322,7 @@ def test_quick_runs_from_empty_data_directories_give_the_same_numbers(tmp_path, 
     bw = run("bb", "out-d", "--pairs", "best-worst")
     s, t = a["summary"]["methods"], bw["summary"]["methods"]
     assert bw["config"]["pairs"] == "best-worst" and bw["config"]["pairs_k"] == 10
-    assert t["reference"] == s["reference"] and _numbers(bw)[1] == _numbers(a)[1]  # the same models and samples
+    assert _untimed(t["reference"]) == _untimed(s["reference"]) and _numbers(bw)[1] == _numbers(a)[1]  # the same models and samples
     assert t["preferred (y+)"]["annotator"]["mean"] > s["preferred (y+)"]["annotator"]["mean"]
     assert t["rejected (y-)"]["annotator"]["mean"] < s["rejected (y-)"]["annotator"]["mean"]
     assert t["PFM"]["annotator"]["mean"] > t["reference"]["annotator"]["mean"]

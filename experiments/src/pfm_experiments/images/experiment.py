@@ -30,6 +30,7 @@ from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.ordering import mix_seed
 from pfm.runtime import data_dir
+from ..cost import Cost, measure
 from ..runner import SeedRunner, config_key, read_results
 from ..sweeps import sweep_betas
 from .data import ImageData, load_images
@@ -37,9 +38,11 @@ from .metrics import ImageEvaluator
 from .models import LatentImagePolicy, RewardEncoder, label_probability
 from .pairs import check_pairing, make_pairs
 from .pretrain import Pretrained, models_key, pretrained
+from .selection import batched, selection_rows
 
 log = logging.getLogger("pfm")
-SCHEMA = 1
+SCHEMA = 2
+"""2: each seed also has the best-of-n and PFM-select rows and every row its inference cost (issue 27)."""
 KEY = {"omit": ("seeds", "path"), "unset": {"flow_field": "mlp", "flow_batch": 256, "pretrain_seed": 0,
                                            "pairs": "random", "pairs_k": 10}}
 """How :func:`..runner.config_key` keys a run: the seeds and the data's path do not count (the data's bytes do,
@@ -79,6 +82,8 @@ class Config:
     rlhf_steps: int = 400
     dpo_steps: int = 600
     curve_points: int = 10
+    best_of_n: tuple[int, ...] = (2, 4, 16, 64)
+    """The n of the best-of-n and PFM-select rows (:mod:`.selection`)."""
     schema: int = SCHEMA
     quick: bool = False
 
@@ -86,7 +91,8 @@ class Config:
     def quick_config(cls, dataset: str = "mnist") -> "Config":
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
                    flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
-                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, quick=True)
+                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, best_of_n=(2, 4),
+                   quick=True)
 
     def models_key(self, data: ImageData) -> str:
         """The pre-trained models' cache key (:func:`.pretrain.models_key`): the data's bytes, their training
@@ -103,9 +109,11 @@ def _sample_images(policy: LatentImagePolicy, labels: Tensor, gen: torch.Generat
     return policy.images(policy.sample(labels, len(labels), generator=gen))
 
 
-STAGES = ("pairs", "evaluation samples", "test pairs", "flow", "reward model", "RLHF", "DPO", "policy samples")
+STAGES = ("pairs", "evaluation samples", "test pairs", "flow", "reward model", "RLHF", "DPO", "policy samples",
+          "best-of-n")
 """The stages of one seed's run: each is seeded on its own (:func:`stage`), so none depends on the random state
-another left behind (the reference samples and the test pairs are the same whichever pairs are made)."""
+another left behind (the reference samples and the test pairs are the same whichever pairs are made). A stage
+added later goes at the end, so that the others keep their seeds."""
 
 
 def stage(seed: int, name: str) -> torch.Generator:
@@ -234,11 +242,40 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
                             "validation": validate(policy),
                             "metrics": ev.as_dict(samples["DPO, small beta"], eval_labels)}
     times["DPO"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stage(seed, "best-of-n")
+    annotator = batched(lambda x, c: label_probability(models.annotator, x.clamp(0, 1), c))
+    picked, picked_samples = selection_rows(
+        lambda c, n, g: ref.images(ref.sample(c, n, generator=g)),
+        {"reward model": batched(rm.score), "annotator": annotator}, flow,
+        lambda x: ev.as_dict(x, eval_labels), eval_labels, cfg.best_of_n, seed)
+    _costs(M, ref, flow, x_ref, eval_labels)
+    times["best-of-n"] = time.perf_counter() - t
     order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
              "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
+    M.update(picked)
+    samples.update(picked_samples)
+    order += list(picked)
     return {"seed": seed, "n_train": len(train), "n_heldout": len(held), "methods": {m: M[m] for m in order},
             "flow_loss": hist.loss[::max(1, len(hist.loss) // 200)], "seconds": times,
             "samples": {m: samples[m].numpy() for m in order}, "labels": eval_labels.numpy()}
+
+
+def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_ref: Tensor, labels: Tensor) -> None:
+    """Each method's inference cost per output (:class:`..cost.Cost`), measured on the test outputs (the fastest of
+    3 runs): a reference sample; PFM adds one solve of the flow (PFM x 2 two); RLHF and DPO sample their
+    fine-tuned copy of the reference, which costs what a reference sample does (the same network, timed once)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        _, sample_s = measure(lambda: _sample_images(ref, labels, g), len(labels))
+        _, solve_s = measure(lambda: flow.transform(x_ref, labels), len(labels))
+    for name in ("reference", "trivial shift"):
+        M[name]["cost"] = Cost(1, 0, 0, sample_s).as_dict()
+    for name, solves in (("PFM", 1), ("PFM x 2", 2)):
+        M[name]["cost"] = Cost(1, solves, 0, sample_s + solves * solve_s).as_dict()
+    for name in ("RLHF", "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"):
+        M[name]["cost"] = Cost(0, 0, 1, sample_s).as_dict()
 
 
 def _sweep(name: str, betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,
@@ -330,11 +367,15 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
         np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
                                                           for k, v in first["samples"].items()})
-    report.grids(first["samples"], first["labels"], data.classes, out / f"{name}-grids.png",
+    shown = report.grid_methods(list(first["samples"]), max(cfg.best_of_n))
+    report.grids({m: first["samples"][m] for m in shown}, first["labels"], data.classes, out / f"{name}-grids.png",
                  f"{dataset}: 10 samples per label (rows) of every method, seed {cfg.seeds[0]}")
+    summary = report.summarize(parts)
+    report.cost_figure(summary, out / f"{name}-cost.png", f"{dataset} ({pairs} pairs): quality against inference "
+                       f"cost per output, mean ± sample std over {len(parts)} seed(s)")
     report.curve_figure(parts, out / f"{name}-rlhf.png", f"{dataset}: RLHF's learned reward against the "
                         "annotator and the independent judge along its training")
-    result = {"config": asdict(cfg), "pretrained": models.info, "summary": report.summarize(parts), "runs": parts,
+    result = {"config": asdict(cfg), "pretrained": models.info, "summary": summary, "runs": parts,
               "seconds": time.perf_counter() - start, "compute_seconds": float(sum(p["wall_seconds"] for p in parts)),
               "torch_threads": torch.get_num_threads()}
     write_report(result, out / name)
@@ -356,7 +397,8 @@ def write_report(result: dict[str, Any], base: Path) -> None:
         json.dump(result, f, indent=1)
     md = (report.table(summary, cfg["dataset"]) + "\n\n**Paired per-seed differences** (mean of the per-seed "
           "differences and its 95% Student-t confidence interval; the baseline is the one with the best mean "
-          "annotator probability)\n\n" + report.comparisons_table(summary) + "\n\n" + report.sweep_table(result["runs"]) +
+          "annotator probability)\n\n" + report.comparisons_table(summary) + "\n\n" + report.selection_table(summary) +
+          "\n\n" + report.sweep_table(result["runs"]) +
           f"\n\nPre-trained models: annotator held-out accuracy {info['annotator_heldout_accuracy']:.3f}, "
           f"judge {info['judge_heldout_accuracy']:.3f} ({info['train']} training images, "
           f"{info['test']} held out). Computing the seeds took {result['compute_seconds']:.0f} s with "

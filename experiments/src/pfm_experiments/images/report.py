@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cost import Cost, nearest
 from ..figures import pyplot, save_figure
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
@@ -26,35 +27,171 @@ def _metric(record: dict[str, Any], method: str, metric: str) -> Any:
     return record["methods"][method]["metrics"].get(metric)
 
 
+def _is_selection(entry: dict[str, Any]) -> bool:
+    """A best-of-n or PFM-select row (it has an ``n``)."""
+    return "n" in entry
+
+
 def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"methods": {method: {metric: describe(...), "beta": [...]}}, "comparisons": [...]}``: every metric
-    over seeds, and PFM and PFM x 2 paired against the reference, against the baseline with the best mean
-    annotator probability and (PFM) against the trivial shift."""
+    """``{"methods": {method: {metric: describe(...), "beta": [...], "cost": {...}, "seconds_per_output":
+    describe(...)}}, "comparisons": [...], "cost_comparisons": [...]}``: every metric over seeds, and PFM and
+    PFM x 2 paired against the reference, against the baseline with the best mean annotator probability and (PFM)
+    against the trivial shift; PFM against best-of-n at equal cost (:func:`cost_comparisons`). Runs made before
+    issue 27 have no cost and no best-of-n rows; their summary has none either."""
     methods: dict[str, dict[str, Any]] = {}
     for method in parts[0]["methods"]:
         rows = [p["methods"][method] for p in parts]
         methods[method] = {m: describe([r["metrics"][m] for r in rows]) for m, _ in METRICS}
         if "beta" in rows[0]:
             methods[method]["beta"] = [r["beta"] for r in rows]
+        for key in ("n", "scorer"):
+            if key in rows[0]:
+                methods[method][key] = rows[0][key]
+        if all("cost" in r for r in rows):  # the counts are the same in every seed; the wall time varies
+            methods[method]["cost"] = {k: v for k, v in rows[0]["cost"].items() if k != "seconds_per_output"}
+            methods[method]["seconds_per_output"] = describe([r["cost"]["seconds_per_output"] for r in rows])
     baseline = best({n: methods[n]["annotator"] for n in BASELINES if n in methods}, BASELINES)
     pairs = [("PFM", "reference")] + ([("PFM", baseline), ("PFM x 2", baseline)] if baseline else [])
     if baseline != "trivial shift" and "trivial shift" in methods:  # the cheapest baseline, always beside
         pairs.append(("PFM", "trivial shift"))
-    return {"methods": methods, "comparisons": compare(parts, pairs, COMPARED, _metric)}
+    return {"methods": methods, "comparisons": compare(parts, pairs, COMPARED, _metric),
+            "cost_comparisons": cost_comparisons(parts, methods)}
+
+
+def calls(cost: dict[str, Any]) -> float:
+    """Network calls per output with a flow solve counted as one reference call (the matching of
+    :func:`cost_comparisons`)."""
+    c = Cost.from_dict(cost)
+    return c.model_calls + c.solves
+
+
+def cost_comparisons(parts: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
+    """PFM and PFM x 2 against best-of-n by the reward model at the n of nearest cost: in calls per output (a
+    solve counted as one call; ties to the larger n) and in measured wall time per output (mean over seeds).
+    Paired per-seed differences, each row with ``matched_by``."""
+    bon = {methods[n]["n"]: n for n in methods if methods[n].get("scorer") == "reward model"}
+    rows: list[dict[str, Any]] = []
+    if not bon:
+        return rows
+    seconds = {k: methods[name]["seconds_per_output"]["mean"] for k, name in bon.items()}
+    for name in ("PFM", "PFM x 2"):
+        if "cost" not in methods.get(name, {}):
+            continue
+        by_calls = int(nearest(calls(methods[name]["cost"]), bon))
+        closest = nearest(methods[name]["seconds_per_output"]["mean"], seconds.values())
+        by_time = next(k for k in sorted(seconds, reverse=True) if seconds[k] == closest)
+        for n, how in ((by_calls, "calls"), (by_time, "wall time")):
+            rows.append({**compare(parts, [(name, bon[n])], COMPARED, _metric)[0], "matched_by": how})
+    return rows
 
 
 def table(summary: dict[str, Any], dataset: str) -> str:
-    """Every method's metrics, mean ± sample std over seeds (the mean alone with one seed)."""
+    """Every method's metrics but the best-of-n and PFM-select rows (:func:`selection_table`), mean ± sample
+    std over seeds (the mean alone with one seed)."""
     paper = dataset == "mnist"
     head = "| method | " + " | ".join(label for _, label in METRICS) + (" | paper: annotator prob. |" if paper
                                                                           else " |")
     lines = [head, "|" + "---|" * (len(METRICS) + 1 + paper)]
     for method, row in summary["methods"].items():
+        if _is_selection(row):
+            continue
         cells = [format_mean_std(row[m], ".1f" if m == "frechet" else ".3f") for m, _ in METRICS]
         name = method + (f" (beta {', '.join(f'{b:g}' for b in row['beta'])})" if "beta" in row else "")
         lines.append(f"| {name} | " + " | ".join(cells) + (f" | {PAPER_MNIST.get(method, float('nan')):.4f} |"
                                                            if paper else " |"))
     return "\n".join(lines).replace("| nan |", "| - |")
+
+
+SELECTION_METRICS = (("annotator", "annotator prob."), ("judge_accuracy", "judge acc."), ("frechet", "Fréchet dist."),
+                     ("diversity", "diversity"))
+
+
+def selection_table(summary: dict[str, Any]) -> str:
+    """Quality against inference cost: every method with a cost (best-of-n by both scorers, PFM-select, PFM,
+    RLHF, ...), its cost per output in model calls and solves and its measured ms per output, and PFM against
+    best-of-n at equal cost. Empty for runs without costs (before issue 27)."""
+    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
+    if not methods:
+        return ""
+    lines = ["**Quality against inference cost** (mean ± sample std over seeds; cost per output in reference-model "
+             "samples (ref), fine-tuned policy calls and flow solves, and the measured wall time of drawing and "
+             "scoring or solving all test outputs at once, divided by their number; the annotator is the "
+             "labeller of the pairs, so best-of-n by it is an oracle that no pair-trained method gets, and its "
+             "annotator score is what it maximizes: read the judge)\n",
+             "| method | " + " | ".join(label for _, label in SELECTION_METRICS) + " | cost per output | ms per output |",
+             "|---|" + "---|" * (len(SELECTION_METRICS) + 2)]
+    for name, e in methods.items():
+        cells = [format_mean_std(e[m], ".1f" if m == "frechet" else ".3f") for m, _ in SELECTION_METRICS]
+        ms = format_mean_std({k: (None if e["seconds_per_output"][k] is None else 1e3 * e["seconds_per_output"][k])
+                              for k in ("mean", "std")}, ".3g")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {Cost.from_dict(e['cost']).label()} | {ms} |")
+    if summary.get("cost_comparisons"):
+        shown = [{**r, "baseline": f"{r['baseline']}, nearest in {r['matched_by']}"}
+                 for r in summary["cost_comparisons"]]
+        lines += ["", "**PFM against best-of-n at equal cost** (paired per-seed differences, 95% CI; best-of-n by "
+                  "RLHF's reward model at the n nearest in calls per output, a flow solve counted as one call, or "
+                  "nearest in measured wall time)\n", comparison_table(shown, COMPARED, specs={"frechet": ".1f"})]
+    return "\n".join(lines)
+
+
+def grid_methods(names: list[str], n_max: int) -> list[str]:
+    """The methods the sample grids show: every row of the main table, and best-of-n and PFM-select at the
+    largest n only."""
+    return [m for m in names if not (m.startswith("best-of-") or m.startswith("PFM-select"))
+            or m.startswith(f"best-of-{n_max} ") or m == f"PFM-select (n = {n_max})"]
+
+
+POINTS = (("reference", "o", "k"), ("PFM", "D", "tab:red"), ("PFM x 2", "X", "tab:red"),
+          ("trivial shift", "P", "tab:olive"), ("RLHF", "s", "tab:purple"), ("DPO", "^", "tab:brown"))
+CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
+          ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
+          ("PFM-select (n candidates, 1 solve)", None, "tab:orange", "v"))
+
+
+def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
+    """The annotator's probability and the independent judge's accuracy (mean ± sample std over seeds) against
+    model calls per output (a policy call counted as one) and against measured wall time per output, log x:
+    best-of-n by either scorer and PFM-select as curves over n; PFM, PFM x 2, the trivial shift, RLHF and DPO as
+    points. Nothing is written for runs without costs."""
+    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
+    if not methods:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    for row, (metric, label) in zip(axes, (("annotator", "annotator prob. (what the pairs' labeller scores)"),
+                                           ("judge_accuracy", "independent judge's accuracy"))):
+        for ax, timed in zip(row, (False, True)):
+            def xy(names: list[str]) -> tuple[list[float], list[float], list[float]]:
+                x = [1e3 * methods[n]["seconds_per_output"]["mean"] if timed
+                     else Cost.from_dict(methods[n]["cost"]).model_calls for n in names]
+                return (x, [methods[n][metric]["mean"] for n in names],
+                        [methods[n][metric]["std"] or 0.0 for n in names])
+
+            for curve, scorer, color, marker in CURVES:
+                names = sorted((n for n, e in methods.items() if _is_selection(e) and e.get("scorer") == scorer),
+                               key=lambda n: methods[n]["n"])
+                if names:
+                    x, y, err = xy(names)
+                    ax.errorbar(x, y, yerr=err, marker=marker, color=color, label=curve, capsize=2)
+                    for xi, yi, n in zip(x, y, names):
+                        ax.annotate(f"n={methods[n]['n']}", (xi, yi), fontsize=7, color=color, xytext=(3, -10),
+                                    textcoords="offset points")
+            for prefix, marker, color in POINTS:
+                if prefix not in methods:
+                    continue
+                x, y, err = xy([prefix])
+                ax.errorbar(x, y, yerr=err, marker=marker, ms=9, ls="", color=color, capsize=2,
+                            label=f"{prefix} ({Cost.from_dict(methods[prefix]['cost']).label()})",
+                            mfc="none" if prefix == "PFM x 2" else color)
+            ax.set_xscale("log")
+            ax.set_ylabel(label)
+            ax.set_xlabel("measured wall time per output [ms]" if timed
+                          else "reference-model calls per output (a policy call counts as one)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    save_figure(fig, path, dpi=80)
 
 
 def comparisons_table(summary: dict[str, Any]) -> str:
