@@ -28,7 +28,11 @@ def tiny_bert(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(str(d))
+    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    if tok.convert_tokens_to_ids(WORDS[0]) == tok.unk_token_id:  # transformers 5 ignores vocab_file here
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tok.convert_tokens_to_ids(WORDS[0]) != tok.unk_token_id
+    tok.save_pretrained(str(d))
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(d))
@@ -124,6 +128,7 @@ def test_own_hugging_face_encoder_by_path(tiny_bert, tmp_path):
     enc = SentenceEncoder(tiny_bert)
     z = enc.encode(["the movie was good", "a dull plot", "the movie was good"], batch_size=2)
     assert z.shape == (3, 16) and torch.allclose(z[0], z[2], atol=1e-6)
+    assert not torch.allclose(z[0], z[1], atol=1e-3)  # the words are in its vocabulary, not all [UNK]
     with pytest.raises(InvalidInputError, match="one string"):
         enc.encode("the movie")
     with pytest.raises(InvalidInputError, match="is empty"):
