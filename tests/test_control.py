@@ -320,3 +320,66 @@ def test_ars_checkpoint_resumes_to_the_same_run(tmp_path):
         train_ars("hopper", ARSConfig(iterations=6, **{**cfg, "noise": 0.5}), progress=False, checkpoint=ckpt)
     with pytest.raises(FlowFileError, match="of task 'hopper'"):
         train_ars("walker2d", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)
+
+
+def test_batched_simulators_replay_the_data_and_roll_a_policy_out_closed_loop(random_episodes):
+    from pfm_experiments.control.rollout import Simulators, rollout
+
+    segs = make_segments(random_episodes, "hopper", 5, max_segments=6, seed=0)
+    sims = Simulators("hopper", 6)
+    ro = rollout(sims, segs.qpos, segs.qvel, lambda obs: np.zeros((len(obs), 3)), 5, prefix=segs.actions)
+    roller = SegmentRoller("hopper")
+    np.testing.assert_allclose(ro.returns, roller.returns(segs.qpos, segs.qvel, segs.actions), rtol=1e-9)
+    np.testing.assert_allclose(ro.actions, np.clip(segs.actions, -1, 1))
+    np.testing.assert_array_equal(ro.obs, segs.obs)
+    # closed loop: the policy sees each step's observation (one call per step for all copies)
+    seen = []
+    longer = rollout(sims, segs.qpos, segs.qvel, lambda obs: seen.append(obs.copy()) or np.tanh(obs[:, 5:8]), 8,
+                     prefix=segs.actions[:, :2])
+    assert len(seen) == 6 and seen[0].shape == (6, 11) and longer.actions.shape == (6, 8, 3)
+    np.testing.assert_allclose(longer.actions[:, 2], np.clip(np.tanh(seen[0][:, 5:8]), -1, 1))
+    np.testing.assert_allclose(longer.returns, longer.rewards.sum(1))
+    with pytest.raises(InvalidInputError, match="copies"):
+        rollout(sims, np.repeat(segs.qpos, 2, 0), np.repeat(segs.qvel, 2, 0), lambda o: np.zeros((len(o), 3)), 2)
+    sims.close()
+    roller.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
+    """``--protocols rollout --quick``: on held-out on-policy start states (drawn with other seeds than the pairs'),
+    the flow's improved segments earn a higher simulated 20-step return (their 10 actions, then pi_ref sampled to
+    20 steps, the same noise for both) than pi_ref's own sampled segments from the same states."""
+    import torch
+
+    from pfm.cli import main
+
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    args = ["reproduce", "control", "--quick", "--protocols", "rollout", "-q"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small network call per simulator step: a second thread only contends
+    try:
+        assert main(args + ["--out", str(tmp_path / "out")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "out" / "control-quick.json").exists()  # rollout alone: only its results
+    result = json.loads((tmp_path / "out" / "control-rollout-quick.json").read_text())
+    (cell,) = result["cells"]["hopper-medium"]
+    seg = cell["segment_returns"]
+    assert seg["PFM"] > seg["BC sampled"], seg
+    assert cell["pfm_ahead"] > 0.5
+    assert cell["pairs"]["chosen_return"] > cell["pairs"]["rejected_return"]
+    assert cell["start_states"]["fallbacks"] == 0
+    assert set(cell["scores"]["rollout"]) == {"BC mean", "BC sampled", "simulated best-of-2", "PFM", "PFM x 2"}
+    assert all(np.isfinite(v["score"]) for v in cell["scores"]["rollout"].values())
+    md = (tmp_path / "out" / "control-rollout-quick.md").read_text()
+    assert "Protocol `rollout`" in md and "PFM − simulated best-of-2" in md and "Segment test" in md
+    # a second run reuses the cached cell
+    assert main(args + ["--out", str(tmp_path / "out2")]) == 0
+    again = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
+    assert again["cells"] == result["cells"]
+    with pytest.raises(InvalidInputError, match="protocols"):
+        from pfm_experiments.control.reproduce import reproduce
+
+        reproduce(tmp_path / "out3", quick=True, protocols=["mpc"], progress=False)

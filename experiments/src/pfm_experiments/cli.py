@@ -113,8 +113,12 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
                    help="control: hopper, halfcheetah, walker2d, ant (default the first three; hopper with --quick)")
     r.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                    help="control: data sets random, medium, expert, medium-expert (default the first three)")
-    r.add_argument("--protocols", nargs="+", default=None, choices=["replan", "chunk"],
-                   help="control: how segments are executed (default both)")
+    r.add_argument("--protocols", nargs="+", default=None, choices=["replan", "chunk", "rollout"],
+                   help="control: how segments are executed (default replan and chunk); rollout: the released "
+                   "code's PbRL design (per-step pi_ref rolled out in copies of the simulator), written to "
+                   "control-rollout.json and .md")
+    r.add_argument("--rollout-frequency", type=POSITIVE_INT, default=None, metavar="R",
+                   help="control, rollout protocol: actions of each plan executed before the next (default 1)")
     r.add_argument("--start", choices=["mean", "sample"], default=None,
                    help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
     r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
@@ -132,11 +136,19 @@ def _control(args: argparse.Namespace) -> int:
     result = report_only(args.out, quick=args.quick) if args.report_only else reproduce(
         args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
         protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
-        teacher_lookahead=args.teacher_lookahead, progress=not args.quiet)
-    for p in result["config"]["protocols"]:
-        print(f"protocol {p}:")
-        print(report.table(result["summary"], p))
-    print(_wrote(args, stem, f"{stem}.json, {stem}.md and {stem}-bars.png", result))
+        teacher_lookahead=args.teacher_lookahead, rollout_frequency=args.rollout_frequency,
+        progress=not args.quiet)
+    rollout = result if result.get("protocol") == "rollout" else result.get("rollout")
+    if rollout is not result:
+        for p in result["config"]["protocols"]:
+            print(f"protocol {p}:")
+            print(report.table(result["summary"], p))
+        print(_wrote(args, stem, f"{stem}.json, {stem}.md and {stem}-bars.png", result))
+    if rollout is not None:
+        rstem = "control-rollout-quick" if args.quick else "control-rollout"
+        print("protocol rollout:")
+        print(report.rollout_table(rollout["summary"]))
+        print(_wrote(args, rstem, f"{rstem}.json and {rstem}.md", rollout))
     return 0
 
 

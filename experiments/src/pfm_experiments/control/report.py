@@ -182,3 +182,56 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
     fig.tight_layout()
     save_figure(fig, path)
     return returns
+
+
+# ------------------------------------------------------------------------------------------ the rollout protocol
+ROLLOUT_BASELINES = ("BC mean", "BC sampled", "simulated best-of-2")
+
+
+def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per data set, the ``rollout`` protocol's cells (:func:`.rollout_protocol.run_rollout_cell`) over seeds:
+    ``{"seeds", "scores": {method: describe}, "comparisons": [PFM and PFM x k minus each baseline, paired per
+    seed], "segment_returns": {method: describe}, "segment_returns_10": ..., "pfm_ahead": describe}``."""
+    get = _score("rollout")
+    out: dict[str, Any] = {}
+    for name, runs in cells.items():
+        methods = list(runs[0]["scores"]["rollout"])
+        pfm = [m for m in methods if m.startswith("PFM")]
+        d: dict[str, Any] = {
+            "seeds": len(runs),
+            "scores": {m: describe([r["scores"]["rollout"][m]["score"] for r in runs]) for m in methods},
+            "comparisons": compare(runs, [(m, b) for m in pfm for b in ROLLOUT_BASELINES if b in methods],
+                                   ["score"], get),
+            "pfm_ahead": describe([r["pfm_ahead"] for r in runs]),
+            "pairs": {k: describe([r["pairs"][k] for r in runs]) for k in ("chosen_return", "rejected_return")},
+        }
+        for key in ("segment_returns", "segment_returns_10"):
+            d[key] = {m: describe([r[key][m] for r in runs]) for m in runs[0][key]}
+        out[name] = d
+    return out
+
+
+def rollout_table(summary: dict[str, Any]) -> str:
+    """Normalized return per data set and row of the ``rollout`` protocol (mean ± sample std over seeds), with the
+    paper's numbers."""
+    first = next(iter(summary.values()))
+    methods = list(first["scores"])
+    lines = ["| data set (D4RL-style) | seeds | " + " | ".join(methods) + " | paper: BC / DPO / PFM / MBC |",
+             "|---|---|" + "---|" * len(methods) + "---|"]
+    for name, d in summary.items():
+        paper = PAPER.get(name)
+        lines.append(f"| {name} | {d['seeds']} | " + " | ".join(format_mean_std(d["scores"][m], ".1f")
+                                                             for m in methods)
+                     + " | " + (" / ".join(f"{v:.1f}" for v in paper) if paper else "-") + " |")
+    return "\n".join(lines)
+
+
+def rollout_comparisons_table(summary: dict[str, Any]) -> str:
+    """PFM and PFM x k minus each baseline row, paired per seed: mean difference [95% CI] and seeds ahead."""
+    lines = ["| data set | comparison | Δ normalized return [95% CI] | seeds ahead |", "|---|---|---|---|"]
+    for name, d in summary.items():
+        for row in d["comparisons"]:
+            s = row["score"]
+            lines.append(f"| {name} | {row['method']} − {row['baseline']} | {format_difference(s, '.1f')} | "
+                         f"{s['wins']} of {s['n']} |")
+    return "\n".join(lines)

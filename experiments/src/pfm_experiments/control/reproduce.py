@@ -23,6 +23,7 @@ from . import report
 from .datasets import KINDS, collect, dataset_id, load_episodes, minari_root, write_minari
 from .envs import TASKS
 from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
+from . import rollout_protocol as R
 
 log = logging.getLogger("pfm")
 
@@ -70,6 +71,13 @@ def cells_of(name: str, cfg: Config, digest: str) -> SeedRunner:
                       name="control")
 
 
+def rollout_cells_of(name: str, cfg: "R.RolloutConfig", digest: str) -> SeedRunner:
+    """The runner of data set ``name``'s ``rollout``-protocol cells: ``control/rollout-cells/<name>/<key>/
+    seed-<seed>.json`` in the data directory, keyed like :func:`cells_of` (its own config and the data's digest)."""
+    return SeedRunner(data_dir() / "control" / "rollout-cells" / name.replace("/", "_"), cfg, **R.KEY,
+                      context=digest, name="control rollout")
+
+
 def cell_path(name: str, seed: int, cfg: Config, digest: str) -> Path:
     """Where cell ``(name, seed)`` is cached: ``<path>.json`` holds its record and ``<path>/`` its models."""
     return cells_of(name, cfg, digest).path(seed).with_suffix("")
@@ -87,7 +95,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
               kinds: Optional[Sequence[str]] = None, dataset: Optional[str] = None, seeds: Optional[int] = None,
               quick: bool = False, protocols: Optional[Sequence[str]] = None, start: Optional[str] = None,
               dataset_steps: Optional[int] = None, teacher_lookahead: Optional[int] = None,
-              progress: bool = True) -> dict[str, Any]:
+              rollout_frequency: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Run every cell and write ``control.json``, ``control.md`` and ``control-bars.png`` to ``out_dir``.
 
     Args:
@@ -96,20 +104,35 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
             taken from ``tasks`` (give exactly one).
         seeds: number of seeds (default 5; 1 with ``quick``).
         quick: hopper-medium, small data and models, 2 short episodes per method (for the tests).
-        protocols, start: see :class:`.experiment.Config`.
+        protocols, start: see :class:`.experiment.Config`; ``"rollout"`` among the protocols also runs the
+            ``rollout`` protocol (:mod:`.rollout_protocol`), whose cells are cached on their own and whose results
+            go to ``control-rollout[-quick].json`` and ``.md``. With ``rollout`` alone only it runs, and its result
+            is returned; with others too, theirs is returned with the rollout result under ``"rollout"``.
         dataset_steps: size of the data sets we make (default 100,000 steps; 10,000 with ``quick``).
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
+        rollout_frequency: ``rollout`` protocol: actions of a plan executed before the next one (default 1).
     """
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
     cfg = Config.quick_config() if quick else Config()
+    with_rollout = False
     if protocols is not None:
-        bad = [p for p in protocols if p not in PROTOCOLS]
+        bad = [p for p in protocols if p not in PROTOCOLS + ("rollout",)]
         if bad or not protocols:
-            raise InvalidInputError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {list(protocols)}")
-        cfg = replace(cfg, protocols=tuple(protocols))
+            raise InvalidInputError(f"protocols must be a non-empty subset of {PROTOCOLS + ('rollout',)}, got "
+                                    f"{list(protocols)}")
+        with_rollout = "rollout" in protocols
+        classic = tuple(dict.fromkeys(p for p in protocols if p != "rollout"))
+        if classic:
+            cfg = replace(cfg, protocols=classic)
+    else:
+        classic = PROTOCOLS
+    rcfg = R.RolloutConfig.quick_config() if quick else R.RolloutConfig()
+    if rollout_frequency is not None:
+        rcfg = replace(rcfg, rollout_frequency=rollout_frequency)
+    rcfg.check()
     if start is not None:
         if start not in ("mean", "sample"):
             raise InvalidInputError(f"start must be 'mean' or 'sample', got {start!r}")
@@ -137,6 +160,10 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         sources = {f"{tasks[0]}-{Path(dataset).name if Path(dataset).exists() else dataset}": (tasks[0], dataset)}
     else:
         sources = {f"{t}-{k}": (t, ensure_dataset(t, k, steps, root, progress)) for t in tasks for k in kinds}
+    rollout_result = _reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress) if with_rollout else None
+    if not classic:
+        assert rollout_result is not None
+        return rollout_result
     cells: dict[str, list[dict[str, Any]]] = {}
     episodes_cache: dict[str, tuple[list, str]] = {}
     with tqdm(total=len(sources) * n_seeds, desc="control cells", disable=not progress, unit="cell") as bar:
@@ -158,7 +185,66 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     if strip:
         result["frame_strip"] = f"Frame strip (`{stem}-frames.png`): {strip}."
     write_report(result, out / stem)
+    if rollout_result is not None:
+        result["rollout"] = rollout_result
     return result
+
+
+def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], cfg: "R.RolloutConfig",
+                       n_seeds: int, quick: bool, progress: bool) -> dict[str, Any]:
+    """The ``rollout`` protocol's cells (cached one by one) and ``control-rollout[-quick].json`` / ``.md``."""
+    from tqdm.auto import tqdm
+
+    start_time = time.perf_counter()
+    cells: dict[str, list[dict[str, Any]]] = {}
+    with tqdm(total=len(sources) * n_seeds, desc="control rollout cells", disable=not progress, unit="cell") as bar:
+        for name, (task_name, source) in sources.items():
+            eps = load_episodes(source)
+            runner = rollout_cells_of(name, cfg, _digest(eps))
+
+            def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
+                record = R.run_rollout_cell(task_name, eps, cfg, seed, progress=False)
+                record["torch_threads"] = torch.get_num_threads()
+                return record
+
+            for s in runner.run(range(n_seeds), cell):
+                cells.setdefault(name, []).append(s.record)
+                bar.set_postfix_str(f"{name} seed {s.seed}")
+                bar.update(1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources,
+              "summary": report.rollout_summary(cells), "cells": cells,
+              "seconds": time.perf_counter() - start_time,
+              "compute_seconds": float(sum(r["wall_seconds"] for rs in cells.values() for r in rs))}
+    write_rollout_report(result, out / ("control-rollout-quick" if quick else "control-rollout"))
+    return result
+
+
+def write_rollout_report(result: dict[str, Any], base: Path) -> None:
+    """``<base>.json`` (the result) and ``<base>.md``: the rows' normalized returns, PFM paired against each
+    baseline row, and the segment test."""
+    cfg, summary = config_from_dict(R.RolloutConfig, result["config"]), result["summary"]
+    with atomic_file(base.with_suffix(".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = [f"**Protocol `rollout`** (the released code's PbRL design, its bugs fixed: pi_ref a per-step Gaussian BC "
+          f"policy; pairs from two closed-loop {cfg.pair_horizon}-step pi_ref rollouts from on-policy start states, "
+          f"the first {cfg.horizon} actions kept; acting rolls pi_ref out for {cfg.horizon} steps in a restored "
+          f"copy of the simulator at every step, flows that segment and executes {cfg.rollout_frequency} of its "
+          f"actions), D4RL-style normalized return, {cfg.eval_episodes} episodes of at most "
+          f"{cfg.max_episode_steps} steps per seed, mean ± sample std over seeds:\n\n" + report.rollout_table(summary),
+          "PFM against each baseline row, paired per seed: the mean difference and its 95% Student-t confidence "
+          "interval:\n\n" + report.rollout_comparisons_table(summary),
+          f"**Segment test** on held-out on-policy start states: mean simulated {cfg.pair_horizon}-step return of "
+          f"each method's {cfg.horizon} actions followed by pi_ref (sampled, the same noise for every method) to "
+          f"{cfg.pair_horizon} steps:\n\n" + report.segment_table(summary),
+          f"The same segments' own {cfg.horizon}-step return:\n\n"
+          + report.segment_table(summary, "segment_returns_10")]
+    threads = next(r["torch_threads"] for rs in result["cells"].values() for r in rs)
+    md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {threads} torch "
+              f"threads (this invocation: {result['seconds']:.0f} s).")
+    with atomic_file(base.with_suffix(".md"), "w") as f:
+        f.write("\n\n".join(md) + "\n")
 
 
 def _cell(task_name: str, episodes: list, cfg: Config, runner: SeedRunner, seed: int) -> dict[str, Any]:
