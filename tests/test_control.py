@@ -379,6 +379,11 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert main(args + ["--out", str(tmp_path / "out2")]) == 0
     again = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
     assert again["cells"] == result["cells"]
+    md2 = (tmp_path / "out2" / "control-rollout-quick.md").read_text()
+    (tmp_path / "out2" / "control-rollout-quick.md").unlink()
+    assert main(["reproduce", "control", "--quick", "--protocols", "rollout", "--report-only", "-q", "--out",
+                 str(tmp_path / "out2")]) == 0
+    assert (tmp_path / "out2" / "control-rollout-quick.md").read_text() == md2
     with pytest.raises(InvalidInputError, match="protocols"):
         from pfm_experiments.control.reproduce import reproduce
 

@@ -130,14 +130,23 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
 
 def _control(args: argparse.Namespace) -> int:
     from .control import report
-    from .control.reproduce import report_only, reproduce
+    from .control.reproduce import report_only, report_only_rollout, reproduce
 
     stem = "control-quick" if args.quick else "control"
-    result = report_only(args.out, quick=args.quick) if args.report_only else reproduce(
-        args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
-        protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
-        teacher_lookahead=args.teacher_lookahead, rollout_frequency=args.rollout_frequency,
-        progress=not args.quiet)
+    if args.report_only and args.protocols and "rollout" in args.protocols:
+        rollout_only = report_only_rollout(args.out, quick=args.quick)
+        if set(args.protocols) == {"rollout"}:
+            result = rollout_only
+        else:
+            result = {**report_only(args.out, quick=args.quick), "rollout": rollout_only}
+    elif args.report_only:
+        result = report_only(args.out, quick=args.quick)
+    else:
+        result = reproduce(
+            args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
+            protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
+            teacher_lookahead=args.teacher_lookahead, rollout_frequency=args.rollout_frequency,
+            progress=not args.quiet)
     rollout = result if result.get("protocol") == "rollout" else result.get("rollout")
     if rollout is not result:
         for p in result["config"]["protocols"]:

@@ -297,6 +297,17 @@ def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict
     return result
 
 
+def report_only_rollout(out_dir: str | Path = "results", *, quick: bool = False) -> dict[str, Any]:
+    """Recompute the summary of ``<out_dir>/control-rollout[-quick].json`` from its cells and rewrite it and its
+    ``.md`` (``pfm reproduce control --protocols rollout --report-only``)."""
+    base = Path(out_dir) / ("control-rollout-quick" if quick else "control-rollout")
+    result = read_results(base.with_suffix(".json"), "pfm reproduce control --protocols rollout"
+                          + (" --quick" if quick else ""))
+    result["summary"] = report.rollout_summary(result["cells"])
+    write_rollout_report(result, base)
+    return result
+
+
 def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cache: dict[str, tuple[list, str]],
                  path: Path) -> str:
     """One episode of BC and of PFM on the first medium data set (else the first), cell seed 0, rendered; a line
