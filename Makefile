@@ -1,5 +1,5 @@
 # `make demo`: a virtualenv, the package, and a small end-to-end run that prints a before/after table.
-# `make test`: the whole test suite (what CI runs).
+# `make test`: the whole test suite (what CI runs), with its 25 slowest tests listed.
 # `make test-fast`: the unit tests alone (-m "not slow and not integration"; under a minute), the loop while editing.
 # `make test-slow`: the rest (the tests marked slow or integration: quick reproductions, subprocesses, benchmarks).
 # `make wheel-test`: .ci/wheel-test, the two wheels installed in a fresh virtualenv and run from outside the repository.
@@ -34,7 +34,7 @@ demo: venv
 	$(BIN)/pfm demo
 
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not integration"
