@@ -297,14 +297,12 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     again = run("a", "out2")
     assert again["summary"]["methods"] == s and again["seconds"] < result["seconds"]
 
-    # from another empty data directory: the same numbers; and again with the models cached and the seed rerun
+    # from another empty data directory: the same numbers
     b = run("bb", "out-b")
     assert _numbers(result) == _numbers(b)
-    import shutil
-
-    shutil.rmtree(tmp_path / "bb" / "images" / "runs")
-    assert _numbers(run("bb", "out-c")) == _numbers(result)
-    # best-worst pairs (the released code's): more contrasted than random pairs, on the same reference samples
+    # best-worst pairs (the released code's): more contrasted than random pairs, on the same reference samples; a
+    # seed run on models loaded from the cache, so the reference's samples being equal shows that loaded models
+    # give what freshly trained ones gave
     bw = run("bb", "out-d", "--pairs", "best-worst", stem="mnist-best-worst")
     t = bw["summary"]["methods"]
     assert bw["config"]["pairs"] == "best-worst" and bw["config"]["pairs_k"] == 10
