@@ -12,7 +12,10 @@ and the wall time it measured.
   the first result and the fastest time per output (the minimum is the least disturbed by other processes on a
   shared machine, and leaves out one-off warm-up costs).
 - :func:`nearest` ``(value, candidates)``: the candidate nearest ``value`` on a log scale (ties to the larger):
-  which n of best-of-n costs about as much as a method.
+  which n of best-of-n costs about as much as a method; :func:`nearest_key` the same over a ``{n: value}`` map
+  (the n whose measured time is nearest), and :func:`calls_per_output` the calls a cost record matches by.
+- :func:`bon_name` / :func:`select_name`: the names of the rows that choose among n reference samples, alike in
+  every experiment.
 """
 
 from __future__ import annotations
@@ -113,3 +116,27 @@ def nearest(value: float, candidates: Iterable[float]) -> float:
     if not options or value <= 0 or options[0] <= 0:
         raise ValueError(f"nearest needs a positive value and positive candidates, got {value!r}, {options}")
     return min(options, key=lambda c: (round(abs(math.log(c) - math.log(value)), 9), -c))
+
+
+def nearest_key(value: float, by_key: dict[int, float]) -> int:
+    """The key of ``by_key`` whose value is nearest ``value`` on a log scale (:func:`nearest`); among keys with that
+    value, the largest."""
+    closest = nearest(value, by_key.values())
+    return next(k for k in sorted(by_key, reverse=True) if by_key[k] == closest)
+
+
+def calls_per_output(cost: dict[str, Any]) -> float:
+    """Network calls per output of a :meth:`Cost.as_dict` record, a flow solve counted as one reference call: what
+    a method is matched to best-of-n's n by."""
+    c = Cost.from_dict(cost)
+    return c.model_calls + c.solves
+
+
+def bon_name(n: int, scorer: str) -> str:
+    """The best-of-n row of ``n`` candidates ranked by ``scorer``."""
+    return f"best-of-{n} ({scorer})"
+
+
+def select_name(n: int) -> str:
+    """The PFM-select row of ``n`` candidates."""
+    return f"PFM-select (n = {n})"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Cost, nearest
+from ..cost import Cost, calls_per_output, nearest, nearest_key
 from ..figures import pyplot, save_figure
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
@@ -58,13 +58,6 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "cost_comparisons": cost_comparisons(parts, methods)}
 
 
-def calls(cost: dict[str, Any]) -> float:
-    """Network calls per output with a flow solve counted as one reference call (the matching of
-    :func:`cost_comparisons`)."""
-    c = Cost.from_dict(cost)
-    return c.model_calls + c.solves
-
-
 def cost_comparisons(parts: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
     """PFM and PFM x 2 against best-of-n by the reward model at the n of nearest cost: in calls per output (a
     solve counted as one call; ties to the larger n) and in measured wall time per output (mean over seeds).
@@ -77,9 +70,8 @@ def cost_comparisons(parts: list[dict[str, Any]], methods: dict[str, Any]) -> li
     for name in ("PFM", "PFM x 2"):
         if "cost" not in methods.get(name, {}):
             continue
-        by_calls = int(nearest(calls(methods[name]["cost"]), bon))
-        closest = nearest(methods[name]["seconds_per_output"]["mean"], seconds.values())
-        by_time = next(k for k in sorted(seconds, reverse=True) if seconds[k] == closest)
+        by_calls = int(nearest(calls_per_output(methods[name]["cost"]), bon))
+        by_time = nearest_key(methods[name]["seconds_per_output"]["mean"], seconds)
         for n, how in ((by_calls, "calls"), (by_time, "wall time")):
             rows.append({**compare(parts, [(name, bon[n])], COMPARED, _metric)[0], "matched_by": how})
     return rows

@@ -15,18 +15,10 @@ import torch
 from torch import Tensor
 
 from pfm import best_of_n, pfm_select
-from ..cost import Cost, measure
+from ..cost import Cost, bon_name, measure, select_name
 
 SCORERS = ("reward model", "annotator")
 """Best-of-n's scorers: RLHF's Bradley-Terry reward model, and the annotator (the oracle)."""
-
-
-def bon_name(n: int, scorer: str) -> str:
-    return f"best-of-{n} ({scorer})"
-
-
-def select_name(n: int) -> str:
-    return f"PFM-select (n = {n})"
 
 
 def batched(score: Callable[[Tensor, Tensor], Tensor], chunk: int = 4096) -> Callable[[Tensor, Tensor], Tensor]:

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Cost, nearest
+from ..cost import Cost, bon_name, calls_per_output, nearest, nearest_key
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 from .config import SOURCE_REFERENCE
-from .selection import bon_name
 
 METRIC_NAMES = {"reward": "true reward ↑", "win_rate": "win rate vs ref ↑", "swd": "SW dist. to y+ ↓",
                 "out_of_support": "outside ref support ↓"}
@@ -39,13 +38,6 @@ def comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dic
     return compare(runs, pairs, COMPARED, _metric)
 
 
-def calls(cost: dict[str, Any]) -> float:
-    """Network calls per output with a flow solve counted as one reference call (the cost matching of
-    :func:`cost_comparisons`)."""
-    c = Cost.from_dict(cost)
-    return c.model_calls + c.solves
-
-
 def cost_comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
     """PFM (and its reference-source variant, and iterative PFM) against best-of-n by the reward model at the n of
     nearest cost: by calls per output (a solve counted as one call; ties to the larger n), and, for PFM, by the
@@ -55,13 +47,12 @@ def cost_comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> lis
         return []
     rows = []
     for name in [n for n in methods if n == "PFM" or n == SOURCE_REFERENCE or n.startswith("iterative PFM")]:
-        n = int(nearest(calls(methods[name]["cost"]), bon))
+        n = int(nearest(calls_per_output(methods[name]["cost"]), bon))
         rows.append({**compare(runs, [(name, bon_name(n, "reward model"))], COMPARED, _metric)[0],
                      "matched_by": "calls"})
     if "PFM" in methods and "seconds_per_output" in methods["PFM"]:
         seconds = {n: methods[bon_name(n, "reward model")]["seconds_per_output"]["mean"] for n in bon}
-        closest = nearest(methods["PFM"]["seconds_per_output"]["mean"], seconds.values())
-        n = next(k for k in sorted(seconds, reverse=True) if seconds[k] == closest)
+        n = nearest_key(methods["PFM"]["seconds_per_output"]["mean"], seconds)
         rows.append({**compare(runs, [("PFM", bon_name(n, "reward model"))], COMPARED, _metric)[0],
                      "matched_by": "wall time"})
     return rows

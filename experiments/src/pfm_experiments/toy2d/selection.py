@@ -22,19 +22,11 @@ import torch
 from torch import Tensor
 
 from pfm import best_of_n, pfm_select
-from ..cost import Cost, measure
+from ..cost import Cost, bon_name, measure, select_name
 from .metrics import Evaluator
 from .task import true_reward
 
 SCORERS = ("reward model", "oracle")
-
-
-def bon_name(n: int, scorer: str) -> str:
-    return f"best-of-{n} ({scorer})"
-
-
-def select_name(n: int) -> str:
-    return f"PFM-select (n = {n})"
 
 
 def sampling_cost(sample: Callable[[], Any], n: int, reference_calls: float = 0.0, solves: float = 0.0,
