@@ -214,6 +214,24 @@ def proposer(bc: GaussianPolicy, norm: Normalizer, flow: Optional[PreferenceFlow
     return propose
 
 
+def split_pairs(pairs: PreferenceDataset, heldout: float, seed: int) -> tuple[PreferenceDataset, PreferenceDataset]:
+    """``(train, held)``: a ``heldout`` share of ``pairs`` (at least 2) held out by a permutation seeded by
+    ``seed``."""
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    n_held = max(2, int(round(heldout * len(pairs))))
+    return pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
+
+
+def fit_flow(train: PreferenceDataset, held: PreferenceDataset, cfg: Any, seed: int, progress: bool
+             ) -> tuple[PreferenceFlow, Any]:
+    """PFM's flow on ``train`` (an MLP of ``cfg.flow_depth`` x ``cfg.flow_hidden``, ``cfg.flow_steps`` steps), the
+    held-out pairs' loss for early stopping (``cfg.validate_every``, ``cfg.patience``): ``(flow, history)``. Every
+    protocol of the control experiment fits its flow so."""
+    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    history = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
+                       validate_every=cfg.validate_every, patience=cfg.patience, seed=seed, progress=progress)
+    return flow, history
+
 def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: bool = False,
              save_dir: Optional[Path] = None) -> dict[str, Any]:
     """Every method on one data set and seed; see the module docstring. Returns a JSON-able record; with
@@ -233,15 +251,11 @@ def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: b
     t = time.perf_counter()
     roller = SegmentRoller(name)
     pairs, _, pair_stats = collect_pairs(roller, train_segs, bc, norm, cfg.n_pairs, seed + 1, cfg.teacher_lookahead)
-    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
-    n_held = max(2, int(round(cfg.heldout * len(pairs))))
-    train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
+    train, held = split_pairs(pairs, cfg.heldout, seed)
     times["pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
-                     validate_every=cfg.validate_every, patience=cfg.patience, seed=seed, progress=progress)
+    flow, fhist = fit_flow(train, held, cfg, seed, progress)
     times["PFM fit"] = time.perf_counter() - t
 
     t = time.perf_counter()

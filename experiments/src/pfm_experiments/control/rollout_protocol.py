@@ -47,6 +47,7 @@ from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from .envs import get_state, make_env, normalized_score
+from .experiment import fit_flow, split_pairs
 from .rollout import Act, Rollout, Simulators, rollout
 from .step_policy import StepPolicy, fit_step_policy
 
@@ -330,15 +331,11 @@ def run_rollout_cell(name: str, episodes_data: list, cfg: RolloutConfig, seed: i
     states, start_stats = start_states(sims, ref, cfg.n_pairs, tuple(cfg.start_steps), cfg.start_tries,
                                        cfg.pair_horizon, seed + 1)
     pairs, pair_stats = collect_pairs(sims, ref, states, cfg, seed + 2)
-    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
-    n_held = max(2, int(round(cfg.heldout * len(pairs))))
-    train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
+    train, held = split_pairs(pairs, cfg.heldout, seed)
     times["pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
-                     validate_every=cfg.validate_every, patience=cfg.patience, seed=seed, progress=progress)
+    flow, fhist = fit_flow(train, held, cfg, seed, progress)
     times["PFM fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
