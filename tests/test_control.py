@@ -388,3 +388,8 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
         from pfm_experiments.control.reproduce import reproduce
 
         reproduce(tmp_path / "out3", quick=True, protocols=["mpc"], progress=False)
+    with pytest.raises(InvalidInputError, match="rollout_frequency applies to the 'rollout' protocol only"):
+        reproduce(tmp_path / "out3", quick=True, protocols=["replan"], rollout_frequency=2, progress=False)
+    with pytest.raises(InvalidInputError, match="rollout_frequency applies"):
+        reproduce(tmp_path / "out3", quick=True, rollout_frequency=2, progress=False)
+    assert not (tmp_path / "out3").exists()

@@ -130,6 +130,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     else:
         classic = PROTOCOLS
     rcfg = R.RolloutConfig.quick_config() if quick else R.RolloutConfig()
+    if rollout_frequency is not None and not with_rollout:
+        raise InvalidInputError("rollout_frequency applies to the 'rollout' protocol only: add it to protocols")
     if rollout_frequency is not None:
         rcfg = replace(rcfg, rollout_frequency=rollout_frequency)
     rcfg.check()
