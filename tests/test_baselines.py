@@ -75,12 +75,12 @@ def test_dpo_and_ipo_reach_their_finite_sample_optima():
     d = (ds.chosen - ds.rejected)[:, 0]
     beta = 0.5
     pol = GaussianPolicy(1, learn_std=False)  # log pi/pi_ref = m y - m^2/2, so the margin is h = m d
-    pi, hist = dpo(pol, ds, beta=beta, steps=1500, batch_size=len(ds), lr=2e-2, progress=False)
+    pi, hist = dpo(pol, ds, beta=beta, steps=400, batch_size=len(ds), lr=5e-2, progress=False)
     expect = logistic_mle(d, beta)
     assert abs(expect - A / beta) < 0.25            # and the population optimum is A / beta
     assert abs(pi.mean0.item() - expect) < 0.01 * expect
     assert "acc" in hist.extras
-    pi, _ = ipo(pol, ds, beta=beta, steps=1500, batch_size=len(ds), lr=2e-2, progress=False)
+    pi, _ = ipo(pol, ds, beta=beta, steps=400, batch_size=len(ds), lr=5e-2, progress=False)
     expect = float(d.sum() / (2 * beta * (d * d).sum()))  # least squares of m d on 1 / (2 beta)
     assert abs(pi.mean0.item() - expect) < 0.01 * expect
     assert implicit_accuracy(pi, pol, ds) == pytest.approx(float((d > 0).float().mean()))

@@ -7,7 +7,7 @@ from pfm import demo as gaussian
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_gaussian_flow_reaches_preferred_and_iterating_improves(conditional):
-    r = gaussian.run(n_pairs=3000, steps=800, n_test=1500, conditional=conditional, iterations=3, seed=0)
+    r = gaussian.run(n_pairs=3000, steps=400, n_test=1500, conditional=conditional, iterations=3, seed=0)
     d = r["distance"]
     # fresh reference samples end up within 10% of the preferred set's distance, or closer
     assert d["PFM"] <= 1.10 * d["preferred (y+)"]

