@@ -315,7 +315,7 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     assert (tmp_path / "out-d" / "mnist-best-worst-grids.png").exists()
 
     # the UNet field: its own files and cache key, the same models
-    unet = run("a", "out", "--field", "unet", "--flow-steps", "60", stem="mnist-unet")
-    assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 60
+    unet = run("a", "out", "--field", "unet", "--flow-steps", "10", stem="mnist-unet")
+    assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 10
     assert _untimed(unet["summary"]["methods"]["reference"]) == _untimed(s["reference"])
     assert (tmp_path / "out" / "mnist-unet-grids.png").exists()

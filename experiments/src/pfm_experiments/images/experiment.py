@@ -44,7 +44,7 @@ log = logging.getLogger("pfm")
 SCHEMA = 2
 """2: each seed also has the best-of-n and PFM-select rows and every row its inference cost (issue 27)."""
 KEY = {"omit": ("seeds", "path"), "unset": {"flow_field": "mlp", "flow_batch": 256, "pretrain_seed": 0,
-                                           "pairs": "random", "pairs_k": 10}}
+                                           "pairs": "random", "pairs_k": 10, "timing_repeats": 3}}
 """How :func:`..runner.config_key` keys a run: the seeds and the data's path do not count (the data's bytes do,
 through :meth:`Config.models_key`); options added later leave the key of runs at their default unchanged, so those
 runs stay cached."""
@@ -84,6 +84,9 @@ class Config:
     curve_points: int = 10
     best_of_n: tuple[int, ...] = (2, 4, 16, 64)
     """The n of the best-of-n and PFM-select rows (:mod:`.selection`)."""
+    timing_repeats: int = 3
+    """A row's wall time per output is the fastest of this many runs (:func:`..cost.measure`); 1 in the quick run,
+    whose times only show that each row is timed."""
     schema: int = SCHEMA
     quick: bool = False
 
@@ -91,8 +94,8 @@ class Config:
     def quick_config(cls, dataset: str = "mnist") -> "Config":
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
                    flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
-                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2, best_of_n=(2, 4),
-                   quick=True)
+                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2,
+                   best_of_n=(2, 4), timing_repeats=1, quick=True)
 
     def models_key(self, data: ImageData) -> str:
         """The pre-trained models' cache key (:func:`.pretrain.models_key`): the data's bytes, their training
@@ -249,8 +252,8 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     picked, picked_samples = selection_rows(
         lambda c, n, g: ref.images(ref.sample(c, n, generator=g)),
         {"reward model": batched(rm.score), "annotator": annotator}, flow,
-        lambda x: ev.as_dict(x, eval_labels), eval_labels, cfg.best_of_n, seed)
-    _costs(M, ref, flow, x_ref, eval_labels)
+        lambda x: ev.as_dict(x, eval_labels), eval_labels, cfg.best_of_n, seed, repeats=cfg.timing_repeats)
+    _costs(M, ref, flow, x_ref, eval_labels, cfg.timing_repeats)
     times["best-of-n"] = time.perf_counter() - t
     order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
              "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
@@ -262,14 +265,15 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
             "samples": {m: samples[m].numpy() for m in order}, "labels": eval_labels.numpy()}
 
 
-def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_ref: Tensor, labels: Tensor) -> None:
+def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_ref: Tensor, labels: Tensor,
+           repeats: int = 3) -> None:
     """Each method's inference cost per output (:class:`..cost.Cost`), measured on the test outputs (the fastest of
-    3 runs): a reference sample; PFM adds one solve of the flow (PFM x 2 two); RLHF and DPO sample their
+    ``repeats`` runs): a reference sample; PFM adds one solve of the flow (PFM x 2 two); RLHF and DPO sample their
     fine-tuned copy of the reference, which costs what a reference sample does (the same network, timed once)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        _, sample_s = measure(lambda: _sample_images(ref, labels, g), len(labels))
-        _, solve_s = measure(lambda: flow.transform(x_ref, labels), len(labels))
+        _, sample_s = measure(lambda: _sample_images(ref, labels, g), len(labels), repeats)
+        _, solve_s = measure(lambda: flow.transform(x_ref, labels), len(labels), repeats)
     for name in ("reference", "trivial shift"):
         M[name]["cost"] = Cost(1, 0, 0, sample_s).as_dict()
     for name, solves in (("PFM", 1), ("PFM x 2", 2)):

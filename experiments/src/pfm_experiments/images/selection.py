@@ -34,12 +34,12 @@ def batched(score: Callable[[Tensor, Tensor], Tensor], chunk: int = 4096) -> Cal
 def selection_rows(draw: Callable[[Tensor, int, torch.Generator], Tensor],
                    scorers: dict[str, Callable[[Tensor, Tensor], Tensor]], flow: Any,
                    evaluate: Callable[[Tensor], dict[str, float]], labels: Tensor, ns: tuple[int, ...],
-                   seed: int) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
+                   seed: int, repeats: int = 3) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
     """Best-of-n for every scorer (``{name: score(images (M, ...), labels (M,)) -> (M,)}``) and PFM-select with
     ``flow``, for every n of ``ns``. ``draw(labels (M,), M, generator)`` returns M reference images ``(M, ...)``.
     At one n every method sees the same candidates (drawn from a generator seeded by ``seed`` and n), so their
-    differences are paired. A row's wall time (the fastest of 3 runs) covers drawing its candidates and scoring
-    or solving, not the evaluation. Returns ``(rows, samples)``: ``{name: {"metrics", "n", "cost", ...}}`` and
+    differences are paired. A row's wall time (the fastest of ``repeats`` runs) covers drawing its candidates and
+    scoring or solving, not the evaluation. Returns ``(rows, samples)``: ``{name: {"metrics", "n", "cost", ...}}`` and
     each row's ``(B, ...)`` images."""
     b = len(labels)
     rows: dict[str, dict[str, Any]] = {}
@@ -58,12 +58,12 @@ def selection_rows(draw: Callable[[Tensor, int, torch.Generator], Tensor],
                 s = score(cands.reshape(b * n, *cands.shape[2:]), labels.repeat_interleave(n)).reshape(b, n)
                 return best_of_n(cands, s)[0]
 
-            chosen, seconds = measure(pick, b)
+            chosen, seconds = measure(pick, b, repeats)
             label = bon_name(n, name)
             samples[label] = chosen
             rows[label] = {"metrics": evaluate(chosen), "n": n, "scorer": name,
                            "cost": Cost(n, 0, 0, seconds).as_dict()}
-        (chosen, _, distance), seconds = measure(lambda n=n: pfm_select(flow, candidates(n), labels), b)
+        (chosen, _, distance), seconds = measure(lambda n=n: pfm_select(flow, candidates(n), labels), b, repeats)
         label = select_name(n)
         samples[label] = chosen
         rows[label] = {"metrics": evaluate(chosen), "n": n, "mean_distance": float(distance.mean()),
