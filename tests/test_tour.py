@@ -952,30 +952,45 @@ CRASH_POINTS = [("safetensors.torch", "save_file", "before"), ("safetensors.torc
                 ("shutil", "rmtree", "before"), ("os", "replace", "before"), ("os", "replace", "after")]
 
 CRASHER = r"""
-import functools, importlib, os, sys
-import numpy as np, torch
+import functools, importlib, json, os, sys
+import torch
+torch.set_num_threads(1)  # no OpenMP pool in the parent, so that each forked child starts clean
 from pfm import PreferenceFlow
-module, name, when, target, no_exchange = sys.argv[1:6]
-obj = importlib.import_module(module)
-owner, attr = (getattr(obj, name.split('.')[0]), name.split('.')[1]) if '.' in name else (obj, name)
-real = getattr(owner, attr)
-@functools.wraps(real)
-def crash(*a, **k):
-    if when == 'before':
+import pfm._io as io, pfm.flow  # save imports save_file from safetensors.torch at call time
+points, no_exchange = json.loads(sys.argv[1]), sys.argv[2]
+
+
+def child(module, name, when, target):
+    obj = importlib.import_module(module)
+    owner, attr = (getattr(obj, name.split('.')[0]), name.split('.')[1]) if '.' in name else (obj, name)
+    real = getattr(owner, attr)
+
+    @functools.wraps(real)
+    def crash(*a, **k):
+        if when == 'before':
+            os._exit(17)
+        real(*a, **k)
         os._exit(17)
-    out = real(*a, **k)
-    os._exit(17)
-setattr(owner, attr, crash)
-import pfm._io as io
-if no_exchange == '1':
-    io.exchange = lambda a, b: False
-if module == 'safetensors.torch':
-    import pfm.flow  # save imports save_file from safetensors.torch at call time
-flow = PreferenceFlow((2,), hidden=4)
-with torch.no_grad():
-    flow.y_shift.fill_(7.0)
-flow.save(target)
-os._exit(0)
+    setattr(owner, attr, crash)
+    if no_exchange == '1':
+        io.exchange = lambda a, b: False
+    flow = PreferenceFlow((2,), hidden=4)
+    with torch.no_grad():
+        flow.y_shift.fill_(7.0)
+    flow.save(target)
+    os._exit(0)
+
+
+codes = []
+for point in points:  # one interpreter, a fork per crash point: each child patches only itself, then dies
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(*point)
+        finally:
+            os._exit(3)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
 """
 
 
@@ -985,21 +1000,26 @@ os._exit(0)
 def test_a_crash_at_any_point_of_saving_leaves_a_loadable_flow(tmp_path, no_exchange):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     old = PreferenceFlow((2,), hidden=4)
-    for module, name, when in CRASH_POINTS:
-        if no_exchange == "1" and name == "exchange":
-            continue
-        target = tmp_path / f"{module}-{name}-{when}"
+    points = [(m, n, w, str(tmp_path / f"{m}-{n}-{w}")) for m, n, w in CRASH_POINTS
+              if not (no_exchange == "1" and n == "exchange")]
+    for *_, target in points:
         old.save(target)
-        run = subprocess.run([sys.executable, "-c", CRASHER, module, name, when, str(target), no_exchange],
-                             env=env, capture_output=True, text=True, timeout=120)
-        assert run.returncode in (0, 17), run.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-c", CRASHER, json.dumps(points), no_exchange],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    codes = json.loads(run.stdout.strip().splitlines()[-1])
+    # every crash point is reached (and crashes), but os.replace, which an atomic exchange makes unneeded
+    assert [c for (m, *_), c in zip(points, codes) if m != "os"] == [17] * sum(m != "os" for m, *_ in points)
+    assert no_exchange == "0" or codes[-2:] == [17, 17]
+    for (module, name, when, target), code in zip(points, codes):
+        assert code in (0, 17), (module, name, when, code)
         flow = PreferenceFlow.load(target)  # old or new, never missing or half-written
         shift = float(flow.y_shift[0])
         assert shift in (0.0, 7.0), (module, name, when, shift)
-        if run.returncode == 0:
+        if code == 0:
             assert shift == 7.0
         old.save(target)  # and the next save goes through, sweeping what the crash left
-        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{target.name}.")]
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{Path(target).name}.")]
         assert leftovers == [], (module, name, when, leftovers)
 
 

