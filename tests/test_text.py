@@ -2,6 +2,8 @@
 codec through `pfm fit --codec`, the annotator head and the VADER judge."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,10 +354,18 @@ def test_codec_with_a_decoder_saves_and_loads(tiny_bert, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_quick_text_experiment_end_to_end(tmp_path, capsys):
+def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache):
     """`pfm reproduce text --quick`: tiny models on 2,000 sentences; the flow, trained on pi_ref's pairs, raises
     the annotator's mean score of held-out prompts' continuations, in the embedding and in the decoded text.
     (The full run's numbers are in the README.)"""
+    # the session's one download of the corpus and of MiniLM (their fetching is tested above), where the run looks
+    data = Path(os.environ["PFM_DATA_DIR"])
+    (data / "text").mkdir(parents=True)
+    (data / "models").mkdir()
+    load_vader_corpus(shared_cache / "corpus")
+    corpus = "movieReviewSnippets_GroundTruth.txt"
+    (data / "text" / corpus).symlink_to(shared_cache / "corpus" / corpus)
+    (data / "models" / "all-MiniLM-L6-v2").symlink_to(minilm_path(shared_cache / "models"))
     assert main(["reproduce", "text", "--quick", "--out", str(tmp_path), "-q"]) == 0
     result = json.loads((tmp_path / "text-quick.json").read_text())
     m = {name: {k: v["mean"] for k, v in e.items()} for name, e in result["summary"]["methods"].items()}
