@@ -14,7 +14,11 @@ def test_cost_counts_its_calls_and_round_trips_through_json():
     assert Cost.from_dict(c.as_dict()) == c
     assert Cost(policy_calls=1).label() == "1 policy" and Cost(policy_calls=1).model_calls == 1
     assert Cost(1, 5).label() == "1 ref + 5 solves"
-    for bad in ({"reference_calls": -1}, {"solves": math.nan}, {"seconds_per_output": -1.0}):
+    text = Cost(1, 1, decoder_calls=8, seconds_per_output=0.1)  # text's PFM: a sample, a solve, 8 decoded candidates
+    assert text.model_calls == 9 and text.label() == "1 ref + 1 solve + 8 decoder"
+    assert Cost.from_dict(text.as_dict()) == text and "decoder_calls" not in c.as_dict()
+    for bad in ({"reference_calls": -1}, {"solves": math.nan}, {"seconds_per_output": -1.0},
+                {"decoder_calls": -2}):
         with pytest.raises(ValueError):
             Cost(**bad)
 

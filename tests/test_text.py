@@ -368,7 +368,8 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache):
     (data / "models" / "all-MiniLM-L6-v2").symlink_to(minilm_path(shared_cache / "models"))
     assert main(["reproduce", "text", "--quick", "--out", str(tmp_path), "-q"]) == 0
     result = json.loads((tmp_path / "text-quick.json").read_text())
-    m = {name: {k: v["mean"] for k, v in e.items()} for name, e in result["summary"]["methods"].items()}
+    s = result["summary"]["methods"]
+    m = {name: {k: v["mean"] for k, v in e.items() if isinstance(v, dict) and "mean" in v} for name, e in s.items()}
     ref, codec_ref, pfm, pfm5 = m["reference"], m["reference (codec)"], m["PFM"], m["PFM x 5"]
     assert pfm["score_of_vector"] > codec_ref["score_of_vector"] + 0.2  # the flow moves toward positive
     assert pfm5["score_of_vector"] > pfm["score_of_vector"]
@@ -383,5 +384,16 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache):
     assert m["RLHF + PFM x 5"]["score_of_vector"] > m["RLHF (codec)"]["score_of_vector"]
     assert len(result["runs"][0]["examples"]) == 10
     assert all(ex["PFM"].startswith(ex["prompt"]) for ex in result["runs"][0]["examples"])
-    assert "| PFM x 5 |" in (tmp_path / "text-quick.md").read_text()
+    md = (tmp_path / "text-quick.md").read_text()
+    assert "| PFM x 5 |" in md
+    # best-of-n among pi_ref's samples and PFM-select, each row with its cost per output (issue 27)
+    assert m["best-of-4 (annotator)"]["score"] > m["best-of-2 (annotator)"]["score"] > ref["score"]
+    assert s["best-of-4 (reward model)"]["cost"] == {"reference_calls": 4, "solves": 0, "policy_calls": 0}
+    assert s["PFM-select (n = 2)"]["cost"] == {"reference_calls": 2, "solves": 1, "policy_calls": 0}
+    assert s["PFM"]["cost"] == {"reference_calls": 1, "solves": 1, "policy_calls": 0,
+                                "decoder_calls": result["config"]["candidates"]}
+    assert all(e["seconds_per_output"]["mean"] > 0 for e in s.values() if "cost" in e)
+    assert {c["matched_by"] for c in result["summary"]["cost_comparisons"]} == {"calls", "wall time"}
+    assert "Quality against inference cost" in md and "| best-of-4 (reward model) |" in md
+    assert (tmp_path / "text-quick-cost.png").stat().st_size > 10_000
     assert "annotator score" in capsys.readouterr().out

@@ -151,7 +151,8 @@ def test_text_experiment_runs_on_a_users_models(tiny_gpt2, tiny_classifier):
 
     cfg = Config(sentences=300, vocab=300, lm_dim=16, lm_hidden=32, decoder_epochs=1, n_pairs=24, flow_steps=20,
                  flow_hidden=32, eval_prompts=4, reward_steps=10, betas=(0.1,), rlhf_steps=2, rlhf_prompts=4,
-                 validation_prompts=4, candidates=1, iterations=2, seeds=(0,), reference=str(tiny_gpt2),
+                 validation_prompts=4, candidates=1, iterations=2, best_of_n=(2,), seeds=(0,),
+                 reference=str(tiny_gpt2),
                  annotator=str(tiny_classifier), quick=True)
     assert run_key(cfg) != run_key(Config(**{**cfg.__dict__, "annotator": None}))
     models = pretrained(cfg, progress=False)
@@ -161,6 +162,8 @@ def test_text_experiment_runs_on_a_users_models(tiny_gpt2, tiny_classifier):
     for name, m in rec["methods"].items():
         assert np.isfinite(m["score"]) and np.isfinite(m["perplexity"]) and "score_of_vector" not in m, name
     assert all(ex["PFM"].startswith(ex["prompt"]) for ex in rec["examples"])
+    assert {"best-of-2 (annotator)", "best-of-2 (reward model)", "PFM-select (n = 2)"} <= set(rec["methods"])
+    assert rec["costs"]["best-of-2 (annotator)"]["reference_calls"] == 2  # the user's classifier scored them
     assert rec["rlhf"]["beta"] == 0.1
     q = codec_quality(models, cfg, n=8)
     assert -1 <= q["cosine_greedy"] <= 1

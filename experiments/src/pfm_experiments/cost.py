@@ -3,9 +3,11 @@ and the wall time it measured.
 
 - :class:`Cost`: ``reference_calls`` (samples drawn from the reference model per output: 1 for the reference, PFM
   and PFM x k, n for best-of-n and PFM-select), ``solves`` (whole ODE solves of a flow per output), ``policy_calls``
-  (calls of a fine-tuned policy, as RLHF, DPO and IPO make) and ``seconds_per_output`` (measured, or None).
-  :meth:`Cost.as_dict` is its JSON record; :meth:`Cost.model_calls` counts a policy call as one reference call
-  (the same network, fine-tuned), for a cost axis shared by every method.
+  (calls of a fine-tuned policy, as RLHF, DPO and IPO make), ``seconds_per_output`` (measured, or None) and
+  ``decoder_calls`` (samples of a decoder that writes a vector back as an output: text's codec, a language model of
+  pi_ref's size; in the record only when not 0). :meth:`Cost.as_dict` is its JSON record; :meth:`Cost.model_calls`
+  counts a policy call and a decoder call as one reference call each (networks of the reference's size), for a
+  cost axis shared by every method.
 - :class:`Stopwatch` / :func:`timed`: ``with timed(n) as clock: ...`` measures the block's wall time
   (``time.perf_counter``) and gives it per output as ``clock.per_output``.
 - :func:`measure` ``(make, outputs, repeats)``: call ``make()`` ``repeats`` times under :func:`timed` and keep
@@ -37,9 +39,10 @@ class Cost:
     solves: float = 0.0
     policy_calls: float = 0.0
     seconds_per_output: Optional[float] = None
+    decoder_calls: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("reference_calls", "solves", "policy_calls"):
+        for name in ("reference_calls", "solves", "policy_calls", "decoder_calls"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -48,21 +51,26 @@ class Cost:
 
     @property
     def model_calls(self) -> float:
-        """Reference calls plus fine-tuned policy calls: the network calls an output takes."""
-        return float(self.reference_calls + self.policy_calls)
+        """Reference, fine-tuned policy and decoder calls: the network calls an output takes."""
+        return float(self.reference_calls + self.policy_calls + self.decoder_calls)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if not self.decoder_calls:  # the records of the experiments without a decoder stay as they were
+            del record["decoder_calls"]
+        return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "Cost":
-        return cls(**{k: record[k] for k in ("reference_calls", "solves", "policy_calls", "seconds_per_output")
-                      if k in record})
+        return cls(**{k: record[k] for k in ("reference_calls", "solves", "policy_calls", "seconds_per_output",
+                                             "decoder_calls") if k in record})
 
     def label(self) -> str:
-        """``"64 ref"``, ``"1 ref + 1 solve"``, ``"1 policy"``: the counts, for a table cell."""
+        """``"64 ref"``, ``"1 ref + 1 solve"``, ``"1 policy"``, ``"1 ref + 1 solve + 8 decoder"``: the counts, for
+        a table cell."""
         parts = []
-        for value, unit in ((self.reference_calls, "ref"), (self.policy_calls, "policy"), (self.solves, "solve")):
+        for value, unit in ((self.reference_calls, "ref"), (self.policy_calls, "policy"), (self.solves, "solve"),
+                            (self.decoder_calls, "decoder")):
             if value:
                 parts.append(f"{value:g} {unit}" + ("s" if unit == "solve" and value != 1 else ""))
         return " + ".join(parts) or "0"
@@ -140,3 +148,20 @@ def bon_name(n: int, scorer: str) -> str:
 def select_name(n: int) -> str:
     """The PFM-select row of ``n`` candidates."""
     return f"PFM-select (n = {n})"
+
+
+def matched_best_of_n(methods: dict[str, Any], name: str, scorer: str = "reward model",
+                      by_time: bool = True) -> list[tuple[str, str]]:
+    """The best-of-n rows (by ``scorer``) to compare method ``name`` with at equal cost, from a summary's
+    ``methods`` (each with ``cost``, ``seconds_per_output`` and, for best-of-n, ``n`` and ``scorer``): the n nearest
+    in calls per output (:func:`calls_per_output`; ties to the larger n) and, with ``by_time``, the n nearest in
+    mean measured wall time per output. ``[(best-of-n row, "calls" | "wall time"), ...]``; empty when either side
+    has no cost."""
+    bon = {e["n"]: n for n, e in methods.items() if e.get("scorer") == scorer and "n" in e and "cost" in e}
+    if not bon or "cost" not in methods.get(name, {}):
+        return []
+    out = [(bon[int(nearest(calls_per_output(methods[name]["cost"]), bon))], "calls")]
+    if by_time and "seconds_per_output" in methods[name]:
+        seconds = {k: methods[row]["seconds_per_output"]["mean"] for k, row in bon.items()}
+        out.append((bon[nearest_key(methods[name]["seconds_per_output"]["mean"], seconds)], "wall time"))
+    return out

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Cost, calls_per_output, nearest, nearest_key
+from ..cost import Cost, matched_best_of_n
+from ..cost_figure import cost_panel
 from ..figures import pyplot, save_figure
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
@@ -59,22 +60,12 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cost_comparisons(parts: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
-    """PFM and PFM x 2 against best-of-n by the reward model at the n of nearest cost: in calls per output (a
-    solve counted as one call; ties to the larger n) and in measured wall time per output (mean over seeds).
-    Paired per-seed differences, each row with ``matched_by``."""
-    bon = {methods[n]["n"]: n for n in methods if methods[n].get("scorer") == "reward model"}
-    rows: list[dict[str, Any]] = []
-    if not bon:
-        return rows
-    seconds = {k: methods[name]["seconds_per_output"]["mean"] for k, name in bon.items()}
-    for name in ("PFM", "PFM x 2"):
-        if "cost" not in methods.get(name, {}):
-            continue
-        by_calls = int(nearest(calls_per_output(methods[name]["cost"]), bon))
-        by_time = nearest_key(methods[name]["seconds_per_output"]["mean"], seconds)
-        for n, how in ((by_calls, "calls"), (by_time, "wall time")):
-            rows.append({**compare(parts, [(name, bon[n])], COMPARED, _metric)[0], "matched_by": how})
-    return rows
+    """PFM and PFM x 2 against best-of-n by the reward model at the n of nearest cost
+    (:func:`pfm_experiments.cost.matched_best_of_n`): in calls per output (a solve counted as one call; ties to the
+    larger n) and in measured wall time per output (mean over seeds). Paired per-seed differences, each row with
+    ``matched_by``."""
+    return [{**compare(parts, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
+            for name in ("PFM", "PFM x 2") for row, how in matched_best_of_n(methods, name)]
 
 
 def table(summary: dict[str, Any], dataset: str) -> str:
@@ -144,42 +135,17 @@ def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
     """The annotator's probability and the independent judge's accuracy (mean ± sample std over seeds) against
     model calls per output (a policy call counted as one) and against measured wall time per output, log x:
     best-of-n by either scorer and PFM-select as curves over n; PFM, PFM x 2, the trivial shift, RLHF and DPO as
-    points. Nothing is written for runs without costs."""
-    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
-    if not methods:
+    points (:func:`pfm_experiments.cost_figure.cost_panel`). Nothing is written for runs without costs."""
+    methods = summary["methods"]
+    if not any("cost" in e for e in methods.values()):
         return
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     for row, (metric, label) in zip(axes, (("annotator", "annotator prob. (what the pairs' labeller scores)"),
                                            ("judge_accuracy", "independent judge's accuracy"))):
         for ax, timed in zip(row, (False, True)):
-            def xy(names: list[str]) -> tuple[list[float], list[float], list[float]]:
-                x = [1e3 * methods[n]["seconds_per_output"]["mean"] if timed
-                     else Cost.from_dict(methods[n]["cost"]).model_calls for n in names]
-                return (x, [methods[n][metric]["mean"] for n in names],
-                        [methods[n][metric]["std"] or 0.0 for n in names])
-
-            for curve, scorer, color, marker in CURVES:
-                names = sorted((n for n, e in methods.items() if _is_selection(e) and e.get("scorer") == scorer),
-                               key=lambda n: methods[n]["n"])
-                if names:
-                    x, y, err = xy(names)
-                    ax.errorbar(x, y, yerr=err, marker=marker, color=color, label=curve, capsize=2)
-                    for xi, yi, n in zip(x, y, names):
-                        ax.annotate(f"n={methods[n]['n']}", (xi, yi), fontsize=7, color=color, xytext=(3, -10),
-                                    textcoords="offset points")
-            for prefix, marker, color in POINTS:
-                if prefix not in methods:
-                    continue
-                x, y, err = xy([prefix])
-                ax.errorbar(x, y, yerr=err, marker=marker, ms=9, ls="", color=color, capsize=2,
-                            label=f"{prefix} ({Cost.from_dict(methods[prefix]['cost']).label()})",
-                            mfc="none" if prefix == "PFM x 2" else color)
-            ax.set_xscale("log")
+            cost_panel(ax, methods, metric, timed, CURVES, POINTS)
             ax.set_ylabel(label)
-            ax.set_xlabel("measured wall time per output [ms]" if timed
-                          else "reference-model calls per output (a policy call counts as one)")
-            ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -4,7 +4,8 @@ prefers the more positive of two continuations; the flow acts on the MiniLM embe
 conditioned on the prompt's embedding; the codec's decoder writes the moved embedding back as a sentence that starts
 with the prompt. RLHF learns a Bradley-Terry reward model on the same pairs' embeddings and fine-tunes pi_ref
 against it (KL-regularized REINFORCE, beta swept and picked on the held-out pairs' prompts); RLHF + PFM applies the
-same flow to the RLHF model's sentences, as a black box on top of it.
+same flow to the RLHF model's sentences, as a black box on top of it. Best-of-n and PFM-select choose among n of
+pi_ref's own continuations (real sentences, no decoder), beside them at their inference cost.
 
 :func:`pretrained` trains (once, then cached in the data directory) the tokenizer, pi_ref, the decoder and the
 annotator; :func:`run_one` collects the pairs, fits the flow and evaluates every method on held-out prompts.
@@ -37,6 +38,9 @@ from .judge import VaderJudge
 from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
+from .metrics import annotate, codec_quality, distinct_n, perplexity  # noqa: F401 (codec_quality: API)
+from .selection import output_costs, selection_rows
+from ..cost import select_name, timed
 from ..runner import SeedRunner, config_key, digest
 from ..sweeps import best_beta
 
@@ -68,6 +72,7 @@ class Config:
     iterations: int = 5
     project: bool = True  # put moved embeddings back on the unit sphere, where the encoder's live
     candidates: int = 8  # decoded texts per vector; the one nearest the vector (re-encoded) is kept
+    best_of_n: tuple[int, ...] = (2, 4, 16, 64)  # best-of-n and PFM-select among n of pi_ref's continuations
     reward_steps: int = 1000
     betas: tuple[float, ...] = (0.01, 0.1, 1.0)  # swept on the first seed, whose pick the other seeds use
     rlhf_steps: int = 150
@@ -83,7 +88,8 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(sentences=2000, vocab=1500, lm_dim=64, lm_hidden=128, lm_epochs=4, decoder_epochs=4,
                    seeds=(0,), n_pairs=600, flow_steps=600, flow_hidden=256, eval_prompts=60, reward_steps=300,
-                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, quick=True)
+                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, best_of_n=(2, 4),
+                   quick=True)
 
     def models_key(self) -> str:
         """What pi_ref, the tokenizer and the annotator depend on."""
@@ -203,52 +209,12 @@ def prompts_of(corpus: Corpus, words: int, n: Optional[int] = None, seed: int = 
     return [" ".join(t.split()[:words]) for t in ok]
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct n-grams over all n-grams of ``texts`` (words): 1.0 when nothing repeats, low for degenerate text."""
-    grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.split()] for i in range(len(ws) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
-def perplexity(lm: TextLM | HFCausalLM, texts: Sequence[str], prompts: Sequence[str]) -> float:
-    """Perplexity per token of the continuations of ``prompts`` in ``texts`` under ``lm``."""
-    nll, count = lm.nll(texts, prompts=prompts)
-    return float(np.exp(nll.sum() / max(count.sum(), 1)))
-
-
-def annotate(annotator: HeadAnnotator | HFClassifier, texts: Sequence[str], z: Optional[Tensor] = None) -> Tensor:
-    """The annotator's scores ``(N,)`` of ``texts``; from their vectors ``z`` when given and the annotator reads
-    vectors (the same numbers, without encoding the texts again)."""
-    if z is not None and isinstance(annotator, HeadAnnotator):
-        return annotator.score_vectors(z)
-    return annotator.score(texts)
-
-
-def codec_quality(models: Pretrained, cfg: Config, n: int = 200) -> dict[str, float]:
-    """How well the codec writes back what a vector says, on ``n`` held-out sentences: each is encoded, decoded
-    (from its prompt, greedy and with ``cfg.candidates`` candidates) and encoded again. Reports the mean cosine
-    between the two vectors (with, for scale, that of unrelated sentences and of the prompt alone), the
-    correlation of the annotator's scores of the sentence and of its reconstruction, and exact reconstructions."""
-    texts = [t for t in models.test.texts if len(t.split()) >= cfg.prompt_words + 2][:n]
-    prompts = [" ".join(t.split()[:cfg.prompt_words]) for t in texts]
-    z = models.codec.encode(texts)
-    out: dict[str, float] = {"sentences": float(len(texts))}
-    with torch.no_grad():
-        s = annotate(models.annotator, texts, z).numpy()
-        for label, cands in (("greedy", 1), (f"best_of_{cfg.candidates}", cfg.candidates)):
-            back = models.codec.decode(z, prompts, candidates=cands)
-            z2 = models.codec.encode(back, cache=False)
-            out[f"cosine_{label}"] = float((z * z2).sum(-1).mean())
-            out[f"score_correlation_{label}"] = float(np.corrcoef(s, annotate(models.annotator, back, z2).numpy())[0, 1])
-            out[f"exact_{label}"] = float(np.mean([a == b for a, b in zip(back, texts)]))
-        out["cosine_unrelated"] = float((z * z.roll(1, 0)).sum(-1).mean())
-        out["cosine_prompt_only"] = float((z * models.codec.encode(prompts)).sum(-1).mean())
-    return out
-
-
 def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
             betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
-    every method's texts and scores on held-out prompts."""
+    every method's texts and scores on held-out prompts: the alignment methods, and best-of-n (by RLHF's reward
+    model and by the annotator) and PFM-select among n of pi_ref's samples for each n of ``cfg.best_of_n``
+    (:mod:`.selection`); each row's inference cost per output under ``"costs"``."""
     codec, ref, annotator = models.codec, models.reference, models.annotator
     times: dict[str, float] = {}
 
@@ -304,24 +270,48 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
 
     t = time.perf_counter()
     test_prompts = prompts_of(models.test, cfg.prompt_words)[:cfg.eval_prompts]
-    y_ref = ref.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed)
-    y_rlhf = rlhf_policy.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed)
-    z_ref, z_rlhf, c_test = codec.encode(y_ref, cache=False), codec.encode(y_rlhf, cache=False), \
-        codec.encode(test_prompts)
+    k, b = cfg.iterations, len(test_prompts)
+    clock: dict[str, float] = {}  # the wall time of each step of making the test outputs, for their costs
+
+    def step(name: str, make: Any) -> Any:
+        with timed(b) as c:
+            out = make()
+        clock[name] = c.seconds or 0.0
+        return out
 
     def moved(z: Tensor) -> Tensor:
         return torch.nn.functional.normalize(z, dim=-1) if cfg.project else z
 
-    k = cfg.iterations
-    vectors = {"reference (codec)": z_ref, "PFM": moved(flow.transform(z_ref, c_test)),
-               f"PFM x {k}": moved(flow.iterate(z_ref, c_test, iterations=k)), "RLHF (codec)": z_rlhf,
-               "RLHF + PFM": moved(flow.transform(z_rlhf, c_test)),
-               f"RLHF + PFM x {k}": moved(flow.iterate(z_rlhf, c_test, iterations=k))}
-    decoded = {name: codec.decode(v, test_prompts, candidates=cfg.candidates, seed=seed) for name, v in vectors.items()}
+    y_ref = step("reference", lambda: ref.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed))
+    y_rlhf = step("RLHF", lambda: rlhf_policy.generate(test_prompts, temperature=cfg.temperature,
+                                                       seed=10_000 + seed))
+    z_ref = step("encode reference", lambda: codec.encode(y_ref, cache=False))
+    z_rlhf = step("encode RLHF", lambda: codec.encode(y_rlhf, cache=False))
+    c_test = step("encode prompts", lambda: codec.encode(test_prompts))
+    vectors = {"reference (codec)": z_ref, "PFM": step("PFM", lambda: moved(flow.transform(z_ref, c_test))),
+               f"PFM x {k}": step(f"PFM x {k}", lambda: moved(flow.iterate(z_ref, c_test, iterations=k))),
+               "RLHF (codec)": z_rlhf, "RLHF + PFM": step("RLHF + PFM", lambda: moved(flow.transform(z_rlhf, c_test))),
+               f"RLHF + PFM x {k}": step(f"RLHF + PFM x {k}",
+                                         lambda: moved(flow.iterate(z_rlhf, c_test, iterations=k)))}
+    decoded = {name: step(f"decode {name}", lambda v=v: codec.decode(v, test_prompts, candidates=cfg.candidates,
+                                                                     seed=seed)) for name, v in vectors.items()}
     order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", "RLHF", "RLHF (codec)", "RLHF + PFM",
              f"RLHF + PFM x {k}"]
     texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
+    costs = output_costs(clock, b, k, cfg.candidates)
     times["decode"] = time.perf_counter() - t
+
+    # best-of-n (by RLHF's reward model, and by the annotator: the oracle) and PFM-select among pi_ref's samples
+    t = time.perf_counter()
+    scorers = {"reward model": lambda txt, z, c: rm.score(z, c),
+               "annotator": lambda txt, z, c: annotate(annotator, txt, z)}
+    picked_rows, picked_texts = selection_rows(
+        lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
+        lambda txt: codec.encode(txt, cache=False), test_prompts, c_test, scorers, flow, cfg.best_of_n,
+        seed=30_000 + seed)
+    texts.update(picked_texts)
+    costs.update({name: row["cost"] for name, row in picked_rows.items()})
+    times["best-of-n"] = time.perf_counter() - t
 
     t = time.perf_counter()
     judge = VaderJudge()
@@ -335,12 +325,15 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         if name in vectors and isinstance(annotator, HeadAnnotator):
             m["score_of_vector"] = annotator.score_vectors(vectors[name]).mean().item()
         methods[name] = m
+    shown = [name for name in texts if name in order or name.startswith(
+        (f"best-of-{max(cfg.best_of_n)} ", select_name(max(cfg.best_of_n))))]
     times["metrics"] = time.perf_counter() - t
     return {"seed": seed, "methods": methods, "pairs": {"n": len(pairs), "score_gap": gap},
             "flow": {"steps": fhist.steps, "validation": fhist.validation,
                      "zero_field": fhist.extras.get("validation_zero_field")},
-            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep},
-            "examples": [{"prompt": p, **{k_: v[i] for k_, v in texts.items()}} for i, p in
+            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep}, "costs": costs,
+            "selection": {name: {k_: v for k_, v in row.items() if k_ != "cost"} for name, row in picked_rows.items()},
+            "examples": [{"prompt": p, **{name: texts[name][i] for name in shown}} for i, p in
                          enumerate(test_prompts[:10])], "seconds": times}
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pfm.io import atomic_file
+from ..cost import Cost, matched_best_of_n
+from ..cost_figure import cost_panel
+from ..figures import pyplot, save_figure
 from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
 
@@ -26,17 +29,36 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PFM and PFM x k against the reference through the same codec (the fair baseline: what the codec alone
     does), PFM x k against RLHF, and RLHF + PFM (x k) against RLHF through the codec; paired over seeds."""
     names = list(runs[0]["methods"])
-    k = next(n for n in names if n.startswith("PFM x "))
+    k = _iterated(names)
     pairs = [("PFM", "reference (codec)"), (k, "reference (codec)"), (k, "RLHF"), ("RLHF + PFM", "RLHF (codec)"),
              (f"RLHF + {k}", "RLHF (codec)")]
     return compare(runs, [(a, b) for a, b in pairs if a in names and b in names], COMPARED, _metric)
 
 
+def _iterated(names: list[str]) -> str:
+    return next(n for n in names if n.startswith("PFM x "))
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"methods": {method: {metric: describe(...)}}, "rlhf_beta": [per seed], "comparisons": [...]}``."""
-    methods = {name: {metric: describe([r["methods"][name][metric] for r in runs])
-                      for metric in runs[0]["methods"][name]} for name in runs[0]["methods"]}
-    return {"methods": methods, "rlhf_beta": [r["rlhf"]["beta"] for r in runs], "comparisons": comparisons(runs)}
+    """``{"methods": {method: {metric: describe(...), "cost", "seconds_per_output", "n", "scorer"}}, "rlhf_beta":
+    [per seed], "comparisons": [...], "cost_comparisons": [...]}``: every metric over seeds; each row's cost per
+    output (the counts, and the measured wall time described over seeds) and, for best-of-n and PFM-select, its n
+    and scorer; PFM and PFM x k against best-of-n by the reward model at equal cost
+    (:func:`pfm_experiments.cost.matched_best_of_n`). Runs made before best-of-n came to this experiment have no
+    costs; their summary has none either."""
+    methods: dict[str, dict[str, Any]] = {
+        name: {metric: describe([r["methods"][name][metric] for r in runs]) for metric in runs[0]["methods"][name]}
+        for name in runs[0]["methods"]}
+    for name, entry in methods.items():
+        if all(name in r.get("costs", {}) for r in runs):  # the counts are the same in every seed; the time varies
+            entry["cost"] = {k: v for k, v in runs[0]["costs"][name].items() if k != "seconds_per_output"}
+            entry["seconds_per_output"] = describe([r["costs"][name]["seconds_per_output"] for r in runs])
+        entry.update({k: v for k, v in runs[0].get("selection", {}).get(name, {}).items() if k in ("n", "scorer")})
+    k = _iterated(list(methods))
+    matched = [{**compare(runs, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
+               for name in ("PFM", k) for row, how in matched_best_of_n(methods, name)]
+    return {"methods": methods, "rlhf_beta": [r["rlhf"]["beta"] for r in runs], "comparisons": comparisons(runs),
+            "cost_comparisons": matched}
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -44,6 +66,8 @@ def table(summary: dict[str, Any]) -> str:
     head = "| method | " + " | ".join(label for _, label in METRICS) + " |"
     rows = [head, "|---" * (len(METRICS) + 1) + "|"]
     for name, m in summary["methods"].items():
+        if "n" in m:  # best-of-n and PFM-select: in the cost table
+            continue
         cells = [format_mean_std(m[key], SPECS.get(key, ".3f")) if key in m else "" for key, _ in METRICS]
         if name == "RLHF":
             name += f" (beta {', '.join(f'{b:g}' for b in summary['rlhf_beta'])})"
@@ -51,9 +75,72 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+COST_METRICS = (("score", "annotator score"), ("vader", "VADER"), ("vader_win_rate_vs_reference",
+                                                                      "VADER win rate vs reference"),
+                ("perplexity", "perplexity under pi_ref"), ("distinct_2", "distinct-2"))
+
+
+def cost_table(summary: dict[str, Any]) -> str:
+    """Quality against inference cost: every row with a cost (the methods, best-of-n by both scorers, PFM-select),
+    its cost per output and measured ms per output, and PFM against best-of-n at equal cost. Empty for runs
+    without costs."""
+    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
+    if not methods:
+        return ""
+    lines = ["**Quality against inference cost** (mean ± sample std over seeds; cost per output in samples of pi_ref "
+             "(ref), of the fine-tuned policy, of the codec's decoder (a language model of pi_ref's size; each "
+             "decoded candidate is encoded again) and flow solves; the wall time of making all test outputs at once, "
+             "divided by their number. The annotator labelled the pairs, so best-of-n by it is an oracle that no "
+             "pair-trained method gets, and its annotator score is what it maximizes: read VADER, the independent "
+             "judge)", "",
+             "| method | " + " | ".join(label for _, label in COST_METRICS) + " | cost per output | ms per output |",
+             "|---|" + "---|" * (len(COST_METRICS) + 2)]
+    for name, e in methods.items():
+        cells = [format_mean_std(e[m], SPECS.get(m, ".3f")) if m in e else "" for m, _ in COST_METRICS]
+        ms = format_mean_std({k: (None if e["seconds_per_output"][k] is None else 1e3 * e["seconds_per_output"][k])
+                              for k in ("mean", "std")}, ".1f")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {Cost.from_dict(e['cost']).label()} | {ms} |")
+    if summary.get("cost_comparisons"):
+        shown = [{**r, "baseline": f"{r['baseline']}, nearest in {r['matched_by']}"}
+                 for r in summary["cost_comparisons"]]
+        lines += ["", "**PFM against best-of-n at equal cost** (paired per-seed differences, 95% CI; best-of-n by "
+                  "RLHF's reward model at the n nearest in model calls per output, a solve and a decoder sample "
+                  "counted as one call each, or nearest in measured wall time)", "",
+                  comparison_table(shown, COMPARED)]
+    return "\n".join(lines)
+
+
+POINTS = (("reference", "o", "k"), ("reference (codec)", "o", "tab:gray"), ("PFM", "D", "tab:red"),
+          ("PFM x", "X", "tab:red"), ("RLHF", "s", "tab:purple"), ("RLHF + PFM", "P", "tab:pink"))
+CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
+          ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
+          ("PFM-select (n candidates, 1 solve)", None, "tab:orange", "v"))
+
+
+def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
+    """The annotator's score and VADER's (the independent judge) against model calls and against measured wall time
+    per output (:func:`pfm_experiments.cost_figure.cost_panel`). Nothing is written for runs without costs."""
+    methods = summary["methods"]
+    if not any("cost" in e for e in methods.values()):
+        return
+    k = _iterated(list(methods))
+    points = tuple((f"PFM x {k.split()[-1]}" if p == "PFM x" else p, m, c) for p, m, c in POINTS)
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    for row, (metric, label) in zip(axes, (("score", "annotator score (what the pairs' labeller scores)"),
+                                           ("vader", "VADER compound score (the independent judge)"))):
+        for ax, timed in zip(row, (False, True)):
+            cost_panel(ax, methods, metric, timed, CURVES, points)
+            ax.set_ylabel(label)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    save_figure(fig, path, dpi=80)
+
+
 def write_report(result: dict[str, Any], base: Path) -> None:
-    """``<base>.json`` (the result) and ``<base>.md``: the tables, the codec's reconstruction, RLHF's beta sweep and
-    seed 0's examples."""
+    """``<base>.json`` (the result), ``<base>.md`` (the tables, the codec's reconstruction, RLHF's beta sweep and
+    seed 0's examples) and ``<base>-cost.png`` (quality against inference cost, for runs with costs)."""
     runs, cfg, codec_report, summary = result["runs"], result["config"], result["codec"], result["summary"]
     with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -61,7 +148,7 @@ def write_report(result: dict[str, Any], base: Path) -> None:
                                                     ("annotator", cfg.get("annotator"))) if path]
     lines = [f"# Controlled text generation ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
              *([", ".join(users) + " (a user's Hugging Face models)", ""] if users else []),
-             table(summary), "",
+             table(summary), "", *([cost_table(summary), ""] if cost_table(summary) else []),
              "**Paired per-seed differences** (mean of the per-seed differences and its 95% Student-t confidence "
              "interval)", "", comparison_table(summary["comparisons"], COMPARED), "",
              "## The codec", "",
@@ -83,6 +170,8 @@ def write_report(result: dict[str, Any], base: Path) -> None:
         lines.append("")
     with atomic_file(base.with_suffix(".md"), "w") as f:
         f.write("\n".join(lines))
+    cost_figure(summary, base.with_name(base.name + "-cost.png"),
+                f"Text: quality against inference cost ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
 
 
 def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""Quality against inference cost, drawn one way for every experiment: on one axis, best-of-n by each scorer and
+PFM-select as curves over n, the other methods as points, against model calls per output or against measured wall
+time per output (log x).
+
+``methods`` is a summary's ``{name: {metric: {"mean", "std"}, "cost": {...}, "seconds_per_output": {"mean", ...},
+"n" and "scorer" (the rows that choose among n samples)}}``; only the rows with a ``cost`` are drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from .cost import Cost
+
+Curve = tuple[str, Optional[str], str, str]
+"""``(legend label, scorer, color, marker)``: the rows with an ``n`` and that ``scorer`` (None: PFM-select, the
+rows with an ``n`` and no scorer), joined in order of n."""
+Point = tuple[str, str, str]
+"""``(method, marker, color)``: one method's point, found by its name or by its name followed by `` (``."""
+
+
+def _xy(methods: dict[str, Any], names: list[str], metric: str, timed: bool,
+        time_scale: float) -> tuple[list[float], list[float], list[float]]:
+    x = [time_scale * methods[n]["seconds_per_output"]["mean"] if timed
+         else Cost.from_dict(methods[n]["cost"]).model_calls for n in names]
+    return x, [methods[n][metric]["mean"] for n in names], [methods[n][metric]["std"] or 0.0 for n in names]
+
+
+def cost_panel(ax: Any, methods: dict[str, Any], metric: str, timed: bool, curves: Sequence[Curve],
+               points: Sequence[Point], time_scale: float = 1e3, time_unit: str = "ms") -> None:
+    """Draw ``metric`` against cost on the matplotlib axis ``ax``: model calls per output (a policy or decoder call
+    counted as one) or, with ``timed``, the measured wall time per output times ``time_scale`` (in ``time_unit``)."""
+    methods = {n: e for n, e in methods.items() if "cost" in e}
+    for label, scorer, color, marker in curves:
+        names = sorted((n for n, e in methods.items() if "n" in e and e.get("scorer") == scorer),
+                       key=lambda n: methods[n]["n"])
+        if names:
+            x, y, err = _xy(methods, names, metric, timed, time_scale)
+            ax.errorbar(x, y, yerr=err, marker=marker, color=color, label=label, capsize=2)
+            for xi, yi, n in zip(x, y, names):
+                ax.annotate(f"n={methods[n]['n']}", (xi, yi), fontsize=7, color=color, xytext=(3, -10),
+                            textcoords="offset points")
+    for prefix, marker, color in points:
+        name = next((n for n in methods if n == prefix or n.startswith(prefix + " (")), None)
+        if name is None or "n" in methods[name]:
+            continue
+        x, y, err = _xy(methods, [name], metric, timed, time_scale)
+        ax.errorbar(x, y, yerr=err, marker=marker, ms=9, ls="", color=color, capsize=2,
+                    label=f"{name} ({Cost.from_dict(methods[name]['cost']).label()})",
+                    mfc="none" if " x " in name else color)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"measured wall time per output [{time_unit}]" if timed
+                  else "model calls per output (a policy or decoder call counts as one reference call)")
+    ax.grid(True, which="both", alpha=0.3)
