@@ -1,6 +1,6 @@
-"""Quality against inference cost, drawn one way for every experiment: on one axis, best-of-n by each scorer and
-PFM-select as curves over n, the other methods as points, against model calls per output or against measured wall
-time per output (log x).
+"""Quality against inference cost, drawn one way for every experiment: on one axis (:func:`cost_panel`), best-of-n
+by each scorer and PFM-select as curves over n, the other methods as points, against model calls per output or
+against measured wall time per output (log x); :func:`cost_grid` a figure of such panels.
 
 ``methods`` is a summary's ``{name: {metric: {"mean", "std"}, "cost": {...}, "seconds_per_output": {"mean", ...},
 "n" and "scorer" (the rows that choose among n samples)}}``; only the rows with a ``cost`` are drawn.
@@ -8,9 +8,11 @@ time per output (log x).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .cost import Cost
+from .figures import pyplot, save_figure
 
 Curve = tuple[str, Optional[str], str, str]
 """``(legend label, scorer, color, marker)``: the rows with an ``n`` and that ``scorer`` (None: PFM-select, the
@@ -52,3 +54,28 @@ def cost_panel(ax: Any, methods: dict[str, Any], metric: str, timed: bool, curve
     ax.set_xlabel(f"measured wall time per output [{time_unit}]" if timed
                   else "model calls per output (a policy or decoder call counts as one reference call)")
     ax.grid(True, which="both", alpha=0.3)
+
+
+Row = tuple[dict[str, Any], str, str, Optional[str]]
+"""``(methods, metric, y label, panel title or None)``: one row of :func:`cost_grid`."""
+
+
+def cost_grid(rows: Sequence[Row], path: Path, title: str, curves: Sequence[Curve], points: Sequence[Point],
+              time_scale: float = 1e3, time_unit: str = "ms") -> None:
+    """One figure of :func:`cost_panel` panels: a row per ``(methods, metric, y label, title)``, against model
+    calls (left) and measured wall time (right); written atomically to ``path``. Nothing is written when no row
+    has a method with a cost (runs made before costs were measured)."""
+    if not any("cost" in e for methods, *_ in rows for e in methods.values()):
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 4.75 * len(rows) + 0.5), squeeze=False)
+    for ax_row, (methods, metric, ylabel, panel) in zip(axes, rows):
+        for ax, timed in zip(ax_row, (False, True)):
+            cost_panel(ax, methods, metric, timed, curves, points, time_scale, time_unit)
+            ax.set_ylabel(ylabel)
+            if panel:
+                ax.set_title(f"{panel} against " + ("wall time" if timed else "model calls"))
+        ax_row[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    save_figure(fig, path, dpi=80)

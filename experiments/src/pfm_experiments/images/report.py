@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..cost import Cost, matched_best_of_n
-from ..cost_figure import cost_panel
+from ..cost_figure import cost_grid
 from ..figures import pyplot, save_figure
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
@@ -135,21 +135,10 @@ def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
     """The annotator's probability and the independent judge's accuracy (mean ± sample std over seeds) against
     model calls per output (a policy call counted as one) and against measured wall time per output, log x:
     best-of-n by either scorer and PFM-select as curves over n; PFM, PFM x 2, the trivial shift, RLHF and DPO as
-    points (:func:`pfm_experiments.cost_figure.cost_panel`). Nothing is written for runs without costs."""
-    methods = summary["methods"]
-    if not any("cost" in e for e in methods.values()):
-        return
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
-    for row, (metric, label) in zip(axes, (("annotator", "annotator prob. (what the pairs' labeller scores)"),
-                                           ("judge_accuracy", "independent judge's accuracy"))):
-        for ax, timed in zip(row, (False, True)):
-            cost_panel(ax, methods, metric, timed, CURVES, POINTS)
-            ax.set_ylabel(label)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    save_figure(fig, path, dpi=80)
+    points (:func:`pfm_experiments.cost_figure.cost_grid`). Nothing is written for runs without costs."""
+    m = summary["methods"]
+    cost_grid([(m, "annotator", "annotator prob. (what the pairs' labeller scores)", None),
+               (m, "judge_accuracy", "independent judge's accuracy", None)], path, title, CURVES, POINTS)
 
 
 def comparisons_table(summary: dict[str, Any]) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 
 from pfm.io import atomic_file
 from ..cost import Cost, matched_best_of_n
-from ..cost_figure import cost_panel
-from ..figures import pyplot, save_figure
+from ..cost_figure import cost_grid
 from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
 
@@ -119,23 +118,12 @@ CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
 
 def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
     """The annotator's score and VADER's (the independent judge) against model calls and against measured wall time
-    per output (:func:`pfm_experiments.cost_figure.cost_panel`). Nothing is written for runs without costs."""
-    methods = summary["methods"]
-    if not any("cost" in e for e in methods.values()):
-        return
-    k = _iterated(list(methods))
-    points = tuple((f"PFM x {k.split()[-1]}" if p == "PFM x" else p, m, c) for p, m, c in POINTS)
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
-    for row, (metric, label) in zip(axes, (("score", "annotator score (what the pairs' labeller scores)"),
-                                           ("vader", "VADER compound score (the independent judge)"))):
-        for ax, timed in zip(row, (False, True)):
-            cost_panel(ax, methods, metric, timed, CURVES, points)
-            ax.set_ylabel(label)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    save_figure(fig, path, dpi=80)
+    per output (:func:`pfm_experiments.cost_figure.cost_grid`). Nothing is written for runs without costs."""
+    m = summary["methods"]
+    k = _iterated(list(m))
+    points = tuple((k if p == "PFM x" else p, marker, color) for p, marker, color in POINTS)
+    cost_grid([(m, "score", "annotator score (what the pairs' labeller scores)", None),
+               (m, "vader", "VADER compound score (the independent judge)", None)], path, title, CURVES, points)
 
 
 def write_report(result: dict[str, Any], base: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pfm.objective import BOUND
-from ..cost import Cost
+from ..cost_figure import cost_grid
 from ..figures import pyplot, save_figure
 from .config import SOURCE_REFERENCE
 from .task import LIMITS, grid, reference_policy, true_reward
@@ -190,53 +190,16 @@ POINTS = (("reference", "o", "k"), ("PFM", "D", "tab:red"), ("PFM x 2", "X", "ta
           ("iterative PFM", "*", "tab:pink"))
 
 
+CURVES = (("best-of-n (oracle: true reward)", "oracle", "tab:green", "o"),
+          ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
+          ("PFM-select (n candidates, 1 solve)", None, "tab:orange", "v"))
+
+
 def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
     """Per preference model: mean true reward (± sample std over seeds) against reference-model calls per output
     (a fine-tuned policy's call counted as one) and against the measured wall time per output, both log x:
     best-of-n by either scorer and PFM-select as curves over n, PFM, PFM x 2, the reference-source variant, RLHF,
-    DPO and iterative PFM as points (their solves are in the legend)."""
-    plt = pyplot()
-    prefs = list(summary)
-    fig, axes = plt.subplots(len(prefs), 2, figsize=(13, 5.2 * len(prefs)), squeeze=False)
-    for row, pref in zip(axes, prefs):
-        methods = summary[pref]["methods"]
-
-        def xy(names: list[str], timed: bool) -> tuple[list[float], list[float], list[float]]:
-            x = [1e6 * methods[n]["seconds_per_output"]["mean"] if timed
-                 else Cost.from_dict(methods[n]["cost"]).model_calls for n in names]
-            return x, [methods[n]["reward"]["mean"] for n in names], [methods[n]["reward"]["std"] or 0.0
-                                                                      for n in names]
-
-        for ax, timed in zip(row, (False, True)):
-            curves = {"best-of-n (oracle: true reward)": ("oracle", "tab:green", "o"),
-                      "best-of-n (RLHF's reward model)": ("reward model", "tab:blue", "s"),
-                      "PFM-select (n candidates, 1 solve)": ("select", "tab:orange", "v")}
-            for label, (key, color, marker) in curves.items():
-                names = sorted((n for n, e in methods.items() if "n" in e and
-                                (e.get("scorer") == key or (key == "select" and n.startswith("PFM-select")))),
-                               key=lambda n: methods[n]["n"])
-                if not names:
-                    continue
-                x, y, err = xy(names, timed)
-                ax.errorbar(x, y, yerr=err, marker=marker, color=color, label=label, capsize=2)
-                for xi, yi, n in zip(x, y, names):
-                    ax.annotate(f"n={methods[n]['n']}", (xi, yi), fontsize=7, color=color, xytext=(3, -10),
-                                textcoords="offset points")
-            for prefix, marker, color in POINTS:
-                name = next((n for n in methods if n == prefix or n.startswith(prefix + " (")), None)
-                if name is None or "cost" not in methods[name]:
-                    continue
-                x, y, err = xy([name], timed)
-                label = f"{name} ({Cost.from_dict(methods[name]['cost']).label()})"
-                ax.errorbar(x, y, yerr=err, marker=marker, ms=9, ls="", color=color, label=label, capsize=2,
-                            mfc="none" if name == "PFM x 2" else color)
-            ax.set_xscale("log")
-            ax.set_ylabel("mean true reward")
-            ax.set_xlabel("measured wall time per output [µs]" if timed
-                          else "reference-model calls per output (a policy call counts as one)")
-            ax.set_title(f"{pref} preferences: reward against " + ("wall time" if timed else "model calls"))
-            ax.grid(True, which="both", alpha=0.3)
-        row[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    save_figure(fig, path, dpi=80)
+    DPO and iterative PFM as points, their solves in the legend (:func:`pfm_experiments.cost_figure.cost_grid`)."""
+    rows = [(summary[pref]["methods"], "reward", "mean true reward", f"{pref} preferences: reward")
+            for pref in summary]
+    cost_grid(rows, path, title, CURVES, POINTS, time_scale=1e6, time_unit="µs")
