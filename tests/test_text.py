@@ -12,6 +12,7 @@ import torch
 from pfm.cli import main
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
+from pfm_experiments.rows import SOURCE_REFERENCE
 from pfm_experiments.text.annotator import SentimentHead, fit_sentiment_head
 from pfm.text.codec import TextCodec, load_codec
 from pfm_experiments.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
@@ -396,4 +397,10 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache):
     assert {c["matched_by"] for c in result["summary"]["cost_comparisons"]} == {"calls", "wall time"}
     assert "Quality against inference cost" in md and "| best-of-4 (reward model) |" in md
     assert (tmp_path / "text-quick-cost.png").stat().st_size > 10_000
+    # the source="reference" flow (issue 27): its row, its cost, its paired comparisons with the codec's reference
+    # and with PFM (measured, not asserted better: the quick run's flows are tiny)
+    assert np.isfinite(m[SOURCE_REFERENCE]["score_of_vector"]) and s[SOURCE_REFERENCE]["cost"] == s["PFM"]["cost"]
+    assert {(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]} >= {
+        (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM")}
+    assert f"| {SOURCE_REFERENCE} |" in md
     assert "annotator score" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pfm_experiments.cost import Cost
+from pfm_experiments.rows import SOURCE_REFERENCE
 from pfm_experiments.text.selection import draw_candidates, output_costs, selection_rows
 
 WORDS = ["awful", "dull", "fine", "good", "great"]
@@ -71,3 +72,10 @@ def test_output_costs_count_what_each_row_calls_and_add_up_its_steps():
                                                     clock["encode prompts"] + clock["PFM"] + clock["decode PFM"]) / 10)
     assert costs[f"RLHF + PFM x {k}"].solves == k and costs[f"RLHF + PFM x {k}"].policy_calls == 1
     assert costs["reference (codec)"].decoder_calls == cands and costs["reference (codec)"].solves == 0
+    assert SOURCE_REFERENCE not in costs
+    # the source="reference" flow's row costs what PFM's does, on its own solve and decoding
+    clock.update({SOURCE_REFERENCE: 100.0, f"decode {SOURCE_REFERENCE}": 200.0})
+    to_p1 = Cost.from_dict(output_costs(clock, 10, k, cands, reference_source=True)[SOURCE_REFERENCE])
+    assert (to_p1.reference_calls, to_p1.solves, to_p1.decoder_calls, to_p1.policy_calls) == (1, 1, cands, 0)
+    assert to_p1.seconds_per_output == pytest.approx((clock["reference"] + clock["encode reference"] +
+                                                      clock["encode prompts"] + 100.0 + 200.0) / 10)

@@ -17,7 +17,8 @@ and the wall time it measured.
   which n of best-of-n costs about as much as a method; :func:`nearest_key` the same over a ``{n: value}`` map
   (the n whose measured time is nearest), and :func:`calls_per_output` the calls a cost record matches by.
 - :func:`bon_name` / :func:`select_name`: the names of the rows that choose among n reference samples, alike in
-  every experiment.
+  every experiment; :func:`at_largest_n` keeps of a list of rows every other row and those at the largest n only
+  (what sample grids and example tables show).
 """
 
 from __future__ import annotations
@@ -148,6 +149,13 @@ def bon_name(n: int, scorer: str) -> str:
 def select_name(n: int) -> str:
     """The PFM-select row of ``n`` candidates."""
     return f"PFM-select (n = {n})"
+
+
+def at_largest_n(names: list[str], n_max: int) -> list[str]:
+    """``names`` without the best-of-n and PFM-select rows (:func:`bon_name`, :func:`select_name`) of an n other
+    than ``n_max``, in their order."""
+    return [m for m in names if not (m.startswith("best-of-") or m.startswith("PFM-select"))
+            or m.startswith(f"best-of-{n_max} ") or m == select_name(n_max)]
 
 
 def matched_best_of_n(methods: dict[str, Any], name: str, scorer: str = "reward model",

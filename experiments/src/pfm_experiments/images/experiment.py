@@ -30,7 +30,7 @@ from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.ordering import mix_seed
 from pfm.runtime import data_dir
-from ..cost import Cost, measure
+from ..cost import Cost, at_largest_n, measure
 from ..runner import SeedRunner, config_key, read_results
 from ..sweeps import sweep_betas
 from .data import ImageData, load_images
@@ -371,7 +371,7 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     with atomic_file(out / f"{name}-samples.npz", "wb") as f:  # seed 0's samples: score them with your own judge
         np.savez_compressed(f, labels=first["labels"], **{k: v.astype(np.float16)
                                                           for k, v in first["samples"].items()})
-    shown = report.grid_methods(list(first["samples"]), max(cfg.best_of_n))
+    shown = at_largest_n(list(first["samples"]), max(cfg.best_of_n))
     report.grids({m: first["samples"][m] for m in shown}, first["labels"], data.classes, out / f"{name}-grids.png",
                  f"{dataset}: 10 samples per label (rows) of every method, seed {cfg.seeds[0]}")
     summary = report.summarize(parts)

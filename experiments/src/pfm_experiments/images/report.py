@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Cost, matched_best_of_n
+from ..cost import matched_best_of_n
 from ..cost_figure import cost_grid
+from ..cost_table import cost_table
 from ..figures import pyplot, save_figure
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
@@ -90,38 +91,18 @@ SELECTION_METRICS = (("annotator", "annotator prob."), ("judge_accuracy", "judge
 
 
 def selection_table(summary: dict[str, Any]) -> str:
-    """Quality against inference cost: every method with a cost (best-of-n by both scorers, PFM-select, PFM,
-    RLHF, ...), its cost per output in model calls and solves and its measured ms per output, and PFM against
-    best-of-n at equal cost. Empty for runs without costs (before issue 27)."""
-    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
-    if not methods:
-        return ""
-    lines = ["**Quality against inference cost** (mean ± sample std over seeds; cost per output in reference-model "
-             "samples (ref), fine-tuned policy calls and flow solves, and the measured wall time of drawing and "
-             "scoring or solving all test outputs at once, divided by their number; the annotator is the "
-             "labeller of the pairs, so best-of-n by it is an oracle that no pair-trained method gets, and its "
-             "annotator score is what it maximizes: read the judge)\n",
-             "| method | " + " | ".join(label for _, label in SELECTION_METRICS) + " | cost per output | ms per output |",
-             "|---|" + "---|" * (len(SELECTION_METRICS) + 2)]
-    for name, e in methods.items():
-        cells = [format_mean_std(e[m], ".1f" if m == "frechet" else ".3f") for m, _ in SELECTION_METRICS]
-        ms = format_mean_std({k: (None if e["seconds_per_output"][k] is None else 1e3 * e["seconds_per_output"][k])
-                              for k in ("mean", "std")}, ".3g")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {Cost.from_dict(e['cost']).label()} | {ms} |")
-    if summary.get("cost_comparisons"):
-        shown = [{**r, "baseline": f"{r['baseline']}, nearest in {r['matched_by']}"}
-                 for r in summary["cost_comparisons"]]
-        lines += ["", "**PFM against best-of-n at equal cost** (paired per-seed differences, 95% CI; best-of-n by "
-                  "RLHF's reward model at the n nearest in calls per output, a flow solve counted as one call, or "
-                  "nearest in measured wall time)\n", comparison_table(shown, COMPARED, specs={"frechet": ".1f"})]
-    return "\n".join(lines)
-
-
-def grid_methods(names: list[str], n_max: int) -> list[str]:
-    """The methods the sample grids show: every row of the main table, and best-of-n and PFM-select at the
-    largest n only."""
-    return [m for m in names if not (m.startswith("best-of-") or m.startswith("PFM-select"))
-            or m.startswith(f"best-of-{n_max} ") or m == f"PFM-select (n = {n_max})"]
+    """Quality against inference cost (:func:`pfm_experiments.cost_table.cost_table`): every method with a cost
+    (best-of-n by both scorers, PFM-select, PFM, RLHF, ...), its cost per output in model calls and solves and its
+    measured ms per output, and PFM against best-of-n at equal cost. Empty for runs without costs (before issue
+    27)."""
+    return cost_table(
+        summary, SELECTION_METRICS,
+        "mean ± sample std over seeds; cost per output in reference-model samples (ref), fine-tuned policy calls and "
+        "flow solves, and the measured wall time of drawing and scoring or solving all test outputs at once, divided "
+        "by their number; the annotator is the labeller of the pairs, so best-of-n by it is an oracle that no "
+        "pair-trained method gets, and its annotator score is what it maximizes: read the judge",
+        "paired per-seed differences, 95% CI; best-of-n by RLHF's reward model at the n nearest in calls per output, "
+        "a flow solve counted as one call, or nearest in measured wall time", COMPARED, specs={"frechet": ".1f"})
 
 
 POINTS = (("reference", "o", "k"), ("PFM", "D", "tab:red"), ("PFM x 2", "X", "tab:red"),

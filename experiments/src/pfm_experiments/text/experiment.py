@@ -40,7 +40,8 @@ from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
 from .metrics import annotate, codec_quality, distinct_n, perplexity  # noqa: F401 (codec_quality: API)
 from .selection import output_costs, selection_rows
-from ..cost import select_name, timed
+from ..cost import at_largest_n, timed
+from ..rows import SOURCE_REFERENCE
 from ..runner import SeedRunner, config_key, digest
 from ..sweeps import best_beta
 
@@ -73,6 +74,7 @@ class Config:
     project: bool = True  # put moved embeddings back on the unit sphere, where the encoder's live
     candidates: int = 8  # decoded texts per vector; the one nearest the vector (re-encoded) is kept
     best_of_n: tuple[int, ...] = (2, 4, 16, 64)  # best-of-n and PFM-select among n of pi_ref's continuations
+    reference_source: bool = True  # also a flow fit(source="reference"): pi_ref's samples onto y+ (Theorem 1's p1)
     reward_steps: int = 1000
     betas: tuple[float, ...] = (0.01, 0.1, 1.0)  # swept on the first seed, whose pick the other seeds use
     rlhf_steps: int = 150
@@ -240,6 +242,14 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
                      patience=cfg.patience, seed=seed, progress=progress)
     times["PFM fit"] = time.perf_counter() - t
+    to_p1 = None
+    if cfg.reference_source:  # the same pairs, from every y- and y+ (pi_ref's samples) onto y+: Theorem 1's p1
+        t = time.perf_counter()
+        torch.manual_seed(seed)
+        to_p1 = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+        to_p1.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
+                  patience=cfg.patience, seed=seed, source="reference", progress=progress)
+        times[f"{SOURCE_REFERENCE} fit"] = time.perf_counter() - t
 
     # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
     # fine-tuned against it for each beta; the beta whose policy the annotator scores best on held-out pairs'
@@ -293,12 +303,14 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
                "RLHF (codec)": z_rlhf, "RLHF + PFM": step("RLHF + PFM", lambda: moved(flow.transform(z_rlhf, c_test))),
                f"RLHF + PFM x {k}": step(f"RLHF + PFM x {k}",
                                          lambda: moved(flow.iterate(z_rlhf, c_test, iterations=k)))}
+    if to_p1 is not None:
+        vectors[SOURCE_REFERENCE] = step(SOURCE_REFERENCE, lambda: moved(to_p1.transform(z_ref, c_test)))
     decoded = {name: step(f"decode {name}", lambda v=v: codec.decode(v, test_prompts, candidates=cfg.candidates,
                                                                      seed=seed)) for name, v in vectors.items()}
-    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", "RLHF", "RLHF (codec)", "RLHF + PFM",
-             f"RLHF + PFM x {k}"]
+    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", *([SOURCE_REFERENCE] if to_p1 else []), "RLHF",
+             "RLHF (codec)", "RLHF + PFM", f"RLHF + PFM x {k}"]
     texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
-    costs = output_costs(clock, b, k, cfg.candidates)
+    costs = output_costs(clock, b, k, cfg.candidates, reference_source=to_p1 is not None)
     times["decode"] = time.perf_counter() - t
 
     # best-of-n (by RLHF's reward model, and by the annotator: the oracle) and PFM-select among pi_ref's samples
@@ -325,8 +337,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         if name in vectors and isinstance(annotator, HeadAnnotator):
             m["score_of_vector"] = annotator.score_vectors(vectors[name]).mean().item()
         methods[name] = m
-    shown = [name for name in texts if name in order or name.startswith(
-        (f"best-of-{max(cfg.best_of_n)} ", select_name(max(cfg.best_of_n))))]
+    shown = at_largest_n(list(texts), max(cfg.best_of_n))
     times["metrics"] = time.perf_counter() - t
     return {"seed": seed, "methods": methods, "pairs": {"n": len(pairs), "score_gap": gap},
             "flow": {"steps": fhist.steps, "validation": fhist.validation,

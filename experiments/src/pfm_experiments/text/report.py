@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from pfm.io import atomic_file
-from ..cost import Cost, matched_best_of_n
+from ..cost import matched_best_of_n
 from ..cost_figure import cost_grid
+from ..cost_table import cost_table as shared_cost_table
+from ..rows import SOURCE_REFERENCE
 from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
 
@@ -26,11 +28,12 @@ def _metric(record: dict[str, Any], method: str, metric: str) -> Any:
 
 def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PFM and PFM x k against the reference through the same codec (the fair baseline: what the codec alone
-    does), PFM x k against RLHF, and RLHF + PFM (x k) against RLHF through the codec; paired over seeds."""
+    does), PFM x k against RLHF, RLHF + PFM (x k) against RLHF through the codec, and the ``source="reference"``
+    flow against the reference through the codec and against PFM; paired over seeds."""
     names = list(runs[0]["methods"])
     k = _iterated(names)
     pairs = [("PFM", "reference (codec)"), (k, "reference (codec)"), (k, "RLHF"), ("RLHF + PFM", "RLHF (codec)"),
-             (f"RLHF + {k}", "RLHF (codec)")]
+             (f"RLHF + {k}", "RLHF (codec)"), (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM")]
     return compare(runs, [(a, b) for a, b in pairs if a in names and b in names], COMPARED, _metric)
 
 
@@ -42,7 +45,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"methods": {method: {metric: describe(...), "cost", "seconds_per_output", "n", "scorer"}}, "rlhf_beta":
     [per seed], "comparisons": [...], "cost_comparisons": [...]}``: every metric over seeds; each row's cost per
     output (the counts, and the measured wall time described over seeds) and, for best-of-n and PFM-select, its n
-    and scorer; PFM and PFM x k against best-of-n by the reward model at equal cost
+    and scorer; PFM, PFM x k and the ``source="reference"`` flow against best-of-n by the reward model at equal cost
     (:func:`pfm_experiments.cost.matched_best_of_n`). Runs made before best-of-n came to this experiment have no
     costs; their summary has none either."""
     methods: dict[str, dict[str, Any]] = {
@@ -55,7 +58,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry.update({k: v for k, v in runs[0].get("selection", {}).get(name, {}).items() if k in ("n", "scorer")})
     k = _iterated(list(methods))
     matched = [{**compare(runs, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
-               for name in ("PFM", k) for row, how in matched_best_of_n(methods, name)]
+               for name in ("PFM", k, SOURCE_REFERENCE) for row, how in matched_best_of_n(methods, name)]
     return {"methods": methods, "rlhf_beta": [r["rlhf"]["beta"] for r in runs], "comparisons": comparisons(runs),
             "cost_comparisons": matched}
 
@@ -80,37 +83,24 @@ COST_METRICS = (("score", "annotator score"), ("vader", "VADER"), ("vader_win_ra
 
 
 def cost_table(summary: dict[str, Any]) -> str:
-    """Quality against inference cost: every row with a cost (the methods, best-of-n by both scorers, PFM-select),
-    its cost per output and measured ms per output, and PFM against best-of-n at equal cost. Empty for runs
-    without costs."""
-    methods = {n: e for n, e in summary["methods"].items() if "cost" in e}
-    if not methods:
-        return ""
-    lines = ["**Quality against inference cost** (mean ± sample std over seeds; cost per output in samples of pi_ref "
-             "(ref), of the fine-tuned policy, of the codec's decoder (a language model of pi_ref's size; each "
-             "decoded candidate is encoded again) and flow solves; the wall time of making all test outputs at once, "
-             "divided by their number. The annotator labelled the pairs, so best-of-n by it is an oracle that no "
-             "pair-trained method gets, and its annotator score is what it maximizes: read VADER, the independent "
-             "judge)", "",
-             "| method | " + " | ".join(label for _, label in COST_METRICS) + " | cost per output | ms per output |",
-             "|---|" + "---|" * (len(COST_METRICS) + 2)]
-    for name, e in methods.items():
-        cells = [format_mean_std(e[m], SPECS.get(m, ".3f")) if m in e else "" for m, _ in COST_METRICS]
-        ms = format_mean_std({k: (None if e["seconds_per_output"][k] is None else 1e3 * e["seconds_per_output"][k])
-                              for k in ("mean", "std")}, ".1f")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {Cost.from_dict(e['cost']).label()} | {ms} |")
-    if summary.get("cost_comparisons"):
-        shown = [{**r, "baseline": f"{r['baseline']}, nearest in {r['matched_by']}"}
-                 for r in summary["cost_comparisons"]]
-        lines += ["", "**PFM against best-of-n at equal cost** (paired per-seed differences, 95% CI; best-of-n by "
-                  "RLHF's reward model at the n nearest in model calls per output, a solve and a decoder sample "
-                  "counted as one call each, or nearest in measured wall time)", "",
-                  comparison_table(shown, COMPARED)]
-    return "\n".join(lines)
+    """Quality against inference cost (:func:`pfm_experiments.cost_table.cost_table`): every row with a cost (the
+    methods, best-of-n by both scorers, PFM-select), its cost per output and measured ms per output, and PFM against
+    best-of-n at equal cost. Empty for runs without costs."""
+    return shared_cost_table(
+        summary, COST_METRICS,
+        "mean ± sample std over seeds; cost per output in samples of pi_ref (ref), of the fine-tuned policy, of the "
+        "codec's decoder (a language model of pi_ref's size; each decoded candidate is encoded again) and flow "
+        "solves; the wall time of making all test outputs at once, divided by their number. The annotator labelled "
+        "the pairs, so best-of-n by it is an oracle that no pair-trained method gets, and its annotator score is "
+        "what it maximizes: read VADER, the independent judge",
+        "paired per-seed differences, 95% CI; best-of-n by RLHF's reward model at the n nearest in model calls per "
+        "output, a solve and a decoder sample counted as one call each, or nearest in measured wall time",
+        COMPARED, specs=SPECS, ms_spec=".1f")
 
 
 POINTS = (("reference", "o", "k"), ("reference (codec)", "o", "tab:gray"), ("PFM", "D", "tab:red"),
-          ("PFM x", "X", "tab:red"), ("RLHF", "s", "tab:purple"), ("RLHF + PFM", "P", "tab:pink"))
+          ("PFM x", "X", "tab:red"), (SOURCE_REFERENCE, "v", "tab:olive"), ("RLHF", "s", "tab:purple"),
+          ("RLHF + PFM", "P", "tab:pink"))
 CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
           ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
           ("PFM-select (n candidates, 1 solve)", None, "tab:orange", "v"))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..rows import SOURCE_REFERENCE  # noqa: F401 (the row of the library's fit(source="reference") variant)
 from .task import PREFERENCES
-
-SOURCE_REFERENCE = "PFM, source = reference"  # the row of the library's fit(source="reference") variant
 
 RENAMED = {"pfm_iterations": "iterations"}
 """Config fields renamed since results were written: old name -> new (for :func:`..runner.config_from_dict`)."""

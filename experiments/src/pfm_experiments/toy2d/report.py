@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Cost, bon_name, calls_per_output, nearest, nearest_key
+from ..cost import Cost, matched_best_of_n
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 from .config import SOURCE_REFERENCE
 
@@ -40,22 +40,13 @@ def comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dic
 
 def cost_comparisons(runs: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
     """PFM (and its reference-source variant, and iterative PFM) against best-of-n by the reward model at the n of
-    nearest cost: by calls per output (a solve counted as one call; ties to the larger n), and, for PFM, by the
-    measured wall time per output. Paired per-seed differences, each row with ``matched_by``."""
-    bon = {methods[n]["n"]: n for n in methods if n.endswith("(reward model)") and "n" in methods[n]}
-    if not bon:
-        return []
-    rows = []
-    for name in [n for n in methods if n == "PFM" or n == SOURCE_REFERENCE or n.startswith("iterative PFM")]:
-        n = int(nearest(calls_per_output(methods[name]["cost"]), bon))
-        rows.append({**compare(runs, [(name, bon_name(n, "reward model"))], COMPARED, _metric)[0],
-                     "matched_by": "calls"})
-    if "PFM" in methods and "seconds_per_output" in methods["PFM"]:
-        seconds = {n: methods[bon_name(n, "reward model")]["seconds_per_output"]["mean"] for n in bon}
-        n = nearest_key(methods["PFM"]["seconds_per_output"]["mean"], seconds)
-        rows.append({**compare(runs, [("PFM", bon_name(n, "reward model"))], COMPARED, _metric)[0],
-                     "matched_by": "wall time"})
-    return rows
+    nearest cost (:func:`pfm_experiments.cost.matched_best_of_n`): by calls per output (a solve counted as one call;
+    ties to the larger n), and, for PFM, by the measured wall time per output. Paired per-seed differences, each row
+    with ``matched_by``; the rows matched by calls first."""
+    names = [n for n in methods if n == "PFM" or n == SOURCE_REFERENCE or n.startswith("iterative PFM")]
+    matched = [(name, row, how) for name in names for row, how in matched_best_of_n(methods, name, by_time=False)]
+    matched += [("PFM", row, how) for row, how in matched_best_of_n(methods, "PFM") if how == "wall time"]
+    return [{**compare(runs, [(name, row)], COMPARED, _metric)[0], "matched_by": how} for name, row, how in matched]
 
 
 def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
