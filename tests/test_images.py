@@ -13,6 +13,7 @@ from pfm import InvalidInputError
 from pfm.baselines import dpo
 from pfm.errors import MissingFileError
 from pfm_experiments.images.data import load_images, read_idx, read_idx_split
+from pfm_experiments.images.dial import dial_curves, floor as dial_floor
 from pfm_experiments.images.metrics import frechet_distance, mean_pairwise_distance
 from pfm_experiments.images.models import ConditionalVAE, LatentImagePolicy
 
@@ -298,7 +299,23 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
         assert set(z.files) == set(methods) | set(picked) | {"labels"}
         assert all(z[m].shape == (len(z["labels"]), 1, 28, 28) for m in methods)
     assert "Quality against inference cost" in (tmp_path / "out" / "mnist.md").read_text()
-    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png"):
+    # the strength dial (issue 27): s = 0 leaves the reference's samples as they are (at distance 0 from pi_ref),
+    # s = 1 is PFM and s = 2 is PFM x 2, each scored like the table's rows; every knob gets the divergence axis
+    run0 = result["runs"][0]["methods"]
+    dial = {r["strength"]: r for r in run0["PFM"]["strength"]}
+    assert list(dial) == result["config"]["strengths"] == [0.0, 0.5, 1.0, 2.0]
+    for s_, name in ((0.0, "reference"), (1.0, "PFM"), (2.0, "PFM x 2")):
+        for metric, value in run0[name]["metrics"].items():
+            assert dial[s_][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (s_, metric)
+    assert abs(dial[0.0]["frechet_to_reference"]) < 1e-3 < dial[0.5]["frechet_to_reference"]
+    assert dial[0.5]["frechet_to_reference"] < dial[2.0]["frechet_to_reference"]
+    assert all("frechet_to_reference" in r for r in run0["RLHF"]["sweep"] + run0["DPO"]["sweep"])
+    curves = dial_curves(result["runs"])
+    assert set(curves) == {"PFM, strength s", "RLHF, beta", "DPO, beta", "best-of-n (reward model)"}
+    assert [p["knob"] for p in curves["best-of-n (reward model)"]] == [2, 4]
+    assert dial_floor(result["runs"])["frechet_to_reference"]["mean"] > 0  # two draws of pi_ref differ
+    assert "**How far to align**" in (tmp_path / "out" / "mnist.md").read_text()
+    for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png", "mnist-dial.png"):
         assert (tmp_path / "out" / name).stat().st_size > 500
     # a second run reuses the cached models and seed
     again = run("a", "out2")

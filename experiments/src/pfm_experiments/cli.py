@@ -102,7 +102,7 @@ def _mnist(args: argparse.Namespace) -> int:
                                   field=args.field, flow_steps=args.flow_steps, pairs=pairs, pairs_k=args.pairs_k,
                                   progress=not args.quiet)
     print(report.table(result["summary"], dataset))
-    print(_wrote(args, stem, f"{stem}.json, .md, -grids.png, -rlhf.png and -samples.npz", result))
+    print(_wrote(args, stem, f"{stem}.json, .md, -grids.png, -rlhf.png, -cost.png, -dial.png and -samples.npz", result))
     return 0
 
 

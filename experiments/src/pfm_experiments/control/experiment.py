@@ -37,7 +37,8 @@ from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.policies import GaussianPolicy
 from ..sweeps import sweep_betas
-from .envs import make_env, normalized_score
+from .envs import normalized_score
+from .episodes import play
 from .segments import SegmentRoller, Segments, make_segments
 
 log = logging.getLogger("pfm")
@@ -144,33 +145,19 @@ Propose = Callable[[np.ndarray], np.ndarray]
 
 def episodes_score(name: str, propose: Propose, protocol: str, episodes: int, seed: int, horizon: int,
                    max_steps: int) -> np.ndarray:
-    """Returns of ``episodes`` episodes run side by side (one batched ``propose(obs (E, obs_dim)) -> (E, H, A)``
-    call per step for the envs that need a new segment)."""
+    """Returns of ``episodes`` episodes run side by side (:func:`.episodes.play`; one batched ``propose(obs (E,
+    obs_dim)) -> (E, H, A)`` call per step for the envs that need a new segment: every step with ``replan``, when
+    the last segment's ``horizon`` actions are taken with ``chunk``)."""
     if protocol not in PROTOCOLS:
         raise InvalidInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    envs = [make_env(name) for _ in range(episodes)]
-    low, high = envs[0].action_space.low, envs[0].action_space.high
-    obs = np.stack([e.reset(seed=seed * 10_000 + i)[0] for i, e in enumerate(envs)])
-    alive = np.ones(episodes, bool)
-    total = np.zeros(episodes)
-    plan = np.zeros((episodes, horizon, low.shape[0]))
-    ptr = np.full(episodes, horizon)
-    for _ in range(max_steps):
-        need = alive & ((ptr >= horizon) | (protocol == "replan"))
-        if need.any():
-            plan[need] = propose(obs[need])
-            ptr[need] = 0
-        for i in np.nonzero(alive)[0]:
-            o, r, terminated, truncated, _ = envs[i].step(np.clip(plan[i, ptr[i]], low, high))
-            obs[i], total[i] = o, total[i] + r
-            ptr[i] += 1
-            if terminated or truncated:
-                alive[i] = False
-        if not alive.any():
-            break
-    for e in envs:
-        e.close()
-    return total
+
+    def replan(envs: list[Any], obs: np.ndarray, alive: np.ndarray, plans: list[Optional[np.ndarray]],
+               ptr: np.ndarray) -> dict[int, np.ndarray]:
+        idx = [i for i in np.nonzero(alive)[0] if plans[i] is None or ptr[i] >= horizon or protocol == "replan"]
+        new = np.asarray(propose(obs[idx]), dtype=np.float64) if idx else []
+        return {i: new[j] for j, i in enumerate(idx)}
+
+    return play(name, episodes, seed, max_steps, replan)
 
 
 def save_models(directory: Path, bc: GaussianPolicy, flow: PreferenceFlow, norm: Normalizer) -> None:

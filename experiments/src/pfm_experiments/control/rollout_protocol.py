@@ -46,7 +46,8 @@ import torch
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
-from .envs import get_state, make_env, normalized_score
+from .envs import get_state, normalized_score
+from .episodes import play
 from .experiment import fit_flow, split_pairs
 from .rollout import Act, Rollout, Simulators, rollout
 from .step_policy import StepPolicy, fit_step_policy
@@ -260,33 +261,17 @@ def act_episodes(name: str, planner: Planner, episodes: int, seed: int, max_step
     """Returns ``(episodes,)`` of episodes run side by side (reset seeds ``seed * 10_000 + i``): every
     ``rollout_frequency`` steps (or when a plan runs out) one ``planner`` call for all live episodes that need a
     new plan, given their current observations and simulator states."""
-    envs = [make_env(name) for _ in range(episodes)]
-    low, high = envs[0].action_space.low, envs[0].action_space.high
-    obs = np.stack([e.reset(seed=seed * 10_000 + i)[0] for i, e in enumerate(envs)])
-    alive = np.ones(episodes, bool)
-    total = np.zeros(episodes)
-    plan: list[Optional[np.ndarray]] = [None] * episodes
-    ptr = np.zeros(episodes, int)
-    for _ in range(max_steps):
-        need = np.array([alive[i] and (plan[i] is None or ptr[i] >= min(len(plan[i]), rollout_frequency))
-                         for i in range(episodes)])
-        if need.any():
-            idx = np.nonzero(need)[0]
-            states = [get_state(envs[i]) for i in idx]
-            new = planner(obs[idx], np.stack([q for q, _ in states]), np.stack([v for _, v in states]))
-            for j, i in enumerate(idx):
-                plan[i], ptr[i] = new[j], 0
-        for i in np.nonzero(alive)[0]:
-            o, r, terminated, truncated, _ = envs[i].step(np.clip(plan[i][ptr[i]], low, high))
-            obs[i], total[i] = o, total[i] + r
-            ptr[i] += 1
-            if terminated or truncated:
-                alive[i] = False
-        if not alive.any():
-            break
-    for e in envs:
-        e.close()
-    return total
+    def replan(envs: list[Any], obs: np.ndarray, alive: np.ndarray, plans: list[Optional[np.ndarray]],
+               ptr: np.ndarray) -> dict[int, np.ndarray]:
+        idx = [i for i in np.nonzero(alive)[0]
+               if plans[i] is None or ptr[i] >= min(len(plans[i]), rollout_frequency)]
+        if not idx:
+            return {}
+        states = [get_state(envs[i]) for i in idx]
+        new = planner(obs[idx], np.stack([q for q, _ in states]), np.stack([v for _, v in states]))
+        return {i: new[j] for j, i in enumerate(idx)}
+
+    return play(name, episodes, seed, max_steps, replan)
 
 
 # ------------------------------------------------------------------------------------------ the segment test

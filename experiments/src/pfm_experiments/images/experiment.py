@@ -34,6 +34,7 @@ from ..cost import Cost, at_largest_n, measure
 from ..runner import SeedRunner, config_key, read_results
 from ..sweeps import sweep_betas
 from .data import ImageData, load_images
+from .dial import dial_figure, dial_table
 from .metrics import ImageEvaluator
 from .models import LatentImagePolicy, RewardEncoder, label_probability
 from .pairs import check_pairing, make_pairs
@@ -84,6 +85,9 @@ class Config:
     curve_points: int = 10
     best_of_n: tuple[int, ...] = (2, 4, 16, 64)
     """The n of the best-of-n and PFM-select rows (:mod:`.selection`)."""
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
+    """The strength dial (issue 27): PFM's one flow applied with ``transform(..., strength=s)`` at each s (1 is PFM,
+    2 is PFM x 2), scored like every method, against its distance from the reference."""
     timing_repeats: int = 3
     """A row's wall time per output is the fastest of this many runs (:func:`..cost.measure`); 1 in the quick run,
     whose times only show that each row is timed."""
@@ -95,7 +99,7 @@ class Config:
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
                    flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
                    validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2,
-                   best_of_n=(2, 4), timing_repeats=1, quick=True)
+                   best_of_n=(2, 4), strengths=(0.0, 0.5, 1.0, 2.0), timing_repeats=1, quick=True)
 
     def models_key(self, data: ImageData) -> str:
         """The pre-trained models' cache key (:func:`.pretrain.models_key`): the data's bytes, their training
@@ -113,7 +117,7 @@ def _sample_images(policy: LatentImagePolicy, labels: Tensor, gen: torch.Generat
 
 
 STAGES = ("pairs", "evaluation samples", "test pairs", "flow", "reward model", "RLHF", "DPO", "policy samples",
-          "best-of-n")
+          "best-of-n", "another reference draw")
 """The stages of one seed's run: each is seeded on its own (:func:`stage`), so none depends on the random state
 another left behind (the reference samples and the test pairs are the same whichever pairs are made). A stage
 added later goes at the end, so that the others keep their seeds."""
@@ -182,6 +186,11 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     x_pfm = flow.transform(x_ref, eval_labels)
     record("PFM", x_pfm)
     record("PFM x 2", flow.transform(x_pfm, eval_labels))
+    M["PFM"]["strength"] = [{"strength": float(s), **ev.as_dict(flow.transform(x_ref, eval_labels, strength=s),
+                                                                eval_labels)} for s in cfg.strengths]
+    # the divergence axis's floor: a second draw of pi_ref's test samples is not at distance 0 from the first
+    x_again = _sample_images(ref, eval_labels, stage(seed, "another reference draw"))
+    M["reference"]["another_draw"] = ev.as_dict(x_again, eval_labels)
     times["PFM"] = time.perf_counter() - t
 
     shift = torch.stack([(train.chosen - train.rejected)[train.context == c].mean(0) for c in range(k)])
@@ -321,7 +330,9 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
               field: str = "mlp", flow_steps: Optional[int] = None, pairs: str = "random",
               pairs_k: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Run every method on every seed; write ``{stem}.json``, ``{stem}.md``, ``{stem}-grids.png``,
-    ``{stem}-rlhf.png`` and ``{stem}-samples.npz`` (every method's samples, one array each, and ``labels``), where
+    ``{stem}-rlhf.png``, ``{stem}-cost.png`` (quality against inference cost), ``{stem}-dial.png`` (the strength
+    dial beside the other knobs, :mod:`.dial`) and ``{stem}-samples.npz`` (every method's samples, one array each,
+    and ``labels``), where
     ``stem`` is :func:`stem` (``mnist``, ``mnist-unet``, ``mnist-best-worst``, ...).
 
     The pre-trained models and each finished seed are cached under ``cache_dir`` (default: the data directory),
@@ -379,6 +390,8 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
                        f"cost per output, mean ± sample std over {len(parts)} seed(s)")
     report.curve_figure(parts, out / f"{name}-rlhf.png", f"{dataset}: RLHF's learned reward against the "
                         "annotator and the independent judge along its training")
+    dial_figure(parts, out / f"{name}-dial.png", f"{dataset} ({pairs} pairs): how far to align, every knob against "
+                f"its distance from pi_ref, mean ± sample std over {len(parts)} seed(s)")
     result = {"config": asdict(cfg), "pretrained": models.info, "summary": summary, "runs": parts,
               "seconds": time.perf_counter() - start, "compute_seconds": float(sum(p["wall_seconds"] for p in parts)),
               "torch_threads": torch.get_num_threads()}
@@ -392,17 +405,19 @@ def stem(dataset: str, field: str = "mlp", pairs: str = "random") -> str:
 
 
 def write_report(result: dict[str, Any], base: Path) -> None:
-    """``<base>.json`` (the result) and ``<base>.md`` (the tables: every method, the paired comparisons, every beta
-    of the sweeps)."""
+    """``<base>.json`` (the result) and ``<base>.md`` (the tables: every method, the paired comparisons, quality
+    against cost, every beta of the sweeps and, for runs with it, the strength dial beside the other knobs)."""
     from . import report
 
     summary, info, cfg = result["summary"], result["pretrained"], result["config"]
     with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
-    md = (report.table(summary, cfg["dataset"]) + "\n\n**Paired per-seed differences** (mean of the per-seed "
-          "differences and its 95% Student-t confidence interval; the baseline is the one with the best mean "
-          "annotator probability)\n\n" + report.comparisons_table(summary) + "\n\n" + report.selection_table(summary) +
-          "\n\n" + report.sweep_table(result["runs"]) +
+    tables = [report.table(summary, cfg["dataset"]),
+              "**Paired per-seed differences** (mean of the per-seed differences and its 95% Student-t confidence "
+              "interval; the baseline is the one with the best mean annotator probability)",
+              report.comparisons_table(summary), report.selection_table(summary), report.sweep_table(result["runs"]),
+              dial_table(result["runs"])]
+    md = ("\n\n".join(t for t in tables if t) +
           f"\n\nPre-trained models: annotator held-out accuracy {info['annotator_heldout_accuracy']:.3f}, "
           f"judge {info['judge_heldout_accuracy']:.3f} ({info['train']} training images, "
           f"{info['test']} held out). Computing the seeds took {result['compute_seconds']:.0f} s with "
