@@ -11,6 +11,10 @@ VENV   ?= .venv
 #   make TORCH='torch' demo
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
+# The tests keep the bytecode of the package and of the rewritten test modules (in __pycache__/, ignored by git)
+# even where PYTHONDONTWRITEBYTECODE is set: without it every run, and every CLI subprocess a test starts,
+# compiles them all again (5 s of the fast tier's collection here, 9.5 s -> 5.0 s on one core).
+PYTEST  = PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 
 .PHONY: venv demo test test-fast test-slow wheel-test docs bench clean
 
@@ -34,13 +38,13 @@ demo: venv
 	$(BIN)/pfm demo
 
 test: venv
-	$(BIN)/python -m pytest --durations=25
+	$(PYTEST) --durations=25
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow and not integration"
+	$(PYTEST) -m "not slow and not integration"
 
 test-slow: venv
-	$(BIN)/python -m pytest -m "slow or integration"
+	$(PYTEST) -m "slow or integration"
 
 wheel-test: venv
 	BUILD_PYTHON='$(abspath $(BIN))/python' PYTHON='$(PYTHON)' TORCH='$(TORCH)' bash .ci/wheel-test
