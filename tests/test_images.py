@@ -16,6 +16,7 @@ from pfm_experiments.images.data import load_images, read_idx, read_idx_split
 from pfm_experiments.images.dial import dial_curves, floor as dial_floor
 from pfm_experiments.images.metrics import frechet_distance, mean_pairwise_distance
 from pfm_experiments.images.models import ConditionalVAE, LatentImagePolicy
+from pfm_experiments.rows import SOURCE_REFERENCE
 
 
 def write_idx(path, array, code=0x08, gz=False):
@@ -276,8 +277,8 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
 
     result = run("a", "out")
     s = result["summary"]["methods"]
-    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
-               "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
+    methods = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", SOURCE_REFERENCE, "trivial shift",
+               "RLHF", "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
     picked = [f"{name} (n = {n})" if name == "PFM-select" else f"best-of-{n} ({name})" for n in (2, 4)
               for name in ("reward model", "annotator", "PFM-select")]
     assert list(s) == methods + picked
@@ -286,6 +287,11 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
             < s["best-of-4 (annotator)"]["annotator"]["mean"])
     assert s["best-of-4 (reward model)"]["cost"] == {"reference_calls": 4, "solves": 0, "policy_calls": 0}
     assert s["PFM x 2"]["cost"]["solves"] == 2 and s["RLHF"]["cost"]["policy_calls"] == 1
+    # the source="reference" flow (issue 27): a row of its own, costed as PFM, paired against PFM and the reference
+    assert s[SOURCE_REFERENCE]["cost"] == s["PFM"]["cost"]
+    assert s[SOURCE_REFERENCE]["annotator"]["mean"] > s["reference"]["annotator"]["mean"]
+    assert {(SOURCE_REFERENCE, "PFM"), (SOURCE_REFERENCE, "reference")} <= {
+        (c["method"], c["baseline"]) for c in result["summary"]["comparisons"]}
     assert s["PFM-select (n = 4)"]["cost"] == {"reference_calls": 4, "solves": 1, "policy_calls": 0}
     assert all(e["seconds_per_output"]["mean"] > 0 for n, e in s.items() if not n.endswith(("(y-)", "(y+)")))
     assert "cost" not in s["rejected (y-)"]  # the pairs' outputs are data, not a method

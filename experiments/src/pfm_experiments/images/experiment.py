@@ -31,6 +31,7 @@ from pfm.flow import PreferenceFlow
 from pfm.ordering import mix_seed
 from pfm.runtime import data_dir
 from ..cost import Cost, at_largest_n, measure
+from ..rows import SOURCE_REFERENCE
 from ..runner import SeedRunner, config_key, read_results
 from ..sweeps import sweep_betas
 from .data import ImageData, load_images
@@ -88,6 +89,10 @@ class Config:
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
     """The strength dial (issue 27): PFM's one flow applied with ``transform(..., strength=s)`` at each s (1 is PFM,
     2 is PFM x 2), scored like every method, against its distance from the reference."""
+    reference_source: bool = True
+    """Also a flow ``fit(source="reference")`` (issue 27): from every pair's y- and y+ (pi_ref's samples) onto y+,
+    so that a fresh reference sample is carried to the preferred marginal p1 (Theorem 1's maximizer); row
+    :data:`pfm_experiments.rows.SOURCE_REFERENCE`."""
     timing_repeats: int = 3
     """A row's wall time per output is the fastest of this many runs (:func:`..cost.measure`); 1 in the quick run,
     whose times only show that each row is timed."""
@@ -117,7 +122,7 @@ def _sample_images(policy: LatentImagePolicy, labels: Tensor, gen: torch.Generat
 
 
 STAGES = ("pairs", "evaluation samples", "test pairs", "flow", "reward model", "RLHF", "DPO", "policy samples",
-          "best-of-n", "another reference draw")
+          "best-of-n", "another reference draw", "reference-source flow")
 """The stages of one seed's run: each is seeded on its own (:func:`stage`), so none depends on the random state
 another left behind (the reference samples and the test pairs are the same whichever pairs are made). A stage
 added later goes at the end, so that the others keep their seeds."""
@@ -174,15 +179,17 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
     t = time.perf_counter()
     stage(seed, "flow")
-    if cfg.flow_field == "mlp":
-        flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    elif cfg.flow_field == "unet":
-        flow = PreferenceFlow.for_dataset(train, field="unet")
-    else:
-        raise InvalidInputError(f"flow_field must be 'mlp' or 'unet', got {cfg.flow_field!r}")
+    flow = _new_flow(cfg, train)
     hist = flow.fit(train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
                     progress=progress)
     times["PFM fit"] = hist.seconds
+    to_p1 = None
+    if cfg.reference_source:  # the same field and training, from pi_ref's samples (y- and y+) onto y+
+        stage(seed, "reference-source flow")
+        to_p1 = _new_flow(cfg, train)
+        times[f"{SOURCE_REFERENCE} fit"] = to_p1.fit(
+            train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
+            source="reference", progress=progress).seconds
     x_pfm = flow.transform(x_ref, eval_labels)
     record("PFM", x_pfm)
     record("PFM x 2", flow.transform(x_pfm, eval_labels))
@@ -191,6 +198,8 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
     # the divergence axis's floor: a second draw of pi_ref's test samples is not at distance 0 from the first
     x_again = _sample_images(ref, eval_labels, stage(seed, "another reference draw"))
     M["reference"]["another_draw"] = ev.as_dict(x_again, eval_labels)
+    if to_p1 is not None:
+        record(SOURCE_REFERENCE, to_p1.transform(x_ref, eval_labels))
     times["PFM"] = time.perf_counter() - t
 
     shift = torch.stack([(train.chosen - train.rejected)[train.context == c].mean(0) for c in range(k)])
@@ -262,9 +271,10 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
         lambda c, n, g: ref.images(ref.sample(c, n, generator=g)),
         {"reward model": batched(rm.score), "annotator": annotator}, flow,
         lambda x: ev.as_dict(x, eval_labels), eval_labels, cfg.best_of_n, seed, repeats=cfg.timing_repeats)
-    _costs(M, ref, flow, x_ref, eval_labels, cfg.timing_repeats)
+    _costs(M, ref, flow, x_ref, eval_labels, cfg.timing_repeats, to_p1)
     times["best-of-n"] = time.perf_counter() - t
-    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2", "trivial shift", "RLHF",
+    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2",
+             *([SOURCE_REFERENCE] if to_p1 is not None else []), "trivial shift", "RLHF",
              "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
     M.update(picked)
     samples.update(picked_samples)
@@ -275,10 +285,11 @@ def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progres
 
 
 def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_ref: Tensor, labels: Tensor,
-           repeats: int = 3) -> None:
+           repeats: int = 3, to_p1: Optional[PreferenceFlow] = None) -> None:
     """Each method's inference cost per output (:class:`..cost.Cost`), measured on the test outputs (the fastest of
-    ``repeats`` runs): a reference sample; PFM adds one solve of the flow (PFM x 2 two); RLHF and DPO sample their
-    fine-tuned copy of the reference, which costs what a reference sample does (the same network, timed once)."""
+    ``repeats`` runs): a reference sample; PFM adds one solve of the flow (PFM x 2 two; ``to_p1``, the
+    reference-source flow, one of its own); RLHF and DPO sample their fine-tuned copy of the reference, which costs
+    what a reference sample does (the same network, timed once)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         _, sample_s = measure(lambda: _sample_images(ref, labels, g), len(labels), repeats)
@@ -289,6 +300,19 @@ def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_re
         M[name]["cost"] = Cost(1, solves, 0, sample_s + solves * solve_s).as_dict()
     for name in ("RLHF", "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"):
         M[name]["cost"] = Cost(0, 0, 1, sample_s).as_dict()
+    if to_p1 is not None:
+        with torch.no_grad():
+            _, p1_s = measure(lambda: to_p1.transform(x_ref, labels), len(labels), repeats)
+        M[SOURCE_REFERENCE]["cost"] = Cost(1, 1, 0, sample_s + p1_s).as_dict()
+
+
+def _new_flow(cfg: Config, train: PreferenceDataset) -> PreferenceFlow:
+    """An untrained flow of ``cfg.flow_field``: the MLP on the flattened image, or the UNet on its shape."""
+    if cfg.flow_field == "mlp":
+        return PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    if cfg.flow_field == "unet":
+        return PreferenceFlow.for_dataset(train, field="unet")
+    raise InvalidInputError(f"flow_field must be 'mlp' or 'unet', got {cfg.flow_field!r}")
 
 
 def _sweep(name: str, betas: tuple[float, ...], train: Callable[[float], nn.Module], ref: nn.Module,

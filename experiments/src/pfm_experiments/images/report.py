@@ -12,6 +12,7 @@ from ..cost import matched_best_of_n
 from ..cost_figure import cost_grid
 from ..cost_table import cost_table
 from ..figures import pyplot, save_figure
+from ..rows import SOURCE_REFERENCE
 from ..stats import best, compare, comparison_table, describe, format_mean_std
 
 PAPER_MNIST = {"reference": 0.8389, "rejected (y-)": 0.3951, "preferred (y+)": 0.9976, "PFM": 0.9841,
@@ -38,8 +39,9 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"methods": {method: {metric: describe(...), "beta": [...], "cost": {...}, "seconds_per_output":
     describe(...)}}, "comparisons": [...], "cost_comparisons": [...]}``: every metric over seeds, and PFM and
     PFM x 2 paired against the reference, against the baseline with the best mean annotator probability and (PFM)
-    against the trivial shift; PFM against best-of-n at equal cost (:func:`cost_comparisons`). Runs made before
-    issue 27 have no cost and no best-of-n rows; their summary has none either."""
+    against the trivial shift; the ``source="reference"`` flow against PFM and the reference; PFM against best-of-n
+    at equal cost (:func:`cost_comparisons`). Runs made before issue 27 have no cost and no best-of-n rows; their
+    summary has none either."""
     methods: dict[str, dict[str, Any]] = {}
     for method in parts[0]["methods"]:
         rows = [p["methods"][method] for p in parts]
@@ -56,17 +58,19 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [("PFM", "reference")] + ([("PFM", baseline), ("PFM x 2", baseline)] if baseline else [])
     if baseline != "trivial shift" and "trivial shift" in methods:  # the cheapest baseline, always beside
         pairs.append(("PFM", "trivial shift"))
+    if SOURCE_REFERENCE in methods:
+        pairs += [(SOURCE_REFERENCE, "PFM"), (SOURCE_REFERENCE, "reference")]
     return {"methods": methods, "comparisons": compare(parts, pairs, COMPARED, _metric),
             "cost_comparisons": cost_comparisons(parts, methods)}
 
 
 def cost_comparisons(parts: list[dict[str, Any]], methods: dict[str, Any]) -> list[dict[str, Any]]:
-    """PFM and PFM x 2 against best-of-n by the reward model at the n of nearest cost
+    """PFM, PFM x 2 and the reference-source flow against best-of-n by the reward model at the n of nearest cost
     (:func:`pfm_experiments.cost.matched_best_of_n`): in calls per output (a solve counted as one call; ties to the
     larger n) and in measured wall time per output (mean over seeds). Paired per-seed differences, each row with
     ``matched_by``."""
     return [{**compare(parts, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
-            for name in ("PFM", "PFM x 2") for row, how in matched_best_of_n(methods, name)]
+            for name in ("PFM", "PFM x 2", SOURCE_REFERENCE) for row, how in matched_best_of_n(methods, name)]
 
 
 def table(summary: dict[str, Any], dataset: str) -> str:
@@ -106,7 +110,8 @@ def selection_table(summary: dict[str, Any]) -> str:
 
 
 POINTS = (("reference", "o", "k"), ("PFM", "D", "tab:red"), ("PFM x 2", "X", "tab:red"),
-          ("trivial shift", "P", "tab:olive"), ("RLHF", "s", "tab:purple"), ("DPO", "^", "tab:brown"))
+          (SOURCE_REFERENCE, "v", "tab:cyan"), ("trivial shift", "P", "tab:olive"), ("RLHF", "s", "tab:purple"),
+          ("DPO", "^", "tab:brown"))
 CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
           ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
           ("PFM-select (n candidates, 1 solve)", None, "tab:orange", "v"))
