@@ -12,7 +12,7 @@ import torch
 from pfm.cli import main
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
-from pfm_experiments.rows import SOURCE_REFERENCE
+from pfm_experiments.rows import SOURCE_REFERENCE, UNCONDITIONAL
 from pfm_experiments.text.annotator import SentimentHead, fit_sentiment_head
 from pfm.text.codec import TextCodec, load_codec
 from pfm_experiments.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
@@ -403,4 +403,35 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache):
     assert {(c["method"], c["baseline"]) for c in result["summary"]["comparisons"]} >= {
         (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM")}
     assert f"| {SOURCE_REFERENCE} |" in md
+    # PFM applied k = 0..5 times (issue 29's figure): the rounds that are rows of the table score as those rows do
+    run0 = result["runs"][0]
+    rounds = run0["rounds"]
+    assert [r["k"] for r in rounds] == list(range(6))
+    for k, name in ((0, "reference (codec)"), (1, "PFM"), (5, "PFM x 5")):
+        assert rounds[k]["score"] == pytest.approx(run0["methods"][name]["score"], abs=1e-6)
+        assert rounds[k]["score_of_vector"] == pytest.approx(run0["methods"][name]["score_of_vector"], abs=1e-4)
+    assert "## PFM applied k times" in md
+    assert (tmp_path / "text-quick-scores.png").stat().st_size > 10_000
     assert "annotator score" in capsys.readouterr().out
+
+    # the released code's pairs (issue 29): the corpus's own sentences, ranked for their own label by the
+    # annotator, split at the median, paired rank by rank; the flow with the prompt and without it (the paper's)
+    assert main(["reproduce", "text", "--quick", "--pairs", "corpus-annotator", "--out", str(tmp_path), "-q"]) == 0
+    corpus = json.loads((tmp_path / "text-corpus-annotator-quick.json").read_text())
+    assert corpus["config"]["pairs"] == "corpus-annotator" and corpus["config"]["unconditional"] is True
+    info = corpus["runs"][0]["pairs"]
+    assert info["by"] == "annotator" and info["n"] == corpus["config"]["n_pairs"] and info["rank_gap"] > 0
+    # within the negative label the more negative sentence is preferred, so the annotator agrees with about half
+    assert 0.3 < info["annotator_agrees"] < 0.8
+    cs = corpus["summary"]["methods"]
+    for name in (UNCONDITIONAL, f"{UNCONDITIONAL} x 5"):
+        assert np.isfinite(cs[name]["score"]["mean"]) and cs[name]["cost"]["solves"] == (1 if name == UNCONDITIONAL
+                                                                                         else 5)
+    assert (UNCONDITIONAL, "reference (codec)") in {(c["method"], c["baseline"])
+                                                    for c in corpus["summary"]["comparisons"]}
+    assert (tmp_path / "text-corpus-annotator-quick.md").read_text().count(f"| {UNCONDITIONAL} |") >= 2
+    # the cached models were reused: only the seed ran
+    assert corpus["models"] == result["models"]
+    # --report-only finds the corpus run's file by its pairs
+    assert main(["reproduce", "text", "--quick", "--pairs", "corpus-annotator", "--report-only",
+                 "--out", str(tmp_path)]) == 0

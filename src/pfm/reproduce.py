@@ -21,7 +21,8 @@ def experiments() -> dict[str, object]:
 
     An experiment is an object with ``help`` (one line), ``add_arguments(parser)`` (adds its options to the
     ``reproduce`` parser, which resolves an option two experiments both add), ``run(args) -> int``, and optionally
-    ``order`` (an int) and ``exclusive`` (options of its own that are an error with any other experiment). One
+    ``order`` (an int) and ``exclusive`` (options of its own that are an error with any experiment whose
+    ``exclusive`` does not list them too). One
     that fails to load is kept as the exception, raised when that experiment is asked for.
     """
     from importlib.metadata import entry_points
@@ -53,10 +54,18 @@ def _reproduce(args: argparse.Namespace) -> int:
                                            f": reinstall them: {INSTALL}")
     if isinstance(experiment, BaseException):
         raise experiment
-    for name, other in found.items():
-        flags = getattr(other, "exclusive", ()) if name != args.task else ()
-        if any(getattr(args, f.lstrip("-").replace("-", "_"), None) is not None for f in flags):
-            raise InvalidInputError(f"{' and '.join(flags)} apply to `pfm reproduce {name}` only")
+    owners: dict[str, list[str]] = {}  # an experiment's own option, and every experiment that has it
+    for name, e in found.items():
+        for flag in getattr(e, "exclusive", ()):
+            owners.setdefault(flag, []).append(name)
+    groups: dict[tuple[str, ...], list[str]] = {}  # the options of the same experiments, named together
+    for flag, names in owners.items():
+        groups.setdefault(tuple(names), []).append(flag)
+    for names, flags in groups.items():
+        if args.task not in names and any(getattr(args, f.lstrip("-").replace("-", "_"), None) is not None
+                                          for f in flags):
+            raise InvalidInputError(f"{' and '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to "
+                                    f"`pfm reproduce {' and '.join(names)}` only")
     return experiment.run(args)
 
 

@@ -40,6 +40,16 @@ def _report_only(r: argparse.ArgumentParser) -> None:  # every experiment's
                    "of the results JSON in --out from its per-seed records, and rewrite it and the .md tables")
 
 
+def _pairs(r: argparse.ArgumentParser) -> None:  # mnist's and text's
+    r.add_argument("--pairs", choices=["random", "best-worst", "samples", "corpus-human", "corpus-annotator"],
+                   default=None,
+                   help="how preference pairs are made. mnist: two reference samples of a label, the better preferred "
+                   "(random, the default), or the best and the worst of --pairs-k (best-worst, as the paper's code); "
+                   "text: two of pi_ref's continuations of a prompt, the one the annotator scores higher preferred "
+                   "(samples, the default), or the corpus's own sentences paired as the paper's code does, ranked "
+                   "by the human ratings (corpus-human) or by the annotator (corpus-annotator)")
+
+
 def _wrote(args: argparse.Namespace, stem: str, files: str, result: dict) -> str:
     """What the run wrote (``files``), or with --report-only what it rewrote."""
     if args.report_only:
@@ -78,9 +88,7 @@ def _mnist_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")
-    r.add_argument("--pairs", choices=["random", "best-worst"], default=None,
-                   help="mnist: how preference pairs are made: two reference samples of a label, the better "
-                   "preferred (random, the default), or the best and the worst of --pairs-k (as the paper's code)")
+    _pairs(r)
     r.add_argument("--pairs-k", type=POSITIVE_INT, default=None, metavar="K",
                    help="mnist: samples a best-worst pair is chosen from (default 10; >= 2)")
 
@@ -92,6 +100,8 @@ def _mnist(args: argparse.Namespace) -> int:
     from .images import experiment, report
 
     pairs = args.pairs or "random"
+    if pairs not in ("random", "best-worst"):
+        raise InvalidInputError(f"--pairs for mnist must be 'random' or 'best-worst', got {pairs!r}")
     if args.pairs_k is not None and pairs != "best-worst":
         raise InvalidInputError("--pairs-k applies to --pairs best-worst only")
     if args.pairs_k is not None and args.pairs_k < 2:
@@ -163,6 +173,7 @@ def _control(args: argparse.Namespace) -> int:
 
 def _text_arguments(r: argparse.ArgumentParser) -> None:
     _report_only(r)
+    _pairs(r)
     r.add_argument("--reference", default=None, metavar="DIR",
                    help="text: a Hugging Face causal LM directory (e.g. a saved GPT-2) as pi_ref, instead of the "
                    "small GRU trained here; RLHF fine-tunes a copy of it")
@@ -174,12 +185,16 @@ def _text_arguments(r: argparse.ArgumentParser) -> None:
 def _text(args: argparse.Namespace) -> int:
     from .text import experiment, report
 
-    stem = "text-quick" if args.quick else "text"
-    result = report.report_only(args.out, quick=args.quick) if args.report_only else experiment.reproduce(
-        args.out, quick=args.quick, seeds=args.seeds, reference=args.reference, annotator=args.annotator,
-        progress=not args.quiet)
+    pairs = args.pairs or "samples"
+    if pairs not in ("samples", "corpus-human", "corpus-annotator"):
+        raise InvalidInputError(f"--pairs for text must be 'samples', 'corpus-human' or 'corpus-annotator', "
+                                f"got {pairs!r}")
+    stem = experiment.stem(pairs, args.quick)
+    result = report.report_only(args.out, quick=args.quick, pairs=pairs) if args.report_only else \
+        experiment.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,
+                             annotator=args.annotator, pairs=pairs, progress=not args.quiet)
     print(report.table(result["summary"]))
-    print(_wrote(args, stem, f"{stem}.json and {stem}.md", result))
+    print(_wrote(args, stem, f"{stem}.json, {stem}.md, {stem}-cost.png and {stem}-scores.png", result))
     return 0
 
 
@@ -189,4 +204,4 @@ MNIST = Experiment("conditional image generation (digits, or --dataset fashion)"
 CONTROL = Experiment("offline RL on MuJoCo locomotion against BC, DPO and Marginal BC", _control_arguments, _control,
                      order=2)
 TEXT = Experiment("controlled generation of movie-review sentences against RLHF on a small language model",
-                  _text_arguments, _text, order=3, exclusive=("--reference", "--annotator"))
+                  _text_arguments, _text, order=3, exclusive=("--reference", "--annotator", "--pairs"))

@@ -68,14 +68,18 @@ def cost_grid(rows: Sequence[Row], path: Path, title: str, curves: Sequence[Curv
     if not any("cost" in e for methods, *_ in rows for e in methods.values()):
         return
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 4.75 * len(rows) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 4.75 * len(rows) + 1.5), squeeze=False)
     for ax_row, (methods, metric, ylabel, panel) in zip(axes, rows):
         for ax, timed in zip(ax_row, (False, True)):
             cost_panel(ax, methods, metric, timed, curves, points, time_scale, time_unit)
             ax.set_ylabel(ylabel)
             if panel:
                 ax.set_title(f"{panel} against " + ("wall time" if timed else "model calls"))
-        ax_row[0].legend(fontsize=7, loc="lower right")
+    # one legend for every panel, below them: inside a panel it hid the points it names
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = 3
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    legend_in = 0.3 * (-(-len(labels) // ncol)) + 0.2  # inches the legend's rows take
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 0.96))
     save_figure(fig, path, dpi=80)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pfm.errors import InvalidInputError
 from pfm.io import atomic_dir
 from pfm.baselines import RewardModel
-from pfm.data import PreferenceDataset
 from pfm.flow import PreferenceFlow
 from pfm.runtime import data_dir
 from .annotator import HeadAnnotator, SentimentHead, evaluate_scores, fit_sentiment_head
@@ -39,9 +39,10 @@ from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
 from .metrics import annotate, codec_quality, distinct_n, perplexity  # noqa: F401 (codec_quality: API)
+from .pairs import PAIRS, make_pairs
 from .selection import output_costs, selection_rows
 from ..cost import at_largest_n, timed
-from ..rows import SOURCE_REFERENCE
+from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
 from ..runner import SeedRunner, config_key, digest
 from ..sweeps import best_beta
 
@@ -75,6 +76,8 @@ class Config:
     candidates: int = 8  # decoded texts per vector; the one nearest the vector (re-encoded) is kept
     best_of_n: tuple[int, ...] = (2, 4, 16, 64)  # best-of-n and PFM-select among n of pi_ref's continuations
     reference_source: bool = True  # also a flow fit(source="reference"): pi_ref's samples onto y+ (Theorem 1's p1)
+    pairs: str = "samples"  # how the pairs are made (.pairs.PAIRS): pi_ref's samples, or the corpus's sentences
+    unconditional: bool = False  # also a flow without the prompt (the released code's), rows "PFM, unconditional"
     reward_steps: int = 1000
     betas: tuple[float, ...] = (0.01, 0.1, 1.0)  # swept on the first seed, whose pick the other seeds use
     rlhf_steps: int = 150
@@ -221,14 +224,13 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     times: dict[str, float] = {}
 
     t = time.perf_counter()
-    prompts = prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
-    a = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 1)
-    b = ref.generate(prompts, temperature=cfg.temperature, seed=2 * seed + 2)
-    za, zb, zc = codec.encode(a, cache=False), codec.encode(b, cache=False), codec.encode(prompts)
-    sa, sb = annotate(annotator, a, za), annotate(annotator, b, zb)
-    prefer_a = (sa >= sb)[:, None]
-    pairs = PreferenceDataset(torch.where(prefer_a, za, zb), torch.where(prefer_a, zb, za), zc)
-    gap = (sa - sb).abs().mean().item()
+    made = make_pairs(cfg.pairs, generate=lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
+                      encode=lambda txt: codec.encode(txt, cache=False),
+                      score=lambda txt, z: annotate(annotator, txt, z),
+                      prompts=prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
+                      if cfg.pairs == "samples" else [],
+                      corpus=models.train, words=cfg.prompt_words, n=cfg.n_pairs, seed=seed)
+    pairs, prompts = made.dataset(), made.prompts
     times["pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -250,6 +252,16 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         to_p1.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
                   patience=cfg.patience, seed=seed, source="reference", progress=progress)
         times[f"{SOURCE_REFERENCE} fit"] = time.perf_counter() - t
+    free = None
+    if cfg.unconditional:  # the released code's flow: the same pairs without their prompts
+        t = time.perf_counter()
+        torch.manual_seed(seed)
+        no_context = made.dataset(conditional=False)
+        free_train, free_held = no_context.subset(perm[n_held:]), no_context.subset(perm[:n_held])
+        free = PreferenceFlow.for_dataset(free_train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+        free.fit(free_train, steps=cfg.flow_steps, batch_size=min(256, len(free_train)), validation=free_held,
+                 patience=cfg.patience, seed=seed, progress=progress)
+        times[f"{UNCONDITIONAL} fit"] = time.perf_counter() - t
 
     # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
     # fine-tuned against it for each beta; the beta whose policy the annotator scores best on held-out pairs'
@@ -305,12 +317,18 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
                                          lambda: moved(flow.iterate(z_rlhf, c_test, iterations=k)))}
     if to_p1 is not None:
         vectors[SOURCE_REFERENCE] = step(SOURCE_REFERENCE, lambda: moved(to_p1.transform(z_ref, c_test)))
+    if free is not None:
+        vectors[UNCONDITIONAL] = step(UNCONDITIONAL, lambda: moved(free.transform(z_ref)))
+        vectors[f"{UNCONDITIONAL} x {k}"] = step(f"{UNCONDITIONAL} x {k}",
+                                                lambda: moved(free.iterate(z_ref, iterations=k)))
     decoded = {name: step(f"decode {name}", lambda v=v: codec.decode(v, test_prompts, candidates=cfg.candidates,
                                                                      seed=seed)) for name, v in vectors.items()}
-    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", *([SOURCE_REFERENCE] if to_p1 else []), "RLHF",
-             "RLHF (codec)", "RLHF + PFM", f"RLHF + PFM x {k}"]
+    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", *([SOURCE_REFERENCE] if to_p1 else []),
+             *([UNCONDITIONAL, f"{UNCONDITIONAL} x {k}"] if free else []), "RLHF", "RLHF (codec)", "RLHF + PFM",
+             f"RLHF + PFM x {k}"]
     texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
-    costs = output_costs(clock, b, k, cfg.candidates, reference_source=to_p1 is not None)
+    costs = output_costs(clock, b, k, cfg.candidates, reference_source=to_p1 is not None,
+                         unconditional=free is not None)
     times["decode"] = time.perf_counter() - t
 
     # best-of-n (by RLHF's reward model, and by the annotator: the oracle) and PFM-select among pi_ref's samples
@@ -339,18 +357,49 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
         methods[name] = m
     shown = at_largest_n(list(texts), max(cfg.best_of_n))
     times["metrics"] = time.perf_counter() - t
-    return {"seed": seed, "methods": methods, "pairs": {"n": len(pairs), "score_gap": gap},
+
+    t = time.perf_counter()
+    rounds = _rounds(cfg, flow, z_ref, c_test, test_prompts, seed, codec, annotator, judge,
+                     {0: "reference (codec)", 1: "PFM", k: f"PFM x {k}"}, texts)
+    times["rounds"] = time.perf_counter() - t
+    return {"seed": seed, "methods": methods, "pairs": made.info,
             "flow": {"steps": fhist.steps, "validation": fhist.validation,
                      "zero_field": fhist.extras.get("validation_zero_field")},
-            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep}, "costs": costs,
+            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep}, "costs": costs, "rounds": rounds,
             "selection": {name: {k_: v for k_, v in row.items() if k_ != "cost"} for name, row in picked_rows.items()},
             "examples": [{"prompt": p, **{name: texts[name][i] for name in shown}} for i, p in
                          enumerate(test_prompts[:10])], "seconds": times}
 
 
-KEY = {"omit": ("seeds",), "unset": {"reference": None, "annotator": None}}
-"""How :func:`..runner.config_key` keys a run: the seeds do not count, and the user's model paths only when set (so
-that the keys of runs with our own models stay as they were)."""
+def _rounds(cfg: Config, flow: Any, z_ref: Tensor, c: Tensor, prompts: list[str], seed: int, codec: Any,
+            annotator: Any, judge: Any, known: dict[int, str],
+            texts: dict[str, list[str]]) -> list[dict[str, float]]:
+    """PFM applied k = 0 .. ``cfg.iterations`` times to the reference's vectors ``z_ref (B, D)`` (prompts' ``c (B,
+    D)``), each round's vectors decoded and scored as the table's rows are: ``[{"k", "score", "vader",
+    "score_of_vector" (the annotator's head on the vector, where it has one)}]``. The rounds that are rows of the
+    table (``known``: k -> its row's name) reuse their texts; the others are decoded here."""
+    rows, z = [], z_ref
+    for j in range(cfg.iterations + 1):
+        if j:
+            z = flow.transform(z, c)  # k applications, projected once at the end as the rows' are
+        v = torch.nn.functional.normalize(z, dim=-1) if cfg.project else z
+        name = known.get(j)
+        txt = texts[name] if name else codec.decode(v, prompts, candidates=cfg.candidates, seed=seed)
+        row = {"k": j, "score": annotate(annotator, txt).mean().item(), "vader": float(judge.score(txt).mean())}
+        if isinstance(annotator, HeadAnnotator):
+            row["score_of_vector"] = annotator.score_vectors(v).mean().item()
+        rows.append(row)
+    return rows
+
+
+KEY = {"omit": ("seeds",), "unset": {"reference": None, "annotator": None, "pairs": "samples", "unconditional": False}}
+"""How :func:`..runner.config_key` keys a run: the seeds do not count, and the user's model paths, the corpus pairs
+and the unconditional flow only when set (so that the keys of the runs made before them stay as they were)."""
+
+
+def stem(pairs: str = "samples", quick: bool = False) -> str:
+    """The results' file stem: ``text``, ``text-corpus-human``, ... (``-quick`` for the quick run's)."""
+    return "text" + ("" if pairs == "samples" else f"-{pairs}") + ("-quick" if quick else "")
 
 
 def _resolved(cfg: Config) -> Config:
@@ -366,20 +415,25 @@ def run_key(cfg: Config) -> str:
 
 
 def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Optional[int] = None,
-              reference: Optional[str] = None, annotator: Optional[str] = None,
+              reference: Optional[str] = None, annotator: Optional[str] = None, pairs: str = "samples",
               progress: bool = True) -> dict[str, Any]:
     """Every seed of the text experiment (each finished seed cached in the data directory, under
     ``text/runs/<key>/seed-<seed>.json``: :class:`pfm_experiments.runner.SeedRunner`, :data:`KEY`, so a stopped run
     goes on where it was); writes ``text.json`` and ``text.md`` (the tables and ten example prompts) to
     ``out_dir``. ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory
-    instead of the models trained here (see :func:`pretrained`)."""
+    instead of the models trained here (see :func:`pretrained`). ``pairs``: how the preference pairs are made
+    (:mod:`.pairs`); the corpus pairs also train the flow without the prompt (the released code's), and write
+    ``text-<pairs>.json`` and ``.md`` (:func:`stem`)."""
     from pfm import validate as V
     from pfm.io import atomic_file
 
     from . import report
 
     V.check_positive_int(seeds, "seeds", allow_none=True)
+    if pairs not in PAIRS:
+        raise InvalidInputError(f"pairs must be one of {', '.join(PAIRS)}, got {pairs!r}")
     cfg = Config.quick_config() if quick else Config()
+    cfg.pairs, cfg.unconditional = pairs, pairs != "samples"
     if seeds is not None:
         cfg.seeds = tuple(range(seeds))
     from .hf import model_dir
@@ -403,5 +457,5 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
         runs.append(s.record)
     result = {"config": asdict(cfg), "models": models.info, "codec": codec_report,
               "summary": report.summarize(runs), "runs": runs, "seconds": time.perf_counter() - start}
-    report.write_report(result, Path(out_dir) / ("text-quick" if quick else "text"))
+    report.write_report(result, Path(out_dir) / stem(pairs, quick))
     return result

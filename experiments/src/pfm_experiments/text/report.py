@@ -11,9 +11,10 @@ from pfm.io import atomic_file
 from ..cost import matched_best_of_n
 from ..cost_figure import cost_grid
 from ..cost_table import cost_table as shared_cost_table
-from ..rows import SOURCE_REFERENCE
+from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
 from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
+from .figure import rounds_curve, scores_figure
 
 METRICS = (("score", "annotator score"), ("score_of_vector", "score of the vector"), ("vader", "VADER"),
            ("vader_win_rate_vs_rlhf", "VADER win rate vs RLHF"), ("perplexity", "perplexity under pi_ref"),
@@ -28,12 +29,15 @@ def _metric(record: dict[str, Any], method: str, metric: str) -> Any:
 
 def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PFM and PFM x k against the reference through the same codec (the fair baseline: what the codec alone
-    does), PFM x k against RLHF, RLHF + PFM (x k) against RLHF through the codec, and the ``source="reference"``
-    flow against the reference through the codec and against PFM; paired over seeds."""
+    does), PFM x k against RLHF, RLHF + PFM (x k) against RLHF through the codec, the ``source="reference"``
+    flow against the reference through the codec and against PFM, and (where the run has it) the flow without the
+    prompt, x 1 and x k, against the reference through the codec and against PFM; paired over seeds."""
     names = list(runs[0]["methods"])
     k = _iterated(names)
+    free_k = f"{UNCONDITIONAL} x {k.removeprefix('PFM x ')}"
     pairs = [("PFM", "reference (codec)"), (k, "reference (codec)"), (k, "RLHF"), ("RLHF + PFM", "RLHF (codec)"),
-             (f"RLHF + {k}", "RLHF (codec)"), (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM")]
+             (f"RLHF + {k}", "RLHF (codec)"), (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM"),
+             (UNCONDITIONAL, "reference (codec)"), (free_k, "reference (codec)"), (UNCONDITIONAL, "PFM")]
     return compare(runs, [(a, b) for a, b in pairs if a in names and b in names], COMPARED, _metric)
 
 
@@ -58,7 +62,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry.update({k: v for k, v in runs[0].get("selection", {}).get(name, {}).items() if k in ("n", "scorer")})
     k = _iterated(list(methods))
     matched = [{**compare(runs, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
-               for name in ("PFM", k, SOURCE_REFERENCE) for row, how in matched_best_of_n(methods, name)]
+               for name in ("PFM", k, SOURCE_REFERENCE, UNCONDITIONAL, f"{UNCONDITIONAL} x {k.removeprefix('PFM x ')}")
+               for row, how in matched_best_of_n(methods, name)]
     return {"methods": methods, "rlhf_beta": [r["rlhf"]["beta"] for r in runs], "comparisons": comparisons(runs),
             "cost_comparisons": matched}
 
@@ -99,7 +104,8 @@ def cost_table(summary: dict[str, Any]) -> str:
 
 
 POINTS = (("reference", "o", "k"), ("reference (codec)", "o", "tab:gray"), ("PFM", "D", "tab:red"),
-          ("PFM x", "X", "tab:red"), (SOURCE_REFERENCE, "v", "tab:olive"), ("RLHF", "s", "tab:purple"),
+          ("PFM x", "X", "tab:red"), (SOURCE_REFERENCE, "v", "tab:olive"), (UNCONDITIONAL, "h", "tab:brown"),
+          ("RLHF", "s", "tab:purple"),
           ("RLHF + PFM", "P", "tab:pink"))
 CURVES = (("best-of-n (annotator: the oracle)", "annotator", "tab:green", "o"),
           ("best-of-n (RLHF's reward model)", "reward model", "tab:blue", "s"),
@@ -118,7 +124,8 @@ def cost_figure(summary: dict[str, Any], path: Path, title: str) -> None:
 
 def write_report(result: dict[str, Any], base: Path) -> None:
     """``<base>.json`` (the result), ``<base>.md`` (the tables, the codec's reconstruction, RLHF's beta sweep and
-    seed 0's examples) and ``<base>-cost.png`` (quality against inference cost, for runs with costs)."""
+    seed 0's examples), ``<base>-cost.png`` (quality against inference cost, for runs with costs) and
+    ``<base>-scores.png`` (:func:`.figure.scores_figure`)."""
     runs, cfg, codec_report, summary = result["runs"], result["config"], result["codec"], result["summary"]
     with atomic_file(base.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -141,6 +148,7 @@ def write_report(result: dict[str, Any], base: Path) -> None:
                          f"{row['validation_perplexity']:.1f} | {row['validation_distinct_2']:.3f} | "
                          f"{row['final_reward']:.3f} | {row['final_kl']:.2f} | "
                          f"{'yes' if row['beta'] == r['rlhf']['beta'] else ''} |")
+    lines += rounds_table(runs)
     lines += ["", "## Examples (seed 0)", ""]
     for ex in runs[0]["examples"]:
         lines.append(f"**{ex['prompt']}**")
@@ -148,15 +156,37 @@ def write_report(result: dict[str, Any], base: Path) -> None:
         lines.append("")
     with atomic_file(base.with_suffix(".md"), "w") as f:
         f.write("\n".join(lines))
-    cost_figure(summary, base.with_name(base.name + "-cost.png"),
-                f"Text: quality against inference cost ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+    seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+    cost_figure(summary, base.with_name(base.name + "-cost.png"), f"Text: quality against inference cost ({seeds})")
+    scores_figure(runs, summary, base.with_name(base.name + "-scores.png"),
+                  f"Text: each method's scores, and PFM applied k times (mean ± sample std over {seeds})")
 
 
-def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict[str, Any]:
-    """Recompute the summary of ``<out_dir>/text[-quick].json`` from its per-seed runs and rewrite that JSON's
-    ``summary`` and the ``.md`` (``pfm reproduce text --report-only``)."""
-    base = Path(out_dir) / ("text-quick" if quick else "text")
-    result = read_results(base.with_suffix(".json"), "pfm reproduce text" + (" --quick" if quick else ""))
+def rounds_table(runs: list[dict[str, Any]]) -> list[str]:
+    """The lines of a table of PFM applied k = 0 .. K times (the runs' ``"rounds"``): the annotator's score of the
+    text and of the vector, and VADER's, mean ± sample std over seeds; none for runs without rounds."""
+    cols = [(m, label) for m, label in (("score", "annotator score of the text"),
+                                        ("score_of_vector", "annotator score of the vector"), ("vader", "VADER"))
+            if rounds_curve(runs, m) is not None]
+    if not cols:
+        return []
+    curves = {m: rounds_curve(runs, m) for m, _ in cols}
+    lines = ["", "## PFM applied k times", "", "| k | " + " | ".join(label for _, label in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for i, k in enumerate(curves[cols[0][0]][0]):
+        lines.append(f"| {int(k)} | " + " | ".join(
+            f"{curves[m][1][i]:.3f} ± {curves[m][2][i]:.3f}" for m, _ in cols) + " |")
+    return lines
+
+
+def report_only(out_dir: str | Path = "results", *, quick: bool = False, pairs: str = "samples") -> dict[str, Any]:
+    """Recompute the summary of ``<out_dir>/text[-<pairs>][-quick].json`` from its per-seed runs and rewrite that
+    JSON's ``summary``, the ``.md`` and the figures (``pfm reproduce text --report-only``)."""
+    from .experiment import stem
+
+    base = Path(out_dir) / stem(pairs, quick)
+    result = read_results(base.with_suffix(".json"), "pfm reproduce text" + (" --quick" if quick else "")
+                          + ("" if pairs == "samples" else f" --pairs {pairs}"))
     result["summary"] = summarize(result["runs"])
     write_report(result, base)
     return result

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pfm import best_of_n, pfm_select
 from ..cost import Cost, bon_name, select_name, timed
-from ..rows import SOURCE_REFERENCE
+from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
 
 Scorer = Callable[[list[str], Tensor, Tensor], Tensor]
 """``score(texts (M,), their embeddings (M, D), the prompts' embeddings (M, D)) -> (M,)``."""
@@ -70,13 +70,14 @@ def selection_rows(generate: Callable[[list[str], int], list[str]], encode: Call
     return rows, texts
 
 
-def output_costs(clock: dict[str, float], b: int, k: int, candidates: int,
-                 reference_source: bool = False) -> dict[str, dict[str, Any]]:
+def output_costs(clock: dict[str, float], b: int, k: int, candidates: int, reference_source: bool = False,
+                 unconditional: bool = False) -> dict[str, dict[str, Any]]:
     """The inference cost per output (:class:`pfm_experiments.cost.Cost`) of the table's rows, from the wall times
     of the steps that made their ``b`` outputs (``clock``): the reference one sample; through the codec, plus the
     encoding and ``candidates`` decoder samples (each re-encoded); PFM (x k) plus the prompts' encoding and 1 (k)
     solves; RLHF's rows the same on the fine-tuned policy's sample; with ``reference_source``, the
-    ``source="reference"`` flow's row (:data:`SOURCE_REFERENCE`) as PFM's."""
+    ``source="reference"`` flow's row (:data:`SOURCE_REFERENCE`) as PFM's; with ``unconditional``, the flow
+    without the prompt (:data:`UNCONDITIONAL` and its x k row) as PFM's, less the prompts' encoding."""
     costs: dict[str, dict[str, Any]] = {}
     for base, calls in (("reference", {"reference_calls": 1}), ("RLHF", {"policy_calls": 1})):
         costs[base] = Cost(**calls, seconds_per_output=clock[base] / b).as_dict()
@@ -94,4 +95,9 @@ def output_costs(clock: dict[str, float], b: int, k: int, candidates: int,
                    + clock[f"decode {SOURCE_REFERENCE}"])
         costs[SOURCE_REFERENCE] = Cost(reference_calls=1, solves=1, decoder_calls=candidates,
                                        seconds_per_output=seconds / b).as_dict()
+    if unconditional:
+        for solves, name in ((1, UNCONDITIONAL), (k, f"{UNCONDITIONAL} x {k}")):
+            seconds = clock["reference"] + clock["encode reference"] + clock[name] + clock[f"decode {name}"]
+            costs[name] = Cost(reference_calls=1, solves=solves, decoder_calls=candidates,
+                               seconds_per_output=seconds / b).as_dict()
     return costs
