@@ -323,6 +323,14 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     assert "**How far to align**" in (tmp_path / "out" / "mnist.md").read_text()
     for name in ("mnist.md", "mnist-grids.png", "mnist-rlhf.png", "mnist-cost.png", "mnist-dial.png"):
         assert (tmp_path / "out" / name).stat().st_size > 500
+    # --report-only redraws the figures that follow from the records (not the grids, which need the samples)
+    md = (tmp_path / "out" / "mnist.md").read_text()
+    for name in ("mnist-cost.png", "mnist-dial.png", "mnist-rlhf.png"):
+        (tmp_path / "out" / name).unlink()
+    assert main(["reproduce", "mnist", "--report-only", "--out", str(tmp_path / "out")]) == 0
+    assert all((tmp_path / "out" / n).stat().st_size > 500 for n in ("mnist-cost.png", "mnist-dial.png",
+                                                                      "mnist-rlhf.png"))
+    assert (tmp_path / "out" / "mnist.md").read_text() == md
     # a second run reuses the cached models and seed
     again = run("a", "out2")
     assert again["summary"]["methods"] == s and again["seconds"] < result["seconds"]

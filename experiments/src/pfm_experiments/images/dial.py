@@ -120,10 +120,11 @@ def dial_figure(parts: list[dict[str, Any]], path: Path, title: str) -> None:
             for xi, yi, p in zip(x, y, points):
                 ax.annotate(f"{letter}={p['knob']:g}", (xi, yi), fontsize=7, color=color, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel(f"{x_label} (the reference is at 0)")
+        ax.set_xscale("symlog", linthresh=10.0)  # linear up to the noise floor's scale, then logarithmic
+        ax.set_xlabel(f"{x_label} (the reference is at 0; linear below 10, log above)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

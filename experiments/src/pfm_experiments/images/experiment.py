@@ -410,17 +410,28 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     report.grids({m: first["samples"][m] for m in shown}, first["labels"], data.classes, out / f"{name}-grids.png",
                  f"{dataset}: 10 samples per label (rows) of every method, seed {cfg.seeds[0]}")
     summary = report.summarize(parts)
-    report.cost_figure(summary, out / f"{name}-cost.png", f"{dataset} ({pairs} pairs): quality against inference "
-                       f"cost per output, mean ± sample std over {len(parts)} seed(s)")
-    report.curve_figure(parts, out / f"{name}-rlhf.png", f"{dataset}: RLHF's learned reward against the "
-                        "annotator and the independent judge along its training")
-    dial_figure(parts, out / f"{name}-dial.png", f"{dataset} ({pairs} pairs): how far to align, every knob against "
-                f"its distance from pi_ref, mean ± sample std over {len(parts)} seed(s)")
+    record_figures(parts, summary, out / name, dataset, pairs)
     result = {"config": asdict(cfg), "pretrained": models.info, "summary": summary, "runs": parts,
               "seconds": time.perf_counter() - start, "compute_seconds": float(sum(p["wall_seconds"] for p in parts)),
               "torch_threads": torch.get_num_threads()}
     write_report(result, out / name)
     return result
+
+
+def record_figures(parts: list[dict[str, Any]], summary: dict[str, Any], base: Path, dataset: str,
+                   pairs: str) -> None:
+    """The figures that follow from the per-seed records alone (a run's, or a results JSON's with
+    ``--report-only``): ``<base>-cost.png``, ``<base>-rlhf.png`` and ``<base>-dial.png``. (The sample grids need
+    the samples, which only a run has.)"""
+    from . import report
+
+    seeds = f"mean ± sample std over {len(parts)} seed(s)"
+    report.cost_figure(summary, base.with_name(f"{base.name}-cost.png"),
+                       f"{dataset} ({pairs} pairs): quality against inference cost per output, {seeds}")
+    report.curve_figure(parts, base.with_name(f"{base.name}-rlhf.png"), f"{dataset}: RLHF's learned reward against "
+                        "the annotator and the independent judge along its training")
+    dial_figure(parts, base.with_name(f"{base.name}-dial.png"), f"{dataset} ({pairs} pairs): how far to align, every "
+                f"knob against its distance from pi_ref, {seeds}")
 
 
 def stem(dataset: str, field: str = "mlp", pairs: str = "random") -> str:
@@ -453,7 +464,8 @@ def write_report(result: dict[str, Any], base: Path) -> None:
 def report_only(out_dir: str | Path = "results", *, dataset: str = "mnist", field: str = "mlp",
                 pairs: str = "random") -> dict[str, Any]:
     """Recompute the summary of ``<out_dir>/<stem>.json`` (:func:`stem`) from its per-seed runs and rewrite that
-    JSON's ``summary`` and the ``.md`` (``pfm reproduce mnist --report-only``); the figures are left as they are."""
+    JSON's ``summary``, the ``.md`` and the figures that follow from the records (:func:`record_figures`; the
+    sample grids are left as they are) (``pfm reproduce mnist --report-only``)."""
     from . import report
 
     check_pairing(pairs, 10)
@@ -463,4 +475,5 @@ def report_only(out_dir: str | Path = "results", *, dataset: str = "mnist", fiel
     result = read_results(name.with_suffix(".json"), command)
     result["summary"] = report.summarize(result["runs"])
     write_report(result, name)
+    record_figures(result["runs"], result["summary"], name, dataset, pairs)
     return result
