@@ -50,6 +50,15 @@ def _pairs(r: argparse.ArgumentParser) -> None:  # mnist's and text's
                    "by the human ratings (corpus-human) or by the annotator (corpus-annotator)")
 
 
+def _pairs_of(args: argparse.Namespace, experiment: str, kinds: tuple[str, ...]) -> str:
+    """``--pairs`` for ``experiment``, whose pairings are ``kinds`` (the first is its default)."""
+    pairs = args.pairs or kinds[0]
+    if pairs not in kinds:
+        raise InvalidInputError(f"--pairs for {experiment} must be one of {', '.join(map(repr, kinds))}, "
+                                f"got {pairs!r}")
+    return pairs
+
+
 def _wrote(args: argparse.Namespace, stem: str, files: str, result: dict) -> str:
     """What the run wrote (``files``), or with --report-only what it rewrote."""
     if args.report_only:
@@ -99,9 +108,9 @@ def _mnist(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--dataset for mnist must be 'mnist' or 'fashion', got {dataset!r}")
     from .images import experiment, report
 
-    pairs = args.pairs or "random"
-    if pairs not in ("random", "best-worst"):
-        raise InvalidInputError(f"--pairs for mnist must be 'random' or 'best-worst', got {pairs!r}")
+    from .images.pairs import PAIRINGS
+
+    pairs = _pairs_of(args, "mnist", PAIRINGS)
     if args.pairs_k is not None and pairs != "best-worst":
         raise InvalidInputError("--pairs-k applies to --pairs best-worst only")
     if args.pairs_k is not None and args.pairs_k < 2:
@@ -185,10 +194,9 @@ def _text_arguments(r: argparse.ArgumentParser) -> None:
 def _text(args: argparse.Namespace) -> int:
     from .text import experiment, report
 
-    pairs = args.pairs or "samples"
-    if pairs not in ("samples", "corpus-human", "corpus-annotator"):
-        raise InvalidInputError(f"--pairs for text must be 'samples', 'corpus-human' or 'corpus-annotator', "
-                                f"got {pairs!r}")
+    from .text.pairs import PAIRS
+
+    pairs = _pairs_of(args, "text", PAIRS)
     stem = experiment.stem(pairs, args.quick)
     result = report.report_only(args.out, quick=args.quick, pairs=pairs) if args.report_only else \
         experiment.reproduce(args.out, quick=args.quick, seeds=args.seeds, reference=args.reference,

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pfm.errors import InvalidInputError
 from pfm.io import atomic_dir
 from pfm.baselines import RewardModel
 from pfm.flow import PreferenceFlow
@@ -39,7 +38,7 @@ from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
 from .metrics import annotate, codec_quality, distinct_n, perplexity  # noqa: F401 (codec_quality: API)
-from .pairs import PAIRS, make_pairs
+from .pairs import check_pairs, make_pairs
 from .selection import output_costs, selection_rows
 from ..cost import at_largest_n, timed
 from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
@@ -239,28 +238,18 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
     train_prompts = [prompts[i] for i in perm[n_held:].tolist()]
     val_prompts = [prompts[i] for i in perm[:n_held].tolist()][:cfg.validation_prompts]
-    torch.manual_seed(seed)
-    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-    fhist = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
-                     patience=cfg.patience, seed=seed, progress=progress)
+    flow, fhist = _fit_flow(cfg, train, held, seed, progress)
     times["PFM fit"] = time.perf_counter() - t
     to_p1 = None
     if cfg.reference_source:  # the same pairs, from every y- and y+ (pi_ref's samples) onto y+: Theorem 1's p1
         t = time.perf_counter()
-        torch.manual_seed(seed)
-        to_p1 = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-        to_p1.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
-                  patience=cfg.patience, seed=seed, source="reference", progress=progress)
+        to_p1, _ = _fit_flow(cfg, train, held, seed, progress, source="reference")
         times[f"{SOURCE_REFERENCE} fit"] = time.perf_counter() - t
     free = None
     if cfg.unconditional:  # the released code's flow: the same pairs without their prompts
         t = time.perf_counter()
-        torch.manual_seed(seed)
         no_context = made.dataset(conditional=False)
-        free_train, free_held = no_context.subset(perm[n_held:]), no_context.subset(perm[:n_held])
-        free = PreferenceFlow.for_dataset(free_train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
-        free.fit(free_train, steps=cfg.flow_steps, batch_size=min(256, len(free_train)), validation=free_held,
-                 patience=cfg.patience, seed=seed, progress=progress)
+        free, _ = _fit_flow(cfg, no_context.subset(perm[n_held:]), no_context.subset(perm[:n_held]), seed, progress)
         times[f"{UNCONDITIONAL} fit"] = time.perf_counter() - t
 
     # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
@@ -371,6 +360,16 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
                          enumerate(test_prompts[:10])], "seconds": times}
 
 
+def _fit_flow(cfg: Config, train: Any, held: Any, seed: int, progress: bool, **fit: Any) -> tuple[PreferenceFlow, Any]:
+    """A flow of ``cfg``'s size, its initial weights drawn from ``seed``, fitted on ``train`` and early-stopped on
+    ``held``'s loss (``fit``: more options of :meth:`pfm.PreferenceFlow.fit`, e.g. ``source``); with its history."""
+    torch.manual_seed(seed)
+    flow = PreferenceFlow.for_dataset(train, hidden=cfg.flow_hidden, depth=cfg.flow_depth)
+    history = flow.fit(train, steps=cfg.flow_steps, batch_size=min(256, len(train)), validation=held,
+                       patience=cfg.patience, seed=seed, progress=progress, **fit)
+    return flow, history
+
+
 def _rounds(cfg: Config, flow: Any, z_ref: Tensor, c: Tensor, prompts: list[str], seed: int, codec: Any,
             annotator: Any, judge: Any, known: dict[int, str],
             texts: dict[str, list[str]]) -> list[dict[str, float]]:
@@ -430,8 +429,7 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     from . import report
 
     V.check_positive_int(seeds, "seeds", allow_none=True)
-    if pairs not in PAIRS:
-        raise InvalidInputError(f"pairs must be one of {', '.join(PAIRS)}, got {pairs!r}")
+    check_pairs(pairs)
     cfg = Config.quick_config() if quick else Config()
     cfg.pairs, cfg.unconditional = pairs, pairs != "samples"
     if seeds is not None:

@@ -30,6 +30,12 @@ from .corpus import Corpus
 PAIRS = ("samples", "corpus-human", "corpus-annotator")
 
 
+def check_pairs(kind: str) -> None:
+    """Refuse a ``kind`` of pairs not in :data:`PAIRS` (:class:`pfm.InvalidInputError` naming the option)."""
+    if kind not in PAIRS:
+        raise InvalidInputError(f"pairs must be one of {', '.join(map(repr, PAIRS))}, got {kind!r}")
+
+
 @dataclass
 class Pairs:
     """``N`` preference pairs: the texts, each pair's prompt (its context), their embeddings ``(N, D)`` and what
@@ -129,8 +135,7 @@ def make_pairs(kind: str, *, generate: Callable[[list[str], int], list[str]], en
                n: int, seed: int) -> Pairs:
     """The pairs of ``kind`` (one of :data:`PAIRS`): :func:`sample_pairs` on ``prompts``, or :func:`corpus_pairs`
     on ``corpus``."""
+    check_pairs(kind)
     if kind == "samples":
         return sample_pairs(generate, encode, score, list(prompts), seed)
-    if kind in ("corpus-human", "corpus-annotator"):
-        return corpus_pairs(corpus, words, kind.split("-", 1)[1], encode, score, n, seed)
-    raise InvalidInputError(f"pairs must be one of {', '.join(PAIRS)}, got {kind!r}")
+    return corpus_pairs(corpus, words, kind.split("-", 1)[1], encode, score, n, seed)

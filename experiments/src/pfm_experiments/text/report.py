@@ -34,7 +34,7 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     prompt, x 1 and x k, against the reference through the codec and against PFM; paired over seeds."""
     names = list(runs[0]["methods"])
     k = _iterated(names)
-    free_k = f"{UNCONDITIONAL} x {k.removeprefix('PFM x ')}"
+    free_k = _unconditional_iterated(k)
     pairs = [("PFM", "reference (codec)"), (k, "reference (codec)"), (k, "RLHF"), ("RLHF + PFM", "RLHF (codec)"),
              (f"RLHF + {k}", "RLHF (codec)"), (SOURCE_REFERENCE, "reference (codec)"), (SOURCE_REFERENCE, "PFM"),
              (UNCONDITIONAL, "reference (codec)"), (free_k, "reference (codec)"), (UNCONDITIONAL, "PFM")]
@@ -43,6 +43,11 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _iterated(names: list[str]) -> str:
     return next(n for n in names if n.startswith("PFM x "))
+
+
+def _unconditional_iterated(iterated: str) -> str:
+    """The row of the flow without the prompt applied as often as ``iterated`` ("PFM x k") applies PFM."""
+    return f"{UNCONDITIONAL} x {iterated.removeprefix('PFM x ')}"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry.update({k: v for k, v in runs[0].get("selection", {}).get(name, {}).items() if k in ("n", "scorer")})
     k = _iterated(list(methods))
     matched = [{**compare(runs, [(name, row)], COMPARED, _metric)[0], "matched_by": how}
-               for name in ("PFM", k, SOURCE_REFERENCE, UNCONDITIONAL, f"{UNCONDITIONAL} x {k.removeprefix('PFM x ')}")
+               for name in ("PFM", k, SOURCE_REFERENCE, UNCONDITIONAL, _unconditional_iterated(k))
                for row, how in matched_best_of_n(methods, name)]
     return {"methods": methods, "rlhf_beta": [r["rlhf"]["beta"] for r in runs], "comparisons": comparisons(runs),
             "cost_comparisons": matched}
@@ -165,12 +170,12 @@ def write_report(result: dict[str, Any], base: Path) -> None:
 def rounds_table(runs: list[dict[str, Any]]) -> list[str]:
     """The lines of a table of PFM applied k = 0 .. K times (the runs' ``"rounds"``): the annotator's score of the
     text and of the vector, and VADER's, mean ± sample std over seeds; none for runs without rounds."""
+    curves = {m: rounds_curve(runs, m) for m in ("score", "score_of_vector", "vader")}
     cols = [(m, label) for m, label in (("score", "annotator score of the text"),
                                         ("score_of_vector", "annotator score of the vector"), ("vader", "VADER"))
-            if rounds_curve(runs, m) is not None]
+            if curves[m] is not None]
     if not cols:
         return []
-    curves = {m: rounds_curve(runs, m) for m, _ in cols}
     lines = ["", "## PFM applied k times", "", "| k | " + " | ".join(label for _, label in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for i, k in enumerate(curves[cols[0][0]][0]):
