@@ -34,6 +34,7 @@ from pfm.text.codec import LMDecoder, TextCodec, load_codec
 from .corpus import Corpus, load_vader_corpus
 from .hf import HFCausalLM, HFClassifier
 from .judge import VaderJudge
+from .memo import MemoCodec
 from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
@@ -92,7 +93,7 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(sentences=2000, vocab=1500, lm_dim=64, lm_hidden=128, lm_epochs=4, decoder_epochs=4,
                    seeds=(0,), n_pairs=600, flow_steps=600, flow_hidden=256, eval_prompts=60, reward_steps=300,
-                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, best_of_n=(2, 4),
+                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, best_of_n=(2, 4), candidates=4,
                    quick=True)
 
     def models_key(self) -> str:
@@ -192,7 +193,7 @@ def pretrained(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = N
             decoder.save(tmp / "lm")
             (tmp / "info.json").write_text(json.dumps(dec_info, indent=1))
     info = {**info, "decoder": dec_info}
-    codec = TextCodec(encoder.encoder, LMDecoder(decoder), spec="minilm")
+    codec = MemoCodec(encoder.encoder, LMDecoder(decoder), spec="minilm")
     annotator: HeadAnnotator | HFClassifier = HeadAnnotator(head, codec)
     if cfg.annotator is not None:
         annotator = HFClassifier(cfg.annotator)
@@ -224,7 +225,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
 
     t = time.perf_counter()
     made = make_pairs(cfg.pairs, generate=lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
-                      encode=lambda txt: codec.encode(txt, cache=False),
+                      encode=lambda txt: codec.encode(txt, cache=cfg.pairs != "samples"),  # the corpus's: cached
                       score=lambda txt, z: annotate(annotator, txt, z),
                       prompts=prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
                       if cfg.pairs == "samples" else [],
