@@ -393,3 +393,38 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(InvalidInputError, match="rollout_frequency applies"):
         reproduce(tmp_path / "out3", quick=True, rollout_frequency=2, progress=False)
     assert not (tmp_path / "out3").exists()
+
+
+def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_config(tmp_path, caplog):
+    from dataclasses import asdict, replace
+
+    from pfm.errors import PFMError
+    from pfm_experiments.control import rollout_protocol as R
+    from pfm_experiments.control.reproduce import _earlier_rollout_rows, _table_order
+
+    cfg = R.RolloutConfig.quick_config()
+    path = tmp_path / "control-rollout.json"
+    assert _earlier_rollout_rows(path, cfg, {}) == ({}, {})  # no earlier file
+    cells = {"walker2d-expert": [{"seed": 0}], "hopper-medium": [{"seed": 0}, {"seed": 1}]}
+    sources = {"walker2d-expert": ["walker2d", "/d/w"], "hopper-medium": ["hopper", "/d/h"]}
+    path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": sources}))
+    now = {"hopper-medium": ("hopper", "/d/h"), "hopper-random": ("hopper", "/d/r")}
+    # this run's data sets are its own; the others come along
+    assert _earlier_rollout_rows(path, cfg, now) == ({"walker2d-expert": ("walker2d", "/d/w")},
+                                                     {"walker2d-expert": [{"seed": 0}]})
+    assert _earlier_rollout_rows(path, cfg, {**now, "walker2d-expert": ("walker2d", "/d/w")}) == ({}, {})
+    with caplog.at_level("WARNING", logger="pfm"):  # another config: not one table
+        assert _earlier_rollout_rows(path, replace(cfg, eval_episodes=3), now) == ({}, {})
+    assert "walker2d-expert are not kept" in caplog.text
+    path.write_text("{not json")
+    with pytest.raises(PFMError):
+        _earlier_rollout_rows(path, cfg, now)
+    path.write_text(json.dumps({"config": asdict(cfg)}))
+    with pytest.raises(PFMError, match="not a rollout results file"):
+        _earlier_rollout_rows(path, cfg, now)
+    # the table: by task, then kind; a user's Minari data set after ours
+    order = _table_order({"walker2d-expert": ("walker2d", "w"), "hopper-expert": ("hopper", "h"),
+                          "hopper-mujoco/hopper/medium-v0": ("hopper", "m"), "hopper-random": ("hopper", "r"),
+                          "halfcheetah-medium": ("halfcheetah", "c")})
+    assert order == ["hopper-random", "hopper-expert", "halfcheetah-medium", "walker2d-expert",
+                     "hopper-mujoco/hopper/medium-v0"]

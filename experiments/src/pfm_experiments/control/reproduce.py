@@ -107,7 +107,9 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         protocols, start: see :class:`.experiment.Config`; ``"rollout"`` among the protocols also runs the
             ``rollout`` protocol (:mod:`.rollout_protocol`), whose cells are cached on their own and whose results
             go to ``control-rollout[-quick].json`` and ``.md``. With ``rollout`` alone only it runs, and its result
-            is returned; with others too, theirs is returned with the rollout result under ``"rollout"``.
+            is returned; with others too, theirs is returned with the rollout result under ``"rollout"``. The
+            rows of other data sets already in that file are kept when it was made with the same rollout config
+            (a run on the random and expert sets adds them to the medium sets' table).
         dataset_steps: size of the data sets we make (default 100,000 steps; 10,000 with ``quick``).
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
@@ -198,6 +200,9 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
+    out = Path(out_dir)
+    base = out / ("control-rollout-quick" if quick else "control-rollout")
+    kept_sources, kept = _earlier_rollout_rows(base.with_suffix(".json"), cfg, sources)  # read before the work
     cells: dict[str, list[dict[str, Any]]] = {}
     with tqdm(total=len(sources) * n_seeds, desc="control rollout cells", disable=not progress, unit="cell") as bar:
         for name, (task_name, source) in sources.items():
@@ -213,14 +218,59 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
                 cells.setdefault(name, []).append(s.record)
                 bar.set_postfix_str(f"{name} seed {s.seed}")
                 bar.update(1)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    order = _table_order({**kept_sources, **sources})
+    sources = {name: ({**kept_sources, **sources})[name] for name in order}
+    cells = {name: ({**kept, **cells})[name] for name in order}
     result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources,
               "summary": report.rollout_summary(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
               "compute_seconds": float(sum(r["wall_seconds"] for rs in cells.values() for r in rs))}
-    write_rollout_report(result, out / ("control-rollout-quick" if quick else "control-rollout"))
+    if kept:
+        result["kept_from_earlier_run"] = sorted(kept)
+    write_rollout_report(result, base)
     return result
+
+
+def _earlier_rollout_rows(path: Path, cfg: "R.RolloutConfig", sources: dict[str, tuple[str, str]]
+                          ) -> tuple[dict[str, tuple[str, str]], dict[str, list[dict[str, Any]]]]:
+    """The data sets of an earlier ``rollout`` results file at ``path`` that this run does not make (their sources
+    and cells), kept when that file's config is this run's, so that runs on other data sets (e.g. the medium sets
+    with 5 seeds, then random and expert with 3) add up to one table; ``({}, {})`` when there is no such file or
+    its config differs (its rows are then replaced, with a warning). An unreadable file is an error before any
+    work starts: it is the file this run replaces."""
+    if not path.exists():
+        return {}, {}
+    earlier = read_results(path, "pfm reproduce control --protocols rollout")
+    if not isinstance(earlier.get("cells"), dict) or not isinstance(earlier.get("sources"), dict):
+        raise InvalidInputError(f"{str(path)!r} is not a rollout results file (no cells or sources): move it away "
+                                "or choose another --out")
+    other = [n for n in earlier["cells"] if n not in sources]
+    if not other:
+        return {}, {}
+    if earlier.get("config") != json.loads(json.dumps(asdict(cfg))):
+        log.warning("control: %s was made with another rollout config; its rows %s are not kept", path,
+                    ", ".join(other))
+        return {}, {}
+    log.info("control: keeping %s from %s (the same config)", ", ".join(other), path)
+    return ({n: tuple(earlier["sources"][n]) for n in other if n in earlier["sources"]},
+            {n: earlier["cells"][n] for n in other})
+
+
+def _table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
+    """Data set names by task (hopper, halfcheetah, walker2d, then the others) and kind (random, medium, expert,
+    ...); names that are not ``<task>-<kind>`` of ours after them, in their order."""
+    tasks = list(DEFAULT_TASKS) + sorted(t for t in TASKS if t not in DEFAULT_TASKS)
+
+    def rank(item: tuple[int, str]) -> tuple[int, int, int]:
+        i, name = item
+        task = sources[name][0]
+        kind = name[len(task) + 1:] if name.startswith(task + "-") else None
+        if task in tasks and kind in KINDS:
+            return (0, tasks.index(task) * len(KINDS) + KINDS.index(kind), i)
+        return (1, 0, i)
+
+    return [name for _, name in sorted(enumerate(sources), key=rank)]
 
 
 def write_rollout_report(result: dict[str, Any], base: Path) -> None:
