@@ -371,10 +371,18 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert cell["pfm_ahead"] > 0.5
     assert cell["pairs"]["chosen_return"] > cell["pairs"]["rejected_return"]
     assert cell["start_states"]["fallbacks"] == 0
-    assert set(cell["scores"]["rollout"]) == {"BC mean", "BC sampled", "simulated best-of-2", "PFM", "PFM x 2"}
+    assert set(cell["scores"]["rollout"]) == {"BC mean", "BC sampled", "simulated best-of-2", "PFM", "PFM x 2",
+                                              "best-of-2 (reward model)", "DPO", "Marginal BC (fine-tuned)",
+                                              "Marginal BC (from scratch)"}
     assert all(np.isfinite(v["score"]) for v in cell["scores"]["rollout"].values())
+    # the baselines (issue 26) start from the protocol cell's own pairs, drawn again from its seeds
+    b = cell["baselines"]
+    assert b["same_pairs"] and b["reward_model"]["train"] > 0.5 and b["dpo"]["beta"] == 1.0
+    assert {(c["method"], c["baseline"]) for c in result["summary"]["hopper-medium"]["comparisons"]} >= {
+        ("PFM", "DPO"), ("PFM", "best-of-2 (reward model)"), ("PFM", "Marginal BC (from scratch)")}
     md = (tmp_path / "out" / "control-rollout-quick.md").read_text()
     assert "Protocol `rollout`" in md and "PFM − simulated best-of-2" in md and "Segment test" in md
+    assert "| Marginal BC (from scratch) | paper:" in md and "| hopper-medium | PFM − DPO |" in md
     # a second run reuses the cached cell
     assert main(args + ["--out", str(tmp_path / "out2")]) == 0
     again = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
@@ -428,3 +436,29 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
                           "halfcheetah-medium": ("halfcheetah", "c")})
     assert order == ["hopper-random", "hopper-expert", "halfcheetah-medium", "walker2d-expert",
                      "hopper-mujoco/hopper/medium-v0"]
+
+
+def test_segment_likelihood_sums_the_step_policy_over_the_observations_its_actions_were_taken_in():
+    import torch
+
+    from pfm.policies import GaussianPolicy
+    from pfm_experiments.control.rollout_baselines import BaselinesConfig, SegmentLikelihood, preferred_steps
+    from pfm.data import PreferenceDataset
+
+    torch.manual_seed(0)
+    step = GaussianPolicy((2,), context_shape=(3,), hidden=8)
+    with torch.no_grad():
+        for p in step.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a head that reads the observation
+    seg = SegmentLikelihood(step, horizon=4, obs_dim=3)
+    a, o = torch.randn(5, 4, 2), torch.randn(5, 4, 3)
+    y = torch.cat([a.reshape(5, -1), o.reshape(5, -1)], 1)
+    want = torch.stack([sum(step.log_prob(a[i, t:t + 1], o[i, t:t + 1])[0] for t in range(4)) for i in range(5)])
+    assert torch.allclose(seg.log_prob(y), want, atol=1e-5)
+    assert seg.output_shape == (20,)
+    got_a, got_o = preferred_steps(PreferenceDataset(y, y.flip(0)), obs_dim=3, act_dim=2)
+    assert torch.equal(got_a, a.reshape(20, 2)) and torch.equal(got_o, o.reshape(20, 3))
+    with pytest.raises(InvalidInputError, match="best_of_n"):
+        BaselinesConfig(best_of_n=(1,)).check()
+    with pytest.raises(InvalidInputError, match="dpo_steps"):
+        BaselinesConfig(dpo_steps=0).check()

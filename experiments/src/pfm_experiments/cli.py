@@ -138,6 +138,9 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
                    "control-rollout.json and .md")
     r.add_argument("--rollout-frequency", type=POSITIVE_INT, default=None, metavar="R",
                    help="control, rollout protocol: actions of each plan executed before the next (default 1)")
+    r.add_argument("--no-rollout-baselines", action="store_true",
+                   help="control, rollout protocol: only its own rows (BC, simulated best-of-2, PFM), not the "
+                   "reward model's best-of-n, DPO and Marginal BC, which about double a cell's time")
     r.add_argument("--start", choices=["mean", "sample"], default=None,
                    help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
     r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
@@ -165,7 +168,7 @@ def _control(args: argparse.Namespace) -> int:
             args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
             protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
             teacher_lookahead=args.teacher_lookahead, rollout_frequency=args.rollout_frequency,
-            progress=not args.quiet)
+            rollout_baselines=not args.no_rollout_baselines, progress=not args.quiet)
     rollout = result if result.get("protocol") == "rollout" else result.get("rollout")
     if rollout is not result:
         for p in result["config"]["protocols"]:

@@ -186,6 +186,10 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
 
 # ------------------------------------------------------------------------------------------ the rollout protocol
 ROLLOUT_BASELINES = ("BC mean", "BC sampled", "simulated best-of-2")
+"""The protocol's own baseline rows: PFM and PFM x k are paired against each."""
+ROLLOUT_EXTRA = ("best-of-2 (reward model)", "best-of-8 (reward model)", "DPO", "Marginal BC (fine-tuned)",
+                 "Marginal BC (from scratch)")
+"""The baselines' rows (:mod:`.rollout_baselines`): PFM is paired against each."""
 
 
 def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -195,13 +199,15 @@ def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     get = _score("rollout")
     out: dict[str, Any] = {}
     for name, runs in cells.items():
-        methods = list(runs[0]["scores"]["rollout"])
+        methods = [m for m in runs[0]["scores"]["rollout"] if all(m in r["scores"]["rollout"] for r in runs)]
         pfm = [m for m in methods if m.startswith("PFM")]
+        pairs = [(m, b) for m in pfm for b in ROLLOUT_BASELINES if b in methods]
+        pairs += [("PFM", b) for b in methods if b in ROLLOUT_EXTRA or (b.startswith("best-of-")
+                                                                          and b.endswith("(reward model)"))]
         d: dict[str, Any] = {
             "seeds": len(runs),
             "scores": {m: describe([r["scores"]["rollout"][m]["score"] for r in runs]) for m in methods},
-            "comparisons": compare(runs, [(m, b) for m in pfm for b in ROLLOUT_BASELINES if b in methods],
-                                   ["score"], get),
+            "comparisons": compare(runs, pairs, ["score"], get),
             "pfm_ahead": describe([r["pfm_ahead"] for r in runs]),
             "pairs": {k: describe([r["pairs"][k] for r in runs]) for k in ("chosen_return", "rejected_return")},
         }
@@ -214,14 +220,13 @@ def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def rollout_table(summary: dict[str, Any]) -> str:
     """Normalized return per data set and row of the ``rollout`` protocol (mean ± sample std over seeds), with the
     paper's numbers."""
-    first = next(iter(summary.values()))
-    methods = list(first["scores"])
+    methods = list(dict.fromkeys(m for d in summary.values() for m in d["scores"]))  # a row a data set lacks: -
     lines = ["| data set (D4RL-style) | seeds | " + " | ".join(methods) + " | paper: BC / DPO / PFM / MBC |",
              "|---|---|" + "---|" * len(methods) + "---|"]
     for name, d in summary.items():
         paper = PAPER.get(name)
         lines.append(f"| {name} | {d['seeds']} | " + " | ".join(format_mean_std(d["scores"][m], ".1f")
-                                                             for m in methods)
+                                                             if m in d["scores"] else "-" for m in methods)
                      + " | " + (" / ".join(f"{v:.1f}" for v in paper) if paper else "-") + " |")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from . import report
 from .datasets import KINDS, collect, dataset_id, load_episodes, minari_root, write_minari
 from .envs import TASKS
 from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
+from . import rollout_baselines as RB
 from . import rollout_protocol as R
 
 log = logging.getLogger("pfm")
@@ -95,7 +96,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
               kinds: Optional[Sequence[str]] = None, dataset: Optional[str] = None, seeds: Optional[int] = None,
               quick: bool = False, protocols: Optional[Sequence[str]] = None, start: Optional[str] = None,
               dataset_steps: Optional[int] = None, teacher_lookahead: Optional[int] = None,
-              rollout_frequency: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+              rollout_frequency: Optional[int] = None, rollout_baselines: bool = True,
+              progress: bool = True) -> dict[str, Any]:
     """Run every cell and write ``control.json``, ``control.md`` and ``control-bars.png`` to ``out_dir``.
 
     Args:
@@ -114,6 +116,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
         rollout_frequency: ``rollout`` protocol: actions of a plan executed before the next one (default 1).
+        rollout_baselines: ``rollout`` protocol: also the baselines' rows (:mod:`.rollout_baselines`: best-of-n by
+            a reward model, DPO, Marginal BC fine-tuned and from scratch), in cells of their own.
     """
     from tqdm.auto import tqdm
 
@@ -164,7 +168,10 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         sources = {f"{tasks[0]}-{Path(dataset).name if Path(dataset).exists() else dataset}": (tasks[0], dataset)}
     else:
         sources = {f"{t}-{k}": (t, ensure_dataset(t, k, steps, root, progress)) for t in tasks for k in kinds}
-    rollout_result = _reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress) if with_rollout else None
+    bcfg = (RB.BaselinesConfig.quick_config() if quick else RB.BaselinesConfig()).check() \
+        if with_rollout and rollout_baselines else None
+    rollout_result = _reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress, bcfg) \
+        if with_rollout else None
     if not classic:
         assert rollout_result is not None
         return rollout_result
@@ -195,8 +202,10 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
 
 
 def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], cfg: "R.RolloutConfig",
-                       n_seeds: int, quick: bool, progress: bool) -> dict[str, Any]:
-    """The ``rollout`` protocol's cells (cached one by one) and ``control-rollout[-quick].json`` / ``.md``."""
+                       n_seeds: int, quick: bool, progress: bool, bcfg: Optional["RB.BaselinesConfig"] = None
+                       ) -> dict[str, Any]:
+    """The ``rollout`` protocol's cells (cached one by one), with the baselines' cells when ``bcfg`` is given, and
+    ``control-rollout[-quick].json`` / ``.md``."""
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
@@ -218,6 +227,8 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
                 cells.setdefault(name, []).append(s.record)
                 bar.set_postfix_str(f"{name} seed {s.seed}")
                 bar.update(1)
+            if bcfg is not None:
+                cells[name] = _with_baselines(name, task_name, eps, cfg, bcfg, runner.key, cells[name])
     out.mkdir(parents=True, exist_ok=True)
     order = _table_order({**kept_sources, **sources})
     sources = {name: ({**kept_sources, **sources})[name] for name in order}
@@ -225,11 +236,38 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
     result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources,
               "summary": report.rollout_summary(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
-              "compute_seconds": float(sum(r["wall_seconds"] for rs in cells.values() for r in rs))}
+              "compute_seconds": float(sum(r["wall_seconds"] + r.get("baselines", {}).get("wall_seconds", 0.0)
+                                           for rs in cells.values() for r in rs))}
     if kept:
         result["kept_from_earlier_run"] = sorted(kept)
     write_rollout_report(result, base)
     return result
+
+
+def _with_baselines(name: str, task_name: str, eps: list, cfg: "R.RolloutConfig", bcfg: "RB.BaselinesConfig",
+                    protocol_key: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The protocol cells' ``records`` of data set ``name`` with the baselines' rows added (their cells cached
+    on their own, ``control/rollout-baselines/<name>/<key>/seed-<seed>.json``, keyed by their config, the
+    protocol's key and the data's digest); each record's ``baselines`` holds what the baselines fitted and
+    whether their pairs were the protocol cell's (they are drawn again from the same seeds)."""
+    runner = SeedRunner(data_dir() / "control" / "rollout-baselines" / name.replace("/", "_"), bcfg, **RB.KEY,
+                        context=[protocol_key, _digest(eps)], name="control rollout baselines")
+
+    def cell(seed: int) -> dict[str, Any]:
+        record = RB.run_baselines_cell(task_name, eps, cfg, bcfg, seed, progress=False)
+        record["torch_threads"] = torch.get_num_threads()
+        return record
+
+    out = []
+    for rec, b in zip(records, runner.run([r["seed"] for r in records], cell)):
+        same = all(np.isclose(rec["pairs"][k], b.record["pairs"][k], rtol=1e-9, atol=1e-9) for k in rec["pairs"])
+        if not same:
+            log.warning("control: %s seed %d: the baselines' pairs differ from the protocol cell's (%s vs %s)",
+                        name, rec["seed"], b.record["pairs"], rec["pairs"])
+        out.append({**rec, "scores": {"rollout": {**rec["scores"]["rollout"], **b.record["scores"]["rollout"]}},
+                    "baselines": {**{k: b.record[k] for k in ("reward_model", "dpo", "marginal_bc", "seconds")},
+                                  "wall_seconds": b.record["wall_seconds"], "same_pairs": bool(same)}})
+    return out
 
 
 def _earlier_rollout_rows(path: Path, cfg: "R.RolloutConfig", sources: dict[str, tuple[str, str]]
@@ -292,6 +330,20 @@ def write_rollout_report(result: dict[str, Any], base: Path) -> None:
           f"{cfg.pair_horizon} steps:\n\n" + report.segment_table(summary),
           f"The same segments' own {cfg.horizon}-step return:\n\n"
           + report.segment_table(summary, "segment_returns_10")]
+    fitted = {name: [r["baselines"] for r in rs] for name, rs in result["cells"].items()
+              if all("baselines" in r for r in rs)}
+    if fitted:
+        md.append("**Baselines** on the same pairs (`rollout_baselines.py`): best-of-n by a Bradley-Terry reward "
+                  f"model on the segment given the observation ({cfg.horizon}-step pi_ref segments rolled out in the "
+                  "restored copy, the best one's first action executed), DPO of pi_ref (a segment's log-likelihood "
+                  "the sum of its steps', beta by held-out implicit accuracy), Marginal BC fine-tuned from pi_ref "
+                  "and from scratch on the preferred steps; DPO and Marginal BC act with their mean. Per data set, "
+                  "the reward model's held-out pair accuracy (mean over seeds) and DPO's betas:\n\n"
+                  "| data set | reward model held-out accuracy | DPO beta per seed | pairs as the protocol's |\n"
+                  "|---|---|---|---|\n" + "\n".join(
+                      f"| {name} | {np.mean([b['reward_model']['heldout'] for b in bs]):.3f} | "
+                      f"{', '.join(format(b['dpo']['beta'], 'g') for b in bs)} | "
+                      f"{sum(b['same_pairs'] for b in bs)} of {len(bs)} |" for name, bs in fitted.items()))
     threads = next(r["torch_threads"] for rs in result["cells"].values() for r in rs)
     md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {threads} torch "
               f"threads (this invocation: {result['seconds']:.0f} s).")

@@ -93,13 +93,15 @@ class Simulators:
 class Rollout:
     """``k`` rollouts of ``horizon`` steps: executed (clipped) ``actions (k, H, act_dim)``, ``rewards (k, H)``
     (0 from the step after a termination on), ``returns (k,)``, ``terminated (k,)`` (whether each ended within the
-    horizon), the start observations ``obs (k, obs_dim)``."""
+    horizon), the start observations ``obs (k, obs_dim)``, and the observation each action was taken in,
+    ``path_obs (k, H, obs_dim)`` (``path_obs[:, 0]`` is ``obs``)."""
 
     actions: np.ndarray
     rewards: np.ndarray
     returns: np.ndarray
     terminated: np.ndarray
     obs: np.ndarray
+    path_obs: np.ndarray
 
 
 def rollout(sims: Simulators, qpos: np.ndarray, qvel: np.ndarray, act: Act, horizon: int,
@@ -119,6 +121,7 @@ def rollout(sims: Simulators, qpos: np.ndarray, qvel: np.ndarray, act: Act, hori
         P = prefix.shape[1]
     start = obs.copy()
     actions = np.empty((k, horizon, sims.act_dim))
+    path_obs = np.empty((k, horizon, sims.obs_dim))
     rewards = np.zeros((k, horizon))
     alive = np.ones(k, bool)
     for t in range(horizon):
@@ -127,7 +130,8 @@ def rollout(sims: Simulators, qpos: np.ndarray, qvel: np.ndarray, act: Act, hori
             raise InvalidInputError(f"the policy must return ({k}, {sims.act_dim}) actions, got {a.shape}")
         a = sims.clip(a)
         actions[:, t] = a
+        path_obs[:, t] = obs
         obs, r, term = sims.step(a)
         rewards[:, t] = np.where(alive, r, 0.0)
         alive &= ~term
-    return Rollout(actions, rewards, rewards.sum(1), ~alive, start)
+    return Rollout(actions, rewards, rewards.sum(1), ~alive, start, path_obs)

@@ -188,14 +188,16 @@ def rollouts(sims: Simulators, states: States, act: Act, horizon: int,
     parts = [rollout(sims, states.qpos[s:s + k], states.qvel[s:s + k], act, horizon,
                      None if prefix is None else prefix[s:s + k]) for s in range(0, len(states), k)]
     return Rollout(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("actions", "rewards", "returns", "terminated", "obs")))
+                     ("actions", "rewards", "returns", "terminated", "obs", "path_obs")))
 
 
 def collect_pairs(sims: Simulators, ref: StepPolicy, states: States, cfg: RolloutConfig, seed: int
-                  ) -> tuple[PreferenceDataset, dict[str, float]]:
+                  ) -> tuple[PreferenceDataset, dict[str, float], dict[str, np.ndarray]]:
     """From each start state two closed-loop pi_ref rollouts of ``cfg.pair_horizon`` steps, the higher whole return
     preferred (ties by a coin), their first ``cfg.horizon`` actions kept: ``PreferenceDataset(chosen (N, H *
-    act_dim), rejected, context = raw start observations (N, obs_dim))``, and the pairs' stats."""
+    act_dim), rejected, context = raw start observations (N, obs_dim))``, the pairs' stats, and the observations
+    each kept action was taken in, ``{"chosen": (N, H, obs_dim), "rejected": ...}`` (for the per-step baselines,
+    :mod:`.rollout_baselines`)."""
     n = len(states)
     ro = rollouts(sims, states.repeat(2), ref.sampler(seed), cfg.pair_horizon)
     ra, rb = ro.returns[0::2], ro.returns[1::2]
@@ -210,7 +212,10 @@ def collect_pairs(sims: Simulators, ref: StepPolicy, states: States, cfg: Rollou
     stats = {"chosen_return": float(np.maximum(ra, rb).mean()), "rejected_return": float(np.minimum(ra, rb).mean()),
              "ties": float((ra == rb).mean()), "terminated": float(ro.terminated.mean()),
              "segment_distance": float(np.linalg.norm(a - b, axis=1).mean())}
-    return ds, stats
+    path = ro.path_obs[:, :cfg.horizon]
+    pa, pb = path[0::2], path[1::2]
+    paths = {"chosen": np.where(first[:, None, None], pa, pb), "rejected": np.where(first[:, None, None], pb, pa)}
+    return ds, stats, paths
 
 
 # ------------------------------------------------------------------------------------------ planners, acting
@@ -300,9 +305,28 @@ def segment_test(sims: Simulators, ref: StepPolicy, flow: PreferenceFlow, states
 
 
 # ------------------------------------------------------------------------------------------ one cell
-def run_rollout_cell(name: str, episodes_data: list, cfg: RolloutConfig, seed: int, progress: bool = False
-                     ) -> dict[str, Any]:
-    """Every row of the ``rollout`` protocol on one data set and seed; a JSON-able record."""
+@dataclass
+class Prepared:
+    """What every row of a cell starts from: pi_ref and its fit's history, the simulators the pairs were made
+    in (open: the caller closes them), the pairs split into ``train`` and ``held`` (and the observations each
+    kept action was taken in, ``paths``, before the split), their stats, and the seconds each stage took."""
+
+    ref: StepPolicy
+    bc_history: Any
+    sims: Simulators
+    pairs: PreferenceDataset
+    paths: dict[str, np.ndarray]
+    train: PreferenceDataset
+    held: PreferenceDataset
+    start_stats: dict[str, float]
+    pair_stats: dict[str, float]
+    seconds: dict[str, float]
+
+
+def prepare(name: str, episodes_data: list, cfg: RolloutConfig, seed: int, progress: bool = False) -> Prepared:
+    """pi_ref, the on-policy start states and the pairs of cell ``seed`` (items 1-3 of the module docstring),
+    deterministic under the seed: the protocol's rows and the baselines' (:mod:`.rollout_baselines`) start from
+    the same ones."""
     cfg.check()
     torch.manual_seed(seed)
     times: dict[str, float] = {}
@@ -315,9 +339,18 @@ def run_rollout_cell(name: str, episodes_data: list, cfg: RolloutConfig, seed: i
     sims = Simulators(name, min(cfg.copies, cfg.n_pairs))
     states, start_stats = start_states(sims, ref, cfg.n_pairs, tuple(cfg.start_steps), cfg.start_tries,
                                        cfg.pair_horizon, seed + 1)
-    pairs, pair_stats = collect_pairs(sims, ref, states, cfg, seed + 2)
+    pairs, pair_stats, paths = collect_pairs(sims, ref, states, cfg, seed + 2)
     train, held = split_pairs(pairs, cfg.heldout, seed)
     times["pairs"] = time.perf_counter() - t
+    return Prepared(ref, bc_hist, sims, pairs, paths, train, held, start_stats, pair_stats, times)
+
+
+def run_rollout_cell(name: str, episodes_data: list, cfg: RolloutConfig, seed: int, progress: bool = False
+                     ) -> dict[str, Any]:
+    """Every row of the ``rollout`` protocol on one data set and seed; a JSON-able record."""
+    prep = prepare(name, episodes_data, cfg, seed, progress)
+    ref, bc_hist, sims, train, held = prep.ref, prep.bc_history, prep.sims, prep.train, prep.held
+    start_stats, pair_stats, times = prep.start_stats, prep.pair_stats, prep.seconds
 
     t = time.perf_counter()
     flow, fhist = fit_flow(train, held, cfg, seed, progress)
