@@ -271,6 +271,26 @@ def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):
     ensure_dataset("hopper", "random", 300, tmp_path, progress=False)
     assert json.loads(stamp.read_text())["policies"] != "another"
     assert len(D.load_episodes(str(path))) > 0
+    assert "noise" not in json.loads(stamp.read_text())  # the default noise: the stamps made before it stay valid
+
+
+def test_behavior_noise_makes_data_sets_of_their_own(tmp_path):
+    from pfm_experiments.control.reproduce import dataset_label, ensure_dataset, reproduce
+
+    plain = Path(ensure_dataset("hopper", "medium", 300, tmp_path, progress=False))
+    noisy = Path(ensure_dataset("hopper", "medium", 300, tmp_path, progress=False, noise=0.3))
+    assert noisy != plain and noisy.name == "medium-300-noise0p3-v0"
+    assert json.loads((noisy / "pfm-source.json").read_text())["noise"] == 0.3
+    a, b = D.load_episodes(str(plain)), D.load_episodes(str(noisy))
+    # the same policy and resets, more noise: the actions differ from the first step on
+    assert not np.allclose(a[0].actions[:5], b[0].actions[:5])
+    assert dataset_label("medium") == "medium" and dataset_label("expert", 300, 0.3) == "expert-300-noise0p3"
+    for bad, match in ((-0.1, "non-negative"), (float("nan"), "non-negative")):
+        with pytest.raises(InvalidInputError, match=match):
+            reproduce(tmp_path / "o", kinds=["medium"], behavior_noise=bad, progress=False)
+    with pytest.raises(InvalidInputError, match="not to random"):
+        reproduce(tmp_path / "o", kinds=["random"], behavior_noise=0.3, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_analysis_splits_a_displacement_into_a_shift_and_the_rest():

@@ -143,6 +143,9 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
                    "reward model's best-of-n, DPO and Marginal BC, which about double a cell's time")
     r.add_argument("--start", choices=["mean", "sample"], default=None,
                    help="control: PFM improves pi_ref's mean segment (default) or a sample of it")
+    r.add_argument("--behavior-noise", type=float, default=None, metavar="STD",
+                   help="control: action noise of the behavior policies in the medium and expert data sets we make "
+                   "(default 0.1); another value makes data sets of their own (hopper-medium-noise0p3)")
     r.add_argument("--dataset-steps", type=POSITIVE_INT, default=None,
                    help="control: steps of each data set we make (default 100,000)")
     r.add_argument("--teacher-lookahead", type=NONNEG_INT, default=None, metavar="STEPS",
@@ -168,7 +171,8 @@ def _control(args: argparse.Namespace) -> int:
             args.out, tasks=args.tasks, kinds=args.kinds, dataset=args.dataset, seeds=args.seeds, quick=args.quick,
             protocols=args.protocols, start=args.start, dataset_steps=args.dataset_steps,
             teacher_lookahead=args.teacher_lookahead, rollout_frequency=args.rollout_frequency,
-            rollout_baselines=not args.no_rollout_baselines, progress=not args.quiet)
+            rollout_baselines=not args.no_rollout_baselines, behavior_noise=args.behavior_noise,
+            progress=not args.quiet)
     rollout = result if result.get("protocol") == "rollout" else result.get("rollout")
     if rollout is not result:
         for p in result["config"]["protocols"]:

@@ -27,6 +27,8 @@ from .envs import get_state, make_env, task
 from .experts import load_experts
 
 KINDS = ("random", "medium", "expert", "medium-expert")
+NOISE = 0.1
+"""The behavior policies' Gaussian action noise (std) in the data sets we make, unless told otherwise."""
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Episode:
         return len(self.actions)
 
 
-def collect(name: str, kind: str, steps: int, *, noise: float = 0.1, seed: int = 0,
+def collect(name: str, kind: str, steps: int, *, noise: float = NOISE, seed: int = 0,
             experts_path: Optional[Path] = None, progress: bool = False) -> list[Episode]:
     """Episodes of ``kind`` on task ``name`` until ``steps`` environment steps (the last episode is cut there and
     marked truncated)."""

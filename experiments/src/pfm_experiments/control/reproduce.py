@@ -20,7 +20,7 @@ from pfm.errors import InvalidInputError
 from pfm.runtime import data_dir
 from ..runner import SeedRunner, config_from_dict, read_results
 from . import report
-from .datasets import KINDS, collect, dataset_id, load_episodes, minari_root, write_minari
+from .datasets import KINDS, NOISE, collect, dataset_id, load_episodes, minari_root, write_minari
 from .envs import TASKS
 from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
 from . import rollout_baselines as RB
@@ -32,9 +32,9 @@ DEFAULT_TASKS = ("hopper", "halfcheetah", "walker2d")
 DEFAULT_KINDS = ("random", "medium", "expert")
 
 
-def _source(name: str, kind: str, steps: int) -> dict[str, Any]:
-    """What a data set of ours is made from: its size and the behavior policies' weights (a digest), so that a
-    data set made by an earlier policy file is made again."""
+def _source(name: str, kind: str, steps: int, noise: float = NOISE) -> dict[str, Any]:
+    """What a data set of ours is made from: its size, the behavior policies' weights (a digest), so that a
+    data set made by an earlier policy file is made again, and their action noise when it is not the default."""
     from .experts import load_experts
 
     h = hashlib.sha256()
@@ -43,20 +43,29 @@ def _source(name: str, kind: str, steps: int) -> dict[str, Any]:
         for pol in ((medium,) if kind == "medium" else (expert,) if kind == "expert" else (medium, expert)):
             for v in pol.to_dict("p").values():
                 h.update(np.ascontiguousarray(v, dtype=np.float64).tobytes())
-    return {"task": name, "kind": kind, "steps": steps, "seed": 0, "policies": h.hexdigest()[:16]}
+    return {"task": name, "kind": kind, "steps": steps, "seed": 0, "policies": h.hexdigest()[:16],
+            **({"noise": noise} if noise != NOISE else {})}
 
 
-def ensure_dataset(name: str, kind: str, steps: int, root: Path, progress: bool = True) -> str:
-    """Our Minari data set ``(name, kind)`` with ``steps`` steps under ``root``: made (seed 0) unless it is there
-    and was made from the current behavior policies (recorded in ``pfm-source.json`` beside it)."""
-    label = kind if steps == 100_000 else f"{kind}-{steps}"
+def dataset_label(kind: str, steps: int = 100_000, noise: float = NOISE) -> str:
+    """The name of our data set of ``kind``: ``medium``, ``medium-10000`` (another size), ``medium-noise0p3``
+    (another behavior noise; Minari's ids allow no ".")."""
+    return kind + ("" if steps == 100_000 else f"-{steps}") + ("" if noise == NOISE else
+                                                               "-noise" + f"{noise:g}".replace(".", "p"))
+
+
+def ensure_dataset(name: str, kind: str, steps: int, root: Path, progress: bool = True, noise: float = NOISE) -> str:
+    """Our Minari data set ``(name, kind)`` with ``steps`` steps under ``root``, the behavior policies acting with
+    Gaussian action noise of std ``noise``: made (seed 0) unless it is there and was made from the current behavior
+    policies (recorded in ``pfm-source.json`` beside it)."""
+    label = dataset_label(kind, steps, noise)
     where = root / dataset_id(name, label)
-    source = _source(name, kind, steps)
+    source = _source(name, kind, steps, noise)
     stamp = where / "pfm-source.json"
     if (where / "data" / "metadata.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == source:
         return str(where)
     t = time.perf_counter()
-    episodes = collect(name, kind, steps, seed=0, progress=progress)
+    episodes = collect(name, kind, steps, noise=noise, seed=0, progress=progress)
     path = write_minari(episodes, name, label, root)
     with atomic_file(stamp, "w") as f:
         json.dump(source, f)
@@ -97,7 +106,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
               quick: bool = False, protocols: Optional[Sequence[str]] = None, start: Optional[str] = None,
               dataset_steps: Optional[int] = None, teacher_lookahead: Optional[int] = None,
               rollout_frequency: Optional[int] = None, rollout_baselines: bool = True,
-              progress: bool = True) -> dict[str, Any]:
+              behavior_noise: Optional[float] = None, progress: bool = True) -> dict[str, Any]:
     """Run every cell and write ``control.json``, ``control.md`` and ``control-bars.png`` to ``out_dir``.
 
     Args:
@@ -116,6 +125,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
         rollout_frequency: ``rollout`` protocol: actions of a plan executed before the next one (default 1).
+        behavior_noise: the behavior policies' action noise (std) in the medium and expert data sets we make
+            (default 0.1); another value makes data sets of their own, named e.g. ``hopper-medium-noise0p3``.
         rollout_baselines: ``rollout`` protocol: also the baselines' rows (:mod:`.rollout_baselines`: best-of-n by
             a reward model, DPO, Marginal BC fine-tuned and from scratch), in cells of their own.
     """
@@ -161,13 +172,20 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         if k not in KINDS:
             raise InvalidInputError(f"unknown data set kind {k!r}; choose from {list(KINDS)}")
     steps = dataset_steps if dataset_steps is not None else (10_000 if quick else 100_000)
+    noise = NOISE if behavior_noise is None else behavior_noise
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 <= noise < float("inf"):
+        raise InvalidInputError(f"behavior_noise must be a non-negative number, got {behavior_noise!r}")
+    if behavior_noise is not None and (dataset is not None or "random" in kinds):
+        raise InvalidInputError("behavior_noise applies to the medium and expert data sets we make, not to random "
+                                "data or a given dataset")
     root = minari_root()
     if dataset is not None:
         if len(tasks) != 1:
             raise InvalidInputError("with dataset, give exactly one task (the environment the data set is of)")
         sources = {f"{tasks[0]}-{Path(dataset).name if Path(dataset).exists() else dataset}": (tasks[0], dataset)}
     else:
-        sources = {f"{t}-{k}": (t, ensure_dataset(t, k, steps, root, progress)) for t in tasks for k in kinds}
+        sources = {f"{t}-{dataset_label(k, noise=noise)}": (t, ensure_dataset(t, k, steps, root, progress, noise))
+                   for t in tasks for k in kinds}
     bcfg = (RB.BaselinesConfig.quick_config() if quick else RB.BaselinesConfig()).check() \
         if with_rollout and rollout_baselines else None
     rollout_result = _reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress, bcfg) \
