@@ -103,7 +103,7 @@ class Config:
     def quick_config(cls, dataset: str = "mnist") -> "Config":
         return cls(dataset=dataset, max_train=2000, vae_epochs=8, classifier_epochs=3, seeds=(0,), n_pairs=1000,
                    flow_steps=400, flow_hidden=256, flow_ema=0.99, eval_per_class=20, betas=(0.1, 10.0),
-                   validation_per_class=10, reward_steps=100, rlhf_steps=20, dpo_steps=40, curve_points=2,
+                   validation_per_class=10, reward_steps=50, rlhf_steps=20, dpo_steps=40, curve_points=2,
                    best_of_n=(2, 4), strengths=(0.0, 0.5, 1.0, 2.0), timing_repeats=1, quick=True)
 
     def models_key(self, data: ImageData) -> str:
