@@ -482,3 +482,12 @@ def test_segment_likelihood_sums_the_step_policy_over_the_observations_its_actio
         BaselinesConfig(best_of_n=(1,)).check()
     with pytest.raises(InvalidInputError, match="dpo_steps"):
         BaselinesConfig(dpo_steps=0).check()
+
+
+@pytest.mark.parametrize("flag", [["--behavior-noise", "0.3"], ["--no-rollout-baselines"], ["--tasks", "hopper"]])
+def test_the_control_options_are_an_error_with_another_experiment(flag, tmp_path, capsys):
+    from pfm.cli import main
+
+    assert main(["reproduce", "toy2d", *flag, "--out", str(tmp_path / "o")]) == 2
+    assert "apply to `pfm reproduce control` only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

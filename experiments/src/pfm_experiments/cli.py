@@ -138,7 +138,7 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
                    "control-rollout.json and .md")
     r.add_argument("--rollout-frequency", type=POSITIVE_INT, default=None, metavar="R",
                    help="control, rollout protocol: actions of each plan executed before the next (default 1)")
-    r.add_argument("--no-rollout-baselines", action="store_true",
+    r.add_argument("--no-rollout-baselines", action="store_true", default=None,  # None: not given (exclusive)
                    help="control, rollout protocol: only its own rows (BC, simulated best-of-2, PFM), not the "
                    "reward model's best-of-n, DPO and Marginal BC, which about double a cell's time")
     r.add_argument("--start", choices=["mean", "sample"], default=None,
@@ -217,6 +217,8 @@ TOY2D = Experiment("the illustrative 2D example", _toy2d_arguments, _toy2d, orde
 MNIST = Experiment("conditional image generation (digits, or --dataset fashion)", _mnist_arguments, _mnist, order=1,
                    exclusive=("--pairs", "--pairs-k"))
 CONTROL = Experiment("offline RL on MuJoCo locomotion against BC, DPO and Marginal BC", _control_arguments, _control,
-                     order=2)
+                     order=2, exclusive=("--tasks", "--kinds", "--protocols", "--rollout-frequency",
+                                         "--no-rollout-baselines", "--start", "--dataset-steps",
+                                         "--teacher-lookahead", "--behavior-noise"))
 TEXT = Experiment("controlled generation of movie-review sentences against RLHF on a small language model",
                   _text_arguments, _text, order=3, exclusive=("--reference", "--annotator", "--pairs"))
