@@ -450,6 +450,9 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
     path.write_text(json.dumps({"config": asdict(cfg)}))
     with pytest.raises(PFMError, match="not a rollout results file"):
         _earlier_rollout_rows(path, cfg, now)
+    path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": {}}))
+    with pytest.raises(PFMError, match="names no source for"):
+        _earlier_rollout_rows(path, cfg, now)
     # the table: by task, then kind; a user's Minari data set after ours
     order = _table_order({"walker2d-expert": ("walker2d", "w"), "hopper-expert": ("hopper", "h"),
                           "hopper-mujoco/hopper/medium-v0": ("hopper", "m"), "hopper-random": ("hopper", "r"),

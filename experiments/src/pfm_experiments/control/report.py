@@ -186,10 +186,8 @@ def frame_strip(name: str, proposes: dict[str, Any], path: Path, *, horizon: int
 
 # ------------------------------------------------------------------------------------------ the rollout protocol
 ROLLOUT_BASELINES = ("BC mean", "BC sampled", "simulated best-of-2")
-"""The protocol's own baseline rows: PFM and PFM x k are paired against each."""
-ROLLOUT_EXTRA = ("best-of-2 (reward model)", "best-of-8 (reward model)", "DPO", "Marginal BC (fine-tuned)",
-                 "Marginal BC (from scratch)")
-"""The baselines' rows (:mod:`.rollout_baselines`): PFM is paired against each."""
+"""The protocol's own baseline rows: PFM and PFM x k are paired against each; PFM alone against every other row
+(the baselines', :mod:`.rollout_baselines`)."""
 
 
 def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -202,8 +200,7 @@ def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         methods = [m for m in runs[0]["scores"]["rollout"] if all(m in r["scores"]["rollout"] for r in runs)]
         pfm = [m for m in methods if m.startswith("PFM")]
         pairs = [(m, b) for m in pfm for b in ROLLOUT_BASELINES if b in methods]
-        pairs += [("PFM", b) for b in methods if b in ROLLOUT_EXTRA or (b.startswith("best-of-")
-                                                                          and b.endswith("(reward model)"))]
+        pairs += [("PFM", b) for b in methods if b not in ROLLOUT_BASELINES and not b.startswith("PFM")]
         d: dict[str, Any] = {
             "seeds": len(runs),
             "scores": {m: describe([r["scores"]["rollout"][m]["score"] for r in runs]) for m in methods},

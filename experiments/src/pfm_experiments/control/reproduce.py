@@ -234,7 +234,8 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
     with tqdm(total=len(sources) * n_seeds, desc="control rollout cells", disable=not progress, unit="cell") as bar:
         for name, (task_name, source) in sources.items():
             eps = load_episodes(source)
-            runner = rollout_cells_of(name, cfg, _digest(eps))
+            digest = _digest(eps)
+            runner = rollout_cells_of(name, cfg, digest)
 
             def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
                 record = R.run_rollout_cell(task_name, eps, cfg, seed, progress=False)
@@ -246,11 +247,11 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
                 bar.set_postfix_str(f"{name} seed {s.seed}")
                 bar.update(1)
             if bcfg is not None:
-                cells[name] = _with_baselines(name, task_name, eps, cfg, bcfg, runner.key, cells[name])
+                cells[name] = _with_baselines(name, task_name, eps, digest, cfg, bcfg, runner.key, cells[name])
     out.mkdir(parents=True, exist_ok=True)
-    order = _table_order({**kept_sources, **sources})
-    sources = {name: ({**kept_sources, **sources})[name] for name in order}
-    cells = {name: ({**kept, **cells})[name] for name in order}
+    merged, merged_cells = {**kept_sources, **sources}, {**kept, **cells}
+    order = _table_order(merged)
+    sources, cells = {n: merged[n] for n in order}, {n: merged_cells[n] for n in order}
     result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources,
               "summary": report.rollout_summary(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
@@ -262,14 +263,15 @@ def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]],
     return result
 
 
-def _with_baselines(name: str, task_name: str, eps: list, cfg: "R.RolloutConfig", bcfg: "RB.BaselinesConfig",
-                    protocol_key: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _with_baselines(name: str, task_name: str, eps: list, digest: str, cfg: "R.RolloutConfig",
+                    bcfg: "RB.BaselinesConfig", protocol_key: str, records: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
     """The protocol cells' ``records`` of data set ``name`` with the baselines' rows added (their cells cached
     on their own, ``control/rollout-baselines/<name>/<key>/seed-<seed>.json``, keyed by their config, the
     protocol's key and the data's digest); each record's ``baselines`` holds what the baselines fitted and
     whether their pairs were the protocol cell's (they are drawn again from the same seeds)."""
     runner = SeedRunner(data_dir() / "control" / "rollout-baselines" / name.replace("/", "_"), bcfg, **RB.KEY,
-                        context=[protocol_key, _digest(eps)], name="control rollout baselines")
+                        context=[protocol_key, digest], name="control rollout baselines")
 
     def cell(seed: int) -> dict[str, Any]:
         record = RB.run_baselines_cell(task_name, eps, cfg, bcfg, seed, progress=False)
@@ -302,6 +304,9 @@ def _earlier_rollout_rows(path: Path, cfg: "R.RolloutConfig", sources: dict[str,
         raise InvalidInputError(f"{str(path)!r} is not a rollout results file (no cells or sources): move it away "
                                 "or choose another --out")
     other = [n for n in earlier["cells"] if n not in sources]
+    if any(n not in earlier["sources"] for n in other):
+        raise InvalidInputError(f"{str(path)!r} has cells of data sets it names no source for: move it away or "
+                                "choose another --out")
     if not other:
         return {}, {}
     if earlier.get("config") != json.loads(json.dumps(asdict(cfg))):
@@ -309,7 +314,7 @@ def _earlier_rollout_rows(path: Path, cfg: "R.RolloutConfig", sources: dict[str,
                     ", ".join(other))
         return {}, {}
     log.info("control: keeping %s from %s (the same config)", ", ".join(other), path)
-    return ({n: tuple(earlier["sources"][n]) for n in other if n in earlier["sources"]},
+    return ({n: tuple(earlier["sources"][n]) for n in other},
             {n: earlier["cells"][n] for n in other})
 
 

@@ -24,7 +24,6 @@ protocol's reset seeds (:func:`.rollout_protocol.act_episodes`).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -39,13 +38,11 @@ from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.policies import GaussianPolicy, Policy
 from ..sweeps import sweep_betas
-from .envs import normalized_score
 from .experiment import split_pairs
 from .rollout import Simulators
-from .rollout_protocol import Planner, RolloutConfig, States, act_episodes, prepare, rollouts
+from .rollout_protocol import Planner, RolloutConfig, States, mean_of, prepare, rollouts, score_rows
 from .step_policy import StepPolicy
 
-log = logging.getLogger("pfm")
 SCHEMA = 1
 KEY = {"omit": (), "unset": {}}
 """How :func:`..runner.config_key` keys a baseline cell (with the protocol's config key and the data's digest as
@@ -134,10 +131,6 @@ def reward_best_of(ref: StepPolicy, rm: RewardModel, scratch: Simulators, n: int
     return plan
 
 
-def mean_of(policy: StepPolicy) -> Planner:
-    return lambda obs, qpos, qvel: policy.mean(obs)[:, None]
-
-
 def run_baselines_cell(name: str, episodes_data: list, cfg: RolloutConfig, bcfg: BaselinesConfig, seed: int,
                        progress: bool = False) -> dict[str, Any]:
     """The baseline rows of the ``rollout`` protocol on one data set and seed (see the module docstring); a
@@ -188,14 +181,7 @@ def run_baselines_cell(name: str, episodes_data: list, cfg: RolloutConfig, bcfg:
     rows.update({"DPO": mean_of(StepPolicy(sweep.policy.step, ref.norm)),
                  "Marginal BC (fine-tuned)": mean_of(StepPolicy(tuned, ref.norm)),
                  "Marginal BC (from scratch)": mean_of(StepPolicy(scratch_pol, ref.norm))})
-    scores: dict[str, dict[str, Any]] = {}
-    for m, plan in rows.items():
-        t = time.perf_counter()
-        rets = act_episodes(name, plan, cfg.eval_episodes, 1000 + seed, cfg.max_episode_steps, cfg.rollout_frequency)
-        s = normalized_score(name, rets)
-        scores[m] = {"score": float(s.mean()), "score_std": float(s.std()), "return": float(rets.mean())}
-        times[f"eval {m}"] = time.perf_counter() - t
-        log.info("control rollout baselines %s seed %d %s: %.1f", name, seed, m, s.mean())
+    scores = score_rows(name, rows, cfg, seed, times, label="control rollout baselines")
     scratch.close()
 
     def nll(hist: Any) -> float:

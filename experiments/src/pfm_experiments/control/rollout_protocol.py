@@ -229,13 +229,14 @@ def improve(flow: PreferenceFlow, segments: np.ndarray, obs: np.ndarray, iterati
     return np.asarray(y, np.float64).reshape(segments.shape)
 
 
+def mean_of(policy: StepPolicy) -> Planner:
+    """Acting with ``policy``'s mean action: a plan of one action."""
+    return lambda obs, qpos, qvel: policy.mean(obs)[:, None]
+
+
 def planners(ref: StepPolicy, flow: PreferenceFlow, scratch: Simulators, cfg: RolloutConfig, seed: int
              ) -> dict[str, Planner]:
     """The acting rows (see the module docstring), each with its own sampling generator."""
-
-    def bc_mean(obs, qpos, qvel):
-        return ref.mean(obs)[:, None]
-
     sample = ref.sampler(seed + 1)
 
     def bc_sampled(obs, qpos, qvel):
@@ -257,7 +258,7 @@ def planners(ref: StepPolicy, flow: PreferenceFlow, scratch: Simulators, cfg: Ro
             return improve(flow, ro.actions, obs, iterations)
         return plan
 
-    return {"BC mean": bc_mean, "BC sampled": bc_sampled, "simulated best-of-2": best_of_2,
+    return {"BC mean": mean_of(ref), "BC sampled": bc_sampled, "simulated best-of-2": best_of_2,
             "PFM": pfm(1, seed + 3), f"PFM x {cfg.iterations}": pfm(cfg.iterations, seed + 4)}
 
 
@@ -277,6 +278,22 @@ def act_episodes(name: str, planner: Planner, episodes: int, seed: int, max_step
         return {i: new[j] for j, i in enumerate(idx)}
 
     return play(name, episodes, seed, max_steps, replan)
+
+
+def score_rows(name: str, rows: dict[str, Planner], cfg: RolloutConfig, seed: int, times: dict[str, float],
+               label: str = "control rollout") -> dict[str, dict[str, Any]]:
+    """Each row's ``cfg.eval_episodes`` episodes (:func:`act_episodes`, reset seeds of cell ``seed``):
+    ``{row: {"score": mean normalized return, "score_std", "return": mean return}}``; each row's seconds go into
+    ``times`` as ``"eval <row>"``."""
+    scores: dict[str, dict[str, Any]] = {}
+    for m, plan in rows.items():
+        t = time.perf_counter()
+        rets = act_episodes(name, plan, cfg.eval_episodes, 1000 + seed, cfg.max_episode_steps, cfg.rollout_frequency)
+        s = normalized_score(name, rets)
+        scores[m] = {"score": float(s.mean()), "score_std": float(s.std()), "return": float(rets.mean())}
+        times[f"eval {m}"] = time.perf_counter() - t
+        log.info("%s %s seed %d %s: %.1f", label, name, seed, m, s.mean())
+    return scores
 
 
 # ------------------------------------------------------------------------------------------ the segment test
@@ -364,14 +381,7 @@ def run_rollout_cell(name: str, episodes_data: list, cfg: RolloutConfig, seed: i
     times["segment test"] = time.perf_counter() - t
 
     scratch = Simulators(name, 2 * cfg.eval_episodes)
-    scores: dict[str, dict[str, Any]] = {}
-    for m, plan in planners(ref, flow, scratch, cfg, seed + 20_000).items():
-        t = time.perf_counter()
-        rets = act_episodes(name, plan, cfg.eval_episodes, 1000 + seed, cfg.max_episode_steps, cfg.rollout_frequency)
-        s = normalized_score(name, rets)
-        scores[m] = {"score": float(s.mean()), "score_std": float(s.std()), "return": float(rets.mean())}
-        times[f"eval {m}"] = time.perf_counter() - t
-        log.info("control rollout %s seed %d %s: %.1f", name, seed, m, s.mean())
+    scores = score_rows(name, planners(ref, flow, scratch, cfg, seed + 20_000), cfg, seed, times)
     scratch.close()
     zero = fhist.extras.get("validation_zero_field", [math.nan])[0]
     return {
