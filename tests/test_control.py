@@ -393,16 +393,23 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert cell["start_states"]["fallbacks"] == 0
     assert set(cell["scores"]["rollout"]) == {"BC mean", "BC sampled", "simulated best-of-2", "PFM", "PFM x 2",
                                               "best-of-2 (reward model)", "DPO", "Marginal BC (fine-tuned)",
-                                              "Marginal BC (from scratch)"}
+                                              "Marginal BC (from scratch)", "DPO (beta by return)"}
     assert all(np.isfinite(v["score"]) for v in cell["scores"]["rollout"].values())
     # the baselines (issue 26) start from the protocol cell's own pairs, drawn again from its seeds
     b = cell["baselines"]
     assert b["same_pairs"] and b["reward_model"]["train"] > 0.5 and b["dpo"]["beta"] == 1.0
+    # DPO with beta by return: every beta's validation return recorded, the pick is their best
+    d = cell["dpo_return"]
+    assert d["same_pairs"] and [r["beta"] for r in d["sweep"]] == [1.0, 100.0]
+    assert d["beta"] == max(d["sweep"], key=lambda r: (r["validation"], r["beta"]))["beta"]
+    assert d["accuracy_pick"] == max(d["sweep"], key=lambda r: (r["heldout_accuracy"], r["beta"]))["beta"]
+    assert result["keys"]["hopper-medium"].keys() == {"data", "baselines", "dpo_return"}
     assert {(c["method"], c["baseline"]) for c in result["summary"]["hopper-medium"]["comparisons"]} >= {
         ("PFM", "DPO"), ("PFM", "best-of-2 (reward model)"), ("PFM", "Marginal BC (from scratch)")}
     md = (tmp_path / "out" / "control-rollout-quick.md").read_text()
     assert "Protocol `rollout`" in md and "PFM − simulated best-of-2" in md and "Segment test" in md
     assert "| Marginal BC (from scratch) | paper:" in md and "| hopper-medium | PFM − DPO |" in md
+    assert "| DPO | DPO (beta by return) | Marginal BC" in md and "| hopper-medium | PFM − DPO (beta by return) |" in md
     # a second run reuses the cached cell
     assert main(args + ["--out", str(tmp_path / "out2")]) == 0
     again = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
@@ -412,6 +419,21 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert main(["reproduce", "control", "--quick", "--protocols", "rollout", "--report-only", "-q", "--out",
                  str(tmp_path / "out2")]) == 0
     assert (tmp_path / "out2" / "control-rollout-quick.md").read_text() == md2
+    # a fresh machine (an empty data directory) takes the records of the results file it replaces, made from the
+    # same data and configs, instead of computing them again ...
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "fresh"))
+    assert main(args + ["--out", str(tmp_path / "out2")]) == 0
+    taken = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
+    assert taken["cells"] == result["cells"] and taken["keys"] == result["keys"]
+    assert not list((tmp_path / "fresh").glob("control/rollout-*/**/seed-*.json"))
+    # ... and runs only the part a record lacks
+    stripped = {**taken, "cells": {"hopper-medium": [{k: v for k, v in cell.items() if k != "dpo_return"}]}}
+    (tmp_path / "out2" / "control-rollout-quick.json").write_text(json.dumps(stripped))
+    assert main(args + ["--out", str(tmp_path / "out2")]) == 0
+    again = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
+    assert again["cells"]["hopper-medium"][0]["dpo_return"]["beta"] == d["beta"]
+    made = list((tmp_path / "fresh").glob("control/rollout-*/**/seed-*.json"))
+    assert [p.relative_to(tmp_path / "fresh").parts[1] for p in made] == ["rollout-dpo"]
     with pytest.raises(InvalidInputError, match="protocols"):
         from pfm_experiments.control.reproduce import reproduce
 
@@ -428,31 +450,44 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
 
     from pfm.errors import PFMError
     from pfm_experiments.control import rollout_protocol as R
-    from pfm_experiments.control.reproduce import _earlier_rollout_rows, _table_order
+    from pfm_experiments.control.rollout_run import _earlier_rollout, _table_order
 
     cfg = R.RolloutConfig.quick_config()
     path = tmp_path / "control-rollout.json"
-    assert _earlier_rollout_rows(path, cfg, {}) == ({}, {})  # no earlier file
-    cells = {"walker2d-expert": [{"seed": 0}], "hopper-medium": [{"seed": 0}, {"seed": 1}]}
+    assert _earlier_rollout(path, cfg).cells == {}  # no earlier file
+    cells = {"walker2d-expert": [{"seed": 0}], "hopper-medium": [{"seed": 0}, {"seed": 1, "baselines": {}}]}
     sources = {"walker2d-expert": ["walker2d", "/d/w"], "hopper-medium": ["hopper", "/d/h"]}
+    keys = {"hopper-medium": {"data": "d1", "baselines": "b1", "dpo_return": "r1"}}
+    path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": sources, "keys": keys}))
+    earlier = _earlier_rollout(path, cfg)
+    assert earlier.sources == {"walker2d-expert": ("walker2d", "/d/w"), "hopper-medium": ("hopper", "/d/h")}
+    assert earlier.cells == cells and not earlier.legacy
+    # a record is taken when made from the same data and, for each part it carries, the same part config
+    now = {"data": "d1", "baselines": "b1", "dpo_return": "r1"}
+    assert earlier.reusable("hopper-medium", now) == {0: {"seed": 0}, 1: {"seed": 1, "baselines": {}}}
+    assert earlier.reusable("hopper-medium", {**now, "dpo_return": "r2"}) == {0: {"seed": 0},
+                                                                              1: {"seed": 1, "baselines": {}}}
+    assert earlier.reusable("hopper-medium", {**now, "baselines": "b2"}) == {0: {"seed": 0}}
+    assert earlier.reusable("hopper-medium", {**now, "data": "d2"}) == {}
+    assert earlier.reusable("walker2d-expert", now) == {}  # no keys recorded for it: other data
+    assert earlier.reusable("hopper-random", now) == {}
+    # a file written before results recorded their keys is taken as made from this run's data (logged)
     path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": sources}))
-    now = {"hopper-medium": ("hopper", "/d/h"), "hopper-random": ("hopper", "/d/r")}
-    # this run's data sets are its own; the others come along
-    assert _earlier_rollout_rows(path, cfg, now) == ({"walker2d-expert": ("walker2d", "/d/w")},
-                                                     {"walker2d-expert": [{"seed": 0}]})
-    assert _earlier_rollout_rows(path, cfg, {**now, "walker2d-expert": ("walker2d", "/d/w")}) == ({}, {})
+    with caplog.at_level("WARNING", logger="pfm"):
+        assert _earlier_rollout(path, cfg).reusable("walker2d-expert", now) == {0: {"seed": 0}}
+    assert "predate recorded data digests" in caplog.text
     with caplog.at_level("WARNING", logger="pfm"):  # another config: not one table
-        assert _earlier_rollout_rows(path, replace(cfg, eval_episodes=3), now) == ({}, {})
-    assert "walker2d-expert are not kept" in caplog.text
+        assert _earlier_rollout(path, replace(cfg, eval_episodes=3)).cells == {}
+    assert "walker2d-expert, hopper-medium are not kept" in caplog.text
     path.write_text("{not json")
     with pytest.raises(PFMError):
-        _earlier_rollout_rows(path, cfg, now)
+        _earlier_rollout(path, cfg)
     path.write_text(json.dumps({"config": asdict(cfg)}))
     with pytest.raises(PFMError, match="not a rollout results file"):
-        _earlier_rollout_rows(path, cfg, now)
+        _earlier_rollout(path, cfg)
     path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": {}}))
     with pytest.raises(PFMError, match="names no source for"):
-        _earlier_rollout_rows(path, cfg, now)
+        _earlier_rollout(path, cfg)
     # the table: by task, then kind; a user's Minari data set after ours
     order = _table_order({"walker2d-expert": ("walker2d", "w"), "hopper-expert": ("hopper", "h"),
                           "hopper-mujoco/hopper/medium-v0": ("hopper", "m"), "hopper-random": ("hopper", "r"),
@@ -485,6 +520,14 @@ def test_segment_likelihood_sums_the_step_policy_over_the_observations_its_actio
         BaselinesConfig(best_of_n=(1,)).check()
     with pytest.raises(InvalidInputError, match="dpo_steps"):
         BaselinesConfig(dpo_steps=0).check()
+    from pfm_experiments.control.rollout_dpo import DPOReturnConfig
+
+    with pytest.raises(InvalidInputError, match="validation_episodes"):
+        DPOReturnConfig(validation_episodes=0).check()
+    with pytest.raises(InvalidInputError, match="betas"):
+        DPOReturnConfig(betas=()).check()
+    with pytest.raises(InvalidInputError, match="dpo_lr"):
+        DPOReturnConfig(dpo_lr=0.0).check()
 
 
 @pytest.mark.parametrize("flag", [["--behavior-noise", "0.3"], ["--no-rollout-baselines"], ["--tasks", "hopper"]])

@@ -155,7 +155,8 @@ def _control_arguments(r: argparse.ArgumentParser) -> None:
 
 def _control(args: argparse.Namespace) -> int:
     from .control import report
-    from .control.reproduce import report_only, report_only_rollout, reproduce
+    from .control.reproduce import report_only, reproduce
+    from .control.rollout_run import report_only as report_only_rollout
 
     stem = "control-quick" if args.quick else "control"
     if args.report_only and args.protocols and "rollout" in args.protocols:

@@ -38,7 +38,8 @@ from ..stats import compare, comparison_table, describe, format_mean_std
 from .datasets import load_episodes, minari_root
 from .envs import make_env, normalized_score
 from .experiment import PROTOCOLS, Config, Propose, _mean, episodes_score, load_models, proposer
-from .reproduce import _digest, cell_path, ensure_dataset
+from .datasets import episodes_digest
+from .reproduce import cell_path, ensure_dataset
 from .segments import make_segments
 
 log = logging.getLogger("pfm")
@@ -89,7 +90,7 @@ def cell_models(task: str, kind: str, seed: int, cfg: Config, steps: int = 100_0
     """The directory of a cached cell's models (see :func:`.reproduce.reproduce`; cells are named by task, kind,
     seed and a key of the config and the data) and the data set's episodes."""
     episodes = load_episodes(ensure_dataset(task, kind, steps, minari_root(), progress=False))
-    path = cell_path(f"{task}-{kind}", seed, cfg, _digest(episodes))
+    path = cell_path(f"{task}-{kind}", seed, cfg, episodes_digest(episodes))
     if not (path / "bc.safetensors").exists():
         raise InvalidInputError(f"no cached cell at {str(path)!r}: run `pfm reproduce control --tasks {task} "
                                 f"--kinds {kind} --seeds {seed + 1}` first")

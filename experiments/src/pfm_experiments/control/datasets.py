@@ -14,6 +14,7 @@ reward.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +206,13 @@ def state_from_observation(name: str, obs: np.ndarray, nq: int, nv: int) -> tupl
                                 f"and qvel ({nq - skip + nv} entries)")
     qpos = np.concatenate([np.zeros(skip), obs[:nq - skip]])
     return qpos, obs[nq - skip:nq - skip + nv].copy()
+
+
+def episodes_digest(episodes: list) -> str:
+    """16 hex digits of the SHA-256 of the episodes' observations and actions: what a cell's cache key holds of its
+    data."""
+    h = hashlib.sha256()
+    for e in episodes:
+        h.update(np.ascontiguousarray(e.observations).tobytes())
+        h.update(np.ascontiguousarray(e.actions).tobytes())
+    return h.hexdigest()[:16]

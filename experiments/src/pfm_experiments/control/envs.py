@@ -32,6 +32,9 @@ TASKS = {
     "ant": Task("ant", "Ant-v5", -325.6, 3879.7, 1.0, 90.16),
 }
 
+DEFAULT_TASKS = ("hopper", "halfcheetah", "walker2d")
+"""The tasks of our data sets that a run takes when none is named (the paper's D4RL tasks but ant)."""
+
 
 def task(name: str) -> Task:
     if name not in TASKS:

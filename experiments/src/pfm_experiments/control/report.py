@@ -197,7 +197,8 @@ def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     get = _score("rollout")
     out: dict[str, Any] = {}
     for name, runs in cells.items():
-        methods = [m for m in runs[0]["scores"]["rollout"] if all(m in r["scores"]["rollout"] for r in runs)]
+        methods = _variants_after([m for m in runs[0]["scores"]["rollout"]
+                                   if all(m in r["scores"]["rollout"] for r in runs)])
         pfm = [m for m in methods if m.startswith("PFM")]
         pairs = [(m, b) for m in pfm for b in ROLLOUT_BASELINES if b in methods]
         pairs += [("PFM", b) for b in methods if b not in ROLLOUT_BASELINES and not b.startswith("PFM")]
@@ -214,10 +215,23 @@ def rollout_summary(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def _variants_after(methods: list[str]) -> list[str]:
+    """``methods`` with each variant of a row (``"DPO (beta by return)"`` of ``"DPO"``) moved right after it."""
+    out = [m for m in methods if not any(m.startswith(b + " (") for b in methods)]
+    for m in methods:
+        if m not in out:
+            base = next(b for b in methods if m.startswith(b + " ("))
+            at = out.index(base) + 1
+            while at < len(out) and out[at].startswith(base + " ("):
+                at += 1
+            out.insert(at, m)
+    return out
+
+
 def rollout_table(summary: dict[str, Any]) -> str:
     """Normalized return per data set and row of the ``rollout`` protocol (mean ± sample std over seeds), with the
     paper's numbers."""
-    methods = list(dict.fromkeys(m for d in summary.values() for m in d["scores"]))  # a row a data set lacks: -
+    methods = _variants_after(list(dict.fromkeys(m for d in summary.values() for m in d["scores"])))  # lacking: -
     lines = ["| data set (D4RL-style) | seeds | " + " | ".join(methods) + " | paper: BC / DPO / PFM / MBC |",
              "|---|---|" + "---|" * len(methods) + "---|"]
     for name, d in summary.items():

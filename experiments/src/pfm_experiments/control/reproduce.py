@@ -20,15 +20,14 @@ from pfm.errors import InvalidInputError
 from pfm.runtime import data_dir
 from ..runner import SeedRunner, config_from_dict, read_results
 from . import report
-from .datasets import KINDS, NOISE, collect, dataset_id, load_episodes, minari_root, write_minari
-from .envs import TASKS
+from .datasets import KINDS, NOISE, collect, dataset_id, episodes_digest, load_episodes, minari_root, write_minari
+from .envs import DEFAULT_TASKS, TASKS
 from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
-from . import rollout_baselines as RB
+from . import rollout_run as RR
 from . import rollout_protocol as R
 
 log = logging.getLogger("pfm")
 
-DEFAULT_TASKS = ("hopper", "halfcheetah", "walker2d")
 DEFAULT_KINDS = ("random", "medium", "expert")
 
 
@@ -81,24 +80,9 @@ def cells_of(name: str, cfg: Config, digest: str) -> SeedRunner:
                       name="control")
 
 
-def rollout_cells_of(name: str, cfg: "R.RolloutConfig", digest: str) -> SeedRunner:
-    """The runner of data set ``name``'s ``rollout``-protocol cells: ``control/rollout-cells/<name>/<key>/
-    seed-<seed>.json`` in the data directory, keyed like :func:`cells_of` (its own config and the data's digest)."""
-    return SeedRunner(data_dir() / "control" / "rollout-cells" / name.replace("/", "_"), cfg, **R.KEY,
-                      context=digest, name="control rollout")
-
-
 def cell_path(name: str, seed: int, cfg: Config, digest: str) -> Path:
     """Where cell ``(name, seed)`` is cached: ``<path>.json`` holds its record and ``<path>/`` its models."""
     return cells_of(name, cfg, digest).path(seed).with_suffix("")
-
-
-def _digest(episodes: list) -> str:
-    h = hashlib.sha256()
-    for e in episodes:
-        h.update(np.ascontiguousarray(e.observations).tobytes())
-        h.update(np.ascontiguousarray(e.actions).tobytes())
-    return h.hexdigest()[:16]
 
 
 def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]] = None,
@@ -120,7 +104,9 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
             go to ``control-rollout[-quick].json`` and ``.md``. With ``rollout`` alone only it runs, and its result
             is returned; with others too, theirs is returned with the rollout result under ``"rollout"``. The
             rows of other data sets already in that file are kept when it was made with the same rollout config
-            (a run on the random and expert sets adds them to the medium sets' table).
+            (a run on the random and expert sets adds them to the medium sets' table), and its records of this
+            run's data sets are taken instead of computed when they were made from the same data and part configs
+            (a run on a fresh machine adds a row to the committed table without computing the cells again).
         dataset_steps: size of the data sets we make (default 100,000 steps; 10,000 with ``quick``).
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
@@ -128,7 +114,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
         behavior_noise: the behavior policies' action noise (std) in the medium and expert data sets we make
             (default 0.1); another value makes data sets of their own, named e.g. ``hopper-medium-noise0p3``.
         rollout_baselines: ``rollout`` protocol: also the baselines' rows (:mod:`.rollout_baselines`: best-of-n by
-            a reward model, DPO, Marginal BC fine-tuned and from scratch), in cells of their own.
+            a reward model, DPO, Marginal BC fine-tuned and from scratch; :mod:`.rollout_dpo`: DPO with beta picked
+            by return on validation episodes), in cells of their own.
     """
     from tqdm.auto import tqdm
 
@@ -186,10 +173,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     else:
         sources = {f"{t}-{dataset_label(k, noise=noise)}": (t, ensure_dataset(t, k, steps, root, progress, noise))
                    for t in tasks for k in kinds}
-    bcfg = (RB.BaselinesConfig.quick_config() if quick else RB.BaselinesConfig()).check() \
-        if with_rollout and rollout_baselines else None
-    rollout_result = _reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress, bcfg) \
-        if with_rollout else None
+    rollout_result = RR.reproduce_rollout(out_dir, sources, rcfg, n_seeds, quick, progress,
+                                        baselines=rollout_baselines) if with_rollout else None
     if not classic:
         assert rollout_result is not None
         return rollout_result
@@ -198,7 +183,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     with tqdm(total=len(sources) * n_seeds, desc="control cells", disable=not progress, unit="cell") as bar:
         for name, (task_name, source) in sources.items():
             eps = load_episodes(source)
-            episodes_cache = {name: (eps, _digest(eps))}  # one data set in memory at a time
+            episodes_cache = {name: (eps, episodes_digest(eps))}  # one data set in memory at a time
             runner = cells_of(name, cfg, episodes_cache[name][1])
             for s in runner.run(range(n_seeds), functools.partial(_cell, task_name, eps, cfg, runner)):
                 cells.setdefault(name, []).append(s.record)
@@ -217,161 +202,6 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     if rollout_result is not None:
         result["rollout"] = rollout_result
     return result
-
-
-def _reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], cfg: "R.RolloutConfig",
-                       n_seeds: int, quick: bool, progress: bool, bcfg: Optional["RB.BaselinesConfig"] = None
-                       ) -> dict[str, Any]:
-    """The ``rollout`` protocol's cells (cached one by one), with the baselines' cells when ``bcfg`` is given, and
-    ``control-rollout[-quick].json`` / ``.md``."""
-    from tqdm.auto import tqdm
-
-    start_time = time.perf_counter()
-    out = Path(out_dir)
-    base = out / ("control-rollout-quick" if quick else "control-rollout")
-    kept_sources, kept = _earlier_rollout_rows(base.with_suffix(".json"), cfg, sources)  # read before the work
-    cells: dict[str, list[dict[str, Any]]] = {}
-    with tqdm(total=len(sources) * n_seeds, desc="control rollout cells", disable=not progress, unit="cell") as bar:
-        for name, (task_name, source) in sources.items():
-            eps = load_episodes(source)
-            digest = _digest(eps)
-            runner = rollout_cells_of(name, cfg, digest)
-
-            def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
-                record = R.run_rollout_cell(task_name, eps, cfg, seed, progress=False)
-                record["torch_threads"] = torch.get_num_threads()
-                return record
-
-            for s in runner.run(range(n_seeds), cell):
-                cells.setdefault(name, []).append(s.record)
-                bar.set_postfix_str(f"{name} seed {s.seed}")
-                bar.update(1)
-            if bcfg is not None:
-                cells[name] = _with_baselines(name, task_name, eps, digest, cfg, bcfg, runner.key, cells[name])
-    out.mkdir(parents=True, exist_ok=True)
-    merged, merged_cells = {**kept_sources, **sources}, {**kept, **cells}
-    order = _table_order(merged)
-    sources, cells = {n: merged[n] for n in order}, {n: merged_cells[n] for n in order}
-    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources,
-              "summary": report.rollout_summary(cells), "cells": cells,
-              "seconds": time.perf_counter() - start_time,
-              "compute_seconds": float(sum(r["wall_seconds"] + r.get("baselines", {}).get("wall_seconds", 0.0)
-                                           for rs in cells.values() for r in rs))}
-    if kept:
-        result["kept_from_earlier_run"] = sorted(kept)
-    write_rollout_report(result, base)
-    return result
-
-
-def _with_baselines(name: str, task_name: str, eps: list, digest: str, cfg: "R.RolloutConfig",
-                    bcfg: "RB.BaselinesConfig", protocol_key: str, records: list[dict[str, Any]]
-                    ) -> list[dict[str, Any]]:
-    """The protocol cells' ``records`` of data set ``name`` with the baselines' rows added (their cells cached
-    on their own, ``control/rollout-baselines/<name>/<key>/seed-<seed>.json``, keyed by their config, the
-    protocol's key and the data's digest); each record's ``baselines`` holds what the baselines fitted and
-    whether their pairs were the protocol cell's (they are drawn again from the same seeds)."""
-    runner = SeedRunner(data_dir() / "control" / "rollout-baselines" / name.replace("/", "_"), bcfg, **RB.KEY,
-                        context=[protocol_key, digest], name="control rollout baselines")
-
-    def cell(seed: int) -> dict[str, Any]:
-        record = RB.run_baselines_cell(task_name, eps, cfg, bcfg, seed, progress=False)
-        record["torch_threads"] = torch.get_num_threads()
-        return record
-
-    out = []
-    for rec, b in zip(records, runner.run([r["seed"] for r in records], cell)):
-        same = all(np.isclose(rec["pairs"][k], b.record["pairs"][k], rtol=1e-9, atol=1e-9) for k in rec["pairs"])
-        if not same:
-            log.warning("control: %s seed %d: the baselines' pairs differ from the protocol cell's (%s vs %s)",
-                        name, rec["seed"], b.record["pairs"], rec["pairs"])
-        out.append({**rec, "scores": {"rollout": {**rec["scores"]["rollout"], **b.record["scores"]["rollout"]}},
-                    "baselines": {**{k: b.record[k] for k in ("reward_model", "dpo", "marginal_bc", "seconds")},
-                                  "wall_seconds": b.record["wall_seconds"], "same_pairs": bool(same)}})
-    return out
-
-
-def _earlier_rollout_rows(path: Path, cfg: "R.RolloutConfig", sources: dict[str, tuple[str, str]]
-                          ) -> tuple[dict[str, tuple[str, str]], dict[str, list[dict[str, Any]]]]:
-    """The data sets of an earlier ``rollout`` results file at ``path`` that this run does not make (their sources
-    and cells), kept when that file's config is this run's, so that runs on other data sets (e.g. the medium sets
-    with 5 seeds, then random and expert with 3) add up to one table; ``({}, {})`` when there is no such file or
-    its config differs (its rows are then replaced, with a warning). An unreadable file is an error before any
-    work starts: it is the file this run replaces."""
-    if not path.exists():
-        return {}, {}
-    earlier = read_results(path, "pfm reproduce control --protocols rollout")
-    if not isinstance(earlier.get("cells"), dict) or not isinstance(earlier.get("sources"), dict):
-        raise InvalidInputError(f"{str(path)!r} is not a rollout results file (no cells or sources): move it away "
-                                "or choose another --out")
-    other = [n for n in earlier["cells"] if n not in sources]
-    if any(n not in earlier["sources"] for n in other):
-        raise InvalidInputError(f"{str(path)!r} has cells of data sets it names no source for: move it away or "
-                                "choose another --out")
-    if not other:
-        return {}, {}
-    if earlier.get("config") != json.loads(json.dumps(asdict(cfg))):
-        log.warning("control: %s was made with another rollout config; its rows %s are not kept", path,
-                    ", ".join(other))
-        return {}, {}
-    log.info("control: keeping %s from %s (the same config)", ", ".join(other), path)
-    return ({n: tuple(earlier["sources"][n]) for n in other},
-            {n: earlier["cells"][n] for n in other})
-
-
-def _table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
-    """Data set names by task (hopper, halfcheetah, walker2d, then the others) and kind (random, medium, expert,
-    ...); names that are not ``<task>-<kind>`` of ours after them, in their order."""
-    tasks = list(DEFAULT_TASKS) + sorted(t for t in TASKS if t not in DEFAULT_TASKS)
-
-    def rank(item: tuple[int, str]) -> tuple[int, int, int]:
-        i, name = item
-        task = sources[name][0]
-        kind = name[len(task) + 1:] if name.startswith(task + "-") else None
-        if task in tasks and kind in KINDS:
-            return (0, tasks.index(task) * len(KINDS) + KINDS.index(kind), i)
-        return (1, 0, i)
-
-    return [name for _, name in sorted(enumerate(sources), key=rank)]
-
-
-def write_rollout_report(result: dict[str, Any], base: Path) -> None:
-    """``<base>.json`` (the result) and ``<base>.md``: the rows' normalized returns, PFM paired against each
-    baseline row, and the segment test."""
-    cfg, summary = config_from_dict(R.RolloutConfig, result["config"]), result["summary"]
-    with atomic_file(base.with_suffix(".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = [f"**Protocol `rollout`** (the released code's PbRL design, its bugs fixed: pi_ref a per-step Gaussian BC "
-          f"policy; pairs from two closed-loop {cfg.pair_horizon}-step pi_ref rollouts from on-policy start states, "
-          f"the first {cfg.horizon} actions kept; acting rolls pi_ref out for {cfg.horizon} steps in a restored "
-          f"copy of the simulator at every step, flows that segment and executes {cfg.rollout_frequency} of its "
-          f"actions), D4RL-style normalized return, {cfg.eval_episodes} episodes of at most "
-          f"{cfg.max_episode_steps} steps per seed, mean ± sample std over seeds:\n\n" + report.rollout_table(summary),
-          "PFM against each baseline row, paired per seed: the mean difference and its 95% Student-t confidence "
-          "interval:\n\n" + report.rollout_comparisons_table(summary),
-          f"**Segment test** on held-out on-policy start states: mean simulated {cfg.pair_horizon}-step return of "
-          f"each method's {cfg.horizon} actions followed by pi_ref (sampled, the same noise for every method) to "
-          f"{cfg.pair_horizon} steps:\n\n" + report.segment_table(summary),
-          f"The same segments' own {cfg.horizon}-step return:\n\n"
-          + report.segment_table(summary, "segment_returns_10")]
-    fitted = {name: [r["baselines"] for r in rs] for name, rs in result["cells"].items()
-              if all("baselines" in r for r in rs)}
-    if fitted:
-        md.append("**Baselines** on the same pairs (`rollout_baselines.py`): best-of-n by a Bradley-Terry reward "
-                  f"model on the segment given the observation ({cfg.horizon}-step pi_ref segments rolled out in the "
-                  "restored copy, the best one's first action executed), DPO of pi_ref (a segment's log-likelihood "
-                  "the sum of its steps', beta by held-out implicit accuracy), Marginal BC fine-tuned from pi_ref "
-                  "and from scratch on the preferred steps; DPO and Marginal BC act with their mean. Per data set, "
-                  "the reward model's held-out pair accuracy (mean over seeds) and DPO's betas:\n\n"
-                  "| data set | reward model held-out accuracy | DPO beta per seed | pairs as the protocol's |\n"
-                  "|---|---|---|---|\n" + "\n".join(
-                      f"| {name} | {np.mean([b['reward_model']['heldout'] for b in bs]):.3f} | "
-                      f"{', '.join(format(b['dpo']['beta'], 'g') for b in bs)} | "
-                      f"{sum(b['same_pairs'] for b in bs)} of {len(bs)} |" for name, bs in fitted.items()))
-    threads = next(r["torch_threads"] for rs in result["cells"].values() for r in rs)
-    md.append(f"Computing the cells took {result['compute_seconds']:.0f} s with {threads} torch "
-              f"threads (this invocation: {result['seconds']:.0f} s).")
-    with atomic_file(base.with_suffix(".md"), "w") as f:
-        f.write("\n\n".join(md) + "\n")
 
 
 def _cell(task_name: str, episodes: list, cfg: Config, runner: SeedRunner, seed: int) -> dict[str, Any]:
@@ -424,17 +254,6 @@ def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict
     return result
 
 
-def report_only_rollout(out_dir: str | Path = "results", *, quick: bool = False) -> dict[str, Any]:
-    """Recompute the summary of ``<out_dir>/control-rollout[-quick].json`` from its cells and rewrite it and its
-    ``.md`` (``pfm reproduce control --protocols rollout --report-only``)."""
-    base = Path(out_dir) / ("control-rollout-quick" if quick else "control-rollout")
-    result = read_results(base.with_suffix(".json"), "pfm reproduce control --protocols rollout"
-                          + (" --quick" if quick else ""))
-    result["summary"] = report.rollout_summary(result["cells"])
-    write_rollout_report(result, base)
-    return result
-
-
 def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cache: dict[str, tuple[list, str]],
                  path: Path) -> str:
     """One episode of BC and of PFM on the first medium data set (else the first), cell seed 0, rendered; a line
@@ -445,7 +264,7 @@ def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cach
 
     name = next((n for n in sources if n.endswith("-medium")), next(iter(sources)))
     task_name, source = sources[name]
-    digest = episodes_cache[name][1] if name in episodes_cache else _digest(load_episodes(source))
+    digest = episodes_cache[name][1] if name in episodes_cache else episodes_digest(load_episodes(source))
     models = cell_path(name, 0, cfg, digest)
     if not (models / "bc.safetensors").exists():
         return ""
