@@ -461,7 +461,7 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
     path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": sources, "keys": keys}))
     earlier = _earlier_rollout(path, cfg)
     assert earlier.sources == {"walker2d-expert": ("walker2d", "/d/w"), "hopper-medium": ("hopper", "/d/h")}
-    assert earlier.cells == cells and not earlier.legacy
+    assert earlier.cells == cells and earlier.keys == keys
     # a record is taken when made from the same data and, for each part it carries, the same part config
     now = {"data": "d1", "baselines": "b1", "dpo_return": "r1"}
     assert earlier.reusable("hopper-medium", now) == {0: {"seed": 0}, 1: {"seed": 1, "baselines": {}}}
@@ -469,13 +469,11 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
                                                                               1: {"seed": 1, "baselines": {}}}
     assert earlier.reusable("hopper-medium", {**now, "baselines": "b2"}) == {0: {"seed": 0}}
     assert earlier.reusable("hopper-medium", {**now, "data": "d2"}) == {}
-    assert earlier.reusable("walker2d-expert", now) == {}  # no keys recorded for it: other data
     assert earlier.reusable("hopper-random", now) == {}
-    # a file written before results recorded their keys is taken as made from this run's data (logged)
-    path.write_text(json.dumps({"config": asdict(cfg), "cells": cells, "sources": sources}))
+    # a data set with no recorded keys (from before results recorded them) is taken as made from this run's data
     with caplog.at_level("WARNING", logger="pfm"):
-        assert _earlier_rollout(path, cfg).reusable("walker2d-expert", now) == {0: {"seed": 0}}
-    assert "predate recorded data digests" in caplog.text
+        assert earlier.reusable("walker2d-expert", now) == {0: {"seed": 0}}
+    assert "walker2d-expert predates recorded data digests" in caplog.text
     with caplog.at_level("WARNING", logger="pfm"):  # another config: not one table
         assert _earlier_rollout(path, replace(cfg, eval_episodes=3)).cells == {}
     assert "walker2d-expert, hopper-medium are not kept" in caplog.text

@@ -117,7 +117,9 @@ class _Part:
     def add_to(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``records`` with this part's rows and ``field`` added to those that lack them (their cells run or
         loaded); whether a cell's pairs were the protocol cell's (drawn again from the same seeds) is kept as
-        ``field.same_pairs``."""
+        ``field.same_pairs``: their stats equal to a relative 1e-6, since a record may come from another machine
+        (a hopper-random cell recomputed on a second machine agreed with the committed one to ~1e-8 in its pairs'
+        returns and ~1e-7 in its scores: float rounding in the simulator)."""
         todo = [r["seed"] for r in records if self.field not in r]
         made = {s.seed: s.record for s in self.runner.run(todo, self.run)}
         out = []
@@ -126,7 +128,7 @@ class _Part:
             if b is None:
                 out.append(rec)
                 continue
-            same = all(np.isclose(rec["pairs"][k], b["pairs"][k], rtol=1e-9, atol=1e-9) for k in rec["pairs"])
+            same = all(np.isclose(rec["pairs"][k], b["pairs"][k], rtol=1e-6, atol=1e-9) for k in rec["pairs"])
             if not same:
                 log.warning("control: %s seed %d: the %s cell's pairs differ from the protocol cell's (%s vs %s)",
                             self.runner.name, rec["seed"], self.field, b["pairs"], rec["pairs"])
@@ -170,26 +172,28 @@ def _keys(digest: str, parts: list[_Part]) -> dict[str, str]:
 
 @dataclass
 class _Earlier:
-    """The rows of an earlier ``rollout`` results file made with this run's config (empty otherwise)."""
+    """The rows of an earlier ``rollout`` results file made with this run's config (empty otherwise), and the keys
+    it recorded per data set (:func:`_keys`; none for data sets it had from before results recorded them)."""
 
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     cells: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     keys: dict[str, dict[str, str]] = field(default_factory=dict)
-    legacy: bool = False  # written before results recorded their keys
 
     def reusable(self, name: str, keys: dict[str, str]) -> dict[int, dict[str, Any]]:
         """Data set ``name``'s records by seed that were made from what this run's would be: the same data
-        (``keys["data"]``) and, for each part a record carries, the same part config. A file written before
-        results recorded their keys is taken as made from this run's data and parts (logged)."""
+        (``keys["data"]``) and, for each part a record carries, the same part config. Records of a data set
+        with no recorded keys (made before results recorded them) are taken as made from this run's data and
+        parts (logged)."""
         if name not in self.cells:
             return {}
-        had = keys if self.legacy else self.keys.get(name, {})
+        had = self.keys.get(name)
+        if had is None:
+            log.warning("control: the earlier results' %s predates recorded data digests; taking its records as "
+                        "made from this data set", name)
+            had = keys
         if had.get("data") != keys["data"]:
             log.info("control: %s in the earlier results was made from other data; its cells run again", name)
             return {}
-        if self.legacy:
-            log.warning("control: the earlier results predate recorded data digests; taking its %s records as made "
-                        "from this data set", name)
         return {r["seed"]: r for r in self.cells[name]
                 if all(had.get(p) == keys.get(p) for p in PARTS if p in r)}
 
@@ -214,9 +218,8 @@ def _earlier_rollout(path: Path, cfg: "R.RolloutConfig") -> _Earlier:
             log.warning("control: %s was made with another rollout config; its rows %s are not kept", path,
                         ", ".join(earlier["cells"]))
         return _Earlier()
-    keys = earlier.get("keys")
     return _Earlier({n: tuple(earlier["sources"][n]) for n in earlier["cells"]}, dict(earlier["cells"]),
-                    dict(keys or {}), legacy=keys is None)
+                    dict(earlier.get("keys") or {}))
 
 
 def _table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
