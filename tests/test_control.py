@@ -470,10 +470,8 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
     assert earlier.reusable("hopper-medium", {**now, "baselines": "b2"}) == {0: {"seed": 0}}
     assert earlier.reusable("hopper-medium", {**now, "data": "d2"}) == {}
     assert earlier.reusable("hopper-random", now) == {}
-    # a data set with no recorded keys (from before results recorded them) is taken as made from this run's data
-    with caplog.at_level("WARNING", logger="pfm"):
-        assert earlier.reusable("walker2d-expert", now) == {0: {"seed": 0}}
-    assert "walker2d-expert predates recorded data digests" in caplog.text
+    # a data set with no recorded keys (from before results recorded them) is kept as rows, never reused
+    assert earlier.reusable("walker2d-expert", now) == {}
     with caplog.at_level("WARNING", logger="pfm"):  # another config: not one table
         assert _earlier_rollout(path, replace(cfg, eval_episodes=3)).cells == {}
     assert "walker2d-expert, hopper-medium are not kept" in caplog.text

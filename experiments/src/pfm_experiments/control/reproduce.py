@@ -106,7 +106,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
             rows of other data sets already in that file are kept when it was made with the same rollout config
             (a run on the random and expert sets adds them to the medium sets' table), and its records of this
             run's data sets are taken instead of computed when they were made from the same data and part configs
-            (a run on a fresh machine adds a row to the committed table without computing the cells again).
+            (a run with an empty data directory adds a row to the table without computing its cells again).
         dataset_steps: size of the data sets we make (default 100,000 steps; 10,000 with ``quick``).
         teacher_lookahead: steps the teacher goes on with pi_ref's mean after each segment before it compares
             returns (default 0: the segment's own return, the paper's teacher).
