@@ -434,6 +434,16 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert again["cells"]["hopper-medium"][0]["dpo_return"]["beta"] == d["beta"]
     made = list((tmp_path / "fresh").glob("control/rollout-*/**/seed-*.json"))
     assert [p.relative_to(tmp_path / "fresh").parts[1] for p in made] == ["rollout-dpo"]
+    # a taken record whose pairs a part does not draw again (another machine's drift, here a tampered record):
+    # its protocol cell runs again here (from the first data directory's cache), and its parts with it
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    tampered = {**cell, "pairs": {**cell["pairs"], "chosen_return": cell["pairs"]["chosen_return"] + 1.0}}
+    tampered = {k: v for k, v in tampered.items() if k != "dpo_return"}
+    (tmp_path / "out2" / "control-rollout-quick.json").write_text(
+        json.dumps({**taken, "cells": {"hopper-medium": [tampered]}}))
+    assert main(args + ["--out", str(tmp_path / "out2")]) == 0
+    fixed = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())["cells"]["hopper-medium"][0]
+    assert fixed == cell
     with pytest.raises(InvalidInputError, match="protocols"):
         from pfm_experiments.control.reproduce import reproduce
 

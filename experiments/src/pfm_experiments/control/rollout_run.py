@@ -44,8 +44,10 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
     A record of the results file this run replaces is taken as it is, instead of running or loading its cell, when
     that file has this run's config and the record's keys (:func:`_keys`: the data's digest and each part's cache
     key) are this run's; only the parts it lacks then run. So a run with an empty data directory goes on from the
-    results file (adds a row to its table) without computing its cells again, wherever the data sets made again
-    are the same bytes (on another machine they need not be: the cells then run again)."""
+    results file (adds a row to its table) without computing its cells again. A part that runs checks that it drew
+    the record's pairs again; where it did not (the same data on another machine can drift: float rounding in
+    the simulated closed loop grows over the 100-199 steps to a start state), that seed's protocol cell runs
+    again here and its parts with it, so no row is paired with another's data."""
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
@@ -81,8 +83,13 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
                 bar.update(1)
             records = [done[s] for s in range(n_seeds)]
             if baselines:
-                for part in parts:
-                    records = part.add_to(records)
+                records = _with_parts(records, parts)
+                stale = [r["seed"] for r in records if r["seed"] in reuse and not _same_pairs(r)]
+                if stale:  # taken records whose data drew other pairs here: this machine's cells instead
+                    log.warning("control: %s seeds %s of %s drew other pairs here than its records hold; their "
+                                "cells run again", name, stale, base.with_suffix(".json"))
+                    again = {s.seed: s.record for s in runner.run(stale, cell)}
+                    records = _with_parts([again.get(r["seed"], r) for r in records], parts)
             cells[name] = records
     out.mkdir(parents=True, exist_ok=True)
     merged, merged_cells = {**{n: earlier.sources[n] for n in kept}, **sources}, {**kept, **cells}
@@ -98,6 +105,17 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
         result["kept_from_earlier_run"] = sorted(kept)
     write_rollout_report(result, base)
     return result
+
+
+def _with_parts(records: list[dict[str, Any]], parts: list["_Part"]) -> list[dict[str, Any]]:
+    for part in parts:
+        records = part.add_to(records)
+    return records
+
+
+def _same_pairs(record: dict[str, Any]) -> bool:
+    """Whether every part of ``record`` drew the protocol cell's pairs again."""
+    return all(record[p]["same_pairs"] for p in PARTS if p in record)
 
 
 PARTS = ("baselines", "dpo_return")
@@ -118,9 +136,9 @@ class _Part:
     def add_to(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``records`` with this part's rows and ``field`` added to those that lack them (their cells run or
         loaded); whether a cell's pairs were the protocol cell's (drawn again from the same seeds) is kept as
-        ``field.same_pairs``: their stats equal to a relative 1e-6, since a record may come from another machine
-        (a hopper-random cell recomputed on a second machine agreed with the committed one to ~1e-8 in its pairs'
-        returns and ~1e-7 in its scores: float rounding in the simulator)."""
+        ``field.same_pairs``: their stats equal to a relative 1e-6 (cells recomputed on another machine agreed with
+        the committed ones to ~1e-8 in their pairs and ~1e-7 in their scores where the closed loop did not
+        diverge; where it did, the pairs differ by ~1e-3 and more)."""
         todo = [r["seed"] for r in records if self.field not in r]
         made = {s.seed: s.record for s in self.runner.run(todo, self.run)}
         out = []
