@@ -95,7 +95,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
     merged, merged_cells = {**{n: earlier.sources[n] for n in kept}, **sources}, {**kept, **cells}
     order = _table_order(merged)
     sources, cells = {n: merged[n] for n in order}, {n: merged_cells[n] for n in order}
-    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources, "keys": keys,
+    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources, "keys": keys, "versions": _versions(),
               "summary": report.rollout_summary(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
               "compute_seconds": float(sum(r["wall_seconds"] + sum(r.get(p, {}).get("wall_seconds", 0.0)
@@ -105,6 +105,16 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
         result["kept_from_earlier_run"] = sorted(kept)
     write_rollout_report(result, base)
     return result
+
+
+def _versions() -> dict[str, str]:
+    """The versions of what a cell's numbers depend on beyond its config and data (the simulator's rounding differs
+    between builds and machines; the same seeds then give slightly other closed loops)."""
+    import gymnasium
+    import mujoco
+
+    return {"mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__, "torch": torch.__version__,
+            "numpy": np.__version__}
 
 
 def _with_parts(records: list[dict[str, Any]], parts: list["_Part"]) -> list[dict[str, Any]]:
