@@ -404,7 +404,7 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     assert d["beta"] == max(d["sweep"], key=lambda r: (r["validation"], r["beta"]))["beta"]
     assert d["accuracy_pick"] == max(d["sweep"], key=lambda r: (r["heldout_accuracy"], r["beta"]))["beta"]
     assert result["keys"]["hopper-medium"].keys() == {"data", "baselines", "dpo_return"}
-    assert set(result["versions"]) == {"mujoco", "gymnasium", "torch", "numpy"}
+    assert set(result["versions"]["hopper-medium"]) == {"mujoco", "gymnasium", "torch", "numpy"}
     assert {(c["method"], c["baseline"]) for c in result["summary"]["hopper-medium"]["comparisons"]} >= {
         ("PFM", "DPO"), ("PFM", "best-of-2 (reward model)"), ("PFM", "Marginal BC (from scratch)")}
     md = (tmp_path / "out" / "control-rollout-quick.md").read_text()

@@ -59,13 +59,14 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
         log.info("control: keeping %s from %s (the same config)", ", ".join(kept), base.with_suffix(".json"))
     cells: dict[str, list[dict[str, Any]]] = {}
     keys: dict[str, dict[str, str]] = {n: earlier.keys[n] for n in kept if n in earlier.keys}
+    versions = {n: earlier.versions[n] for n in kept if n in earlier.versions}
     with tqdm(total=len(sources) * n_seeds, desc="control rollout cells", disable=not progress, unit="cell") as bar:
         for name, (task_name, source) in sources.items():
             eps = load_episodes(source)
             digest = episodes_digest(eps)
             runner = rollout_cells_of(name, cfg, digest)
             parts = _parts(name, task_name, eps, digest, cfg, runner.key, quick)
-            keys[name] = _keys(digest, parts)
+            keys[name], versions[name] = _keys(digest, parts), _versions()
             reuse = earlier.reusable(name, keys[name])
 
             def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
     merged, merged_cells = {**{n: earlier.sources[n] for n in kept}, **sources}, {**kept, **cells}
     order = _table_order(merged)
     sources, cells = {n: merged[n] for n in order}, {n: merged_cells[n] for n in order}
-    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources, "keys": keys, "versions": _versions(),
+    result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources, "keys": keys, "versions": versions,
               "summary": report.rollout_summary(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
               "compute_seconds": float(sum(r["wall_seconds"] + sum(r.get(p, {}).get("wall_seconds", 0.0)
@@ -109,7 +110,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
 
 def _versions() -> dict[str, str]:
     """The versions of what a cell's numbers depend on beyond its config and data (the simulator's rounding differs
-    between builds and machines; the same seeds then give slightly other closed loops)."""
+    between builds and machines; the same seeds then give slightly other closed loops), recorded per data set."""
     import gymnasium
     import mujoco
 
@@ -207,6 +208,7 @@ class _Earlier:
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     cells: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def reusable(self, name: str, keys: dict[str, str]) -> dict[int, dict[str, Any]]:
         """Data set ``name``'s records by seed that were made from what this run's would be: the same data
@@ -245,8 +247,10 @@ def _earlier_rollout(path: Path, cfg: "R.RolloutConfig") -> _Earlier:
             log.warning("control: %s was made with another rollout config; its rows %s are not kept", path,
                         ", ".join(earlier["cells"]))
         return _Earlier()
+    versions = earlier.get("versions") or {}
     return _Earlier({n: tuple(earlier["sources"][n]) for n in earlier["cells"]}, dict(earlier["cells"]),
-                    dict(earlier.get("keys") or {}))
+                    dict(earlier.get("keys") or {}),
+                    {n: v for n, v in versions.items() if isinstance(v, dict) and n in earlier["cells"]})
 
 
 def _table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
