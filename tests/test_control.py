@@ -423,9 +423,12 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     # a fresh machine (an empty data directory) takes the records of the results file it replaces, made from the
     # same data and configs, instead of computing them again ...
     monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "fresh"))
+    made_by = {"hopper-medium": {**result["versions"]["hopper-medium"], "mujoco": "another"}}
+    (tmp_path / "out2" / "control-rollout-quick.json").write_text(json.dumps({**again, "versions": made_by}))
     assert main(args + ["--out", str(tmp_path / "out2")]) == 0
     taken = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
     assert taken["cells"] == result["cells"] and taken["keys"] == result["keys"]
+    assert taken["versions"] == made_by  # the versions its records were made with
     assert not list((tmp_path / "fresh").glob("control/rollout-*/**/seed-*.json"))
     # ... and runs only the part a record lacks
     stripped = {**taken, "cells": {"hopper-medium": [{k: v for k, v in cell.items() if k != "dpo_return"}]}}
@@ -443,8 +446,8 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "out2" / "control-rollout-quick.json").write_text(
         json.dumps({**taken, "cells": {"hopper-medium": [tampered]}}))
     assert main(args + ["--out", str(tmp_path / "out2")]) == 0
-    fixed = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())["cells"]["hopper-medium"][0]
-    assert fixed == cell
+    final = json.loads((tmp_path / "out2" / "control-rollout-quick.json").read_text())
+    assert final["cells"]["hopper-medium"][0] == cell and final["versions"] == result["versions"]
     with pytest.raises(InvalidInputError, match="protocols"):
         from pfm_experiments.control.reproduce import reproduce
 

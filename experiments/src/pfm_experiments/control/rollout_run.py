@@ -30,14 +30,13 @@ log = logging.getLogger("pfm")
 
 def rollout_cells_of(name: str, cfg: "R.RolloutConfig", digest: str) -> SeedRunner:
     """The runner of data set ``name``'s ``rollout``-protocol cells: ``control/rollout-cells/<name>/<key>/
-    seed-<seed>.json`` in the data directory, keyed like :func:`cells_of` (its own config and the data's digest)."""
+    seed-<seed>.json`` in the data directory, keyed like :func:`.reproduce.cells_of` (its own config and the data's digest)."""
     return SeedRunner(data_dir() / "control" / "rollout-cells" / name.replace("/", "_"), cfg, **R.KEY,
                       context=digest, name="control rollout")
 
 
-
 def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], cfg: "R.RolloutConfig",
-                       n_seeds: int, quick: bool, progress: bool, baselines: bool = True) -> dict[str, Any]:
+                      n_seeds: int, quick: bool, progress: bool, baselines: bool = True) -> dict[str, Any]:
     """The ``rollout`` protocol's cells (cached one by one), with the baselines' parts with ``baselines``
     (:func:`_parts`), and ``control-rollout[-quick].json`` / ``.md``.
 
@@ -66,7 +65,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
             digest = episodes_digest(eps)
             runner = rollout_cells_of(name, cfg, digest)
             parts = _parts(name, task_name, eps, digest, cfg, runner.key, quick)
-            keys[name], versions[name] = _keys(digest, parts), _versions()
+            keys[name] = _keys(digest, parts)
             reuse = earlier.reusable(name, keys[name])
 
             def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
@@ -91,7 +90,11 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
                                 "cells run again", name, stale, base.with_suffix(".json"))
                     again = {s.seed: s.record for s in runner.run(stale, cell)}
                     records = _with_parts([again.get(r["seed"], r) for r in records], parts)
+                    reuse = {s: r for s, r in reuse.items() if s not in again}
             cells[name] = records
+            # the versions its protocol cells were made with: the earlier file's when every one was taken from it
+            taken = all(s in reuse for s in range(n_seeds)) and name in earlier.versions
+            versions[name] = earlier.versions[name] if taken else _versions()
     out.mkdir(parents=True, exist_ok=True)
     merged, merged_cells = {**{n: earlier.sources[n] for n in kept}, **sources}, {**kept, **cells}
     order = _table_order(merged)
