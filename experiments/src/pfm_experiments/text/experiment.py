@@ -93,7 +93,7 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(sentences=2000, vocab=1500, lm_dim=64, lm_hidden=128, lm_epochs=4, decoder_epochs=4,
                    seeds=(0,), n_pairs=600, flow_steps=600, flow_hidden=256, eval_prompts=60, reward_steps=300,
-                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, best_of_n=(2, 4), candidates=4,
+                   betas=(0.1,), rlhf_steps=10, rlhf_prompts=8, validation_prompts=20, best_of_n=(2, 4), candidates=8,
                    quick=True)
 
     def models_key(self) -> str:
