@@ -17,6 +17,7 @@ from pfm_experiments.images.dial import dial_curves, floor as dial_floor
 from pfm_experiments.images.metrics import frechet_distance, mean_pairwise_distance
 from pfm_experiments.images.models import ConditionalVAE, LatentImagePolicy
 from pfm_experiments.rows import SOURCE_REFERENCE
+from untimed import untimed
 
 
 def write_idx(path, array, code=0x08, gz=False):
@@ -159,21 +160,9 @@ def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
     assert Config(pretrain_seed=1).key("m") != base.key("m")
 
 
-TIMING = {"seconds", "wall_seconds", "compute_seconds", "cached", "seconds_per_output"}
-
-
-def _untimed(v):
-    """``v`` without its measured times (and the comparisons matched by a measured time, which may pick another n
-    in another run)."""
-    if isinstance(v, dict):
-        return {k: _untimed(x) for k, x in v.items() if k not in TIMING}
-    return [_untimed(x) for x in v if not (isinstance(x, dict) and x.get("matched_by") == "wall time")] \
-        if isinstance(v, list) else v
-
-
 def _numbers(result):
     """What a results JSON says that must follow from the seeds: everything but times and where files went."""
-    return _untimed({k: result[k] for k in ("config", "summary", "runs")}), \
+    return untimed({k: result[k] for k in ("config", "summary", "runs")}), \
         {k: v for k, v in result["pretrained"].items() if k != "seconds"}
 
 
@@ -344,7 +333,7 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     bw = run("bb", "out-d", "--pairs", "best-worst", stem="mnist-best-worst")
     t = bw["summary"]["methods"]
     assert bw["config"]["pairs"] == "best-worst" and bw["config"]["pairs_k"] == 10
-    assert _untimed(t["reference"]) == _untimed(s["reference"]) and _numbers(bw)[1] == _numbers(result)[1]  # the same models and samples
+    assert untimed(t["reference"]) == untimed(s["reference"]) and _numbers(bw)[1] == _numbers(result)[1]  # the same models and samples
     assert t["preferred (y+)"]["annotator"]["mean"] > s["preferred (y+)"]["annotator"]["mean"]
     assert t["rejected (y-)"]["annotator"]["mean"] < s["rejected (y-)"]["annotator"]["mean"]
     assert t["PFM"]["annotator"]["mean"] > t["reference"]["annotator"]["mean"]
@@ -354,5 +343,5 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     # the UNet field: its own files and cache key, the same models
     unet = run("a", "out", "--field", "unet", "--flow-steps", "10", stem="mnist-unet")
     assert unet["config"]["flow_field"] == "unet" and unet["config"]["flow_steps"] == 10
-    assert _untimed(unet["summary"]["methods"]["reference"]) == _untimed(s["reference"])
+    assert untimed(unet["summary"]["methods"]["reference"]) == untimed(s["reference"])
     assert (tmp_path / "out" / "mnist-unet-grids.png").exists()

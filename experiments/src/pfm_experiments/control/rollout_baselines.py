@@ -131,17 +131,41 @@ def reward_best_of(ref: StepPolicy, rm: RewardModel, scratch: Simulators, n: int
     return plan
 
 
+@dataclass
+class SegmentDPO:
+    """What both DPO rows of the ``rollout`` protocol (``DPO`` here, ``DPO (beta by return)`` in
+    :mod:`.rollout_dpo`) start from on one data set and seed: the protocol's pairs drawn again (``prep``, its
+    simulators closed), split as the flow's are, and pi_ref's likelihood of whole segments."""
+
+    prep: Any
+    train: PreferenceDataset
+    held: PreferenceDataset
+    base: SegmentLikelihood
+
+    def fit(self, beta: float, steps: int, lr: float, seed: int, progress: bool = False) -> nn.Module:
+        """DPO of pi_ref's segment likelihood on the training pairs: the fine-tuned :class:`SegmentLikelihood`."""
+        return dpo(self.base, self.train, beta=beta, steps=steps, batch_size=min(128, len(self.train)), lr=lr,
+                   seed=seed, progress=progress)[0]
+
+
+def segment_dpo(name: str, episodes_data: list, cfg: RolloutConfig, seed: int, progress: bool = False) -> SegmentDPO:
+    """Draw the protocol cell's pairs again (:func:`.rollout_protocol.prepare`) and set them up for DPO."""
+    prep = prepare(name, episodes_data, cfg, seed, progress)
+    prep.sims.close()
+    train, held = split_pairs(segment_dataset(prep, prep.ref.norm), cfg.heldout, seed)  # the flow's split
+    obs_dim = prep.paths["chosen"].shape[2]
+    return SegmentDPO(prep, train, held, SegmentLikelihood(prep.ref.policy, cfg.horizon, obs_dim))
+
+
 def run_baselines_cell(name: str, episodes_data: list, cfg: RolloutConfig, bcfg: BaselinesConfig, seed: int,
                        progress: bool = False) -> dict[str, Any]:
     """The baseline rows of the ``rollout`` protocol on one data set and seed (see the module docstring); a
     JSON-able record with the pairs' stats (to check against the protocol cell's) and every row's score."""
     bcfg.check()
-    prep = prepare(name, episodes_data, cfg, seed, progress)
-    prep.sims.close()
+    segs = segment_dpo(name, episodes_data, cfg, seed, progress)
+    prep, seg_train, seg_held, base = segs.prep, segs.train, segs.held, segs.base
     ref, times = prep.ref, dict(prep.seconds)
-    obs_dim, act_dim = prep.paths["chosen"].shape[2], int(prep.ref.policy.output_shape[0])
-    seg_pairs = segment_dataset(prep, ref.norm)
-    seg_train, seg_held = split_pairs(seg_pairs, cfg.heldout, seed)  # the flow's split: the same permutation
+    obs_dim, act_dim = base.obs_dim, base.act_dim
 
     t = time.perf_counter()
     torch.manual_seed(seed)
@@ -151,13 +175,8 @@ def run_baselines_cell(name: str, episodes_data: list, cfg: RolloutConfig, bcfg:
     times["reward model"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    base = SegmentLikelihood(ref.policy, cfg.horizon, obs_dim)
-
-    def dpo_fit(beta: float) -> nn.Module:
-        return dpo(base, seg_train, beta=beta, steps=bcfg.dpo_steps, batch_size=min(128, len(seg_train)),
-                   lr=bcfg.dpo_lr, seed=seed, progress=progress)[0]
-
-    sweep = sweep_betas(dpo_fit, bcfg.betas, base, seg_held)
+    sweep = sweep_betas(lambda beta: segs.fit(beta, bcfg.dpo_steps, bcfg.dpo_lr, seed, progress), bcfg.betas, base,
+                        seg_held)
     times["DPO"] = time.perf_counter() - t
 
     t = time.perf_counter()

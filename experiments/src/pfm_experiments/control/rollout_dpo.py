@@ -21,15 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from pfm.baselines import dpo
 from pfm.errors import InvalidInputError
 from ..sweeps import sweep_betas
 from .envs import normalized_score
-from .experiment import split_pairs
-from .rollout_baselines import SegmentLikelihood, segment_dataset
-from .rollout_protocol import RolloutConfig, act_episodes, mean_of, prepare, score_rows
+from .rollout_baselines import SegmentLikelihood, segment_dpo
+from .rollout_protocol import RolloutConfig, act_episodes, mean_of, score_rows
 from .step_policy import StepPolicy
 
 SCHEMA = 1
@@ -70,16 +67,9 @@ def run_dpo_return_cell(name: str, episodes_data: list, cfg: RolloutConfig, dcfg
     with the pairs' stats (checked against the protocol cell's), every beta's held-out implicit accuracy and
     validation score, the pick, and the row's score."""
     dcfg.check()
-    prep = prepare(name, episodes_data, cfg, seed, progress)
-    prep.sims.close()
+    segs = segment_dpo(name, episodes_data, cfg, seed, progress)
+    prep = segs.prep
     ref, times = prep.ref, dict(prep.seconds)
-    obs_dim = prep.paths["chosen"].shape[2]
-    seg_train, seg_held = split_pairs(segment_dataset(prep, ref.norm), cfg.heldout, seed)  # the flow's split
-    base = SegmentLikelihood(ref.policy, cfg.horizon, obs_dim)
-
-    def fit(beta: float) -> nn.Module:
-        return dpo(base, seg_train, beta=beta, steps=dcfg.dpo_steps, batch_size=min(128, len(seg_train)),
-                   lr=dcfg.dpo_lr, seed=seed, progress=progress)[0]
 
     def validation_return(policy: SegmentLikelihood) -> float:
         rets = act_episodes(name, mean_of(StepPolicy(policy.step, ref.norm)), dcfg.validation_episodes,
@@ -87,7 +77,8 @@ def run_dpo_return_cell(name: str, episodes_data: list, cfg: RolloutConfig, dcfg
         return float(np.mean(normalized_score(name, rets)))
 
     t = time.perf_counter()
-    sweep = sweep_betas(fit, dcfg.betas, base, seg_held, validate=validation_return)
+    sweep = sweep_betas(lambda beta: segs.fit(beta, dcfg.dpo_steps, dcfg.dpo_lr, seed, progress), dcfg.betas,
+                        segs.base, segs.held, validate=validation_return)
     times["DPO sweep"] = time.perf_counter() - t
     scores = score_rows(name, {ROW: mean_of(StepPolicy(sweep.policy.step, ref.norm))}, cfg, seed, times,
                         label="control rollout DPO by return")

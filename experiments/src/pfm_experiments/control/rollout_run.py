@@ -69,9 +69,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
             reuse = earlier.reusable(name, keys[name])
 
             def cell(seed: int, task_name: str = task_name, eps: list = eps) -> dict[str, Any]:
-                record = R.run_rollout_cell(task_name, eps, cfg, seed, progress=False)
-                record["torch_threads"] = torch.get_num_threads()
-                return record
+                return _with_threads(R.run_rollout_cell(task_name, eps, cfg, seed, progress=False))
 
             done = {s: reuse[s] for s in range(n_seeds) if s in reuse}
             if done:
@@ -171,6 +169,12 @@ class _Part:
         return out
 
 
+def _with_threads(record: dict[str, Any]) -> dict[str, Any]:
+    """A cell's record stamped with the torch threads it was computed with (the report states them)."""
+    record["torch_threads"] = torch.get_num_threads()
+    return record
+
+
 def _parts(name: str, task_name: str, eps: list, digest: str, cfg: "R.RolloutConfig", protocol_key: str,
            quick: bool) -> list[_Part]:
     """The baselines' parts of data set ``name``: the baselines of :mod:`.rollout_baselines` (``baselines``,
@@ -180,20 +184,16 @@ def _parts(name: str, task_name: str, eps: list, digest: str, cfg: "R.RolloutCon
     dcfg = (RD.DPOReturnConfig.quick_config() if quick else RD.DPOReturnConfig()).check()
     where = name.replace("/", "_")
 
-    def threads(record: dict[str, Any]) -> dict[str, Any]:
-        record["torch_threads"] = torch.get_num_threads()
-        return record
-
     return [
         _Part("baselines",
               SeedRunner(data_dir() / "control" / "rollout-baselines" / where, bcfg, **RB.KEY,
                          context=[protocol_key, digest], name=f"control rollout baselines {name}"),
-              lambda seed: threads(RB.run_baselines_cell(task_name, eps, cfg, bcfg, seed, progress=False)),
+              lambda seed: _with_threads(RB.run_baselines_cell(task_name, eps, cfg, bcfg, seed, progress=False)),
               lambda b: {k: b[k] for k in ("reward_model", "dpo", "marginal_bc", "seconds")}),
         _Part("dpo_return",
               SeedRunner(data_dir() / "control" / "rollout-dpo" / where, dcfg, **RD.KEY,
                          context=[protocol_key, digest], name=f"control rollout DPO by return {name}"),
-              lambda seed: threads(RD.run_dpo_return_cell(task_name, eps, cfg, dcfg, seed, progress=False)),
+              lambda seed: _with_threads(RD.run_dpo_return_cell(task_name, eps, cfg, dcfg, seed, progress=False)),
               lambda b: {**b["dpo_return"], "seconds": b["seconds"]}),
     ]
 
