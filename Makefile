@@ -15,11 +15,6 @@ BIN     = $(VENV)/bin
 # even where PYTHONDONTWRITEBYTECODE is set: without it every run, and every CLI subprocess a test starts,
 # compiles them all again (5 s of the fast tier's collection here, 9.5 s -> 5.0 s on one core).
 PYTEST  = PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
-# `make test` runs the tests in TEST_WORKERS processes (pytest-xdist; `make TEST_WORKERS=0 test` for one process).
-# --dist worksteal: a worker that runs out takes pending tests from the other, so the four long quick reproductions
-# do not end up queued behind each other. Each worker keeps the suite's 2 torch threads (tests/conftest.py): the quick
-# reproductions' checks were measured with them, and a thread count changes a float sum's order.
-TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-fast test-slow wheel-test docs bench clean
 
@@ -44,13 +39,13 @@ demo: venv
 	$(BIN)/pfm demo
 
 test: venv
-	$(PYTEST) -n $(TEST_WORKERS) --dist worksteal --durations=25
+	$(PYTEST) --durations=25
 
 test-fast: venv
-	$(PYTEST) -n $(TEST_WORKERS) --dist worksteal -m "not slow and not integration"
+	$(PYTEST) -m "not slow and not integration"
 
 test-slow: venv
-	$(PYTEST) -n $(TEST_WORKERS) --dist worksteal -m "slow or integration"
+	$(PYTEST) -m "slow or integration"
 
 wheel-test: venv
 	BUILD_PYTHON='$(abspath $(BIN))/python' PYTHON='$(PYTHON)' TORCH='$(TORCH)' bash .ci/wheel-test
