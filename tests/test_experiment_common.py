@@ -233,3 +233,35 @@ def test_report_only_for_images_text_and_control(tmp_path):
     control = (tmp_path / "control.md").read_text()
     assert "best baseline" in control and "Frame strip (`control-frames.png`)" in control  # kept from the old .md
     assert (tmp_path / "control-bars.png").stat().st_size > 1000
+
+
+def test_seeded_compare_counts_differences_and_the_cli_names_bad_files(tmp_path, capsys):
+    """pfm_experiments.seeded: times never count; a number off in the 7th digit is counted and measured; a value
+    that is not a number and differs is a mismatch; a file that is not a results JSON is an error (exit 2)."""
+    from pfm_experiments.seeded import compare, main, seeded_numbers, untimed
+
+    run = {"seed": 0, "seconds": 3.0, "m": {"score": 0.5, "n": 3, "name": "PFM", "cost": [
+        {"matched_by": "wall time", "d": 1.0}, {"matched_by": "calls", "d": 2.0}]}}
+    other = copy.deepcopy(run)
+    other["seconds"], other["m"]["cost"][0]["d"] = 9.0, 7.0  # times, and a comparison matched by time
+    assert untimed(run) == untimed(other)
+    other["m"]["score"] = 0.5 * (1 + 1e-7)
+    c = compare(untimed(run), untimed(other))
+    assert c["numbers"] == 2 and c["differing"] == 1 and c["mismatched"] == []
+    assert c["worst_relative"] == pytest.approx(1e-7, rel=1e-3) and c["worst_path"] == "/m/score"
+    other["m"]["name"] = "DPO"
+    assert compare(untimed(run), untimed(other))["mismatched"] == ["/m/name"]
+    result = {"config": {"seeds": [0], "lr": 0.1}, "summary": {}, "runs": [run]}
+    assert seeded_numbers(result)["runs"] == [untimed(run)]
+    (tmp_path / "a.json").write_text(json.dumps(result))
+    (tmp_path / "b.json").write_text(json.dumps({**result, "runs": [other]}))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
+    assert "0 differ" in capsys.readouterr().out
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 1  # a non-number differs
+    (tmp_path / "c.json").write_text(json.dumps({**result, "config": {"seeds": [0], "lr": 0.2}}))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
+    assert "configs differ" in capsys.readouterr().err
+    (tmp_path / "d.json").write_text("[1, 2]")
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "d.json")]) == 2
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--seed", "5"]) == 2
+    assert "no run of seed 5" in capsys.readouterr().err
