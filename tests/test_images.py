@@ -17,7 +17,7 @@ from pfm_experiments.images.dial import dial_curves, floor as dial_floor
 from pfm_experiments.images.metrics import frechet_distance, mean_pairwise_distance
 from pfm_experiments.images.models import ConditionalVAE, LatentImagePolicy
 from pfm_experiments.rows import SOURCE_REFERENCE
-from untimed import seeded_numbers, untimed
+from pfm_experiments.seeded import seeded_numbers, untimed
 
 
 def write_idx(path, array, code=0x08, gz=False):

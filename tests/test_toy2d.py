@@ -9,7 +9,7 @@ import torch
 
 from pfm.cli import main
 from pfm_experiments import toy2d
-from untimed import seeded_numbers
+from pfm_experiments.seeded import seeded_numbers
 
 
 @pytest.fixture(scope="module")
