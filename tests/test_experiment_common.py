@@ -19,6 +19,7 @@ from pfm.data import PreferenceDataset
 from pfm_experiments import stats
 from pfm_experiments.figures import pyplot, save_figure
 from pfm_experiments.runner import SeedRunner, config_from_dict, config_key
+from pfm_experiments.seeded import untimed
 from pfm_experiments.sweeps import BetaSweep, best_beta, sweep_betas
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -116,6 +117,46 @@ def test_the_runner_yields_before_running_the_next_seed(tmp_path):
     for s in runner.run([0, 1], lambda seed: {"seed": seed, "earlier": list(seen)}):
         seen.append(s.seed)
     assert json.loads(runner.path(1).read_text())["earlier"] == [0]  # seed 1 saw seed 0's result
+
+
+def test_a_runner_takes_the_finished_seeds_of_the_results_file_it_replaces(tmp_path, caplog):
+    """A fresh data directory (another session, another machine) goes on where a committed results file stopped:
+    its seeds are taken when its config is this run's and its pre-trained models agree to rounding, else run."""
+    from pfm import PFMError
+
+    calls = []
+
+    def fn(seed):
+        calls.append(seed)
+        return {"seed": seed, "value": seed * 2.0 + len(calls)}
+
+    models = {"loss": 0.5, "seconds": 3.0}
+    first = [s.record for s in SeedRunner(tmp_path / "a", Cfg(seeds=(0,))).run([0], fn)]
+    results = tmp_path / "out.json"
+    results.write_text(json.dumps({"config": dataclasses.asdict(Cfg(seeds=(0,))), "models": models, "runs": first}))
+    # another machine's models: the same to rounding, measured times aside
+    fresh = SeedRunner(tmp_path / "b", Cfg(seeds=(0, 1)))
+    assert fresh.take(results, Cfg, models={"loss": 0.5 * (1 + 1e-7), "seconds": 9.0}) == [0]
+    calls.clear()
+    got = list(fresh.run([0, 1], fn))
+    assert calls == [1] and got[0].cached and got[0].record["taken_from"] == "out.json"
+    assert untimed(got[0].record) == untimed(first[0])  # provenance, like the times, is not a number of the seed
+    assert fresh.take(results, Cfg, models=models) == []  # already cached here: kept
+    # another config, other models, or a runner with arrays (not in a results file): nothing taken
+    assert SeedRunner(tmp_path / "c", Cfg(steps=11)).take(results, Cfg, models=models) == []
+    with caplog.at_level("WARNING", logger="pfm"):
+        assert SeedRunner(tmp_path / "c", Cfg()).take(results, Cfg, models={"loss": 0.7}) == []
+    assert "pre-trained models" in caplog.text and "differ" in caplog.text
+    assert SeedRunner(tmp_path / "c", Cfg(), arrays=("x",)).take(results, Cfg) == []
+    assert SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "none.json", Cfg) == []
+    assert not (tmp_path / "c").exists()
+    # a file that is not a results file is the user's to move: an error before any work
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(PFMError, match="is not a results file"):
+        SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "bad.json", Cfg)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PFMError, match="not valid JSON"):
+        SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "bad.json", Cfg)
 
 
 def test_one_cache_key_scheme():

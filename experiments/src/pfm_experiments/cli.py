@@ -94,6 +94,9 @@ def _mnist_arguments(r: argparse.ArgumentParser) -> None:
                    help="mnist: PFM's vector field, an MLP on the flattened image (default) or the UNet")
     r.add_argument("--flow-steps", type=POSITIVE_INT, default=None,
                    help="mnist: the flow's training steps (default 3,000)")
+    r.add_argument("--flow-batch", type=POSITIVE_INT, default=None,
+                   help="mnist: the flow's batch size (default 256 with the MLP, 64 with the UNet; the paper's UNet: "
+                   "--flow-steps 8000 --flow-batch 125)")
     r.add_argument("--data-path", default=None, metavar="DIR",
                    help="mnist: a directory with the MNIST or Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
                    "...) to use instead of the default source")
@@ -118,7 +121,8 @@ def _mnist(args: argparse.Namespace) -> int:
     stem = experiment.stem(dataset, args.field, pairs)
     result = experiment.report_only(args.out, dataset=dataset, field=args.field, pairs=pairs) if args.report_only \
         else experiment.reproduce(args.out, dataset=dataset, path=args.data_path, quick=args.quick, seeds=args.seeds,
-                                  field=args.field, flow_steps=args.flow_steps, pairs=pairs, pairs_k=args.pairs_k,
+                                  field=args.field, flow_steps=args.flow_steps, flow_batch=args.flow_batch,
+                                  pairs=pairs, pairs_k=args.pairs_k,
                                   progress=not args.quiet)
     print(report.table(result["summary"], dataset))
     print(_wrote(args, stem, f"{stem}.json, .md, -grids.png, -rlhf.png, -cost.png, -dial.png and -samples.npz", result))

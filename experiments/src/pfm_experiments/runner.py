@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from pfm.errors import MissingFileError
+from pfm.errors import InvalidInputError, MissingFileError
 from pfm.io import atomic_file, read_json
 
 log = logging.getLogger("pfm")
@@ -103,7 +103,8 @@ class SeedRunner:
     def __init__(self, root: str | Path, cfg: Any, *, label: str = "seed", arrays: Iterable[str] = (),
                  omit: Iterable[str] = ("seeds",), unset: Optional[Mapping[str, Any]] = None, context: Any = None,
                  name: str = "experiment") -> None:
-        self.key = config_key(cfg, omit=omit, unset=unset, context=context)
+        self._key_options = {"omit": tuple(omit), "unset": dict(unset or {}), "context": context}
+        self.key = config_key(cfg, **self._key_options)
         self.directory = Path(root) / self.key
         self.label, self.array_fields, self.name = label, tuple(arrays), name
 
@@ -114,6 +115,56 @@ class SeedRunner:
     def done(self, seed: int) -> bool:
         path = self.path(seed)
         return path.exists() and (not self.array_fields or path.with_suffix(".npz").exists())
+
+    def take(self, path: str | Path, cls: type, *, models: Any = None, models_field: str = "models",
+             renamed: Optional[Mapping[str, str]] = None, tolerance: float = 1e-3) -> list[int]:
+        """Cache the finished seeds of the results file at ``path`` (the file this run replaces, made on this
+        machine or another) as if they had run here, so that a run on an empty data directory goes on where that
+        file stopped (e.g. seed 0 in one session, seeds 1 and 2 in the next) instead of starting over.
+
+        Only when that file was made with this runner's key (its ``"config"`` read as ``cls``, through
+        ``config_from_dict`` with ``renamed``) and, given ``models`` (this run's pre-trained models' record), its
+        ``models_field`` agrees with them to ``tolerance`` relative (rounding across machines, not other models);
+        otherwise nothing is taken and the log says why. Seeds cached here already are kept. A taken record gets
+        ``"taken_from"`` (the file's name): provenance, not a number, like the measured times
+        (:data:`pfm_experiments.seeded.TIMING`). A runner with array fields takes nothing (a results file holds no
+        arrays). Returns the seeds taken. An unreadable file, or one that is not a results file, is an error
+        (:class:`pfm.PFMError`) before any work starts: it is the file this run replaces."""
+        from .seeded import compare, untimed
+
+        path = Path(path)
+        if self.array_fields or not path.exists():
+            return []
+        earlier = read_json(path)
+        if not isinstance(earlier, dict) or not isinstance(earlier.get("config"), dict) \
+                or not isinstance(earlier.get("runs"), list):
+            raise InvalidInputError(f"{str(path)!r} is not a results file (no config and runs): move it away or "
+                                    "choose another --out")
+        try:
+            key = config_key(config_from_dict(cls, earlier["config"], renamed), **self._key_options)
+        except (TypeError, ValueError):
+            key = None
+        if key != self.key:
+            log.info("%s: %s was made with another config; its seeds are not taken", self.name, path)
+            return []
+        if models is not None:
+            c = compare(untimed(earlier.get(models_field)), untimed(json.loads(json.dumps(models))))
+            if c["mismatched"] or c["worst_relative"] > tolerance:
+                log.warning("%s: the pre-trained models of %s differ from this run's (%s); its seeds are not taken",
+                            self.name, path, f"at {c['mismatched'][:3]}" if c["mismatched"] else
+                            f"relative difference {c['worst_relative']:.2g} at {c['worst_path']}")
+                return []
+        taken = []
+        for record in earlier["runs"]:
+            seed = record.get("seed") if isinstance(record, dict) else None
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or self.done(seed):
+                continue
+            with atomic_file(self.path(seed), "w") as f:
+                json.dump({**record, "taken_from": path.name}, f)
+            taken.append(seed)
+        if taken:
+            log.info("%s: took seed(s) %s from %s", self.name, ", ".join(map(str, taken)), path)
+        return taken
 
     def run(self, seeds: Iterable[int], fn: Callable[[int], dict[str, Any]]) -> Iterator[Seed]:
         """Yield each seed in order: loaded when finished before, else ``fn(seed)`` run (when the seed's turn comes,

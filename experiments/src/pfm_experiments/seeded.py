@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-TIMING = {"seconds", "wall_seconds", "compute_seconds", "cached", "seconds_per_output"}
-"""The keys of measured times (and of whether a part came from the cache): never part of what a seed decides."""
+TIMING = {"seconds", "wall_seconds", "compute_seconds", "cached", "seconds_per_output", "taken_from"}
+"""The keys of measured times (and of whether a part came from the cache, or from an earlier results file): never
+part of what a seed decides."""
 
 
 def untimed(v: Any) -> Any:

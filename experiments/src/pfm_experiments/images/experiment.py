@@ -351,8 +351,8 @@ def _overoptimization(cfg: Config, ref: LatentImagePolicy, reward: Callable, con
 
 def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: Optional[str] = None,
               quick: bool = False, seeds: Optional[int] = None, cache_dir: Optional[str | Path] = None,
-              field: str = "mlp", flow_steps: Optional[int] = None, pairs: str = "random",
-              pairs_k: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+              field: str = "mlp", flow_steps: Optional[int] = None, flow_batch: Optional[int] = None,
+              pairs: str = "random", pairs_k: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Run every method on every seed; write ``{stem}.json``, ``{stem}.md``, ``{stem}-grids.png``,
     ``{stem}-rlhf.png``, ``{stem}-cost.png`` (quality against inference cost), ``{stem}-dial.png`` (the strength
     dial beside the other knobs, :mod:`.dial`) and ``{stem}-samples.npz`` (every method's samples, one array each,
@@ -363,7 +363,8 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
     the seeds in ``runs/<key>/seed-<seed>.json`` (:class:`pfm_experiments.runner.SeedRunner`, :data:`KEY`), so a
     stopped run goes on where it was. ``field="unet"`` trains PFM's field as the library's UNet on the
     ``(1, 28, 28)`` images (batch 64) instead of the MLP on the flattened vector; the files are then named
-    ``{dataset}-unet.*``. ``flow_steps`` overrides the flow's training steps. ``pairs`` is how the preference pairs
+    ``{dataset}-unet.*``. ``flow_steps`` and ``flow_batch`` override the flow's training steps and batch size (the
+    paper's UNet: 8,000 steps of 125 pairs, 100 epochs of 10,000). ``pairs`` is how the preference pairs
     are made (:mod:`.pairs`): ``random`` (default) or ``best-worst`` of ``pairs_k`` samples (default 10; an error
     with ``random``). Every number follows from the seeds (the pre-trained models from ``Config.pretrain_seed``,
     see :mod:`.pretrain`; each seed's stages from :func:`stage`), whatever the cache held.
@@ -380,6 +381,11 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
         if not isinstance(flow_steps, int) or flow_steps < 1:
             raise InvalidInputError(f"flow_steps must be a positive integer, got {flow_steps!r}")
         cfg.flow_steps = flow_steps
+    if flow_batch is not None:
+        if not isinstance(flow_batch, int) or isinstance(flow_batch, bool) or not 1 <= flow_batch <= cfg.n_pairs:
+            raise InvalidInputError(f"flow_batch must be an integer in [1, {cfg.n_pairs}] (the pairs), "
+                                    f"got {flow_batch!r}")
+        cfg.flow_batch = flow_batch
     if pairs_k is not None and pairs != "best-worst":
         raise InvalidInputError(f"pairs_k applies to pairs='best-worst' only, not to pairs={pairs!r}")
     cfg.pairs, cfg.pairs_k = pairs, cfg.pairs_k if pairs_k is None else pairs_k

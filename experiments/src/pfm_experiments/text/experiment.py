@@ -423,7 +423,9 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     ``out_dir``. ``reference`` / ``annotator``: a user's Hugging Face causal LM / sequence classifier directory
     instead of the models trained here (see :func:`pretrained`). ``pairs``: how the preference pairs are made
     (:mod:`.pairs`); the corpus pairs also train the flow without the prompt (the released code's), and write
-    ``text-<pairs>.json`` and ``.md`` (:func:`stem`)."""
+    ``text-<pairs>.json`` and ``.md`` (:func:`stem`). The finished seeds of the results file this run replaces
+    are taken when it was made with this config and these pre-trained models (to rounding):
+    :meth:`pfm_experiments.runner.SeedRunner.take`, so that a run can be finished seed by seed on fresh machines."""
     from pfm import validate as V
     from pfm.io import atomic_file
 
@@ -442,6 +444,8 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
     start = time.perf_counter()
     models = pretrained(cfg, progress=progress)
     runner = SeedRunner(data_dir() / "text" / "runs", _resolved(cfg), **KEY, name="text")
+    # a fresh data directory goes on where the results file it replaces stopped (its config and models this run's)
+    runner.take(Path(out_dir) / f"{stem(pairs, quick)}.json", Config, models=models.info)
     codec_file = runner.directory / "codec.json"
     if codec_file.exists():
         codec_report = json.loads(codec_file.read_text())
