@@ -18,7 +18,7 @@ from pfm import MissingFileError
 from pfm.data import PreferenceDataset
 from pfm_experiments import stats
 from pfm_experiments.figures import pyplot, save_figure
-from pfm_experiments.runner import SeedRunner, config_from_dict, config_key
+from pfm_experiments.runner import SeedRunner, config_from_dict, config_key, earlier_results
 from pfm_experiments.seeded import untimed
 from pfm_experiments.sweeps import BetaSweep, best_beta, sweep_betas
 
@@ -135,28 +135,30 @@ def test_a_runner_takes_the_finished_seeds_of_the_results_file_it_replaces(tmp_p
     results = tmp_path / "out.json"
     results.write_text(json.dumps({"config": dataclasses.asdict(Cfg(seeds=(0,))), "models": models, "runs": first}))
     # another machine's models: the same to rounding, measured times aside
+    earlier = earlier_results(results)
     fresh = SeedRunner(tmp_path / "b", Cfg(seeds=(0, 1)))
-    assert fresh.take(results, Cfg, models={"loss": 0.5 * (1 + 1e-7), "seconds": 9.0}) == [0]
+    assert fresh.take(earlier, Cfg, source="out.json", models={"loss": 0.5 * (1 + 1e-7), "seconds": 9.0}) == [0]
     calls.clear()
     got = list(fresh.run([0, 1], fn))
     assert calls == [1] and got[0].cached and got[0].record["taken_from"] == "out.json"
     assert untimed(got[0].record) == untimed(first[0])  # provenance, like the times, is not a number of the seed
-    assert fresh.take(results, Cfg, models=models) == []  # already cached here: kept
+    assert fresh.take(earlier, Cfg, source="out.json", models=models) == []  # already cached here: kept
     # another config, other models, or a runner with arrays (not in a results file): nothing taken
-    assert SeedRunner(tmp_path / "c", Cfg(steps=11)).take(results, Cfg, models=models) == []
+    assert SeedRunner(tmp_path / "c", Cfg(steps=11)).take(earlier, Cfg, source="out.json", models=models) == []
     with caplog.at_level("WARNING", logger="pfm"):
-        assert SeedRunner(tmp_path / "c", Cfg()).take(results, Cfg, models={"loss": 0.7}) == []
+        assert SeedRunner(tmp_path / "c", Cfg()).take(earlier, Cfg, source="out.json", models={"loss": 0.7}) == []
     assert "pre-trained models" in caplog.text and "differ" in caplog.text
-    assert SeedRunner(tmp_path / "c", Cfg(), arrays=("x",)).take(results, Cfg) == []
-    assert SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "none.json", Cfg) == []
+    assert SeedRunner(tmp_path / "c", Cfg(), arrays=("x",)).take(earlier, Cfg, source="out.json") == []
+    assert earlier_results(tmp_path / "none.json") is None
+    assert SeedRunner(tmp_path / "c", Cfg()).take(None, Cfg, source="none.json") == []
     assert not (tmp_path / "c").exists()
     # a file that is not a results file is the user's to move: an error before any work
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(PFMError, match="is not a results file"):
-        SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "bad.json", Cfg)
+        earlier_results(tmp_path / "bad.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(PFMError, match="not valid JSON"):
-        SeedRunner(tmp_path / "c", Cfg()).take(tmp_path / "bad.json", Cfg)
+        earlier_results(tmp_path / "bad.json")
 
 
 def test_one_cache_key_scheme():

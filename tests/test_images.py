@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfm import InvalidInputError
+from pfm import InvalidInputError, PFMError
 from pfm.baselines import dpo
 from pfm.errors import MissingFileError
 from pfm_experiments.images.data import load_images, read_idx, read_idx_split
@@ -242,9 +242,14 @@ def test_pairing_options_are_checked_before_anything_runs(tmp_path, monkeypatch)
         reproduce(tmp_path, pairs_k=5)
     with pytest.raises(InvalidInputError, match="pairs_k must be an integer >= 2"):
         reproduce(tmp_path, pairs="best-worst", pairs_k=1)
-    for bad in (0, 10_001, 2.5, True):
-        with pytest.raises(InvalidInputError, match=r"flow_batch must be an integer in \[1, 10000\]"):
+    for bad in (0, 10_001):
+        with pytest.raises(InvalidInputError, match=r"flow_batch must be an integer in \[1, 10,000\], got"):
             reproduce(tmp_path, flow_batch=bad)
+    for bad in (2.5, True):
+        with pytest.raises(PFMError, match="flow_batch must be an integer, got"):
+            reproduce(tmp_path, flow_batch=bad)
+    with pytest.raises(InvalidInputError, match="flow_steps must be a positive integer"):
+        reproduce(tmp_path, flow_steps=0)
     with pytest.raises(SystemExit) as exc:  # argparse's own check of a positive integer
         main(["reproduce", "mnist", "--flow-batch", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2

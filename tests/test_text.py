@@ -457,3 +457,14 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache, monkey
     taken = json.loads((tmp_path / "text-corpus-annotator-quick.json").read_text())
     assert taken["runs"][0]["taken_from"] == "text-corpus-annotator-quick.json"
     assert seeded_numbers(taken) == seeded_numbers(corpus)
+
+
+def test_a_results_file_that_cannot_be_taken_from_stops_the_run_before_any_work(tmp_path, monkeypatch, capsys):
+    """The file a run replaces is read first (SeedRunner.take uses it after the pre-training): a broken one is a
+    one-line error at once, not after an hour of training, and it is left as it was."""
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "text-quick.json").write_text("[1, 2]")
+    assert main(["reproduce", "text", "--quick", "--out", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a results file" in err, err
+    assert (tmp_path / "text-quick.json").read_text() == "[1, 2]" and not (tmp_path / "data").exists()

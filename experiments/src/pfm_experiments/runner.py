@@ -67,6 +67,21 @@ def read_results(path: str | Path, command: str) -> dict[str, Any]:
     return read_json(path)
 
 
+def earlier_results(path: str | Path) -> Optional[dict[str, Any]]:
+    """The results file at ``path`` that a run is about to replace (for :meth:`SeedRunner.take`), or None when there
+    is none. Read before any work starts: an unreadable file, or one that is not a results file (a ``"config"`` and
+    a list of ``"runs"``), is a :class:`pfm.PFMError` then, not after the pre-training."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    earlier = read_json(path)
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("config"), dict) \
+            or not isinstance(earlier.get("runs"), list):
+        raise InvalidInputError(f"{str(path)!r} is not a results file (no config and runs): move it away or "
+                                "choose another --out")
+    return earlier
+
+
 @dataclasses.dataclass
 class Seed:
     """One seed's result: its JSON ``record``, where it is cached, and whether it came from the cache."""
@@ -116,42 +131,37 @@ class SeedRunner:
         path = self.path(seed)
         return path.exists() and (not self.array_fields or path.with_suffix(".npz").exists())
 
-    def take(self, path: str | Path, cls: type, *, models: Any = None, models_field: str = "models",
-             renamed: Optional[Mapping[str, str]] = None, tolerance: float = 1e-3) -> list[int]:
-        """Cache the finished seeds of the results file at ``path`` (the file this run replaces, made on this
-        machine or another) as if they had run here, so that a run on an empty data directory goes on where that
-        file stopped (e.g. seed 0 in one session, seeds 1 and 2 in the next) instead of starting over.
+    def take(self, earlier: Optional[Mapping[str, Any]], cls: type, *, source: str, models: Any = None,
+             models_field: str = "models", renamed: Optional[Mapping[str, str]] = None,
+             tolerance: float = 1e-3) -> list[int]:
+        """Cache the finished seeds of ``earlier`` (the results file this run replaces, read by
+        :func:`earlier_results` before any work; ``source`` its name) as if they had run here, so that a run on an
+        empty data directory goes on where that file stopped (e.g. seed 0 in one session, seeds 1 and 2 in the
+        next) instead of starting over.
 
         Only when that file was made with this runner's key (its ``"config"`` read as ``cls``, through
         ``config_from_dict`` with ``renamed``) and, given ``models`` (this run's pre-trained models' record), its
         ``models_field`` agrees with them to ``tolerance`` relative (rounding across machines, not other models);
         otherwise nothing is taken and the log says why. Seeds cached here already are kept. A taken record gets
-        ``"taken_from"`` (the file's name): provenance, not a number, like the measured times
+        ``"taken_from"`` (``source``): provenance, not a number, like the measured times
         (:data:`pfm_experiments.seeded.TIMING`). A runner with array fields takes nothing (a results file holds no
-        arrays). Returns the seeds taken. An unreadable file, or one that is not a results file, is an error
-        (:class:`pfm.PFMError`) before any work starts: it is the file this run replaces."""
+        arrays). Returns the seeds taken."""
         from .seeded import compare, untimed
 
-        path = Path(path)
-        if self.array_fields or not path.exists():
+        if earlier is None or self.array_fields:
             return []
-        earlier = read_json(path)
-        if not isinstance(earlier, dict) or not isinstance(earlier.get("config"), dict) \
-                or not isinstance(earlier.get("runs"), list):
-            raise InvalidInputError(f"{str(path)!r} is not a results file (no config and runs): move it away or "
-                                    "choose another --out")
         try:
             key = config_key(config_from_dict(cls, earlier["config"], renamed), **self._key_options)
         except (TypeError, ValueError):
             key = None
         if key != self.key:
-            log.info("%s: %s was made with another config; its seeds are not taken", self.name, path)
+            log.info("%s: %s was made with another config; its seeds are not taken", self.name, source)
             return []
         if models is not None:
             c = compare(untimed(earlier.get(models_field)), untimed(json.loads(json.dumps(models))))
             if c["mismatched"] or c["worst_relative"] > tolerance:
                 log.warning("%s: the pre-trained models of %s differ from this run's (%s); its seeds are not taken",
-                            self.name, path, f"at {c['mismatched'][:3]}" if c["mismatched"] else
+                            self.name, source, f"at {c['mismatched'][:3]}" if c["mismatched"] else
                             f"relative difference {c['worst_relative']:.2g} at {c['worst_path']}")
                 return []
         taken = []
@@ -160,10 +170,10 @@ class SeedRunner:
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or self.done(seed):
                 continue
             with atomic_file(self.path(seed), "w") as f:
-                json.dump({**record, "taken_from": path.name}, f)
+                json.dump({**record, "taken_from": source}, f)
             taken.append(seed)
         if taken:
-            log.info("%s: took seed(s) %s from %s", self.name, ", ".join(map(str, taken)), path)
+            log.info("%s: took seed(s) %s from %s", self.name, ", ".join(map(str, taken)), source)
         return taken
 
     def run(self, seeds: Iterable[int], fn: Callable[[int], dict[str, Any]]) -> Iterator[Seed]:

@@ -25,6 +25,7 @@ from pfm.io import atomic_file
 from pfm.baselines import RewardModel, dpo, rlhf
 from pfm.baselines.dpo import implicit_accuracy
 from pfm import seed_everything
+from pfm import validate as V
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
@@ -377,15 +378,10 @@ def reproduce(out_dir: str | Path = "results", *, dataset: str = "mnist", path: 
         raise InvalidInputError(f"field must be 'mlp' or 'unet', got {field!r}")
     if field == "unet":
         cfg.flow_field, cfg.flow_batch = "unet", 64
-    if flow_steps is not None:
-        if not isinstance(flow_steps, int) or flow_steps < 1:
-            raise InvalidInputError(f"flow_steps must be a positive integer, got {flow_steps!r}")
-        cfg.flow_steps = flow_steps
-    if flow_batch is not None:
-        if not isinstance(flow_batch, int) or isinstance(flow_batch, bool) or not 1 <= flow_batch <= cfg.n_pairs:
-            raise InvalidInputError(f"flow_batch must be an integer in [1, {cfg.n_pairs}] (the pairs), "
-                                    f"got {flow_batch!r}")
-        cfg.flow_batch = flow_batch
+    V.check_positive_int(flow_steps, "flow_steps", allow_none=True)
+    V.check_int(flow_batch, "flow_batch", low=1, high=cfg.n_pairs, allow_none=True)  # at most the pairs
+    cfg.flow_steps = cfg.flow_steps if flow_steps is None else flow_steps
+    cfg.flow_batch = cfg.flow_batch if flow_batch is None else flow_batch
     if pairs_k is not None and pairs != "best-worst":
         raise InvalidInputError(f"pairs_k applies to pairs='best-worst' only, not to pairs={pairs!r}")
     cfg.pairs, cfg.pairs_k = pairs, cfg.pairs_k if pairs_k is None else pairs_k

@@ -43,7 +43,7 @@ from .pairs import check_pairs, make_pairs
 from .selection import output_costs, selection_rows
 from ..cost import at_largest_n, timed
 from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
-from ..runner import SeedRunner, config_key, digest
+from ..runner import SeedRunner, config_key, digest, earlier_results
 from ..sweeps import best_beta
 
 log = logging.getLogger("pfm")
@@ -441,11 +441,13 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
 
     cfg.reference = None if reference is None else str(model_dir(reference, "reference"))
     cfg.annotator = None if annotator is None else str(model_dir(annotator, "annotator"))
+    base = Path(out_dir) / stem(pairs, quick)  # write_report writes <base>.json, <base>.md, ...
+    earlier = earlier_results(f"{base}.json")  # the file this run replaces, checked before any work
     start = time.perf_counter()
     models = pretrained(cfg, progress=progress)
     runner = SeedRunner(data_dir() / "text" / "runs", _resolved(cfg), **KEY, name="text")
-    # a fresh data directory goes on where the results file it replaces stopped (its config and models this run's)
-    runner.take(Path(out_dir) / f"{stem(pairs, quick)}.json", Config, models=models.info)
+    # a fresh data directory goes on where that file stopped (when its config and models are this run's)
+    runner.take(earlier, Config, source=f"{base.name}.json", models=models.info)
     codec_file = runner.directory / "codec.json"
     if codec_file.exists():
         codec_report = json.loads(codec_file.read_text())
@@ -460,5 +462,5 @@ def reproduce(out_dir: str | Path = "results", *, quick: bool = False, seeds: Op
         runs.append(s.record)
     result = {"config": asdict(cfg), "models": models.info, "codec": codec_report,
               "summary": report.summarize(runs), "runs": runs, "seconds": time.perf_counter() - start}
-    report.write_report(result, Path(out_dir) / stem(pairs, quick))
+    report.write_report(result, base)
     return result
