@@ -443,6 +443,20 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache, monkey
     assert (tmp_path / "text-corpus-annotator-quick.md").read_text().count(f"| {UNCONDITIONAL} |") >= 2
     # the cached models were reused: only the seed ran
     assert corpus["models"] == result["models"]
+    # what these pairs give a flow to learn, measured on the run's own pairs, split and flows: the annotator ranked
+    # each label's sentences, so its gain has the label's sign; the flow with the prompt is the run's (its best
+    # held-out loss equal)
+    from pfm_experiments.text.pair_signal import main as signal_main
+
+    assert signal_main(["--quick", "--pairs", "corpus-annotator", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    signal = json.loads((tmp_path / "text-pair-signal-quick.json").read_text())["kinds"]["corpus-annotator"][0]
+    assert signal["n"] == info["n"] and 0 <= signal["shared"] < 1
+    assert signal["gain_positive"] > 0 > signal["gain_negative"]
+    run_flow = corpus["runs"][0]["flow"]
+    assert signal["PFM"]["best"] == pytest.approx(min(v for _, v in run_flow["validation"]), rel=1e-5)
+    assert signal["PFM"]["zero_field"] == pytest.approx(run_flow["zero_field"][0], rel=1e-5)
+    assert np.isfinite(signal["PFM, unconditional"]["ratio"])
+    assert "| corpus-annotator | 1 |" in (tmp_path / "text-pair-signal-quick.md").read_text()
     # --report-only finds the corpus run's file by its pairs
     assert main(["reproduce", "text", "--quick", "--pairs", "corpus-annotator", "--report-only",
                  "--out", str(tmp_path)]) == 0

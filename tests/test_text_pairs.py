@@ -81,3 +81,42 @@ def test_each_experiment_takes_its_own_pairs(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_signal_measures_the_shared_direction_and_the_gain_by_label():
+    from pfm_experiments.text.pair_signal import displacement
+
+    g = torch.Generator().manual_seed(0)
+    rejected = torch.randn(400, 8, generator=g)
+    up = torch.zeros(8)
+    up[0] = 1.0
+    # every pair moves the same way: all of the displacement is shared
+    same = displacement(rejected + up, rejected)
+    assert same["n"] == 400 and same["shared"] == pytest.approx(1.0)
+    # positive pairs move up, negative ones down (the released code's pairs: the more extreme sentence of either
+    # label): no shared direction, no mean gain, and the gain within each label has its sign
+    labels = np.arange(400) % 2 == 0
+    sign = torch.where(torch.as_tensor(labels), 1.0, -1.0)[:, None]
+    head = lambda z: z[:, 0]  # noqa: E731 (a linear annotator reading the first coordinate)
+    opposite = displacement(rejected + sign * up, rejected, head, labels)
+    assert opposite["shared"] == pytest.approx(0.0, abs=1e-12) and opposite["gain"] == pytest.approx(0.0, abs=1e-6)
+    assert opposite["gain_positive"] == pytest.approx(1.0) and opposite["gain_negative"] == pytest.approx(-1.0)
+    assert opposite["share_positive"] == pytest.approx(0.5)
+    # moves with no common direction: about 1 / N of it is shared by chance
+    noise = displacement(rejected + torch.randn(400, 8, generator=g), rejected)
+    assert noise["shared"] < 5 / 400
+    with pytest.raises(PFMError, match="chosen and rejected"):
+        displacement(rejected, rejected[:3])
+    with pytest.raises(PFMError, match="labels must have shape"):
+        displacement(rejected + up, rejected, head, labels[:3])
+
+
+def test_pair_signal_command_checks_its_settings_before_any_work(tmp_path, capsys):
+    from pfm_experiments.text.pair_signal import main as signal_main
+
+    (tmp_path / "text-pair-signal.json").mkdir()  # a directory where the results file goes
+    for argv, message in ((["--pairs", "nope"], "pairs must be one of"), (["--seeds", "0"], "seeds"),
+                          ([], "is a directory")):
+        assert signal_main([*argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -39,7 +39,7 @@ from pfm.text.decoder import DecoderConfig, fit_decoder
 from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 from .rlhf import rlhf_lm
 from .metrics import annotate, codec_quality, distinct_n, perplexity  # noqa: F401 (codec_quality: API)
-from .pairs import check_pairs, make_pairs
+from .pairs import Pairs, check_pairs, make_pairs
 from .selection import output_costs, selection_rows
 from ..cost import at_largest_n, timed
 from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
@@ -214,6 +214,27 @@ def prompts_of(corpus: Corpus, words: int, n: Optional[int] = None, seed: int = 
     return [" ".join(t.split()[:words]) for t in ok]
 
 
+def seed_pairs(cfg: Config, models: Pretrained, seed: int) -> Pairs:
+    """Seed ``seed``'s preference pairs of kind ``cfg.pairs`` (:mod:`.pairs`): two of pi_ref's continuations of
+    ``cfg.n_pairs`` training prompts scored by the annotator, or the corpus's own sentences paired the released
+    code's way. Embeddings ``(N, D)``; the corpus's are cached on disk, generated text's are not."""
+    ref, codec, annotator = models.reference, models.codec, models.annotator
+    return make_pairs(cfg.pairs, generate=lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
+                      encode=lambda txt: codec.encode(txt, cache=cfg.pairs != "samples"),
+                      score=lambda txt, z: annotate(annotator, txt, z),
+                      prompts=prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
+                      if cfg.pairs == "samples" else [],
+                      corpus=models.train, words=cfg.prompt_words, n=cfg.n_pairs, seed=seed)
+
+
+def split_pairs(cfg: Config, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(train, held)`` of ``n`` pairs: a ``cfg.heldout`` share (at least 2) held out for early stopping
+    and RLHF's validation prompts, drawn with ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_held = max(2, int(round(cfg.heldout * n)))
+    return perm[n_held:], perm[:n_held]
+
+
 def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
             betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
@@ -224,21 +245,15 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     times: dict[str, float] = {}
 
     t = time.perf_counter()
-    made = make_pairs(cfg.pairs, generate=lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
-                      encode=lambda txt: codec.encode(txt, cache=cfg.pairs != "samples"),  # the corpus's: cached
-                      score=lambda txt, z: annotate(annotator, txt, z),
-                      prompts=prompts_of(models.train, cfg.prompt_words, cfg.n_pairs, seed=seed)
-                      if cfg.pairs == "samples" else [],
-                      corpus=models.train, words=cfg.prompt_words, n=cfg.n_pairs, seed=seed)
+    made = seed_pairs(cfg, models, seed)
     pairs, prompts = made.dataset(), made.prompts
     times["pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
-    n_held = max(2, int(round(cfg.heldout * len(pairs))))
-    train, held = pairs.subset(perm[n_held:]), pairs.subset(perm[:n_held])
-    train_prompts = [prompts[i] for i in perm[n_held:].tolist()]
-    val_prompts = [prompts[i] for i in perm[:n_held].tolist()][:cfg.validation_prompts]
+    train_idx, held_idx = split_pairs(cfg, len(pairs), seed)
+    train, held = pairs.subset(train_idx), pairs.subset(held_idx)
+    train_prompts = [prompts[i] for i in train_idx.tolist()]
+    val_prompts = [prompts[i] for i in held_idx.tolist()][:cfg.validation_prompts]
     flow, fhist = _fit_flow(cfg, train, held, seed, progress)
     times["PFM fit"] = time.perf_counter() - t
     to_p1 = None
@@ -250,7 +265,7 @@ def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
     if cfg.unconditional:  # the released code's flow: the same pairs without their prompts
         t = time.perf_counter()
         no_context = made.dataset(conditional=False)
-        free, _ = _fit_flow(cfg, no_context.subset(perm[n_held:]), no_context.subset(perm[:n_held]), seed, progress)
+        free, _ = _fit_flow(cfg, no_context.subset(train_idx), no_context.subset(held_idx), seed, progress)
         times[f"{UNCONDITIONAL} fit"] = time.perf_counter() - t
 
     # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
