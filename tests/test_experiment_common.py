@@ -304,6 +304,11 @@ def test_seeded_compare_counts_differences_and_the_cli_names_bad_files(tmp_path,
     (tmp_path / "c.json").write_text(json.dumps({**result, "config": {"seeds": [0], "lr": 0.2}}))
     assert main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
     assert "configs differ" in capsys.readouterr().err
+    # a setting added after the older file was written: --ignore leaves it out of the configs' comparison
+    (tmp_path / "e.json").write_text(json.dumps({**result, "config": {"seeds": [0], "lr": 0.1, "pairs": "x"}}))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "e.json")]) == 1
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "e.json"), "--ignore", "pairs"]) == 0
+    assert "0 differ" in capsys.readouterr().out
     (tmp_path / "d.json").write_text("[1, 2]")
     assert main([str(tmp_path / "a.json"), str(tmp_path / "d.json")]) == 2
     assert main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--seed", "5"]) == 2

@@ -456,6 +456,8 @@ def test_quick_text_experiment_end_to_end(tmp_path, capsys, shared_cache, monkey
     assert signal["PFM"]["best"] == pytest.approx(min(v for _, v in run_flow["validation"]), rel=1e-5)
     assert signal["PFM"]["zero_field"] == pytest.approx(run_flow["zero_field"][0], rel=1e-5)
     assert np.isfinite(signal["PFM, unconditional"]["ratio"])
+    assert all(np.isfinite(signal[name][f"heldout_gain{part}"]) for name in ("PFM", UNCONDITIONAL)
+               for part in ("", "_positive", "_negative"))
     assert "| corpus-annotator | 1 |" in (tmp_path / "text-pair-signal-quick.md").read_text()
     # --report-only finds the corpus run's file by its pairs
     assert main(["reproduce", "text", "--quick", "--pairs", "corpus-annotator", "--report-only",

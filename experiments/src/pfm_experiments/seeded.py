@@ -74,13 +74,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("a", type=Path, help="a results JSON (e.g. results/toy2d.json)")
     p.add_argument("b", type=Path, help="another run's results JSON of the same config")
     p.add_argument("--seed", type=int, default=0, help="the seed whose records are compared (default 0)")
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                   help="a config key left out of the configs' comparison, e.g. an option added after the older "
+                        "file was written (its default holding there); repeatable")
     args = p.parse_args(argv)
     records, configs = [], []
     for path in (args.a, args.b):
         try:
             result = json.loads(path.read_text())
             records.append([r for r in result["runs"] if r.get("seed") == args.seed])
-            configs.append({k: v for k, v in result["config"].items() if k != "seeds"})
+            configs.append({k: v for k, v in result["config"].items() if k != "seeds" and k not in args.ignore})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"error: {path}: not a results JSON with runs ({e})", file=sys.stderr)
             return 2

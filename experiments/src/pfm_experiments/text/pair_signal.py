@@ -11,8 +11,10 @@ split, the same flows: :func:`.experiment.seed_pairs`, :func:`.experiment.split_
   rating): the released code's pairs prefer the more extreme sentence of either label, so the two labels pull
   opposite ways;
 - **flows**: for the flow with the prompt (PFM) and without it (the released code's), the best held-out
-  flow-matching loss against the zero field's (``v = 0``), both as :meth:`pfm.PreferenceFlow.fit` measures them; a
-  ratio at or above 1 means the flow learned nothing that carries over to held-out pairs.
+  flow-matching loss against the zero field's (``v = 0``), both as :meth:`pfm.PreferenceFlow.fit` measures them (a
+  ratio at or above 1: the field predicts the held-out pairs' individual moves no better than ``v = 0``), and the
+  **held-out gain**: the annotator's mean gain when the flow moves the held-out pairs' ``y-`` (whether the
+  direction it learned carries over to pairs it was not trained on), by label for the corpus's pairs.
 
 Command (after the experiment's pre-training is cached; a few minutes a seed on one core)::
 
@@ -87,8 +89,21 @@ def measure(cfg: Any, models: Any, seed: int) -> dict[str, Any]:
     train_idx, held_idx = E.split_pairs(cfg, len(made), seed)
     for name, conditional in (("PFM", True), ("PFM, unconditional", False)):
         data = made.dataset(conditional=conditional)
-        _, hist = E._fit_flow(cfg, data.subset(train_idx), data.subset(held_idx), seed, progress=False)
+        held = data.subset(held_idx)
+        flow, hist = E._fit_flow(cfg, data.subset(train_idx), held, seed, progress=False)
         out[name] = flow_fit(hist)
+        if head is not None:  # what the flow does to the held-out pairs' y-, by the annotator
+            y0 = held.rejected[:]
+            with torch.no_grad():
+                y1 = flow.transform(y0, None if held.context is None else held.context[:])
+                if cfg.project:  # as the experiment's rows are
+                    y1 = torch.nn.functional.normalize(y1, dim=-1)
+                moved = (head(y1) - head(y0)).double().reshape(-1).numpy()
+            out[name]["heldout_gain"] = float(moved.mean())
+            if labels is not None:
+                lab = labels[held_idx.numpy()]
+                for label, mask in (("positive", lab), ("negative", ~lab)):
+                    out[name][f"heldout_gain_{label}"] = float(moved[mask].mean()) if mask.any() else float("nan")
     return {"seed": seed, **out}
 
 
@@ -104,6 +119,14 @@ def table(result: dict[str, Any]) -> str:
     lines = ["| pairs | seeds | shared | annotator gain | gain, positive label | gain, negative label | "
              "PFM held-out / zero field | best step | unconditional held-out / zero field | best step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    moves = ["| pairs | flow | held-out gain | positive label | negative label |", "|---|---|---|---|---|"]
+    for kind, rows in result["kinds"].items():
+        for name in ("PFM", "PFM, unconditional"):
+            if "heldout_gain" in rows[0][name]:
+                moves.append("| " + " | ".join([
+                    kind, name, cell(rows, lambda r: r[name]["heldout_gain"]),
+                    cell(rows, lambda r: r[name].get("heldout_gain_positive", float("nan"))),
+                    cell(rows, lambda r: r[name].get("heldout_gain_negative", float("nan")))]) + " |")
     for kind, rows in result["kinds"].items():
         lines.append("| " + " | ".join([
             kind, str(len(rows)), cell(rows, lambda r: r["shared"], "{:.4f}"), cell(rows, lambda r: r["gain"]),
@@ -112,7 +135,8 @@ def table(result: dict[str, Any]) -> str:
             cell(rows, lambda r: r["PFM"]["ratio"]), cell(rows, lambda r: r["PFM"]["best_step"], "{:.0f}"),
             cell(rows, lambda r: r["PFM, unconditional"]["ratio"]),
             cell(rows, lambda r: r["PFM, unconditional"]["best_step"], "{:.0f}")]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\nThe annotator's mean gain when each flow moves the held-out pairs' y-:\n\n" + \
+        "\n".join(moves) + "\n"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
