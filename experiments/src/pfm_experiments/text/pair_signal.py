@@ -39,6 +39,7 @@ from torch import Tensor
 
 from pfm import validate as V
 from pfm.errors import InvalidInputError, PFMError
+from ..rows import UNCONDITIONAL
 
 log = logging.getLogger("pfm")
 
@@ -87,23 +88,19 @@ def measure(cfg: Any, models: Any, seed: int) -> dict[str, Any]:
     head = getattr(models.annotator, "score_vectors", None)
     out = displacement(made.z_chosen, made.z_rejected, head, labels)
     train_idx, held_idx = E.split_pairs(cfg, len(made), seed)
-    for name, conditional in (("PFM", True), ("PFM, unconditional", False)):
+    for name, conditional in (("PFM", True), (UNCONDITIONAL, False)):
         data = made.dataset(conditional=conditional)
         held = data.subset(held_idx)
         flow, hist = E._fit_flow(cfg, data.subset(train_idx), held, seed, progress=False)
         out[name] = flow_fit(hist)
-        if head is not None:  # what the flow does to the held-out pairs' y-, by the annotator
+        if head is not None:  # what the flow does to the held-out pairs' y-, by the annotator: y- -> flow(y-)
             y0 = held.rejected[:]
             with torch.no_grad():
                 y1 = flow.transform(y0, None if held.context is None else held.context[:])
                 if cfg.project:  # as the experiment's rows are
                     y1 = torch.nn.functional.normalize(y1, dim=-1)
-                moved = (head(y1) - head(y0)).double().reshape(-1).numpy()
-            out[name]["heldout_gain"] = float(moved.mean())
-            if labels is not None:
-                lab = labels[held_idx.numpy()]
-                for label, mask in (("positive", lab), ("negative", ~lab)):
-                    out[name][f"heldout_gain_{label}"] = float(moved[mask].mean()) if mask.any() else float("nan")
+            moved = displacement(y1, y0, head, None if labels is None else labels[held_idx.numpy()])
+            out[name].update({f"heldout_{k}": v for k, v in moved.items() if k.startswith("gain")})
     return {"seed": seed, **out}
 
 
@@ -121,7 +118,7 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     moves = ["| pairs | flow | held-out gain | positive label | negative label |", "|---|---|---|---|---|"]
     for kind, rows in result["kinds"].items():
-        for name in ("PFM", "PFM, unconditional"):
+        for name in ("PFM", UNCONDITIONAL):
             if "heldout_gain" in rows[0][name]:
                 moves.append("| " + " | ".join([
                     kind, name, cell(rows, lambda r: r[name]["heldout_gain"]),
@@ -133,8 +130,8 @@ def table(result: dict[str, Any]) -> str:
             cell(rows, lambda r: r.get("gain_positive", float("nan"))),
             cell(rows, lambda r: r.get("gain_negative", float("nan"))),
             cell(rows, lambda r: r["PFM"]["ratio"]), cell(rows, lambda r: r["PFM"]["best_step"], "{:.0f}"),
-            cell(rows, lambda r: r["PFM, unconditional"]["ratio"]),
-            cell(rows, lambda r: r["PFM, unconditional"]["best_step"], "{:.0f}")]) + " |")
+            cell(rows, lambda r: r[UNCONDITIONAL]["ratio"]),
+            cell(rows, lambda r: r[UNCONDITIONAL]["best_step"], "{:.0f}")]) + " |")
     return "\n".join(lines) + "\n\nThe annotator's mean gain when each flow moves the held-out pairs' y-:\n\n" + \
         "\n".join(moves) + "\n"
 
