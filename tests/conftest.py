@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import pfm  # noqa: F401  before any matrix product: MKL's thread-count-independent mode (pfm.threads)
+
 torch.set_num_threads(2)
 
 

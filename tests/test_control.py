@@ -365,6 +365,32 @@ def test_batched_simulators_replay_the_data_and_roll_a_policy_out_closed_loop(ra
     roller.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mkl_path", ["this machine's", "AVX2"])
+def test_the_rollout_pairs_are_bit_identical_through_both_paths_on_1_and_2_threads(mkl_path):
+    """Issue 50: the protocol cell and the baselines' / DPO's cells draw the same pairs, bit for bit, whatever the
+    torch thread count. On MKL's AVX2 path (AMD Zen 3, or an AVX-512 Xeon told MKL_ENABLE_INSTRUCTIONS=AVX2) pi_ref
+    trained on 2 threads came out other weights than on 1 until ``import pfm`` put MKL in its thread-count-independent
+    mode; that path runs in a process of its own (MKL reads both settings at its first product)."""
+    import os
+    import subprocess
+    import sys
+
+    if mkl_path == "AVX2":
+        here = Path(__file__).parent
+        env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "AVX2", "PYTHONPATH": str(here)}
+        env.pop("MKL_CBWR", None)
+        run = subprocess.run([sys.executable, str(here / "pair_digests.py")], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        digests = json.loads(run.stdout.strip().splitlines()[-1])
+    else:
+        from pair_digests import pair_digests
+
+        digests = pair_digests()
+    assert len(digests) == 4 and len(set(digests.values())) == 1, digests
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
@@ -441,7 +467,7 @@ def test_quick_rollout_protocol_end_to_end(tmp_path, monkeypatch):
     # a taken record whose pairs a part does not draw again (another machine's drift, here a tampered record):
     # its protocol cell runs again here (from the first data directory's cache), and its parts with it
     monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
-    tampered = {**cell, "pairs": {**cell["pairs"], "chosen_return": cell["pairs"]["chosen_return"] + 1.0}}
+    tampered = {**cell, "pairs": {**cell["pairs"], "digest": "0" * 40}}
     tampered = {k: v for k, v in tampered.items() if k != "dpo_return"}
     (tmp_path / "out2" / "control-rollout-quick.json").write_text(
         json.dumps({**taken, "cells": {"hopper-medium": [tampered]}}))

@@ -9,6 +9,10 @@ through it. The public API, nothing else (the baselines live in :mod:`pfm.baseli
 
 __version__ = "0.1.0"
 
+from .threads import reproducible_blas as _reproducible_blas
+
+_reproducible_blas()  # before any matrix product: results the same on any number of threads (pfm.threads)
+
 from .compat import OptimalTransportConditionalFlowMatching
 from .config import FitConfig, SolverConfig, TrainConfig
 from .coupling import couple

@@ -192,10 +192,11 @@ def rollouts(sims: Simulators, states: States, act: Act, horizon: int,
 
 
 def collect_pairs(sims: Simulators, ref: StepPolicy, states: States, cfg: RolloutConfig, seed: int
-                  ) -> tuple[PreferenceDataset, dict[str, float], dict[str, np.ndarray]]:
+                  ) -> tuple[PreferenceDataset, dict[str, Any], dict[str, np.ndarray]]:
     """From each start state two closed-loop pi_ref rollouts of ``cfg.pair_horizon`` steps, the higher whole return
     preferred (ties by a coin), their first ``cfg.horizon`` actions kept: ``PreferenceDataset(chosen (N, H *
-    act_dim), rejected, context = raw start observations (N, obs_dim))``, the pairs' stats, and the observations
+    act_dim), rejected, context = raw start observations (N, obs_dim))``, the pairs' stats (with ``digest``, the
+    pairs' own :meth:`pfm.PreferenceDataset.digest`, by which a cell that draws them again is checked), and the observations
     each kept action was taken in, ``{"chosen": (N, H, obs_dim), "rejected": ...}`` (for the per-step baselines,
     :mod:`.rollout_baselines`)."""
     n = len(states)
@@ -211,7 +212,7 @@ def collect_pairs(sims: Simulators, ref: StepPolicy, states: States, cfg: Rollou
                            torch.as_tensor(states.obs, dtype=torch.float32))
     stats = {"chosen_return": float(np.maximum(ra, rb).mean()), "rejected_return": float(np.minimum(ra, rb).mean()),
              "ties": float((ra == rb).mean()), "terminated": float(ro.terminated.mean()),
-             "segment_distance": float(np.linalg.norm(a - b, axis=1).mean())}
+             "segment_distance": float(np.linalg.norm(a - b, axis=1).mean()), "digest": ds.digest()}
     path = ro.path_obs[:, :cfg.horizon]
     pa, pb = path[0::2], path[1::2]
     paths = {"chosen": np.where(first[:, None, None], pa, pb), "rejected": np.where(first[:, None, None], pb, pa)}
@@ -336,7 +337,7 @@ class Prepared:
     train: PreferenceDataset
     held: PreferenceDataset
     start_stats: dict[str, float]
-    pair_stats: dict[str, float]
+    pair_stats: dict[str, Any]
     seconds: dict[str, float]
 
 

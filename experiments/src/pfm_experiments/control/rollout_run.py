@@ -148,9 +148,7 @@ class _Part:
     def add_to(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``records`` with this part's rows and ``field`` added to those that lack them (their cells run or
         loaded); whether a cell's pairs were the protocol cell's (drawn again from the same seeds) is kept as
-        ``field.same_pairs``: their stats equal to a relative 1e-6 (cells recomputed on another machine agreed with
-        the committed ones to ~1e-8 in their pairs and ~1e-7 in their scores where the closed loop did not
-        diverge; where it did, the pairs differ by ~1e-3 and more)."""
+        ``field.same_pairs`` (:func:`same_pairs`)."""
         todo = [r["seed"] for r in records if self.field not in r]
         made = {s.seed: s.record for s in self.runner.run(todo, self.run)}
         out = []
@@ -159,7 +157,7 @@ class _Part:
             if b is None:
                 out.append(rec)
                 continue
-            same = all(np.isclose(rec["pairs"][k], b["pairs"][k], rtol=1e-6, atol=1e-9) for k in rec["pairs"])
+            same = same_pairs(rec["pairs"], b["pairs"])
             if not same:
                 log.warning("control: %s seed %d: the %s cell's pairs differ from the protocol cell's (%s vs %s)",
                             self.runner.name, rec["seed"], self.field, b["pairs"], rec["pairs"])
@@ -167,6 +165,19 @@ class _Part:
                         self.field: {**self.extract(b), "wall_seconds": b["wall_seconds"],
                                      "same_pairs": bool(same)}})
         return out
+
+
+def same_pairs(protocol: dict[str, Any], part: dict[str, Any]) -> bool:
+    """Whether a part's cell drew the protocol cell's pairs, from the two records' ``pairs``: their digests
+    (:meth:`pfm.PreferenceDataset.digest`, bit for bit) are equal. Within a machine they are, on any number of
+    threads (``import pfm`` puts MKL in its thread-count-independent mode, :func:`pfm.threads.reproducible_blas`);
+    across machines the simulated closed loop may round otherwise, and then that seed's protocol cell runs again
+    here. A protocol record made before records carried a digest is compared by its stats, equal to a relative
+    1e-6, as then (cells recomputed on another machine had agreed with the committed ones to ~1e-8 where the closed
+    loop did not diverge)."""
+    if "digest" in protocol:
+        return protocol["digest"] == part.get("digest")
+    return all(np.isclose(protocol[k], part[k], rtol=1e-6, atol=1e-9) for k in protocol)
 
 
 def _with_threads(record: dict[str, Any]) -> dict[str, Any]:
