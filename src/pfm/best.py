@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import InvalidTypeError
+from .errors import InvalidTypeError, NonFiniteLossError
 
 Evaluate = Callable[[nn.Module], float]
 
@@ -28,8 +28,6 @@ class BestWeights:
 
     def __call__(self, target: nn.Module, step: int) -> tuple[float, bool]:
         """Evaluate ``target`` (in eval mode, without gradients) at ``step``: ``(value, out of patience)``."""
-        from .train import NonFiniteLossError
-
         target.eval()
         with torch.no_grad():
             value = float(self.evaluate(target))

@@ -30,7 +30,31 @@ from typing import Any, Mapping, Optional, TypeVar
 
 from . import _validate as V
 from .errors import InvalidInputError, InvalidTypeError
-from .solve import METHODS
+
+FIXED_STEP = ("euler", "midpoint", "rk4")
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
+METHODS = FIXED_STEP + ADAPTIVE
+
+
+SOLVER_KEYS = ("method", "steps", "atol", "rtol")
+
+
+def check_solver(options: Any, name: str = "solver") -> dict[str, Any]:
+    """Solver settings ``{method, steps, atol, rtol}`` (any subset), each checked; unknown keys are refused."""
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"{name} must be a dict of {', '.join(SOLVER_KEYS)}, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(SOLVER_KEYS))
+    if unknown:
+        raise InvalidInputError(f"{name} has unknown setting(s) {unknown}; it takes {', '.join(SOLVER_KEYS)}")
+    if "method" in options:
+        V.check_choice(options["method"], f"{name} method", METHODS)
+    if "steps" in options:
+        V.check_int(options["steps"], f"{name} steps", low=1, high=1 << 20)
+    for key in ("atol", "rtol"):
+        if key in options:
+            V.check_positive_float(options[key], f"{name} {key}")
+    return dict(options)
+
 
 PRECISIONS = ("fp32", "bf16")
 COUPLINGS = ("ot", "sinkhorn", "independent", "paired")
@@ -170,8 +194,6 @@ class SolverConfig:
     rtol: float = option(1e-4, "relative tolerance of an adaptive method", range="positive")
 
     def __post_init__(self) -> None:
-        from .solve import check_solver
-
         check_solver(dataclasses.asdict(self), "solver")
 
     def to_dict(self) -> dict[str, Any]:

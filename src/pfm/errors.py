@@ -16,6 +16,10 @@ class InvalidInputError(PFMError, ValueError):
     """An argument has the wrong shape, length or values (NaN/inf, empty)."""
 
 
+class NonFiniteLossError(InvalidInputError):
+    """A training loss (or a validation value) became NaN or infinite; the message names the step."""
+
+
 class InvalidTypeError(PFMError, TypeError):
     """An argument has the wrong type or dtype."""
 

@@ -13,13 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from .config import FitConfig
+from .config import FitConfig, check_solver
 from .coupling import couple
 from .data import PreferenceDataset
 from .errors import InvalidInputError
 from .pairing import PairingPlan
 from .path import flow_matching_loss
-from .solve import check_solver
 from .train import History, optimize
 
 if TYPE_CHECKING:

@@ -14,14 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
-from .config import FitConfig, SolverConfig, merge, renamed, solver_options
+from ._version import __version__
+from .config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
 from .data import PreferenceDataset, as_context
 from .errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
 from .fields import FIELDS, MAX_CLASSES, check_sizes
 from .flow_files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
                          read_config, read_weights_header)
 from .normalization import context_statistics, output_statistics
-from .solve import check_solver, solve, strength_spans
+from .solve import solve, strength_spans
 from .train import History
 
 log = logging.getLogger("pfm")
@@ -358,8 +359,6 @@ class PreferenceFlow(nn.Module):
 
     # ------------------------------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:
-        from . import __version__
-
         field: dict[str, Any]
         if self.field_type == "custom":
             cls = type(self.field)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from . import _validate as V
+from .config import check_solver
 from ._io import atomic_dir, check_output, read_json, recover_dir
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
 from .fields import FIELDS, check_sizes
-from .solve import check_solver
 
 if TYPE_CHECKING:
     from .flow import PreferenceFlow

@@ -13,34 +13,10 @@ import torch
 from torch import Tensor
 
 from . import _validate as V
+from .config import FIXED_STEP, METHODS, SolverConfig
 from .errors import InvalidInputError
 
 Field = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
-
-FIXED_STEP = ("euler", "midpoint", "rk4")
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
-METHODS = FIXED_STEP + ADAPTIVE
-
-
-SOLVER_KEYS = ("method", "steps", "atol", "rtol")
-
-
-def check_solver(options: Any, name: str = "solver") -> dict[str, Any]:
-    """Solver settings ``{method, steps, atol, rtol}`` (any subset), each checked; unknown keys are refused."""
-    if not isinstance(options, dict):
-        raise InvalidInputError(f"{name} must be a dict of {', '.join(SOLVER_KEYS)}, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(SOLVER_KEYS))
-    if unknown:
-        raise InvalidInputError(f"{name} has unknown setting(s) {unknown}; it takes {', '.join(SOLVER_KEYS)}")
-    if "method" in options:
-        V.check_choice(options["method"], f"{name} method", METHODS)
-    if "steps" in options:
-        V.check_int(options["steps"], f"{name} steps", low=1, high=1 << 20)
-    for key in ("atol", "rtol"):
-        if key in options:
-            V.check_positive_float(options[key], f"{name} {key}")
-    return dict(options)
-
 
 def _step(f: Callable[[Tensor, Tensor], Tensor], method: str, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
     if method == "euler":
@@ -82,8 +58,6 @@ def solve(
     Returns:
         ``(B, *shape)`` end points, or the trajectory.
     """
-    from .config import SolverConfig
-
     default = SolverConfig()
     method = default.method if method is None else method
     steps = default.steps if steps is None else steps

@@ -21,7 +21,7 @@ from . import _validate as V
 from .best import BestWeights, check_evaluate
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from .config import PRECISIONS, TrainConfig, merge
-from .errors import FlowFileError, InvalidInputError
+from .errors import FlowFileError, InvalidInputError, NonFiniteLossError
 from .ordering import Order, epoch_order, mix_seed, resolve_steps, run_order
 from .threads import SMALL_STEP, intra_op_threads, step_threads
 
@@ -54,10 +54,6 @@ class History:
     def to_dict(self) -> dict:
         return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
                 "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step}
-
-
-class NonFiniteLossError(InvalidInputError):
-    """The loss became NaN or infinite."""
 
 
 def _rank_and_world() -> tuple[int, int]:
