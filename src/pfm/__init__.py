@@ -7,8 +7,7 @@ through it. The public API, nothing else (the baselines live in :mod:`pfm.baseli
 :mod:`pfm.objective`; the paper's experiments are a package of their own, ``pfm-experiments``):
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .threads import reproducible_blas as _reproducible_blas
 
 _reproducible_blas()  # before any matrix product: results the same on any number of threads (pfm.threads)
@@ -16,8 +15,7 @@ _reproducible_blas()  # before any matrix product: results the same on any numbe
 from .compat import OptimalTransportConditionalFlowMatching
 from .config import FitConfig, SolverConfig, TrainConfig
 from .coupling import couple
-from .collect import collect_preferences
-from .data import PreferenceDataset
+from .data import PreferenceDataset, collect_preferences
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
 from .fields import MLPField, UNetField
 from .flow import PreferenceFlow

@@ -9,9 +9,9 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import Tensor
 
-from . import _validate as V
-from .data import PreferenceDataset, as_context
-from .errors import InvalidInputError, InvalidTypeError
+from .. import _validate as V
+from .dataset import PreferenceDataset, as_context
+from ..errors import InvalidInputError, InvalidTypeError
 
 Reference = Callable[[Optional[Tensor], int], Tensor]
 """A black-box sampler: ``reference(context, n) -> (n, *shape)``, one sample per row of ``context`` (``n`` rows),

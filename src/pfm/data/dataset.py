@@ -3,9 +3,8 @@
 Shapes: outputs are ``(N, *shape)`` of any shape; a context is class indices ``(N,)`` (integer dtype), a tensor
 ``(N, *cshape)`` (float dtype; a 1-D float context becomes ``(N, 1)``), or absent.
 
-The file formats live in :mod:`pfm.formats` (``.npz``, ``.parquet``, a directory of ``.npy`` files) and collecting
-preferences from a reference model and an annotator in :mod:`pfm.collect`; their public names are importable from
-here too (``from pfm.data import read_npz, npz_keys, collect_preferences``).
+The file formats live in :mod:`pfm.data.formats` (``.npz``, ``.parquet``, a directory of ``.npy`` files): they read
+and write arrays, and the data set is built here.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _validate as V
-from .errors import InvalidInputError, InvalidTypeError, MissingFileError
+from .. import _validate as V
+from ..errors import InvalidInputError, InvalidTypeError, MissingFileError
 from .formats import as_numpy
 from .formats.npy_dir import load_npy_dir, save_npy_dir
 from .formats.npz import NPZ_NOT_ARRAYS, load_npz, npz_keys, read_npz, save_npz
@@ -179,11 +178,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            save_npz(self, path)
+            save_npz(path, self.chosen, self.rejected, self.context)
         elif suffix == ".parquet":
-            save_parquet(self, path)
+            save_parquet(path, self.chosen, self.rejected, self.context, self.context_kind == "label")
         elif suffix == "":
-            save_npy_dir(self, path)
+            save_npy_dir(path, self.chosen, self.rejected, self.context)
         else:
             raise InvalidInputError(f"path must end in .npz or .parquet, or name a directory for .npy files, got "
                                     f"{str(path)!r}")
@@ -198,14 +197,16 @@ class PreferenceDataset(torch.utils.data.Dataset):
             raise MissingFileError(f"no such file: {str(path)!r}")
         if path.is_dir():
             if (path / "chosen.npy").exists():
-                return load_npy_dir(cls, path)
+                arrays = load_npy_dir(path)
+                ds = cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
+                ds.memory_mapped = True
+                return ds
             raise InvalidInputError(f"{str(path)!r} is a directory without chosen.npy; expected a .npz or .parquet "
                                     "file, or a directory of .npy files")
         suffix = path.suffix.lower()
-        if suffix == ".npz":
-            return load_npz(cls, path)
-        if suffix == ".parquet":
-            return load_parquet(cls, path)
+        if suffix in (".npz", ".parquet"):
+            arrays = (load_npz if suffix == ".npz" else load_parquet)(path)
+            return cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
         raise InvalidInputError(f"path must end in .npz or .parquet, got {str(path)!r}")
 
     @classmethod
@@ -229,7 +230,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 :mod:`pfm.text_pairs`), a JSONL file of them, or :class:`pfm.text_pairs.TextPair` objects.
             codec: anything with ``encode(list[str]) -> (N, d)`` tensor, e.g. :class:`pfm.text.codec.TextCodec`.
         """
-        from .text_pairs import read_text_pairs, text_pairs
+        from ..text_pairs import read_text_pairs, text_pairs
 
         if not callable(getattr(codec, "encode", None)):
             raise InvalidTypeError(f"codec must have an encode(texts) method, got {type(codec).__name__}")
@@ -252,16 +253,5 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
 
 
-
-def __getattr__(name: str) -> Any:
-    """``collect_preferences`` and ``Reference`` live in :mod:`pfm.collect` (which builds on this module); they are
-    found here too, imported when first asked for, so the two modules never import each other at load time."""
-    if name in ("collect_preferences", "Reference"):
-        from . import collect
-
-        return getattr(collect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["FORMAT_VERSION", "NPZ_NOT_ARRAYS", "ContextKind", "PreferenceDataset", "Reference", "as_context",
-           "collect_preferences", "context_kind", "npz_keys", "read_npz"]
+__all__ = ["FORMAT_VERSION", "NPZ_NOT_ARRAYS", "ContextKind", "PreferenceDataset", "as_context", "context_kind",
+           "npz_keys", "read_npz"]

@@ -1,9 +1,9 @@
 """The files a :class:`pfm.data.PreferenceDataset` is written to and read from, one module a format.
 
-- :mod:`pfm.formats.npz`: ``.npz`` archives, read without unpickling and with every array's size checked first
-  (:func:`~pfm.formats.npz.read_npz`, :func:`~pfm.formats.npz.npz_keys`).
-- :mod:`pfm.formats.parquet`: ``.parquet`` tables with list columns (needs pyarrow: ``pip install 'pfm[parquet]'``).
-- :mod:`pfm.formats.npy_dir`: a directory of ``.npy`` files, memory-mapped on loading.
+- :mod:`pfm.data.formats.npz`: ``.npz`` archives, read without unpickling and with every array's size checked first
+  (:func:`~pfm.data.formats.npz.read_npz`, :func:`~pfm.data.formats.npz.npz_keys`).
+- :mod:`pfm.data.formats.parquet`: ``.parquet`` tables with list columns (needs pyarrow: ``pip install 'pfm[parquet]'``).
+- :mod:`pfm.data.formats.npy_dir`: a directory of ``.npy`` files, memory-mapped on loading.
 """
 
 from __future__ import annotations

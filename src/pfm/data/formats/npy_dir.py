@@ -4,31 +4,31 @@ memory-mapped: rows stay on disk until a batch needs them, so the data may be la
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Optional
 
 import numpy as np
+from torch import Tensor
 
-from .._io import atomic_dir
-from ..errors import FlowFileError, InvalidInputError
+from ..._io import atomic_dir
+from ...errors import FlowFileError, InvalidInputError
 from . import as_numpy
 
-if TYPE_CHECKING:
-    from ..data import PreferenceDataset
 
-
-def save_npy_dir(ds: PreferenceDataset, path: Path) -> None:
-    """One ``.npy`` file an array, the directory replaced atomically; refuses to replace anything else."""
+def save_npy_dir(path: Path, chosen: Tensor, rejected: Tensor, context: Optional[Tensor]) -> None:
+    """One ``.npy`` file an array (``context`` left out when None), the directory replaced atomically; refuses to
+    replace anything else."""
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "chosen.npy").exists())):
         raise InvalidInputError(f"{str(path)!r} exists and is not a data set directory; refusing to replace it")
     with atomic_dir(path) as tmp:
-        for name, t in (("chosen", ds.chosen), ("rejected", ds.rejected), ("context", ds.context)):
+        for name, t in (("chosen", chosen), ("rejected", rejected), ("context", context)):
             if t is not None:
                 np.save(tmp / f"{name}.npy", as_numpy(t))
 
 
-def load_npy_dir(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
-    """``chosen.npy``, ``rejected.npy`` and an optional ``context.npy``, memory-mapped: rows are read from disk when
-    a batch needs them, so the data may be larger than memory (copy-on-write maps; the files are never written)."""
+def load_npy_dir(path: Path) -> dict[str, np.ndarray]:
+    """``{"chosen", "rejected"[, "context"]}`` of ``chosen.npy``, ``rejected.npy`` and an optional ``context.npy``,
+    memory-mapped: rows are read from disk when a batch needs them, so the data may be larger than memory
+    (copy-on-write maps; the files are never written)."""
     arrays = {}
     for name in ("chosen", "rejected", "context"):
         f = path / f"{name}.npy"
@@ -40,6 +40,4 @@ def load_npy_dir(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
             arrays[name] = np.load(f, mmap_mode="c", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise FlowFileError(f"{str(f)!r} is not a readable .npy file ({exc})") from None
-    ds = cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
-    ds.memory_mapped = True
-    return ds
+    return arrays

@@ -9,17 +9,15 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
+from torch import Tensor
 
-from .. import _validate as V
-from .._io import atomic_file
-from ..errors import FlowFileError, InvalidInputError, MissingFileError
+from ... import _validate as V
+from ..._io import atomic_file
+from ...errors import FlowFileError, InvalidInputError, MissingFileError
 from . import as_numpy
-
-if TYPE_CHECKING:
-    from ..data import PreferenceDataset
 
 NPZ_NOT_ARRAYS = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
 
@@ -103,16 +101,15 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (),
         return {k: _read_member(z, path, k) for k in wanted}
 
 
-def save_npz(ds: PreferenceDataset, path: Path) -> None:
+def save_npz(path: Path, chosen: Tensor, rejected: Tensor, context: Optional[Tensor]) -> None:
     """Arrays ``chosen``, ``rejected`` and, when there is one, ``context``, written atomically."""
-    arrays = {"chosen": as_numpy(ds.chosen), "rejected": as_numpy(ds.rejected)}
-    if ds.context is not None:
-        arrays["context"] = as_numpy(ds.context)
+    arrays = {"chosen": as_numpy(chosen), "rejected": as_numpy(rejected)}
+    if context is not None:
+        arrays["context"] = as_numpy(context)
     with atomic_file(path) as f:
         np.savez(f, **arrays)
 
 
-def load_npz(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
-    """A data set of the arrays ``chosen``, ``rejected`` and an optional ``context`` of a ``.npz`` (others unread)."""
-    arrays = read_npz(path, required=("chosen", "rejected"), optional=("context",))
-    return cls(arrays["chosen"], arrays["rejected"], arrays.get("context"))
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """``{"chosen", "rejected"[, "context"]}``: the data set's arrays of a ``.npz`` (others unread)."""
+    return read_npz(path, required=("chosen", "rejected"), optional=("context",))

@@ -7,20 +7,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from torch import Tensor
 
-from .. import _validate as V
-from .._io import atomic_file
-from ..errors import FlowFileError, InvalidInputError, MissingDependencyError
+from ... import _validate as V
+from ..._io import atomic_file
+from ...errors import FlowFileError, InvalidInputError, MissingDependencyError
 from . import as_numpy
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from ..data import PreferenceDataset
 
 FORMAT_VERSION = 1
 
@@ -40,17 +38,19 @@ def _fixed_list(pa: Any, t: Tensor) -> "pa.Array":
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 
-def save_parquet(ds: PreferenceDataset, path: Path) -> None:
-    """Fixed-size list columns (labels as a plain column) and the shapes in the ``pfm`` metadata, atomically."""
+def save_parquet(path: Path, chosen: Tensor, rejected: Tensor, context: Optional[Tensor],
+                 context_is_label: bool = False) -> None:
+    """Fixed-size list columns (labels, ``context_is_label``, as a plain column) and the shapes in the ``pfm``
+    metadata, atomically."""
     pa, pq = _pyarrow("writing")
-    cols = {"chosen": _fixed_list(pa, ds.chosen), "rejected": _fixed_list(pa, ds.rejected)}
-    meta = {"format_version": FORMAT_VERSION, "output_shape": list(ds.output_shape)}
-    if ds.context is not None:
-        if ds.context_kind == "label":
-            cols["context"] = pa.array(as_numpy(ds.context))
+    cols = {"chosen": _fixed_list(pa, chosen), "rejected": _fixed_list(pa, rejected)}
+    meta = {"format_version": FORMAT_VERSION, "output_shape": list(chosen.shape[1:])}
+    if context is not None:
+        if context_is_label:
+            cols["context"] = pa.array(as_numpy(context))
         else:
-            cols["context"] = _fixed_list(pa, ds.context)
-            meta["context_shape"] = list(ds.context_shape)
+            cols["context"] = _fixed_list(pa, context)
+            meta["context_shape"] = list(context.shape[1:])
     table = pa.table(cols).replace_schema_metadata({"pfm": json.dumps(meta)})
     with atomic_file(path) as f:
         pq.write_table(table, f)
@@ -114,14 +114,14 @@ def _column(pa: Any, table: "pa.Table", name: str, shape: list[int] | None, path
     return col.to_numpy(zero_copy_only=False)
 
 
-def load_parquet(cls: type[PreferenceDataset], path: Path) -> PreferenceDataset:
-    """A data set of a table written by :func:`save_parquet`, or any with list columns chosen/rejected and an
-    optional context column."""
+def load_parquet(path: Path) -> dict[str, np.ndarray]:
+    """``{"chosen", "rejected"[, "context"]}`` of a table written by :func:`save_parquet`, or of any with list
+    columns chosen/rejected and an optional context column."""
     pa, pq = _pyarrow("reading")
     schema, table = _read_table(pa, pq, path)
     meta = _read_metadata(schema, path)
-    context = None
-    if "context" in table.column_names:
-        context = _column(pa, table, "context", meta.get("context_shape"), path)
     shape = meta.get("output_shape")
-    return cls(_column(pa, table, "chosen", shape, path), _column(pa, table, "rejected", shape, path), context)
+    arrays = {"chosen": _column(pa, table, "chosen", shape, path), "rejected": _column(pa, table, "rejected", shape, path)}
+    if "context" in table.column_names:
+        arrays["context"] = _column(pa, table, "context", meta.get("context_shape"), path)
+    return arrays
