@@ -157,13 +157,12 @@ def test_the_error_is_a_pfm_error():
     assert issubclass(ExperimentsNotInstalledError, PFMError) and issubclass(ExperimentsNotInstalledError, ImportError)
 
 
-def test_public_io_and_validate_are_the_private_implementations():
-    from pfm import _io, _validate, io, validate
+def test_io_and_validate_hold_their_implementations_with_no_private_twins():
+    from pfm import io, validate
 
-    for name in io.__all__:
-        assert getattr(io, name) is getattr(_io, name)
-    for name in validate.__all__:
-        assert getattr(validate, name) is getattr(_validate, name)
+    for module in (io, validate):
+        assert module.__all__ and all(getattr(module, n).__module__ == module.__name__ for n in module.__all__)
+    assert not list(LIBRARY.glob("_io.py")) and not list(LIBRARY.glob("_validate.py"))
 
 
 @pytest.mark.integration

@@ -947,8 +947,8 @@ def test_a_missing_pyarrow_names_the_extra(tour, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------- crash while saving
 CRASH_POINTS = [("safetensors.torch", "save_file", "before"), ("safetensors.torch", "save_file", "after"),
-                ("pathlib", "Path.write_text", "after"), ("pfm._io", "_fsync_tree", "after"),
-                ("pfm._io", "exchange", "before"), ("pfm._io", "exchange", "after"),
+                ("pathlib", "Path.write_text", "after"), ("pfm.io", "_fsync_tree", "after"),
+                ("pfm.io", "exchange", "before"), ("pfm.io", "exchange", "after"),
                 ("shutil", "rmtree", "before"), ("os", "replace", "before"), ("os", "replace", "after")]
 
 CRASHER = r"""
@@ -956,7 +956,7 @@ import functools, importlib, json, os, sys
 import torch
 torch.set_num_threads(1)  # no OpenMP pool in the parent, so that each forked child starts clean
 from pfm import PreferenceFlow
-import pfm._io as io, pfm.flow  # save imports save_file from safetensors.torch at call time
+import pfm.io as io, pfm.flow  # save imports save_file from safetensors.torch at call time
 points, no_exchange = json.loads(sys.argv[1]), sys.argv[2]
 
 

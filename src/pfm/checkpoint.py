@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from ._io import atomic_file
+from .io import atomic_file
 from .errors import FlowFileError, InvalidInputError
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -37,7 +37,7 @@ def field_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from ._io import check_output
+    from .io import check_output
 
     _exists(args.data)
     args.out = str(check_output(args.out, "--out", kind="flow", inputs=[(args.data, "data file")]))
@@ -60,7 +60,7 @@ def fit(args: argparse.Namespace) -> int:
     if args.validation is not None:
         _exists(args.validation)
     if args.device is not None:
-        from ._validate import check_device
+        from .validate import check_device
 
         check_device(args.device, "--device")
     args.field_kwargs = field_options(args)
@@ -121,7 +121,7 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
 
     import torch
 
-    from ._io import atomic_file
+    from .io import atomic_file
     from .flow import PreferenceFlow
     from .runtime import seed_everything
 
@@ -153,7 +153,7 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
 def apply(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._io import atomic_file, check_output
+    from .io import atomic_file, check_output
     from .data import npz_keys, read_npz
     from .errors import FlowFileError
     from .flow import PreferenceFlow

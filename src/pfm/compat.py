@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from .config import SolverConfig
 from .data import PreferenceDataset
 from .errors import InvalidInputError, InvalidTypeError

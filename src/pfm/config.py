@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, TypeVar
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError, InvalidTypeError
 
 FIXED_STEP = ("euler", "midpoint", "rk4")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError
 
 Coupling = Literal["paired", "independent", "ot", "sinkhorn"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError
 
 MAX_CLASSES = 1 << 20

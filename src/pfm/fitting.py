@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from .config import FitConfig, check_solver
 from .coupling import couple
 from .data import PreferenceDataset

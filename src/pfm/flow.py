@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from ._version import __version__
 from .config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
 from .data import PreferenceDataset, as_context

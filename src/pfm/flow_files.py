@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import _validate as V
+from . import validate as V
 from .config import check_solver
-from ._io import atomic_dir, check_output, read_json, recover_dir
+from .io import atomic_dir, check_output, read_json, recover_dir
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
 from .fields import FIELDS, check_sizes
 

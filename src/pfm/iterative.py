@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
-from ._io import atomic_dir, read_json
+from . import validate as V
+from .io import atomic_dir, read_json
 from .data import PreferenceDataset, collect_preferences
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
 from .flow import PreferenceFlow

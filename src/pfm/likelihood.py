@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .config import renamed, solver_options
 from .errors import InvalidInputError, InvalidTypeError
 from .solve import Field, solve, strength_spans

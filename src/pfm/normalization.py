@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 
 if TYPE_CHECKING:
     from .data import PreferenceDataset

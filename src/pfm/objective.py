@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError, InvalidTypeError
 
 BOUND = -math.log(2.0)

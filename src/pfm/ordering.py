@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError
 
 Order = Callable[[int], Tensor]

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .coupling import couple
 from .ordering import epoch_order, mix_seed
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from .data import as_context
 from .errors import InvalidInputError
 from .fields import ContextEmbedding

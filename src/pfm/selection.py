@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .errors import InvalidInputError
 
 METRICS = ("euclidean", "cosine")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import _validate as V
+from . import validate as V
 from .config import FIXED_STEP, METHODS, SolverConfig
 from .errors import InvalidInputError
 

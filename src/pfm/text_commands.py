@@ -21,7 +21,7 @@ log = logging.getLogger("pfm")
 def flow_codec_spec(flow_dir: str) -> str:
     """The spec of the codec a flow was trained with (its ``codec.json``, written by ``pfm fit --codec``); a flow
     without one raises saying what it applies to."""
-    from ._io import read_json
+    from .io import read_json
 
     path = Path(flow_dir) / "codec.json"
     if not path.is_file():
@@ -36,7 +36,7 @@ def flow_codec_spec(flow_dir: str) -> str:
 def apply_text(args: argparse.Namespace, flow: Any, solver: dict[str, Any]) -> int:
     """``pfm apply FLOW texts.jsonl --out improved.jsonl``: ``args.out`` is checked already; ``solver`` holds the
     solver settings given on the command line."""
-    from ._io import atomic_file
+    from .io import atomic_file
     from .text.apply import improve_texts, plan
     from .text.codec import encoder_spec, load_codec
     from .text.rows import read_text_rows
@@ -70,7 +70,7 @@ def apply_text(args: argparse.Namespace, flow: Any, solver: dict[str, Any]) -> i
 
 def train_decoder(args: argparse.Namespace) -> int:
     """``pfm train-decoder CORPUS --codec SPEC --out DIR``."""
-    from ._io import check_output
+    from .io import check_output
     from .options import config_from_args
     from .text.codec import encoder_spec, load_codec
     from .text.decoder import MIN_SENTENCES, DecoderConfig, train_decoder as train

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import _validate as V
+from . import validate as V
 from .best import BestWeights, check_evaluate
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from .config import PRECISIONS, TrainConfig, merge
@@ -136,7 +136,7 @@ def optimize(
     V.check_positive_int(n, "n")
     V.check_positive_int(sync_every, "sync_every")
     if cfg.checkpoint_dir is not None:  # now, not when the first checkpoint is due
-        from ._io import check_output
+        from .io import check_output
 
         check_output(cfg.checkpoint_dir, "checkpoint_dir", kind="dir")
     if evaluate is not None:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .. import _validate as V
+from .. import validate as V
 from ..data import as_context
 from ..errors import InvalidInputError
 from ..train import History, optimize, resolve_steps

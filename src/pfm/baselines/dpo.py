@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _validate as V
+from .. import validate as V
 from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize, resolve_steps

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _validate as V
+from .. import validate as V
 from ..data import PreferenceDataset, as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..fields import ContextEmbedding

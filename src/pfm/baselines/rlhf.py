@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .. import _validate as V
+from .. import validate as V
 from ..data import as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize

@@ -9,7 +9,7 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import Tensor
 
-from .. import _validate as V
+from .. import validate as V
 from .dataset import PreferenceDataset, as_context
 from ..errors import InvalidInputError, InvalidTypeError
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _validate as V
+from .. import validate as V
 from ..errors import InvalidInputError, InvalidTypeError, MissingFileError
 from .formats import as_numpy
 from .formats.npy_dir import load_npy_dir, save_npy_dir

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import _validate as V
+from .. import validate as V
 from ..errors import InvalidInputError
 from .rows import TextRow
 

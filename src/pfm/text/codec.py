@@ -15,7 +15,7 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .._io import atomic_dir
+from ..io import atomic_dir
 from ..errors import FlowFileError, InvalidInputError
 from .encoder import EmbeddingCache, SentenceEncoder
 from .lm import TextLM
@@ -118,7 +118,7 @@ def encoder_spec(spec: str) -> str:
         raise InvalidInputError(f"codec must be 'minilm' or a model directory, got {spec!r}")
     saved = Path(spec) / "codec.json"
     if saved.is_file():
-        from .._io import read_json
+        from ..io import read_json
 
         meta = read_json(saved)
         if not isinstance(meta, dict) or meta.get("kind") != "pfm-codec" or not isinstance(meta.get("encoder"), str):

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import _validate as V
+from .. import validate as V
 from ..config import option
 from ..errors import InvalidInputError
 from .encoder import check_texts

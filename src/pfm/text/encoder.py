@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_dir, atomic_file
+from ..io import atomic_dir, atomic_file
 from ..errors import InvalidInputError
 from ..runtime import data_dir
 from .fetch import pip_download

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_dir
+from ..io import atomic_dir
 from ..errors import FlowFileError, InvalidInputError
 from .encoder import check_texts
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from torch import Tensor
 
-from ..._io import atomic_dir
+from ...io import atomic_dir
 from ...errors import FlowFileError, InvalidInputError
 from . import as_numpy
 

@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 from torch import Tensor
 
-from ... import _validate as V
-from ..._io import atomic_file
+from ... import validate as V
+from ...io import atomic_file
 from ...errors import FlowFileError, InvalidInputError, MissingFileError
 from . import as_numpy
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 from torch import Tensor
 
-from ... import _validate as V
-from ..._io import atomic_file
+from ... import validate as V
+from ...io import atomic_file
 from ...errors import FlowFileError, InvalidInputError, MissingDependencyError
 from . import as_numpy
 
