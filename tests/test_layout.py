@@ -1,6 +1,6 @@
 """Two packages in one repository: the library never imports the experiments, the experiments use only pfm's public
-API, `pfm reproduce` finds them by entry point (and says how to install them when they are not), the old
-`pfm.tasks` paths still work for one release, and a wheel of the experiments carries their data files."""
+API, `pfm reproduce` finds them by entry point (and says how to install them when they are not), no import cycle, and a
+wheel of the experiments carries their data files."""
 
 import ast
 import shutil
@@ -16,7 +16,6 @@ from pfm import cli, reproduce
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "pfm"
 EXPERIMENTS = ROOT / "experiments" / "src" / "pfm_experiments"
-SHIM = LIBRARY / "tasks" / "__init__.py"  # the one library file that may name the experiments
 NAMES = ["toy2d", "mnist", "control", "text"]
 
 
@@ -35,7 +34,7 @@ def imports(path: Path):
 
 
 def test_the_library_never_imports_the_experiments():
-    files = [p for p in LIBRARY.rglob("*.py") if p != SHIM]
+    files = list(LIBRARY.rglob("*.py"))
     assert len(files) > 20
     bad = [f"{p.relative_to(ROOT)}:{line}: {module}" for p in files for line, module, level, _ in imports(p)
            if level == 0 and module and module.split(".")[0] == "pfm_experiments"]
@@ -81,36 +80,13 @@ def test_importing_every_library_module_loads_no_experiment():
         names = [m.name for m in pkgutil.walk_packages(pfm.__path__, "pfm.") if m.name != "pfm.__main__"]
         for name in names:
             __import__(name)
-        assert "pfm.text.codec" in names and "pfm.tasks" in names and "pfm.io" in names, names
+        assert "pfm.text.codec" in names and "pfm.data.formats.npz" in names and "pfm.io" in names, names
+        assert not any(n.startswith("pfm.tasks") for n in names), names
         leaked = sorted(m for m in sys.modules if m.split(".")[0] == "pfm_experiments")
         assert not leaked, leaked
         print(len(names))
     """
     assert int(run_python(code).stdout) > 25
-
-
-@pytest.mark.integration
-def test_the_old_import_paths_warn_and_give_the_new_modules():
-    pytest.importorskip("pfm_experiments")
-    code = """if True:
-        import warnings
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            import pfm.tasks.toy2d, pfm.tasks.gaussian, pfm.tasks.text.codec, pfm.tasks.control
-            from pfm.tasks.images import metrics
-            from pfm.tasks import toy2d
-        import pfm.demo, pfm.text.codec, pfm_experiments.toy2d, pfm_experiments.images.metrics
-        import pfm_experiments.control
-        assert pfm.tasks.toy2d is toy2d is pfm_experiments.toy2d
-        assert pfm.tasks.gaussian is pfm.demo and pfm.tasks.text.codec is pfm.text.codec
-        assert metrics is pfm_experiments.images.metrics and pfm.tasks.control is pfm_experiments.control
-        assert pfm_experiments.toy2d.__spec__.name == "pfm_experiments.toy2d"  # the module keeps its own spec
-        assert pfm_experiments.toy2d.__name__ == "pfm_experiments.toy2d"
-        said = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
-        assert any("pfm.tasks.toy2d is deprecated" in m and "pfm_experiments.toy2d" in m for m in said), said
-        assert any("pfm.tasks.gaussian is deprecated" in m and "pfm.demo" in m for m in said), said
-    """
-    run_python(code)
 
 
 def test_reproduce_finds_the_experiments_by_entry_point(capsys):
