@@ -219,7 +219,6 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 KNOWN_CYCLES = [  # issue 45: being taken apart; this list only shrinks
-    ["pfm.fitting", "pfm.flow", "pfm.flow_files"],
     ["pfm_experiments.text.experiment", "pfm_experiments.text.metrics", "pfm_experiments.text.report"],
 ]
 

@@ -1,13 +1,14 @@
 """Fitting a :class:`pfm.PreferenceFlow`: conditional flow matching from the rejected to the preferred outputs,
 through the training loop :func:`pfm.optimize`. :meth:`pfm.PreferenceFlow.fit` is the way in; its settings are a
-:class:`pfm.FitConfig`."""
+:class:`pfm.FitConfig`. The flow comes in as an argument (an ``nn.Module``): this module never imports its class, which
+imports this one."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +22,6 @@ from .pairing import PairingPlan
 from .path import flow_matching_loss
 from .train import History, optimize
 
-if TYPE_CHECKING:
-    from .flow import PreferenceFlow
-
 log = logging.getLogger("pfm")
 
 
@@ -33,7 +31,7 @@ class Rows:
     In memory: normalized once, kept on the device whole and indexed. Memory-mapped: read from disk batch by batch,
     never copied whole."""
 
-    def __init__(self, flow: "PreferenceFlow", ds: PreferenceDataset) -> None:
+    def __init__(self, flow: nn.Module, ds: PreferenceDataset) -> None:
         self.flow, self.ds = flow, ds
         self.device = flow.device
         self.dtype = next(flow.field.parameters()).dtype
@@ -80,7 +78,7 @@ class Rows:
         return y0, self.chosen(index), c
 
 
-def fit_flow(flow: "PreferenceFlow", dataset: Any, cfg: FitConfig,
+def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
              validation: Optional[PreferenceDataset] = None) -> History:
     """Train ``flow``'s field on ``dataset`` with the settings ``cfg``; see :meth:`pfm.PreferenceFlow.fit`."""
     ds = flow._check_dataset(dataset)
@@ -159,7 +157,7 @@ def _compare_with_zero_field(history: History, zero_field: float) -> None:
                     "(a direction the pairs share can still carry over) before relying on it", best, zero_field)
 
 
-def heldout_loss(flow: "PreferenceFlow", ds: PreferenceDataset, coupling: str, sigma: float, dtype: torch.dtype,
+def heldout_loss(flow: nn.Module, ds: PreferenceDataset, coupling: str, sigma: float, dtype: torch.dtype,
                  couple_kwargs: dict[str, Any], seed: int, repeats: int = 4,
                  chunk: int = 4096) -> tuple[Callable[[nn.Module], float], float]:
     """``(evaluate(model) -> float, zero-field loss)``: the flow-matching loss on held-out pairs, normalized

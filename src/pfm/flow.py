@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from . import validate as V
-from ._version import __version__
 from .config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
 from .data import PreferenceDataset, as_context
 from .errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
 from .fields import FIELDS, MAX_CLASSES, check_sizes
+from .fitting import fit_flow
 from .flow_files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
-                         read_config, read_weights_header)
+                         flow_config, load_flow, read_config, read_weights_header, save_flow)
 from .normalization import context_statistics, output_statistics
 from .solve import solve, strength_spans
 from .train import History
@@ -179,8 +179,6 @@ class PreferenceFlow(nn.Module):
         Returns:
             :class:`pfm.train.History` with the loss of every step.
         """
-        from .fitting import fit_flow
-
         return fit_flow(self, dataset, merge(config, overrides, FitConfig, "fit"), validation)
 
     # ------------------------------------------------------------------------------------------ inference
@@ -359,23 +357,13 @@ class PreferenceFlow(nn.Module):
 
     # ------------------------------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:
-        field: dict[str, Any]
-        if self.field_type == "custom":
-            cls = type(self.field)
-            field = {"type": "custom", "class": f"{cls.__module__}:{cls.__qualname__}"}
-        else:
-            field = {"type": self.field_type, "config": self.field.config()}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "pfm_version": __version__,
-                "output_shape": list(self.output_shape), "num_classes": self.num_classes,
-                "context_shape": None if self.context_shape is None else list(self.context_shape),
-                "field": field, "solver": dict(self.solver),
-                "dtype": str(self.y_shift.dtype).replace("torch.", "")}
+        """What ``config.json`` holds: the format, the shapes, the field's type and sizes, the solver, the dtype
+        (:func:`pfm.flow_files.flow_config`, beside the reader of the file)."""
+        return flow_config(self)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` into ``directory``, replaced atomically: a crash at any
         moment leaves the old flow or the new one there (see :func:`pfm.io.atomic_dir`)."""
-        from .flow_files import save_flow
-
         return save_flow(self, directory)
 
     @classmethod
@@ -387,7 +375,5 @@ class PreferenceFlow(nn.Module):
         the weights' shapes (read from the safetensors header) are compared with those the config builds (on the
         ``meta`` device, which allocates nothing) before any memory is taken, and weights or buffers that are NaN
         or infinite, or a zero scale, are refused."""
-        from .flow_files import load_flow
-
         return load_flow(cls, directory, field=field, device=device)
 

@@ -8,19 +8,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from . import validate as V
+from ._version import __version__
 from .config import check_solver
 from .io import atomic_dir, check_output, read_json, recover_dir
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
 from .fields import FIELDS, check_sizes
-
-if TYPE_CHECKING:
-    from .flow import PreferenceFlow
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -28,12 +26,29 @@ FORMAT = "pfm.PreferenceFlow"
 FORMAT_VERSION = 1
 
 
-def save_flow(flow: "PreferenceFlow", directory: str | os.PathLike) -> Path:
-    """Write ``flow`` into ``directory`` (see :meth:`pfm.PreferenceFlow.save`)."""
+def flow_config(flow: nn.Module) -> dict[str, Any]:
+    """What ``config.json`` holds for ``flow`` (a :class:`pfm.PreferenceFlow`; this module never imports its
+    class, which imports this one): the format, the shapes, the field's type and sizes, the solver, the dtype.
+    :func:`read_config` reads it back."""
+    field: dict[str, Any]
+    if flow.field_type == "custom":
+        cls = type(flow.field)
+        field = {"type": "custom", "class": f"{cls.__module__}:{cls.__qualname__}"}
+    else:
+        field = {"type": flow.field_type, "config": flow.field.config()}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "pfm_version": __version__,
+            "output_shape": list(flow.output_shape), "num_classes": flow.num_classes,
+            "context_shape": None if flow.context_shape is None else list(flow.context_shape),
+            "field": field, "solver": dict(flow.solver),
+            "dtype": str(flow.y_shift.dtype).replace("torch.", "")}
+
+
+def save_flow(flow: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``flow`` (a :class:`pfm.PreferenceFlow`) into ``directory`` (see :meth:`pfm.PreferenceFlow.save`)."""
     from safetensors.torch import save_file
 
     check_output(directory, "directory", kind="flow")
-    config = flow.config()
+    config = flow_config(flow)
     check_solver(config["solver"], "flow.solver")
     state = {k: v.detach().cpu().contiguous() for k, v in flow.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -47,7 +62,7 @@ def save_flow(flow: "PreferenceFlow", directory: str | os.PathLike) -> Path:
 
 
 def load_flow(cls: type, directory: str | os.PathLike, *, field: Optional[nn.Module] = None,
-              device: torch.device | str = "cpu") -> "PreferenceFlow":
+              device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild the flow saved in ``directory`` (see :meth:`pfm.PreferenceFlow.load`)."""
     if field is not None and not isinstance(field, nn.Module):
         raise InvalidTypeError(f"field must be an nn.Module, got {type(field).__name__}")
@@ -76,7 +91,7 @@ def _check_buffer_shapes(directory: Path, cfg: dict[str, Any], header: dict[str,
 
 
 def _builder(cls: type, directory: Path, cfg: dict[str, Any], header: dict[str, tuple[str, list[int]]],
-             field: Optional[nn.Module]) -> Callable[[], "PreferenceFlow"]:
+             field: Optional[nn.Module]) -> Callable[[], nn.Module]:
     """A function that builds the flow the config describes, once its sizes are checked against the weights."""
     fcfg = cfg["field"]
     common = dict(num_classes=cfg["num_classes"], context_shape=cfg["context_shape"])
@@ -102,7 +117,7 @@ def _builder(cls: type, directory: Path, cfg: dict[str, Any], header: dict[str, 
     return lambda: cls(cfg["output_shape"], field=fcfg["type"], **common, **kw)
 
 
-def _check_shapes_before_building(directory: Path, build: Callable[[], "PreferenceFlow"],
+def _check_shapes_before_building(directory: Path, build: Callable[[], nn.Module],
                                   header: dict[str, tuple[str, list[int]]]) -> None:
     """Build the flow on the ``meta`` device (no memory) and compare its tensors' shapes with the file's."""
     try:
@@ -124,7 +139,7 @@ def _check_shapes_before_building(directory: Path, build: Callable[[], "Preferen
                                 f"{k}: {have[k]} in {WEIGHTS_NAME}, {want[k]} by the config")
 
 
-def _load_weights(flow: "PreferenceFlow", directory: Path, weights: Path, dtype: torch.dtype) -> None:
+def _load_weights(flow: nn.Module, directory: Path, weights: Path, dtype: torch.dtype) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
