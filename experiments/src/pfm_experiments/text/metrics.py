@@ -4,7 +4,7 @@ annotator's scores (from the vectors when it reads vectors), and how faithfully 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -12,10 +12,8 @@ from torch import Tensor
 
 from pfm.text.lm import TextLM
 from .annotator import HeadAnnotator
+from .config import Config, Pretrained
 from .hf import HFCausalLM, HFClassifier
-
-if TYPE_CHECKING:
-    from .experiment import Config, Pretrained
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

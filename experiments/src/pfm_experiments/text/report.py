@@ -14,6 +14,7 @@ from ..cost_table import cost_table as shared_cost_table
 from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
 from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
+from .config import stem
 from .figure import rounds_curve, scores_figure
 
 METRICS = (("score", "annotator score"), ("score_of_vector", "score of the vector"), ("vader", "VADER"),
@@ -187,8 +188,6 @@ def rounds_table(runs: list[dict[str, Any]]) -> list[str]:
 def report_only(out_dir: str | Path = "results", *, quick: bool = False, pairs: str = "samples") -> dict[str, Any]:
     """Recompute the summary of ``<out_dir>/text[-<pairs>][-quick].json`` from its per-seed runs and rewrite that
     JSON's ``summary``, the ``.md`` and the figures (``pfm reproduce text --report-only``)."""
-    from .experiment import stem
-
     base = Path(out_dir) / stem(pairs, quick)
     result = read_results(base.with_suffix(".json"), "pfm reproduce text" + (" --quick" if quick else "")
                           + ("" if pairs == "samples" else f" --pairs {pairs}"))
