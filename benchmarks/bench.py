@@ -45,7 +45,7 @@ from torch import Tensor
 from pfm import PreferenceDataset, PreferenceFlow
 from pfm._io import atomic_file
 from pfm.coupling import couple, transport_cost
-from pfm.train import _adam
+from pfm.train.loop import _adam
 
 SIGMA = 0.1
 

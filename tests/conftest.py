@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import pfm  # noqa: F401  before any matrix product: MKL's thread-count-independent mode (pfm.threads)
+import pfm  # noqa: F401  before any matrix product: MKL's thread-count-independent mode (pfm.train.threads)
 
 torch.set_num_threads(2)
 

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-import pfm  # noqa: F401  before any matrix product (pfm.threads.reproducible_blas)
+import pfm  # noqa: F401  before any matrix product (pfm.train.threads.reproducible_blas)
 from pfm_experiments.control import rollout_baselines as RB
 from pfm_experiments.control import rollout_protocol as R
 from pfm_experiments.control.datasets import collect

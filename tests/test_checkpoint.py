@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pfm.checkpoint as ckpt_mod
+import pfm.train.checkpoint as ckpt_mod
 from pfm import FlowFileError, InvalidInputError, PreferenceDataset, PreferenceFlow, optimize
-from pfm.checkpoint import load_checkpoint
+from pfm.train.checkpoint import load_checkpoint
 from pfm.train import NonFiniteLossError
 
 

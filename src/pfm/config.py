@@ -106,7 +106,7 @@ class TrainConfig:
     patience: Optional[int] = option(None, "with validation data: stop after this many evaluations without "
                                      "improvement", range="positive_int")
     threads: Optional[int] = option(None, "torch intra-op threads of the steps (default: one for a small step on "
-                                    "the CPU, see pfm.train.step_threads; else torch's setting)", cli=False)
+                                    "the CPU, see pfm.train.threads.step_threads; else torch's setting)", cli=False)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:

@@ -19,7 +19,7 @@ training step. A coupling depends on the data only, never on the network, so it 
   thread runs at the process's priority while it solves the plan the loop is on, and at the lowest once it works
   ahead on the next one.
 
-Every block is coupled from its own seed (:func:`pfm.train.mix_seed` of the seed, the plan and the block), with one
+Every block is coupled from its own seed (:func:`pfm.train.order.mix_seed` of the seed, the plan and the block), with one
 torch thread whoever solves it, so who solves it, and when, changes nothing: a run is reproducible bit for bit and
 resumes exactly, whatever the thread's timing or the machine's load.
 """
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import validate as V
 from .coupling import couple
-from .ordering import epoch_order, mix_seed
+from .train.order import epoch_order, mix_seed
 
 Rows = Callable[[Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
 """``rows(index) -> (y0, y1, context)``: the rejected outputs, preferred outputs and contexts of rows ``index``."""

@@ -170,7 +170,7 @@ class _Part:
 def same_pairs(protocol: dict[str, Any], part: dict[str, Any]) -> bool:
     """Whether a part's cell drew the protocol cell's pairs, from the two records' ``pairs``: their digests
     (:meth:`pfm.PreferenceDataset.digest`, bit for bit) are equal. Within a machine they are, on any number of
-    threads (``import pfm`` puts MKL in its thread-count-independent mode, :func:`pfm.threads.reproducible_blas`);
+    threads (``import pfm`` puts MKL in its thread-count-independent mode, :func:`pfm.train.threads.reproducible_blas`);
     across machines the simulated closed loop may round otherwise, and then that seed's protocol cell runs again
     here. A protocol record made before records carried a digest is compared by its stats, equal to a relative
     1e-6, as then (cells recomputed on another machine had agreed with the committed ones to ~1e-8 where the closed

@@ -29,7 +29,7 @@ from pfm import validate as V
 from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
-from pfm.ordering import mix_seed
+from pfm.train import mix_seed
 from pfm.runtime import data_dir
 from ..cost import Cost, at_largest_n, measure
 from ..rows import SOURCE_REFERENCE

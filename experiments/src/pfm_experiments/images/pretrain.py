@@ -27,7 +27,7 @@ import torch
 
 from pfm import seed_everything
 from pfm.io import atomic_dir
-from pfm.ordering import mix_seed
+from pfm.train import mix_seed
 from pfm.runtime import data_dir
 from ..runner import digest
 from .data import ImageData

@@ -9,8 +9,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from . import validate as V
-from .errors import InvalidInputError
+from .. import validate as V
+from ..errors import InvalidInputError
 
 Order = Callable[[int], Tensor]
 """``order(epoch) -> (rows,)`` int64: the rows visited in ``epoch``, in turn."""

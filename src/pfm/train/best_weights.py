@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import InvalidTypeError, NonFiniteLossError
+from ..errors import InvalidTypeError, NonFiniteLossError
 
 Evaluate = Callable[[nn.Module], float]
 

@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import torch
 
-from .io import atomic_file
-from .errors import FlowFileError, InvalidInputError
+from ..io import atomic_file
+from ..errors import FlowFileError, InvalidInputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "pfm.checkpoint"

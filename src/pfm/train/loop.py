@@ -1,8 +1,8 @@
 """The one training loop: minibatches of row indices, a loss, Adam, optional clipping and EMA, a progress bar,
 a history. Flows and baselines all train through :func:`optimize`; its settings are a :class:`pfm.TrainConfig`.
 
-The pieces it is made of live beside it: the row order (:mod:`pfm.ordering`), the threads (:mod:`pfm.threads`),
-checkpoints (:mod:`pfm.checkpoint`) and the best weights (:mod:`pfm.best`).
+The pieces it is made of live beside it: the row order (:mod:`pfm.train.order`), the threads (:mod:`pfm.train.threads`),
+checkpoints (:mod:`pfm.train.checkpoint`) and the best weights (:mod:`pfm.train.best_weights`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import validate as V
-from .best import BestWeights, check_evaluate
+from .. import validate as V
+from .best_weights import BestWeights, check_evaluate
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
-from .config import PRECISIONS, TrainConfig, merge
-from .errors import FlowFileError, InvalidInputError, NonFiniteLossError
-from .ordering import Order, epoch_order, mix_seed, resolve_steps, run_order
+from ..config import PRECISIONS, TrainConfig, merge
+from ..errors import FlowFileError, InvalidInputError, NonFiniteLossError
+from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
 from .threads import SMALL_STEP, intra_op_threads, step_threads
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
@@ -111,7 +111,7 @@ def optimize(
     batch_size``), its own noise (seed + rank), records the loss averaged over ranks, and only rank 0 shows progress
     and writes checkpoints (holding every rank's generator state). ``loss_fn`` must take the ``model`` argument.
 
-    With ``checkpoint_dir``, the whole training state is written there (see :mod:`pfm.checkpoint`) every
+    With ``checkpoint_dir``, the whole training state is written there (see :mod:`pfm.train.checkpoint`) every
     ``checkpoint_every`` steps (default: 10 times a run) and at the end; with ``resume``, a run starts from the
     checkpoint found there, and ends with the same weights as an uninterrupted run (bit for bit on CPU). ``steps``
     may be raised on resume to train longer. ``fingerprint`` adds facts (e.g. a digest of the data) that must match
@@ -119,7 +119,7 @@ def optimize(
     finite, so a run stopped by a non-finite loss keeps its last good checkpoint.
 
     ``order(epoch)`` (one process only) gives the rows to visit in an epoch, a permutation of ``range(n)`` that must
-    depend on the epoch alone (default :func:`pfm.ordering.epoch_order`); each epoch takes ``n // batch_size`` full
+    depend on the epoch alone (default :func:`pfm.train.order.epoch_order`); each epoch takes ``n // batch_size`` full
     batches from it in turn. :class:`pfm.pairing.PairingPlan` uses it to solve couplings ahead of the steps.
 
     With ``evaluate`` (``evaluate(model) -> float``, e.g. a held-out loss; lower is better), the model (its EMA
@@ -129,14 +129,14 @@ def optimize(
     One process only, and not with ``checkpoint_dir`` (the best weights are not checkpointed).
 
     ``threads`` is the number of torch intra-op threads the steps run on (restored afterwards). By default
-    (:func:`pfm.threads.step_threads`) a CPU run whose step is small (parameters x batch below
-    :data:`pfm.threads.SMALL_STEP`) runs on one, and any other run on torch's current setting.
+    (:func:`pfm.train.threads.step_threads`) a CPU run whose step is small (parameters x batch below
+    :data:`pfm.train.threads.SMALL_STEP`) runs on one, and any other run on torch's current setting.
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
     V.check_positive_int(sync_every, "sync_every")
     if cfg.checkpoint_dir is not None:  # now, not when the first checkpoint is due
-        from .io import check_output
+        from ..io import check_output
 
         check_output(cfg.checkpoint_dir, "checkpoint_dir", kind="dir")
     if evaluate is not None:
