@@ -421,7 +421,7 @@ def time_pfm_parts(train: PreferenceDataset, batch: int, steps: int, seed: int) 
     pairing thread), ``solve_s`` (couplings the loop solved itself), ``thread_solve_s`` (the thread's), the blocks
     the loop ``taken_over`` from the thread, ``startup_s`` (before the first step), ``steps_s`` (from the first
     step to the end, the couplings it waited for or solved included) and the median step."""
-    import pfm.fitting as flow_module  # where fit makes its PairingPlan
+    import pfm.flow.fit as flow_module  # where fit makes its PairingPlan
     from pfm.pairing import PairingPlan
 
     plans: list[PairingPlan] = []

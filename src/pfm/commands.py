@@ -215,7 +215,7 @@ def train_decoder(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from .flow_files import WEIGHTS_NAME, read_config, read_weights_header
+    from .flow.files import WEIGHTS_NAME, read_config, read_weights_header
 
     cfg = read_config(args.flow)
     read_weights_header(Path(args.flow) / WEIGHTS_NAME)

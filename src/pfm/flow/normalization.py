@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from . import validate as V
+from .. import validate as V
 
 if TYPE_CHECKING:
-    from .data import PreferenceDataset
+    from ..data import PreferenceDataset
 
 
 def output_statistics(ds: "PreferenceDataset") -> tuple[Tensor, Tensor]:

@@ -13,14 +13,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import validate as V
-from .config import FitConfig, check_solver
-from .coupling import couple
-from .data import PreferenceDataset
-from .errors import InvalidInputError
-from .pairing import PairingPlan
-from .path import flow_matching_loss
-from .train import History, optimize
+from .. import validate as V
+from ..config import FitConfig, check_solver
+from ..coupling import couple
+from ..data import PreferenceDataset
+from ..errors import InvalidInputError
+from ..pairing import PairingPlan
+from ..path import flow_matching_loss
+from ..train import History, optimize
 
 log = logging.getLogger("pfm")
 

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import validate as V
-from .config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
-from .data import PreferenceDataset, as_context
-from .errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
-from .fields import FIELDS, MAX_CLASSES, check_sizes
-from .fitting import fit_flow
-from .flow_files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
+from .. import validate as V
+from ..config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
+from ..data import PreferenceDataset, as_context
+from ..errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
+from ..fields import FIELDS, MAX_CLASSES, check_sizes
+from .fit import fit_flow
+from .files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_NAME,  # noqa: F401
                          flow_config, load_flow, read_config, read_weights_header, save_flow)
 from .normalization import context_statistics, output_statistics
-from .solve import solve, strength_spans
-from .train import History
+from ..solve import solve, strength_spans
+from ..train import History
 
 log = logging.getLogger("pfm")
 
@@ -325,7 +325,7 @@ class PreferenceFlow(nn.Module):
         integral of its divergence over t in [0, end]: ``(end points, integral (B,), standard error (B,))``; see
         :func:`pfm.likelihood.divergence_integral`. The divergence is the same in data and normalized units (the
         normalization is one shift and one scale), so it is integrated on the normalized field."""
-        from .likelihood import flow_divergence_pass
+        from ..likelihood import flow_divergence_pass
 
         return flow_divergence_pass(self, y, context, inverse=inverse, divergence=divergence, probes=probes,
                                     generator=generator, end=end, **solver_options("divergence_pass", solver))
@@ -336,7 +336,7 @@ class PreferenceFlow(nn.Module):
         given the reference's ``log_prob``: ``y`` is solved back to t = 0 and scored there by the change of
         variables. Options (``divergence``, ``probes``, ``method``, ``solver_steps``, ...) go to
         :func:`pfm.likelihood.log_prob`. ``k`` is the old name of ``iterations`` (deprecated)."""
-        from .likelihood import log_prob
+        from ..likelihood import log_prob
 
         iterations = renamed("log_prob", "iterations", iterations, "k", k)
         return log_prob(self, y, context, reference=reference, given="output", iterations=iterations,
@@ -358,7 +358,7 @@ class PreferenceFlow(nn.Module):
     # ------------------------------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:
         """What ``config.json`` holds: the format, the shapes, the field's type and sizes, the solver, the dtype
-        (:func:`pfm.flow_files.flow_config`, beside the reader of the file)."""
+        (:func:`pfm.flow.files.flow_config`, beside the reader of the file)."""
         return flow_config(self)
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -13,12 +13,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import validate as V
-from ._version import __version__
-from .config import check_solver
-from .io import atomic_dir, check_output, read_json, recover_dir
-from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
-from .fields import FIELDS, check_sizes
+from .. import validate as V
+from .._version import __version__
+from ..config import check_solver
+from ..io import atomic_dir, check_output, read_json, recover_dir
+from ..errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
+from ..fields import FIELDS, check_sizes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
