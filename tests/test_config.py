@@ -11,7 +11,7 @@ import torch
 from pfm import FitConfig, PreferenceDataset, PreferenceFlow, SolverConfig, TrainConfig, optimize, solve
 from pfm.cli import build_parser, main
 from pfm.errors import InvalidInputError, PFMError
-from pfm.options import config_from_args, dest_of, flag_of
+from pfm.cli.options import config_from_args, dest_of, flag_of
 
 
 def small_data(n=64, seed=0):

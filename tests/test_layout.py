@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pfm import cli, reproduce
+from pfm import cli
+from pfm.cli import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "pfm"

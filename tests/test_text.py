@@ -19,7 +19,7 @@ from pfm.text.codec import TextCodec, load_codec
 from pfm_experiments.text.corpus import Corpus, load_vader_corpus, parse_vader_ground_truth, read_corpus
 from pfm.text.encoder import EmbeddingCache, SentenceEncoder, minilm_path
 from pfm_experiments.text.judge import VaderJudge
-from pfm.text_pairs import TextPair, read_text_pairs, text_pairs
+from pfm.text.pairs import TextPair, read_text_pairs, text_pairs
 
 WORDS = ["good", "great", "bad", "awful", "movie", "plot", "the", "was", "a", "is", "film", "dull", "fun"]
 

@@ -8,7 +8,7 @@
   :meth:`pfm.PreferenceFlow.transform` and :func:`pfm.solve`).
 
 Each field's help text is in its ``metadata["help"]``; the command line (``pfm fit``, ``pfm apply``) builds its
-options from these fields (:mod:`pfm.options`), so an option's default is written once, here.
+options from these fields (:mod:`pfm.cli.options`), so an option's default is written once, here.
 
 Names: ``steps`` alone is always *training* steps; the solver's steps are ``SolverConfig.steps``, which is
 ``solver_steps`` wherever it stands beside other settings (``transform(solver_steps=)``, ``pfm fit
@@ -64,7 +64,7 @@ DEFAULT_STEPS = 2000
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
-    """A dataclass field with its help text; ``cli`` holds how the command line shows it (see :mod:`pfm.options`):
+    """A dataclass field with its help text; ``cli`` holds how the command line shows it (see :mod:`pfm.cli.options`):
     ``flags`` (default ``--name-with-dashes``), ``metavar``, ``cli=False`` to leave it off the command line."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 

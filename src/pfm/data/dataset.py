@@ -227,10 +227,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
         Args:
             rows: TRL-style rows (``prompt``/``chosen``/``rejected``, strings or chat messages; see
-                :mod:`pfm.text_pairs`), a JSONL file of them, or :class:`pfm.text_pairs.TextPair` objects.
+                :mod:`pfm.text.pairs`), a JSONL file of them, or :class:`pfm.text.pairs.TextPair` objects.
             codec: anything with ``encode(list[str]) -> (N, d)`` tensor, e.g. :class:`pfm.text.codec.TextCodec`.
         """
-        from ..text_pairs import read_text_pairs, text_pairs
+        from ..text.pairs import read_text_pairs, text_pairs
 
         if not callable(getattr(codec, "encode", None)):
             raise InvalidTypeError(f"codec must have an encode(texts) method, got {type(codec).__name__}")

@@ -131,7 +131,7 @@ def _show(default: Any) -> Optional[str]:
 def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     """The ``cls`` config of the parsed options (the fields that are not on the command line keep their defaults,
     ``extra`` overrides). A value the config refuses is reported under its flag's name."""
-    from .errors import PFMError
+    from ..errors import PFMError
 
     values = {f.name: getattr(args, dest_of(f)) for f in dataclasses.fields(cls) if hasattr(args, dest_of(f))}
     values.update(extra)

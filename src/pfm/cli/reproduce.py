@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .options import POSITIVE_INT
 
 log = logging.getLogger("pfm")
@@ -41,7 +41,7 @@ def experiments() -> dict[str, object]:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .errors import ExperimentsNotInstalledError
+    from ..errors import ExperimentsNotInstalledError
 
     found = args.experiments
     if args.task not in found:
@@ -69,7 +69,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     return experiment.run(args)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, load: bool = True) -> None:
+    """The ``reproduce`` command; with ``load``, the experiments found by :func:`experiments` and their options,
+    else only its line in ``pfm --help``."""
+    if not load:
+        sub.add_parser("reproduce", help="run one of the paper's experiments with its baselines")
+        return
     found = experiments()
     r = sub.add_parser("reproduce", help="run one of the paper's experiments with its baselines",
                        conflict_handler="resolve",
@@ -92,7 +97,6 @@ def add_parser(sub) -> None:
     if all(isinstance(e, BaseException) for e in found.values()):  # whatever follows, the answer is an install
         r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     r.set_defaults(func=_reproduce, experiments=found)
-
 
 
 def one_line(exc: BaseException) -> str:

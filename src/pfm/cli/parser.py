@@ -1,9 +1,9 @@
 """The ``pfm`` command: fit a flow from a preference file, apply it to outputs (vectors, or text), train a text
 codec's decoder, describe a flow, run the demo, reproduce an experiment of the paper (the experiments are a package
-of their own, found by entry point: see :func:`pfm.reproduce.experiments`).
+of their own, found by entry point: see :func:`pfm.cli.reproduce.experiments`).
 
-The options of ``fit`` and ``apply`` are made from the config dataclasses (:mod:`pfm.config`, :mod:`pfm.options`);
-what the commands do is in :mod:`pfm.commands`. Errors a user can cause (a missing or corrupt file, wrong shapes)
+The options of ``fit`` and ``apply`` are made from the config dataclasses (:mod:`pfm.config`, :mod:`pfm.cli.options`);
+what the commands do is in :mod:`pfm.cli.commands`. Errors a user can cause (a missing or corrupt file, wrong shapes)
 print one line ``pfm: error: ...`` and exit 2.
 """
 
@@ -16,8 +16,8 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from . import commands
-from .config import FitConfig, SolverConfig
-from .errors import InvalidInputError, MissingDependencyError, PFMError  # noqa: F401
+from ..config import FitConfig, SolverConfig
+from ..errors import InvalidInputError, MissingDependencyError, PFMError  # noqa: F401
 from .options import DECAY, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, add_config_options  # noqa: F401
 from .reproduce import ENTRY_POINTS, INSTALL, experiments  # noqa: F401
 from .reproduce import add_parser as _reproduce_parser
@@ -41,7 +41,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _field_default(name: str) -> str:
-    from .fields import MLPField, UNetField
+    from ..fields import MLPField, UNetField
 
     for cls in (MLPField, UNetField):
         p = inspect.signature(cls).parameters.get(name)
@@ -115,7 +115,7 @@ def _apply_parser(sub) -> None:
 
 
 def _train_decoder_parser(sub) -> None:
-    from .text.decoder import DecoderConfig
+    from ..text.decoder import DecoderConfig
 
     t = sub.add_parser("train-decoder", help="train a codec's decoder (vectors back to text) on a corpus",
                        description="Train a GRU language model that writes each sentence of CORPUS back from its "
@@ -131,7 +131,9 @@ def _train_decoder_parser(sub) -> None:
     t.set_defaults(func=commands.train_decoder)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``reproduce`` gets the experiments' options only with ``experiments`` (loading
+    them through their entry points is work that no other command needs)."""
     p = Parser(prog="pfm", description="Preference Flow Matching: learn a flow from rejected to "
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
@@ -154,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=commands.demo)
 
-    _reproduce_parser(sub)
+    _reproduce_parser(sub, load=experiments)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(experiments="reproduce" in argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.threads:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import FlowFileError, InvalidInputError, MissingFileError
+from ..errors import FlowFileError, InvalidInputError, MissingFileError
 
 log = logging.getLogger("pfm")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("pfm")
 def flow_codec_spec(flow_dir: str) -> str:
     """The spec of the codec a flow was trained with (its ``codec.json``, written by ``pfm fit --codec``); a flow
     without one raises saying what it applies to."""
-    from .io import read_json
+    from ..io import read_json
 
     path = Path(flow_dir) / "codec.json"
     if not path.is_file():
@@ -36,10 +36,10 @@ def flow_codec_spec(flow_dir: str) -> str:
 def apply_text(args: argparse.Namespace, flow: Any, solver: dict[str, Any]) -> int:
     """``pfm apply FLOW texts.jsonl --out improved.jsonl``: ``args.out`` is checked already; ``solver`` holds the
     solver settings given on the command line."""
-    from .io import atomic_file
-    from .text.apply import improve_texts, plan
-    from .text.codec import encoder_spec, load_codec
-    from .text.rows import read_text_rows
+    from ..io import atomic_file
+    from ..text.apply import improve_texts, plan
+    from ..text.codec import encoder_spec, load_codec
+    from ..text.rows import read_text_rows
 
     spec = flow_codec_spec(args.flow)
     if args.codec is not None:
@@ -70,11 +70,11 @@ def apply_text(args: argparse.Namespace, flow: Any, solver: dict[str, Any]) -> i
 
 def train_decoder(args: argparse.Namespace) -> int:
     """``pfm train-decoder CORPUS --codec SPEC --out DIR``."""
-    from .io import check_output
+    from ..io import check_output
     from .options import config_from_args
-    from .text.codec import encoder_spec, load_codec
-    from .text.decoder import MIN_SENTENCES, DecoderConfig, train_decoder as train
-    from .text.rows import read_corpus_texts
+    from ..text.codec import encoder_spec, load_codec
+    from ..text.decoder import MIN_SENTENCES, DecoderConfig, train_decoder as train
+    from ..text.rows import read_corpus_texts
 
     if not Path(args.corpus).exists():
         raise MissingFileError(f"no such file: {args.corpus!r}")

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import FitConfig, SolverConfig
-from .errors import InvalidInputError, MissingFileError
+from ..config import FitConfig, SolverConfig
+from ..errors import InvalidInputError, MissingFileError
 from .options import config_from_args, given
 
 log = logging.getLogger("pfm")
@@ -37,7 +37,7 @@ def field_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from .io import check_output
+    from ..io import check_output
 
     _exists(args.data)
     args.out = str(check_output(args.out, "--out", kind="flow", inputs=[(args.data, "data file")]))
@@ -60,7 +60,7 @@ def fit(args: argparse.Namespace) -> int:
     if args.validation is not None:
         _exists(args.validation)
     if args.device is not None:
-        from .validate import check_device
+        from ..validate import check_device
 
         check_device(args.device, "--device")
     args.field_kwargs = field_options(args)
@@ -77,14 +77,14 @@ def fit(args: argparse.Namespace) -> int:
 
 
 def _read_pairs(args: argparse.Namespace, path: str):
-    from .data import PreferenceDataset
+    from ..data import PreferenceDataset
 
     if str(path).lower().endswith(".jsonl"):
         if not args.codec:
             raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
                                     "e.g. --codec minilm")
         if getattr(args, "codec_object", None) is None:
-            from .text.codec import load_codec
+            from ..text.codec import load_codec
 
             args.codec_object = load_codec(args.codec)
         ds = PreferenceDataset.from_text_pairs(path, args.codec_object, progress=not args.quiet)
@@ -121,9 +121,9 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
 
     import torch
 
-    from .io import atomic_file
-    from .flow import PreferenceFlow
-    from .runtime import seed_everything
+    from ..io import atomic_file
+    from ..flow import PreferenceFlow
+    from ..runtime import seed_everything
 
     seed_everything(args.seed)
     flow = PreferenceFlow.for_dataset(ds, field=args.field, **args.field_kwargs)
@@ -153,10 +153,10 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
 def apply(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io import atomic_file, check_output
-    from .data import npz_keys, read_npz
-    from .errors import FlowFileError
-    from .flow import PreferenceFlow
+    from ..io import atomic_file, check_output
+    from ..data import npz_keys, read_npz
+    from ..errors import FlowFileError
+    from ..flow import PreferenceFlow
 
     _exists(args.input)
     text = str(args.input).lower().endswith(".jsonl")
@@ -168,7 +168,7 @@ def apply(args: argparse.Namespace) -> int:
     if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
         solver["solver_steps"] = solver.pop("steps")
     if text:
-        from .text_commands import apply_text
+        from .text import apply_text
 
         return apply_text(args, flow, solver)
     names = npz_keys(args.input)
@@ -209,13 +209,13 @@ def _text_options(args: argparse.Namespace, text: bool) -> None:
 
 
 def train_decoder(args: argparse.Namespace) -> int:
-    from .text_commands import train_decoder as run
+    from .text import train_decoder as run
 
     return run(args)
 
 
 def info(args: argparse.Namespace) -> int:
-    from .flow.files import WEIGHTS_NAME, read_config, read_weights_header
+    from ..flow.files import WEIGHTS_NAME, read_config, read_weights_header
 
     cfg = read_config(args.flow)
     read_weights_header(Path(args.flow) / WEIGHTS_NAME)
@@ -226,7 +226,7 @@ def info(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from . import demo as the_demo
+    from .. import demo as the_demo
 
     result = the_demo.run(n_pairs=args.pairs, steps=args.steps, conditional=args.conditional, seed=args.seed,
                           progress=not args.quiet)
