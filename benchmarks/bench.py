@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from pfm import PreferenceDataset, PreferenceFlow
-from pfm._io import atomic_file
+from pfm.io import atomic_file
 from pfm.coupling import couple, transport_cost
 from pfm.train.loop import _adam
 

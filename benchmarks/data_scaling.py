@@ -25,7 +25,7 @@ import torch
 
 from pfm import PreferenceDataset, PreferenceFlow
 from bench import PeakMemory, rss_anon_mb  # benchmarks/ is the script's directory
-from pfm._io import atomic_file
+from pfm.io import atomic_file
 
 
 def write(directory: Path, n: int, chunk: int = 1_000_000) -> None:

@@ -71,14 +71,11 @@ def make_task(kind: str, n: int, n_test: int, seed: int = 0):
 
 def bench_reward() -> Callable[[Tensor], Tensor]:
     """The 2D task's true reward (the experiment's, through bench.py's import of it)."""
-    import importlib
-
-    for name in ("pfm_experiments.toy2d", "pfm.tasks.toy2d"):
-        try:
-            return importlib.import_module(name).true_reward
-        except ImportError:
-            continue
-    raise ImportError("the 2D task (pfm_experiments.toy2d) is not installed")
+    try:
+        from pfm_experiments.toy2d import true_reward
+    except ImportError:
+        raise ImportError("the 2D task (pfm_experiments.toy2d) is not installed") from None
+    return true_reward
 
 
 def field_for(kind: str, train: PreferenceDataset) -> PreferenceFlow:

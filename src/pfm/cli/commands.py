@@ -1,5 +1,5 @@
 """What ``pfm fit``, ``pfm apply``, ``pfm info``, ``pfm demo`` and ``pfm train-decoder`` do (the text parts in
-:mod:`pfm.text_commands`), once :mod:`pfm.cli` has parsed their options.
+:mod:`pfm.cli.text`), once :mod:`pfm.cli` has parsed their options.
 
 Every path written and every setting used later is checked before any data is read or a step is taken.
 """
