@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import pfm.train.checkpoint as ckpt_mod
-from pfm import FlowFileError, InvalidInputError, PreferenceDataset, PreferenceFlow, optimize
+from pfm import FileFormatError, InvalidInputError, PreferenceDataset, PreferenceFlow, optimize
 from pfm.train.checkpoint import load_checkpoint
 from pfm.train import NonFiniteLossError
 
@@ -131,7 +131,7 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="past steps"):
         fitted(data(), 50, checkpoint_dir=tmp_path, resume=True)
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(FlowFileError, match="not a readable checkpoint"):
+    with pytest.raises(FileFormatError, match="not a readable checkpoint"):
         fitted(data(), 200, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(InvalidInputError, match="needs checkpoint_dir"):
         fitted(data(), 10, resume=True)

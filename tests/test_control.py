@@ -11,7 +11,7 @@ pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 minari = pytest.importorskip("minari")
 
-from pfm import FlowFileError, InvalidInputError  # noqa: E402
+from pfm import FileFormatError, InvalidInputError  # noqa: E402
 from pfm_experiments.control import datasets as D  # noqa: E402
 from pfm_experiments.control import envs as E  # noqa: E402
 from pfm_experiments.control.experiment import episodes_score  # noqa: E402
@@ -52,7 +52,7 @@ def test_minari_round_trip_restores_states_exactly(random_episodes, tmp_path):
         np.testing.assert_allclose(E.set_state(env, q, v), e.observations[t])
     with pytest.raises(InvalidInputError, match="qpos and qvel"):
         E.set_state(env, np.zeros(3), np.zeros(6))
-    with pytest.raises(FlowFileError, match="no Minari data set"):
+    with pytest.raises(FileFormatError, match="no Minari data set"):
         D.load_episodes("pfm/hopper/nothing-v0", tmp_path)
     with pytest.raises(InvalidInputError, match="kind"):
         D.collect("hopper", "bogus", 10)
@@ -131,9 +131,9 @@ def test_ars_runs_and_the_policy_file_round_trips(tmp_path):
     np.testing.assert_allclose(expert(obs), result.expert(obs))
     assert meta["expert_return"] == result.expert_return and len(meta["history"]) == 2
     assert np.all(np.abs(expert(obs * 1e6)) <= 1)  # actions stay in the action space
-    with pytest.raises(FlowFileError, match="not 'walker2d'"):
+    with pytest.raises(FileFormatError, match="not 'walker2d'"):
         load_experts("walker2d", path)
-    with pytest.raises(FlowFileError, match="python -m pfm_experiments.control.experts"):
+    with pytest.raises(FileFormatError, match="python -m pfm_experiments.control.experts"):
         load_experts("hopper", tmp_path / "none.npz")
     with pytest.raises(InvalidInputError, match="top"):
         train_ars("hopper", ARSConfig(directions=2, top=3), progress=False)
@@ -336,9 +336,9 @@ def test_ars_checkpoint_resumes_to_the_same_run(tmp_path):
     assert resumed.env_steps == whole.env_steps and len(resumed.snapshots) == 3
     again = train_ars("hopper", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)  # nothing to do
     np.testing.assert_array_equal(again.expert.W, whole.expert.W)
-    with pytest.raises(FlowFileError, match="ARS settings"):
+    with pytest.raises(FileFormatError, match="ARS settings"):
         train_ars("hopper", ARSConfig(iterations=6, **{**cfg, "noise": 0.5}), progress=False, checkpoint=ckpt)
-    with pytest.raises(FlowFileError, match="of task 'hopper'"):
+    with pytest.raises(FileFormatError, match="of task 'hopper'"):
         train_ars("walker2d", ARSConfig(iterations=6, **cfg), progress=False, checkpoint=ckpt)
 
 

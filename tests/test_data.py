@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pfm import InvalidInputError, InvalidTypeError, PreferenceDataset, PreferenceFlow, collect_preferences
-from pfm.errors import FlowFileError, MissingFileError
+from pfm.errors import FileFormatError, MissingFileError
 
 
 def make(n=10, shape=(3,), context="label"):
@@ -75,7 +75,7 @@ def test_foreign_parquet_without_metadata(tmp_path):
     assert ds.output_shape == (2,) and ds.context_kind == "label"
     pq.write_table(pa.table({"chosen": [[1.0, 2.0], [3.0]], "rejected": [[0.0, 0.0], [1.0]]}),
                    tmp_path / "ragged.parquet")
-    with pytest.raises(FlowFileError, match="different lengths"):
+    with pytest.raises(FileFormatError, match="different lengths"):
         PreferenceDataset.load(tmp_path / "ragged.parquet")
 
 
@@ -84,17 +84,17 @@ def test_load_errors(tmp_path):
         PreferenceDataset.load(tmp_path / "nope.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(FlowFileError, match="not a readable .npz"):
+    with pytest.raises(FileFormatError, match="not a readable .npz"):
         PreferenceDataset.load(bad)
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
-    with pytest.raises(FlowFileError, match="lacks"):
+    with pytest.raises(FileFormatError, match="lacks"):
         PreferenceDataset.load(tmp_path / "other.npz")
     good = make().save(tmp_path / "good.npz")
     good.write_bytes(good.read_bytes()[:100])  # truncated
-    with pytest.raises(FlowFileError):
+    with pytest.raises(FileFormatError):
         PreferenceDataset.load(good)
     (tmp_path / "c.parquet").write_bytes(b"PAR1 garbage")
-    with pytest.raises(FlowFileError, match="parquet"):
+    with pytest.raises(FileFormatError, match="parquet"):
         PreferenceDataset.load(tmp_path / "c.parquet")
     with pytest.raises(InvalidInputError, match=".npz or .parquet"):
         make().save(tmp_path / "x.csv")
@@ -168,7 +168,7 @@ def test_collect_ties_and_errors():
 def test_npy_directory_is_memory_mapped_and_trains_like_memory(tmp_path):
     import numpy as np
 
-    from pfm import FlowFileError, PreferenceFlow
+    from pfm import PreferenceFlow
 
     g = torch.Generator().manual_seed(0)
     y0 = torch.randn(3000, 2, generator=g)
@@ -191,7 +191,7 @@ def test_npy_directory_is_memory_mapped_and_trains_like_memory(tmp_path):
     writer.flush()
     assert float(mm.chosen[-1, 0]) == 123.0  # the tensor reads the file's pages (Linux): no copy was made
     (tmp_path / "prefs" / "rejected.npy").unlink()
-    with pytest.raises(FlowFileError, match="no rejected.npy"):
+    with pytest.raises(FileFormatError, match="no rejected.npy"):
         PreferenceDataset.load(tmp_path / "prefs")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x").write_text("x")

@@ -242,7 +242,7 @@ def _toy_sentences(n=300, seed=0):
 
 @pytest.mark.slow
 def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
-    from pfm.errors import FlowFileError
+    from pfm.errors import FileFormatError
     from pfm.text.lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
     texts = _toy_sentences()
@@ -262,7 +262,7 @@ def test_language_model_learns_forces_prompts_and_round_trips(tmp_path):
     assert back.generate(["the movie"], temperature=0) == lm.generate(["the movie"], temperature=0)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"kind": "flow"}')
-    with pytest.raises(FlowFileError, match="not a pfm language model"):
+    with pytest.raises(FileFormatError, match="not a pfm language model"):
         TextLM.load(tmp_path / "other")
     with pytest.raises(InvalidInputError, match="takes no cond"):
         lm.model(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))

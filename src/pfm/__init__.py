@@ -16,7 +16,7 @@ from .compat import OptimalTransportConditionalFlowMatching
 from .config import FitConfig, SolverConfig, TrainConfig
 from .coupling import couple
 from .data import PreferenceDataset, collect_preferences
-from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
+from .errors import FileFormatError, FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, PFMError
 from .fields import MLPField, UNetField
 from .flow import PreferenceFlow
 from .iterative import FlowChain, iterative_pfm
@@ -56,6 +56,7 @@ __all__ = [
     "PFMError",
     "InvalidInputError",
     "InvalidTypeError",
+    "FileFormatError",
     "FlowFileError",
     "MissingFileError",
 ]

@@ -24,8 +24,13 @@ class InvalidTypeError(PFMError, TypeError):
     """An argument has the wrong type or dtype."""
 
 
-class FlowFileError(PFMError, ValueError):
-    """A file or directory is not what it should be: not a flow, corrupt, or written for another model."""
+class FileFormatError(PFMError, ValueError):
+    """A file or directory is not what it should be: unreadable, corrupt, of another format, or written for another
+    model or run (a data file, a checkpoint, a codec, a JSON file)."""
+
+
+class FlowFileError(FileFormatError):
+    """A saved flow (or flow chain) is not what it should be: not a flow, corrupt, or written for another model."""
 
 
 class MissingFileError(PFMError, FileNotFoundError):

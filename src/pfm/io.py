@@ -8,7 +8,7 @@ A reader never sees a half-written file or directory, and a crash mid-write keep
   it takes the place of ``path`` in one step (an old directory there is swapped out, then removed).
 - :func:`check_output` ``(path, name, kind=..., inputs=..., suffixes=...)``: before any work starts, check that
   ``path`` can be written without destroying an input; raises :class:`pfm.InvalidInputError` naming ``name``.
-- :func:`read_json` ``(path)``: a JSON file, or a :class:`pfm.FlowFileError` saying what is wrong with it.
+- :func:`read_json` ``(path, error=FileFormatError)``: a JSON file, or ``error`` saying what is wrong with it.
 
 These names are public: they keep their signatures within a major version (the experiments in ``pfm-experiments``
 write with them).
@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Sequence
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a file that is not JSON raises :class:`FlowFileError` naming it."""
-    from .errors import FlowFileError
+def read_json(path: Path, error: Optional[type] = None) -> Any:
+    """Parse a JSON file; a file that is not JSON raises ``error`` (default :class:`pfm.errors.FileFormatError`; a
+    flow's reader passes :class:`pfm.errors.FlowFileError`) naming it."""
+    from .errors import FileFormatError
 
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FlowFileError(f"{str(path)!r} is not valid JSON ({exc})") from None
+        raise (error or FileFormatError)(f"{str(path)!r} is not valid JSON ({exc})") from None
 
 
 def _umask() -> int:

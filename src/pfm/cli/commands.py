@@ -155,7 +155,7 @@ def apply(args: argparse.Namespace) -> int:
 
     from ..io import atomic_file, check_output
     from ..data import npz_keys, read_npz
-    from ..errors import FlowFileError
+    from ..errors import FileFormatError
     from ..flow import PreferenceFlow
 
     _exists(args.input)
@@ -177,10 +177,10 @@ def apply(args: argparse.Namespace) -> int:
         others = [k for k in names if k != args.context_key]
         candidates = [k for k in ("y", "outputs", "rejected") if k in names] or (others if len(others) == 1 else [])
         if not candidates:
-            raise FlowFileError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
+            raise FileFormatError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
         key = candidates[0]
     if key not in names:
-        raise FlowFileError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
+        raise FileFormatError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
     arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
     context = arrays.get(args.context_key)
     if args.strength is not None:

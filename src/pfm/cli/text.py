@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlowFileError, InvalidInputError, MissingFileError
+from ..errors import FileFormatError, InvalidInputError, MissingFileError
 
 log = logging.getLogger("pfm")
 
@@ -29,7 +29,7 @@ def flow_codec_spec(flow_dir: str) -> str:
                                 "vectors, given as a .npz; for text, fit a flow on text rows with --codec")
     meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), str) or not meta["spec"]:
-        raise FlowFileError(f"{str(path)!r} does not name a codec (no 'spec')")
+        raise FileFormatError(f"{str(path)!r} does not name a codec (no 'spec')")
     return meta["spec"]
 
 

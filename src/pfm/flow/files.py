@@ -224,7 +224,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if path.stat().st_size > 1 << 20:
         raise FlowFileError(f"{str(path)!r} is {path.stat().st_size:,} bytes; a flow's config is a few hundred")
     try:
-        cfg = read_json(path)
+        cfg = read_json(path, FlowFileError)
     except PermissionError:
         raise FlowFileError(f"{str(path)!r} cannot be read (permission denied)") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_dir
-from ..errors import FlowFileError, InvalidInputError
+from ..errors import FileFormatError, InvalidInputError
 from .encoder import EmbeddingCache, SentenceEncoder
 from .lm import TextLM
 
@@ -122,7 +122,7 @@ def encoder_spec(spec: str) -> str:
 
         meta = read_json(saved)
         if not isinstance(meta, dict) or meta.get("kind") != "pfm-codec" or not isinstance(meta.get("encoder"), str):
-            raise FlowFileError(f"{str(saved)!r} is not a pfm codec")
+            raise FileFormatError(f"{str(saved)!r} is not a pfm codec")
         return encoder_spec(meta["encoder"])
     return "minilm" if spec.lower() == "minilm" else str(Path(spec).resolve())
 
@@ -137,7 +137,7 @@ def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:
     if saved.is_file():
         meta = json.loads(saved.read_text())
         if meta.get("kind") != "pfm-codec":
-            raise FlowFileError(f"{str(saved)!r} is not a pfm codec")
+            raise FileFormatError(f"{str(saved)!r} is not a pfm codec")
         inner = load_codec(meta["encoder"], cache_dir)
         return TextCodec(inner.encoder, LMDecoder(TextLM.load(Path(spec) / "decoder")), spec=spec)
     if spec.lower() == "minilm":

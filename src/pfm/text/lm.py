@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import atomic_dir
-from ..errors import FlowFileError, InvalidInputError
+from ..errors import FileFormatError, InvalidInputError
 from .encoder import check_texts
 
 log = logging.getLogger("pfm")
@@ -347,10 +347,10 @@ class TextLM:
         directory = Path(directory)
         cfg_path = directory / "config.json"
         if not cfg_path.is_file():
-            raise FlowFileError(f"{str(directory)!r} holds no language model (no config.json)")
+            raise FileFormatError(f"{str(directory)!r} holds no language model (no config.json)")
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("kind") != "pfm-text-lm":
-            raise FlowFileError(f"{str(directory)!r} is not a pfm language model (kind {cfg.get('kind')!r})")
+            raise FileFormatError(f"{str(directory)!r} is not a pfm language model (kind {cfg.get('kind')!r})")
         model = ConditionalLM(LMConfig(**cfg["lm"]))
         model.load_state_dict(load_file(str(directory / "weights.safetensors")))
         return cls(model.to(device).eval(), Tokenizer.from_file(str(directory / "tokenizer.json")))

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from ..io import atomic_file
-from ..errors import FlowFileError, InvalidInputError
+from ..errors import FileFormatError, InvalidInputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "pfm.checkpoint"
@@ -41,7 +41,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
 
 def load_checkpoint(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
     """The checkpoint in ``directory``, or None if there is none; a corrupt or foreign file raises
-    :class:`FlowFileError` naming it."""
+    :class:`FileFormatError` naming it."""
     path = checkpoint_path(directory)
     if not path.exists():
         return None
@@ -49,34 +49,34 @@ def load_checkpoint(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # whatever torch's reader trips on (KeyError, RuntimeError, UnpicklingError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlowFileError(f"{str(path)!r} is not a readable checkpoint ({first})") from None
+        raise FileFormatError(f"{str(path)!r} is not a readable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise FlowFileError(f"{str(path)!r} is not a pfm training checkpoint")
+        raise FileFormatError(f"{str(path)!r} is not a pfm training checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
-        raise FlowFileError(f"{str(path)!r} was written in checkpoint format {state.get('format_version')}; this "
+        raise FileFormatError(f"{str(path)!r} was written in checkpoint format {state.get('format_version')}; this "
                             f"version of pfm reads format {FORMAT_VERSION}")
     kinds = {"run": dict, "step": int, "module": dict, "optimizer": dict, "ema": dict, "gen": list, "loss": list,
              "extras": dict, "seconds": (int, float)}
     missing = [k for k in kinds if k not in state]
     if missing:
-        raise FlowFileError(f"{str(path)!r} is damaged: it lacks {missing}")
+        raise FileFormatError(f"{str(path)!r} is damaged: it lacks {missing}")
     wrong = [k for k, t in kinds.items() if not isinstance(state[k], t) or isinstance(state[k], bool)]
     if wrong or state["step"] < 0 or not state["gen"]:
-        raise FlowFileError(f"{str(path)!r} is damaged: {', '.join(wrong) or 'step or gen'} has the wrong type "
+        raise FileFormatError(f"{str(path)!r} is damaged: {', '.join(wrong) or 'step or gen'} has the wrong type "
                             "or value")
     return state
 
 
 def restore(path: str | os.PathLike, module: Any, state: dict[str, Any], what: str = "module") -> None:
     """``module.load_state_dict(state)``, a mismatch (renamed or missing keys, other shapes) being a
-    :class:`FlowFileError` naming the checkpoint."""
+    :class:`FileFormatError` naming the checkpoint."""
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         first = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
                      lines[0] if lines else type(exc).__name__)
-        raise FlowFileError(f"the {what} state in {str(path)!r} does not fit this run: {first}") from None
+        raise FileFormatError(f"the {what} state in {str(path)!r} does not fit this run: {first}") from None
 
 
 def check_fingerprint(path: str | os.PathLike, found: dict[str, Any], expected: dict[str, Any]) -> None:

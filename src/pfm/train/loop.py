@@ -21,7 +21,7 @@ from .. import validate as V
 from .best_weights import BestWeights, check_evaluate
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from ..config import PRECISIONS, TrainConfig, merge
-from ..errors import FlowFileError, InvalidInputError, NonFiniteLossError
+from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
 from .threads import SMALL_STEP, intra_op_threads, step_threads
 
@@ -233,7 +233,7 @@ class _Loop:
         try:
             self.gen.set_state(state["gen"][self.rank])
         except (RuntimeError, IndexError, TypeError) as exc:
-            raise FlowFileError(f"the generator state in {str(where)!r} does not fit this run ({exc})") from None
+            raise FileFormatError(f"the generator state in {str(where)!r} does not fit this run ({exc})") from None
         self.first_step = int(state["step"])
         self.history.loss = list(state["loss"])
         self.history.extras = {k: list(v) for k, v in state["extras"].items()}

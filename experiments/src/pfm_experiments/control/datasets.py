@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pfm.errors import FlowFileError, InvalidInputError
+from pfm.errors import FileFormatError, InvalidInputError
 from pfm.runtime import data_dir
 from .envs import get_state, make_env, task
 from .experts import load_experts
@@ -182,7 +182,7 @@ def load_episodes(dataset: str, root: Optional[Path] = None) -> list[Episode]:
         try:
             ds = minari.load_dataset(dataset)
         except (FileNotFoundError, ValueError) as exc:
-            raise FlowFileError(f"no Minari data set {dataset!r} (looked in {[str(c) for c in candidates]} and "
+            raise FileFormatError(f"no Minari data set {dataset!r} (looked in {[str(c) for c in candidates]} and "
                                 f"MINARI_DATASETS_PATH): {exc}") from None
     out = []
     for ep in ds.iterate_episodes():
@@ -193,7 +193,7 @@ def load_episodes(dataset: str, root: Optional[Path] = None) -> list[Episode]:
                            np.asarray(infos["qpos"]) if "qpos" in infos else None,
                            np.asarray(infos["qvel"]) if "qvel" in infos else None))
     if not out:
-        raise FlowFileError(f"Minari data set {dataset!r} holds no episodes")
+        raise FileFormatError(f"Minari data set {dataset!r} holds no episodes")
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pfm.io import atomic_file
-from pfm.errors import FlowFileError, InvalidInputError
+from pfm.errors import FileFormatError, InvalidInputError
 from .envs import make_env, normalized_score, task
 
 log = logging.getLogger("pfm")
@@ -234,7 +234,7 @@ def _load_checkpoint(path: Path, name: str, cfg: ARSConfig) -> Optional[dict[str
         mine = {k: v for k, v in cfg.__dict__.items() if k != "iterations"}
         theirs = {k: v for k, v in meta["ars"].items() if k != "iterations"}
         if meta["task"] != name or mine != theirs:
-            raise FlowFileError(f"checkpoint {str(path)!r} is of task {meta['task']!r} with ARS settings {theirs}, "
+            raise FileFormatError(f"checkpoint {str(path)!r} is of task {meta['task']!r} with ARS settings {theirs}, "
                                 f"not {name!r} with {mine}: remove it or pass another --checkpoint")
         snaps = [(float(r), LinearPolicy.from_dict(d, f"snapshot{i}")) for i, r in enumerate(meta["snapshot_returns"])]
         return {"meta": meta, "W": d["W"].copy(), "stat": _RunningStat(meta["stat_n"], d["stat_mean"].copy(),
@@ -368,12 +368,12 @@ def load_experts(name: str, path: Optional[Path] = None) -> tuple[Any, Any, dict
 
     path = Path(path) if path is not None else EXPERTS_DIR / f"{task(name).name}.npz"
     if not path.exists():
-        raise FlowFileError(f"no trained behavior policies for {name!r} at {str(path)!r}; train them with "
+        raise FileFormatError(f"no trained behavior policies for {name!r} at {str(path)!r}; train them with "
                             f"`python -m pfm_experiments.control.experts {name}`")
     with np.load(path) as d:
         meta = json.loads(bytes(d["meta"]).decode())
         if meta.get("task") != name:
-            raise FlowFileError(f"{str(path)!r} holds policies for {meta.get('task')!r}, not {name!r}")
+            raise FileFormatError(f"{str(path)!r} holds policies for {meta.get('task')!r}, not {name!r}")
         return policy_from_dict(d, "expert"), policy_from_dict(d, "medium"), meta
 
 

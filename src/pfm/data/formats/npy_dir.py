@@ -10,7 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from ...io import atomic_dir
-from ...errors import FlowFileError, InvalidInputError
+from ...errors import FileFormatError, InvalidInputError
 from . import as_numpy
 
 
@@ -35,9 +35,9 @@ def load_npy_dir(path: Path) -> dict[str, np.ndarray]:
         if not f.exists():
             if name == "context":
                 continue
-            raise FlowFileError(f"{str(path)!r} holds chosen.npy but no {name}.npy")
+            raise FileFormatError(f"{str(path)!r} holds chosen.npy but no {name}.npy")
         try:
             arrays[name] = np.load(f, mmap_mode="c", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise FlowFileError(f"{str(f)!r} is not a readable .npy file ({exc})") from None
+            raise FileFormatError(f"{str(f)!r} is not a readable .npy file ({exc})") from None
     return arrays

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ... import validate as V
 from ...io import atomic_file
-from ...errors import FlowFileError, InvalidInputError, MissingFileError
+from ...errors import FileFormatError, InvalidInputError, MissingFileError
 from . import as_numpy
 
 NPZ_NOT_ARRAYS = "neither a zip archive of arrays nor a NumPy array; pfm never unpickles files"
@@ -29,7 +29,7 @@ def _open_npz(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise MissingFileError(f"no such file: {str(path)!r}")
     if path.is_dir():
-        raise FlowFileError(f"{str(path)!r} is a directory, not a .npz file")
+        raise FileFormatError(f"{str(path)!r} is a directory, not a .npz file")
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
@@ -37,9 +37,9 @@ def _open_npz(path: Path) -> zipfile.ZipFile:
             head = f.read(6)
         why = ("a single .npy array, not a .npz archive of named arrays; write it with np.savez(path, y=array)"
                if head == b"\x93NUMPY" else f"BadZipFile: {exc}" if head.startswith(b"PK") else NPZ_NOT_ARRAYS)
-        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({why})") from None
+        raise FileFormatError(f"{str(path)!r} is not a readable .npz file ({why})") from None
     except OSError as exc:
-        raise FlowFileError(f"{str(path)!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{str(path)!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
 def npz_keys(path: str | os.PathLike) -> list[str]:
@@ -54,7 +54,7 @@ def _read_member(z: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
     bad = f"array {key!r} of {str(path)!r}"
     info = z.getinfo(key + ".npy")
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
-        raise FlowFileError(f"{bad} claims {info.file_size:,} bytes from {info.compress_size:,} compressed; the "
+        raise FileFormatError(f"{bad} claims {info.file_size:,} bytes from {info.compress_size:,} compressed; the "
                             "file is damaged or crafted")
     try:
         with z.open(info) as f:
@@ -64,11 +64,11 @@ def _read_member(z: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             if dtype.hasobject:
-                raise FlowFileError(f"{bad} holds Python objects ({dtype}); pfm never unpickles files")
+                raise FileFormatError(f"{bad} holds Python objects ({dtype}); pfm never unpickles files")
             nbytes = math.prod(shape) * dtype.itemsize
             header = f.tell()
             if nbytes != info.file_size - header:
-                raise FlowFileError(f"{bad} declares shape {tuple(shape)} ({nbytes:,} bytes) but its entry holds "
+                raise FileFormatError(f"{bad} declares shape {tuple(shape)} ({nbytes:,} bytes) but its entry holds "
                                     f"{info.file_size - header:,} bytes; the file is damaged or crafted")
             V.check_allocation(nbytes, bad)
             arr = np.empty(shape, dtype, order="F" if fortran else "C")
@@ -78,10 +78,10 @@ def _read_member(z: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
                 if not k:
                     raise EOFError(f"the entry ended after {got:,} of {nbytes:,} bytes")
                 got += k
-    except (FlowFileError, InvalidInputError):
+    except (FileFormatError, InvalidInputError):
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
-        raise FlowFileError(f"{bad} is not readable ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{bad} is not readable ({type(exc).__name__}: {exc})") from None
     return arr
 
 
@@ -95,7 +95,7 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (),
         names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
         missing = [k for k in required if k not in names]
         if missing:
-            raise FlowFileError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(names)}")
+            raise FileFormatError(f"{str(path)!r} lacks array(s) {missing}; it holds {sorted(names)}")
         wanted = list(required) + [k for k in (names if optional is None else optional)
                                    if k in names and k not in required]
         return {k: _read_member(z, path, k) for k in wanted}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ... import validate as V
 from ...io import atomic_file
-from ...errors import FlowFileError, InvalidInputError, MissingDependencyError
+from ...errors import FileFormatError, InvalidInputError, MissingDependencyError
 from . import as_numpy
 
 if TYPE_CHECKING:
@@ -62,13 +62,13 @@ def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
         schema = pq.read_schema(path)
         missing = [k for k in ("chosen", "rejected") if k not in schema.names]
         if missing:
-            raise FlowFileError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
+            raise FileFormatError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
         wanted = [k for k in ("chosen", "rejected", "context") if k in schema.names]
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as exc:
-        raise FlowFileError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
+        raise FileFormatError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
     if table.num_rows == 0:
-        raise FlowFileError(f"{str(path)!r} has no rows; at least one preference pair is needed")
+        raise FileFormatError(f"{str(path)!r} has no rows; at least one preference pair is needed")
     return schema, table
 
 
@@ -78,14 +78,14 @@ def _read_metadata(schema: "pa.Schema", path: Path) -> dict:
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FlowFileError(f"the pfm metadata of {str(path)!r} is not valid JSON") from None
+        raise FileFormatError(f"the pfm metadata of {str(path)!r} is not valid JSON") from None
     if not isinstance(meta, dict):
-        raise FlowFileError(f"the pfm metadata of {str(path)!r} must be a JSON object, got {type(meta).__name__}")
+        raise FileFormatError(f"the pfm metadata of {str(path)!r} must be a JSON object, got {type(meta).__name__}")
     for key in ("output_shape", "context_shape"):
         try:
             V.check_shape(meta.get(key), f"its {key}", allow_none=True)
         except InvalidInputError as exc:
-            raise FlowFileError(f"the pfm metadata of {str(path)!r} is wrong: {exc}") from None
+            raise FileFormatError(f"the pfm metadata of {str(path)!r} is wrong: {exc}") from None
     return meta
 
 
@@ -96,21 +96,21 @@ def _column(pa: Any, table: "pa.Table", name: str, shape: list[int] | None, path
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
         lengths = np.asarray(col.value_lengths())
         if len(lengths) and (lengths != lengths[0]).any():
-            raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of different lengths; "
+            raise FileFormatError(f"column {name!r} of {str(path)!r} holds lists of different lengths; "
                                 "every row must have the same size")
         if col.null_count:
-            raise FlowFileError(f"column {name!r} of {str(path)!r} has {col.null_count} empty (null) row(s)")
+            raise FileFormatError(f"column {name!r} of {str(path)!r} has {col.null_count} empty (null) row(s)")
         flat = np.asarray(col.flatten())
         width = int(lengths[0]) if len(lengths) else 0
         if shape and math.prod(shape) != width:
-            raise FlowFileError(f"column {name!r} of {str(path)!r} holds lists of {width} values, but its pfm "
+            raise FileFormatError(f"column {name!r} of {str(path)!r} holds lists of {width} values, but its pfm "
                                 f"metadata says shape {list(shape)} ({math.prod(shape)} values)")
         arr = flat.reshape(len(col), width)
         if shape:
             arr = arr.reshape(len(col), *shape)
         return arr
     if pa.types.is_nested(col.type):
-        raise FlowFileError(f"column {name!r} of {str(path)!r} has type {col.type}; expected lists of numbers")
+        raise FileFormatError(f"column {name!r} of {str(path)!r} has type {col.type}; expected lists of numbers")
     return col.to_numpy(zero_copy_only=False)
 
 
