@@ -59,3 +59,22 @@ def test_chain_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="more than rounds"):
         iterative_pfm(lambda c, n: torch.zeros(n, 2), gaussian.score, rounds=1, n=10,
                       start=FlowChain([PreferenceFlow((2,)), PreferenceFlow((2,))]))
+
+
+def test_rounds_fit_with_one_fit_config_and_its_overrides_checked_before_any_round():
+    from pfm import FitConfig
+
+    gen = torch.Generator().manual_seed(2)
+    sample = gaussian.reference(gen)
+    calls = []
+
+    def reference(c, n):
+        calls.append(n)
+        return sample(c, n)
+
+    with pytest.raises(InvalidInputError, match="unknown setting 'stpes'"):
+        iterative_pfm(reference, gaussian.score, rounds=2, n=100, fit_kwargs={"stpes": 5})
+    assert calls == []  # refused before the first round collected anything
+    chain = iterative_pfm(reference, gaussian.score, rounds=2, n=100, flow_kwargs={"hidden": 16, "depth": 1},
+                          fit_config=FitConfig(steps=7, batch_size=32, progress=False), fit_kwargs={"steps": 4})
+    assert [h.steps for h in chain.histories] == [4, 4]  # the override wins, in every round

@@ -7,6 +7,7 @@ asking the annotator again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import validate as V
+from .config import FitConfig, merge
 from .io import atomic_dir, read_json
 from .data import PreferenceDataset, collect_preferences
 from .errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError
@@ -82,7 +84,7 @@ class FlowChain(nn.Module):
             raise MissingFileError(f"no such flow chain directory: {str(directory)!r}")
         if not path.exists():
             raise FlowFileError(f"{str(directory)!r} is not a saved flow chain: it has no {CHAIN_NAME}")
-        cfg = read_json(path)
+        cfg = read_json(path, FlowFileError)
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
             raise FlowFileError(f"{str(path)!r} is not a pfm flow chain of format version {FORMAT_VERSION}")
         return cls([PreferenceFlow.load(directory / name, device=device) for name in cfg["flows"]])
@@ -98,6 +100,7 @@ def iterative_pfm(
     pairs_per_context: int = 1,
     start: Optional[FlowChain] = None,
     flow_kwargs: Optional[dict[str, Any]] = None,
+    fit_config: Optional[FitConfig] = None,
     fit_kwargs: Optional[dict[str, Any]] = None,
     collect_kwargs: Optional[dict[str, Any]] = None,
     on_round: Optional[Callable[[int, FlowChain, PreferenceDataset], None]] = None,
@@ -115,7 +118,9 @@ def iterative_pfm(
         contexts, n, pairs_per_context: what to collect each round (see :func:`pfm.collect_preferences`).
         start: a chain whose flows are the first rounds (``len(start) <= rounds``); it is extended in place.
         flow_kwargs: passed to :meth:`PreferenceFlow.for_dataset` (e.g. ``hidden``, ``depth``).
-        fit_kwargs: passed to :meth:`PreferenceFlow.fit` (e.g. ``steps``, ``coupling``); ``seed`` is set per round.
+        fit_config: every round's :class:`pfm.FitConfig` (default ``FitConfig()``); its ``seed`` is set per round.
+        fit_kwargs: settings of :class:`pfm.FitConfig` that override ``fit_config``'s (e.g. ``steps``,
+            ``coupling``), checked before the first round.
         collect_kwargs: passed to :func:`pfm.collect_preferences`.
         on_round: called as ``on_round(r, chain, dataset)`` after round r (1-based) is trained.
         seed: round r uses ``seed + r`` for its collection and its fit.
@@ -131,7 +136,7 @@ def iterative_pfm(
     if start is not None and len(start) > rounds:
         raise InvalidInputError(f"start already holds {len(start)} rounds, more than rounds={rounds}")
     flow_kwargs = dict(flow_kwargs or {})
-    fit_kwargs = dict(fit_kwargs or {})
+    fit_cfg = merge(fit_config, fit_kwargs or {}, FitConfig, "iterative_pfm fit")
     collect_kwargs = dict(collect_kwargs or {})
     chain = FlowChain() if start is None else start
 
@@ -143,7 +148,7 @@ def iterative_pfm(
         ds = collect_preferences(improved, annotator, contexts, pairs_per_context, n=n,
                                  **{"seed": seed + r, **collect_kwargs})
         flow = PreferenceFlow.for_dataset(ds, **flow_kwargs)
-        chain.histories.append(flow.fit(ds, **{**fit_kwargs, "seed": seed + r}))
+        chain.histories.append(flow.fit(ds, dataclasses.replace(fit_cfg, seed=seed + r)))
         chain.append(flow)
         if on_round is not None:
             on_round(r, chain, ds)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pfm import FitConfig
 from pfm.baselines import RewardModel, dpo, ipo, rlhf
 from pfm.data import PreferenceDataset, collect_preferences
 from pfm.flow import PreferenceFlow
@@ -121,7 +122,7 @@ def run_one(cfg: Config, preference: str, seed: int, progress: bool = False) -> 
                           n=len(train), start=FlowChain([flow]), on_round=on_round, seed=30_000 + seed,
                           collect_kwargs={"kind": "pairwise"},
                           flow_kwargs={"hidden": cfg.flow_hidden, "depth": 3},
-                          fit_kwargs={"steps": cfg.flow_steps, "batch_size": 256, "progress": progress})
+                          fit_config=FitConfig(steps=cfg.flow_steps, batch_size=256, progress=progress))
     name = f"iterative PFM ({cfg.rounds} rounds)"
     final = last[0] if last else log_prob(chain, y_ref, reference=ref, given="reference")
     M[name] = {"metrics": asdict(ev(name, final.output, final.log_prob)), "rounds": rounds,
