@@ -148,7 +148,7 @@ class _Part:
     def add_to(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``records`` with this part's rows and ``field`` added to those that lack them (their cells run or
         loaded); whether a cell's pairs were the protocol cell's (drawn again from the same seeds) is kept as
-        ``field.same_pairs`` (:func:`same_pairs`)."""
+        ``field.same_pairs`` (:func:`pairs_match`)."""
         todo = [r["seed"] for r in records if self.field not in r]
         made = {s.seed: s.record for s in self.runner.run(todo, self.run)}
         out = []
@@ -157,7 +157,7 @@ class _Part:
             if b is None:
                 out.append(rec)
                 continue
-            same = same_pairs(rec["pairs"], b["pairs"])
+            same = pairs_match(rec["pairs"], b["pairs"])
             if not same:
                 log.warning("control: %s seed %d: the %s cell's pairs differ from the protocol cell's (%s vs %s)",
                             self.runner.name, rec["seed"], self.field, b["pairs"], rec["pairs"])
@@ -167,7 +167,7 @@ class _Part:
         return out
 
 
-def same_pairs(protocol: dict[str, Any], part: dict[str, Any]) -> bool:
+def pairs_match(protocol: dict[str, Any], part: dict[str, Any]) -> bool:
     """Whether a part's cell drew the protocol cell's pairs, from the two records' ``pairs``: their digests
     (:meth:`pfm.PreferenceDataset.digest`, bit for bit) are equal. Within a machine they are, on any number of
     threads (``import pfm`` puts MKL in its thread-count-independent mode, :func:`pfm.train.threads.reproducible_blas`);
