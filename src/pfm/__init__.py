@@ -10,7 +10,7 @@ through it. The public API, nothing else (the baselines live in :mod:`pfm.baseli
 from ._version import __version__
 from .train.threads import reproducible_blas as _reproducible_blas
 
-_reproducible_blas()  # before any matrix product: results the same on any number of threads (pfm.train.threads)
+_reproducible_blas()  # before any matrix product: products the same on any number of threads (pfm.train.threads)
 
 from .compat import OptimalTransportConditionalFlowMatching
 from .config import FitConfig, SolverConfig, TrainConfig

@@ -1,5 +1,5 @@
-"""How many torch intra-op threads a training step runs on, and the BLAS setting that makes the count not matter
-to the numbers."""
+"""How many torch intra-op threads a training step runs on, and the BLAS setting that keeps matrix products
+independent of that count."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def reproducible_blas() -> bool:
     """Ask MKL for results that do not depend on the thread count (:data:`BLAS_REPRODUCIBILITY`), unless the user
     set ``MKL_CBWR`` already (then theirs stands). ``import pfm`` calls it. MKL reads the setting at the process's
     first matrix product, so it takes effect only when none ran before ``import pfm``; ``MKL_CBWR=AUTO,STRICT`` in
-    the environment does the same for any order. Returns whether the setting is ours."""
+    the environment does the same for any order. Returns whether ``MKL_CBWR`` is now this setting."""
     if "MKL_CBWR" in os.environ:
         return os.environ["MKL_CBWR"] == BLAS_REPRODUCIBILITY
     os.environ["MKL_CBWR"] = BLAS_REPRODUCIBILITY
