@@ -127,6 +127,23 @@ def test_split_subset_from_dict():
         PreferenceDataset.from_dict({"chosen": [[1.0]]})
 
 
+
+def test_from_dict_takes_a_hugging_face_dataset_and_says_what_its_columns_are():
+    datasets = pytest.importorskip("datasets")
+
+    ds = make(n=12)
+    hf = datasets.Dataset.from_dict({"chosen": ds.chosen.numpy().tolist(), "rejected": ds.rejected.numpy().tolist(),
+                                     "context": ds.context.numpy().tolist()})
+    back = PreferenceDataset.from_dict(hf)
+    assert torch.equal(back.chosen, ds.chosen) and torch.equal(back.context, ds.context)
+    assert back.context_kind == ds.context_kind == "label"
+    unlabeled = PreferenceDataset.from_dict(hf.remove_columns("context"))
+    assert unlabeled.context is None and torch.equal(unlabeled.rejected, ds.rejected)
+    with pytest.raises(InvalidInputError, match=r"\['rejected'\]; got \['chosen', 'context'\]"):  # was a crash
+        PreferenceDataset.from_dict(hf.remove_columns("rejected"))
+    with pytest.raises(InvalidTypeError, match="mapping of arrays or a datasets.Dataset"):
+        PreferenceDataset.from_dict([{"chosen": [1.0], "rejected": [0.0]}])
+
 def _reference(context, n):
     return torch.randn(n, 2) + (0 if context is None else context[:, None].float())
 

@@ -210,14 +210,24 @@ class PreferenceDataset(torch.utils.data.Dataset):
         raise InvalidInputError(f"path must end in .npz or .parquet, got {str(path)!r}")
 
     @classmethod
-    def from_dict(cls, columns: Mapping[str, Any]) -> "PreferenceDataset":
-        """Build from columns ``chosen``, ``rejected`` and optional ``context``, e.g. a Hugging Face
-        ``datasets.Dataset`` as ``PreferenceDataset.from_dict(hf_dataset.with_format("numpy")[:])``."""
-        missing = [k for k in ("chosen", "rejected") if k not in columns]
+    def from_dict(cls, columns: Any) -> "PreferenceDataset":
+        """Build from columns ``chosen``, ``rejected`` and optional ``context``: a mapping of array-likes, or a
+        Hugging Face ``datasets.Dataset`` (read in NumPy format: a column of equal-length lists becomes ``(N, d)``)."""
+        names = getattr(columns, "column_names", None)
+        if names is not None and callable(getattr(columns, "with_format", None)):  # a datasets.Dataset
+            columns = columns.with_format("numpy")
+            names = list(names)
+        elif isinstance(columns, Mapping):
+            names = [str(k) for k in columns]
+        else:
+            raise InvalidTypeError(f"columns must be a mapping of arrays or a datasets.Dataset, got "
+                                   f"{type(columns).__name__}")
+        missing = [k for k in ("chosen", "rejected") if k not in names]
         if missing:
-            raise InvalidInputError(f"columns must include {missing}; got {sorted(columns)}")
+            raise InvalidInputError(f"columns must include {missing}; got {sorted(names)}")
+        context = columns["context"] if "context" in names else None
         return cls(np.asarray(columns["chosen"]), np.asarray(columns["rejected"]),
-                   None if columns.get("context") is None else np.asarray(columns["context"]))
+                   None if context is None else np.asarray(context))
 
     @classmethod
     def from_text_pairs(cls, rows: Any, codec: Any, batch_size: int = 64,
