@@ -30,6 +30,8 @@ def test_fit_apply_info(tmp_path, data, capsys):
     with np.load(tmp_path / "o.npz") as z:
         moved = z["y"]
     assert moved.shape == (50, 2) and moved.mean() > 3.0  # two applications go past +3
+    said = capsys.readouterr().out  # which arrays it read, so a user sees when it guessed
+    assert f"read array 'y' (context 'context') of {tmp_path / 'in.npz'}" in said
 
 
 def test_info_prints_config(tmp_path, data, capsys):

@@ -192,7 +192,8 @@ def apply(args: argparse.Namespace) -> int:
         out["context"] = context
     with atomic_file(args.out) as f:
         np.savez(f, **out)
-    print(f"wrote {len(y)} transformed outputs to {args.out} (array 'y')")
+    read = f"array {key!r}" + (f" (context {args.context_key!r})" if context is not None else "")
+    print(f"read {read} of {args.input}; wrote {len(y)} transformed outputs to {args.out} (array 'y')")
     return 0
 
 
