@@ -222,3 +222,54 @@ def without_detail(row: str) -> str:
         if depth == 0:
             return row[:i].rstrip()
     return row
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_or_a_directory_where_a_file_belongs_fails_at_once(tmp_path, capsys):
+    """Issue 52: opening a named pipe blocks until a writer comes, so a FIFO as a data file, as an array of a data
+    directory, as a flow's config or weights, made pfm fit, apply and info wait forever. Each is now one line, before
+    anything is opened; a directory where the weights belong is a PFMError, not IsADirectoryError."""
+    import signal
+
+    from pfm import FlowFileError
+
+    flow = tmp_path / "flow"
+    PreferenceFlow((2,), hidden=8, depth=1).save(flow)
+    np.savez(tmp_path / "in.npz", y=Y)
+    for name in ("fifo.npz", "fifo.parquet"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "chosen.npy", Y)
+    os.mkfifo(tmp_path / "npy" / "rejected.npy")
+    for part in ("config.json", "weights.safetensors"):
+        shutil.copytree(flow, tmp_path / f"flow-{part}")
+        (tmp_path / f"flow-{part}" / part).unlink()
+        os.mkfifo(tmp_path / f"flow-{part}" / part)
+    cases = [["fit", str(tmp_path / "fifo.npz"), "--out", str(tmp_path / "f1")],
+             ["fit", str(tmp_path / "fifo.parquet"), "--out", str(tmp_path / "f2")],
+             ["fit", str(tmp_path / "npy"), "--out", str(tmp_path / "f3")],
+             ["apply", str(flow), str(tmp_path / "fifo.npz"), "--out", str(tmp_path / "o1.npz")],
+             ["apply", str(tmp_path / "flow-config.json"), str(tmp_path / "in.npz"), "--out", str(tmp_path / "o2.npz")],
+             ["info", str(tmp_path / "flow-config.json")],
+             ["info", str(tmp_path / "flow-weights.safetensors")]]
+
+    def blocked(*_):
+        raise TimeoutError("blocked on a named pipe")
+
+    before = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(60)
+    try:
+        for args in cases:
+            assert main(args + (["-q"] if args[0] == "fit" else [])) == 2, args
+            err = capsys.readouterr().err
+            assert err.startswith("pfm: error:") and err.count("\n") == 1 and "named pipe (FIFO)" in err, (args, err)
+        shutil.rmtree(tmp_path / "flow-weights.safetensors")
+        shutil.copytree(flow, tmp_path / "flow-dir")
+        (tmp_path / "flow-dir" / "weights.safetensors").unlink()
+        (tmp_path / "flow-dir" / "weights.safetensors").mkdir()
+        with pytest.raises(FlowFileError, match="is a directory, not a safetensors file"):
+            PreferenceFlow.load(tmp_path / "flow-dir")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert not any((tmp_path / n).exists() for n in ("f1", "f2", "f3", "o1.npz", "o2.npz"))

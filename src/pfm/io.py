@@ -8,6 +8,8 @@ A reader never sees a half-written file or directory, and a crash mid-write keep
   it takes the place of ``path`` in one step (an old directory there is swapped out, then removed).
 - :func:`check_output` ``(path, name, kind=..., inputs=..., suffixes=...)``: before any work starts, check that
   ``path`` can be written without destroying an input; raises :class:`pfm.InvalidInputError` naming ``name``.
+- :func:`check_regular_file` ``(path, what, error=FileFormatError)``: ``path`` checked to be a regular file before
+  anything opens it (a named pipe would block the reader forever, a directory or device fail obscurely).
 - :func:`read_json` ``(path, error=FileFormatError)``: a JSON file, or ``error`` saying what is wrong with it.
 
 These names are public: they keep their signatures within a major version (the experiments in ``pfm-experiments``
@@ -23,16 +25,44 @@ import json
 import os
 import sys
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Sequence
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file", error: Optional[type] = None) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked to be a regular file (symbolic links followed) before anything
+    opens it: opening a named pipe blocks until a writer comes, a device or a directory fails obscurely. A missing
+    path is a :class:`pfm.errors.MissingFileError`; anything else that is not a regular file, or cannot be looked
+    at, raises ``error`` (default :class:`pfm.errors.FileFormatError`) naming the path and what it is."""
+    from .errors import FileFormatError, MissingFileError
+
+    p = Path(path)
+    error = error or FileFormatError
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise MissingFileError(f"no such {what}: {str(p)!r}") from None
+    except OSError as exc:
+        raise error(f"{what} {str(p)!r} cannot be looked at ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise error(f"{str(p)!r} is {kind}, not a {what}")
+    return p
+
+
 def read_json(path: Path, error: Optional[type] = None) -> Any:
-    """Parse a JSON file; a file that is not JSON raises ``error`` (default :class:`pfm.errors.FileFormatError`; a
-    flow's reader passes :class:`pfm.errors.FlowFileError`) naming it."""
+    """Parse a JSON file (checked to be a regular file first, :func:`check_regular_file`); a file that is not JSON
+    raises ``error`` (default :class:`pfm.errors.FileFormatError`; a flow's reader passes
+    :class:`pfm.errors.FlowFileError`) naming it."""
     from .errors import FileFormatError
 
+    check_regular_file(path, "JSON file", error)
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -240,4 +270,4 @@ def check_output(path: str | os.PathLike, name: str, *, kind: str, inputs: Seque
     return real
 
 
-__all__ = ["atomic_file", "atomic_dir", "check_output", "read_json"]
+__all__ = ["atomic_file", "atomic_dir", "check_output", "check_regular_file", "read_json"]

@@ -16,7 +16,7 @@ from torch import nn
 from .. import validate as V
 from .._version import __version__
 from ..config import check_solver
-from ..io import atomic_dir, check_output, read_json, recover_dir
+from ..io import atomic_dir, check_output, check_regular_file, read_json, recover_dir
 from ..errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
 from ..fields import FIELDS, check_sizes
 
@@ -174,6 +174,7 @@ def read_weights_header(path: str | os.PathLike) -> dict[str, tuple[str, list[in
     path = Path(path)
     if not path.exists():
         raise FlowFileError(f"{str(path.parent)!r} has no {path.name}")
+    check_regular_file(path, "safetensors file", FlowFileError)
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:

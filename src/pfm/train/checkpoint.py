@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..io import atomic_file
+from ..io import atomic_file, check_regular_file
 from ..errors import FileFormatError, InvalidInputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -45,6 +45,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
     path = checkpoint_path(directory)
     if not path.exists():
         return None
+    check_regular_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # whatever torch's reader trips on (KeyError, RuntimeError, UnpicklingError, ...)

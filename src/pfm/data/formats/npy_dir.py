@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from torch import Tensor
 
-from ...io import atomic_dir
+from ...io import atomic_dir, check_regular_file
 from ...errors import FileFormatError, InvalidInputError
 from . import as_numpy
 
@@ -36,6 +36,7 @@ def load_npy_dir(path: Path) -> dict[str, np.ndarray]:
             if name == "context":
                 continue
             raise FileFormatError(f"{str(path)!r} holds chosen.npy but no {name}.npy")
+        check_regular_file(f, ".npy file")
         try:
             arrays[name] = np.load(f, mmap_mode="c", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

@@ -15,7 +15,7 @@ import numpy as np
 from torch import Tensor
 
 from ... import validate as V
-from ...io import atomic_file
+from ...io import atomic_file, check_regular_file
 from ...errors import FileFormatError, InvalidInputError, MissingFileError
 from . import as_numpy
 
@@ -28,8 +28,7 @@ _MAX_DEFLATE_RATIO = 1100
 def _open_npz(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise MissingFileError(f"no such file: {str(path)!r}")
-    if path.is_dir():
-        raise FileFormatError(f"{str(path)!r} is a directory, not a .npz file")
+    check_regular_file(path, ".npz file")
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:

@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from ... import validate as V
-from ...io import atomic_file
+from ...io import atomic_file, check_regular_file
 from ...errors import FileFormatError, InvalidInputError, MissingDependencyError
 from . import as_numpy
 
@@ -58,6 +58,7 @@ def save_parquet(path: Path, chosen: Tensor, rejected: Tensor, context: Optional
 
 def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
     """The schema, and the columns chosen, rejected and context (the others are never read)."""
+    check_regular_file(path, "parquet file")
     try:
         schema = pq.read_schema(path)
         missing = [k for k in ("chosen", "rejected") if k not in schema.names]
