@@ -93,3 +93,20 @@ def test_fit_bf16(tmp_path, data):
     assert main(["fit", str(data), "--out", str(out), "--steps", "20", "--hidden", "8", "--precision", "bf16",
                  "-q"]) == 0
     assert PreferenceFlow.load(out).transform(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)).shape == (3, 2)
+
+
+def test_apply_refuses_an_empty_device_and_reproduce_an_out_that_is_a_file(tmp_path, data, capsys):
+    """Issue 52: `pfm apply --device ''` ran on the CPU where `pfm fit` refuses it; `pfm reproduce NAME --out FILE`
+    was an internal FileExistsError after the experiment had started."""
+    out = tmp_path / "flow"
+    assert main(["fit", str(data), "--out", str(out), "--steps", "2", "-q"]) == 0
+    np.savez(tmp_path / "in.npz", y=np.zeros((4, 2), np.float32), context=np.zeros(4, np.int64))
+    capsys.readouterr()
+    assert main(["apply", str(out), str(tmp_path / "in.npz"), "--out", str(tmp_path / "o.npz"), "--device", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device must be" in err and not (tmp_path / "o.npz").exists()
+    (tmp_path / "results").write_text("mine")
+    assert main(["reproduce", "toy2d", "--quick", "-q", "--out", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pfm: error: --out {str(tmp_path / 'results')!r} exists and is not a directory\n"
+    assert (tmp_path / "results").read_text() == "mine"

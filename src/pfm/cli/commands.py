@@ -162,7 +162,10 @@ def apply(args: argparse.Namespace) -> int:
     text = str(args.input).lower().endswith(".jsonl")
     _text_options(args, text)
     solver = given(SolverConfig, args)
-    flow = PreferenceFlow.load(args.flow, device=args.device or "cpu")  # first: is FLOW a flow at all?
+    from ..validate import check_device
+
+    device = "cpu" if args.device is None else check_device(args.device, "--device")  # '' too, as pfm fit does
+    flow = PreferenceFlow.load(args.flow, device=device)  # first: is FLOW a flow at all?
     args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".jsonl",) if text else (".npz",),
                                 inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
     if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps

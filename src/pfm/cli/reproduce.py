@@ -54,6 +54,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                                            f": reinstall them: {INSTALL}")
     if isinstance(experiment, BaseException):
         raise experiment
+    from ..io import check_output
+
+    check_output(args.out, "--out", kind="dir")  # a directory of results, writable, before any work
     owners: dict[str, list[str]] = {}  # an experiment's own option, and every experiment that has it
     for name, e in found.items():
         for flag in getattr(e, "exclusive", ()):
