@@ -273,3 +273,37 @@ def test_a_named_pipe_or_a_directory_where_a_file_belongs_fails_at_once(tmp_path
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
     assert not any((tmp_path / n).exists() for n in ("f1", "f2", "f3", "o1.npz", "o2.npz"))
+
+
+@pytest.mark.parametrize("what", ["file", "flow"])
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_the_old_file(tmp_path, capsys, monkeypatch, what):
+    """Issue 52: ENOSPC while writing was an internal error with exit 1. Simulated: fsync fails as on a full disk."""
+    import errno
+
+    import pfm.io
+
+    flow = tmp_path / "flow"
+    PreferenceFlow((2,), hidden=8, depth=1).save(flow)
+    np.savez(tmp_path / "in.npz", y=Y)
+    target = tmp_path / ("o.npz" if what == "file" else "flow-copy")
+    if what == "file":
+        target.write_bytes(b"old")
+        args = ["apply", str(flow), str(tmp_path / "in.npz"), "--out", str(target)]
+    else:
+        PreferenceFlow((2,), hidden=8, depth=1).save(target)
+        before = {p.name: p.read_bytes() for p in target.iterdir()}
+        np.savez(tmp_path / "pairs.npz", chosen=Y + 1, rejected=Y)
+        args = ["fit", str(tmp_path / "pairs.npz"), "--out", str(target), "--steps", "2", "-q"]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pfm.io.os, "fsync", full)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"pfm: error: no space left to write {str(target)!r}"), err
+    if what == "file":
+        assert target.read_bytes() == b"old"
+    else:
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary copy left

@@ -37,6 +37,10 @@ class MissingFileError(PFMError, FileNotFoundError):
     """A path that must exist does not."""
 
 
+class NoSpaceError(PFMError, OSError):
+    """A write ran out of disk space or quota; the file or directory it was replacing is unchanged."""
+
+
 class NonFiniteOutputError(PFMError, ArithmeticError):
     """A computation on valid input produced NaN or infinite values (a diverging solve, a broken field)."""
 

@@ -89,10 +89,23 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _no_space(exc, path)
         raise
+
+
+def _no_space(exc: BaseException, path: Path) -> None:
+    """Raise :class:`pfm.errors.NoSpaceError` naming ``path`` when ``exc`` is a full disk or quota (``ENOSPC``,
+    ``EDQUOT``), so that the user reads one line, not a traceback; the temporary copy is already removed."""
+    from .errors import NoSpaceError
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        err = NoSpaceError(f"no space left to write {str(path)!r} ({exc.strerror or 'disk full'}); what was there "
+                           "is unchanged: free some space or write elsewhere")
+        err.errno = exc.errno
+        raise err from None
 
 
 RENAME_EXCHANGE = 2
@@ -209,8 +222,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(OSError):
             _fsync(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _no_space(exc, path)
         raise
 
 
