@@ -307,3 +307,30 @@ def test_a_full_disk_is_one_line_naming_the_path_and_leaves_the_old_file(tmp_pat
     else:
         assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary copy left
+
+
+@pytest.mark.integration
+def test_sigterm_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path):
+    """Issue 52: SIGTERM's default action killed a checkpointing `pfm fit` mid-write and left
+    `.checkpoint.pt.*.tmp` behind. The signal now arrives as an exception: the writer removes its temporary copy
+    and pfm exits 143 with one line. The signal is sent from inside the checkpoint's fsync, so it lands mid-write."""
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "pairs.npz", chosen=Y + 1, rejected=Y)
+    code = """if True:
+        import os, signal, sys
+        from pfm.cli import main
+        real = os.fsync
+        def fsync(fd):
+            os.kill(os.getpid(), signal.SIGTERM)
+            real(fd)
+        os.fsync = fsync
+        sys.exit(main(sys.argv[1:]))
+    """
+    args = ["fit", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "flow"), "--steps", "20",
+            "--checkpoint-every", "5", "-q"]
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 143 and run.stderr == "pfm: terminated\n", (run.returncode, run.stderr[-2000:])
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")], sorted(tmp_path.rglob("*"))
+    assert not (tmp_path / "flow").exists()

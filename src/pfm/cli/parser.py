@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import signal
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -169,10 +170,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    previous = _terminate_as_an_exception()
     try:
         code = args.func(args)
         sys.stdout.flush()
         return code
+    except Terminated:
+        print("pfm: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `pfm info FLOW | head`: the reader left; nothing more to say
         import os
 
@@ -210,6 +215,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pfm: internal error: {type(exc).__name__}: {_one_line(exc)} (please report it; --debug shows the "
               "traceback)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` and the atomic writers' cleanup
+    run (killed by the signal's default action, a run left its temporary files behind)."""
+
+
+def _terminate_as_an_exception():
+    """Turn SIGTERM into :class:`Terminated` for the command's run (from the main thread only: elsewhere, as under
+    some test runners, the signal keeps its handler). Returns the handler to restore, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, raise_terminated)
 
 
 if __name__ == "__main__":
