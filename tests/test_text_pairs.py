@@ -120,3 +120,4 @@ def test_pair_signal_command_checks_its_settings_before_any_work(tmp_path, capsy
         assert signal_main([*argv, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+

@@ -8,13 +8,13 @@ rows without one are unconditional. A message list becomes text by joining its c
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from ..errors import InvalidInputError
+from .lines import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,9 @@ def text_pairs(rows: Iterable[Mapping[str, Any]]) -> list[TextPair]:
 
 
 def read_text_pairs(path: str | os.PathLike) -> list[TextPair]:
-    """Read a JSONL file of TRL-style preference rows (one JSON object a line; blank lines are skipped)."""
+    """Read a JSONL file of TRL-style preference rows (one JSON object a line; blank lines are skipped), each line
+    checked by :mod:`pfm.text.lines` (length, UTF-8, nesting, numbers) before it is parsed."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InvalidInputError(f"preference file {str(path)!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"{path.name} line {k} is not JSON ({exc})") from None
-    if not rows:
-        raise InvalidInputError(f"{path.name} holds no rows")
-    return text_pairs(rows)
+    return text_pairs([row for _, row in read_jsonl(path, "preference file")])

@@ -16,13 +16,13 @@ Other fields are kept as they are and written back. Blank lines are skipped; row
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InvalidInputError, MissingFileError
+from .lines import read_jsonl, read_lines
 
 OUTPUT_FIELDS = ("improved", "improved_by", "improved_cosine", "improved_index")
 """The fields ``pfm apply`` adds to every row: the returned text, how it was made (``"decoder"`` or
@@ -42,22 +42,11 @@ class TextRow:
 
 
 def _jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, Any]]:
-    """``(line number, parsed JSON)`` of every non-blank line; a missing or empty file, or a line that is not JSON,
-    raises naming it."""
-    path = Path(path)
-    if not path.is_file():
+    """``(line number, parsed JSON)`` of every non-blank line, read by :func:`pfm.text.lines.read_jsonl`; a missing
+    file raises naming ``what``."""
+    if not Path(path).exists():
         raise MissingFileError(f"{what} {str(path)!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append((k, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"{path.name} line {k} is not JSON ({exc.msg})") from None
-    if not rows:
-        raise InvalidInputError(f"{path.name} holds no rows")
-    return rows
+    return read_jsonl(path, what)
 
 
 def _string(row: dict, key: str, where: str) -> str:
@@ -106,9 +95,9 @@ def read_corpus_texts(path: str | os.PathLike) -> list[str]:
     reads; other fields are ignored), or a ``.txt`` file of one sentence a line (blank lines skipped)."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
-        if not path.is_file():
+        if not path.exists():
             raise MissingFileError(f"corpus {str(path)!r} does not exist")
-        texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = [t.strip() for _, t in read_lines(path, "corpus")]
         if not texts:
             raise InvalidInputError(f"{path.name} holds no sentences")
         return texts

@@ -1,0 +1,44 @@
+"""The one reader of text rows and corpora (pfm.text.lines, issue 52): every bad line is one InvalidInputError
+naming the file and the line, before Python's decoders or the tokenizer see it."""
+
+import pytest
+
+from pfm.errors import InvalidInputError
+from pfm.text.pairs import read_text_pairs
+
+
+@pytest.mark.parametrize("name, line, words", [
+    ("invalid UTF-8", b'{"prompt": "a", "chosen": "b\xff", "rejected": "c"}', "not UTF-8 (byte 0xff"),
+    ("100,000 nested arrays", b'{"prompt": "a", "chosen": ' + b"[" * 100_000 + b"]" * 100_000 + b', "rejected": "c"}',
+     "nests 100001 arrays or objects deep"),
+    ("a 5,000-digit integer", b'{"prompt": "a", "chosen": "b", "rejected": "c", "n": ' + b"9" * 5000 + b"}",
+     "integer of more than 100 digits"),
+    ("a lone surrogate in chosen", b'{"prompt": "a", "chosen": "b\\ud800", "rejected": "c"}', "unpaired surrogate"),
+    ("a lone surrogate in an extra field", b'{"prompt": "a", "chosen": "b", "rejected": "c", "x": ["\\udc00"]}',
+     "unpaired surrogate"),
+    ("a 2 MB line", b'{"prompt": "' + b"a" * (2 << 20) + b'", "chosen": "b", "rejected": "c"}', "longer than 1,048,576"),
+])
+def test_a_bad_line_is_one_error_naming_the_file_and_line(tmp_path, name, line, words):
+    """Issue 52: these reached Python's decoders raw (UnicodeDecodeError, RecursionError, ValueError,
+    UnicodeEncodeError later, or gigabytes of memory); each is now an InvalidInputError naming the line, for every
+    reader of text rows (pairs, rows to improve, corpora)."""
+    from pfm.text.rows import read_corpus_texts, read_text_rows
+
+    good = b'{"prompt": "a", "chosen": "b", "rejected": "c", "text": "d"}'
+    (tmp_path / "rows.jsonl").write_bytes(good + b"\n" + line + b"\n")
+    with pytest.raises(InvalidInputError, match="rows.jsonl line 2") as err:
+        read_text_pairs(tmp_path / "rows.jsonl")
+    assert words in str(err.value)
+    for reader in (read_text_rows, read_corpus_texts):
+        with pytest.raises(InvalidInputError, match="rows.jsonl line 2"):
+            reader(tmp_path / "rows.jsonl")
+
+
+def test_a_plain_text_corpus_with_a_line_that_is_not_utf8_names_it(tmp_path):
+    from pfm.text.rows import read_corpus_texts
+
+    (tmp_path / "corpus.txt").write_bytes("first sentence\nsecond \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"corpus.txt line 2 is not UTF-8 \(byte 0xe9 at offset 7\)"):
+        read_corpus_texts(tmp_path / "corpus.txt")
+    (tmp_path / "ok.txt").write_text("first sentence\r\n\r\nsecond one\n", encoding="utf-8")
+    assert read_corpus_texts(tmp_path / "ok.txt") == ["first sentence", "second one"]
