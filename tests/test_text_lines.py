@@ -42,3 +42,23 @@ def test_a_plain_text_corpus_with_a_line_that_is_not_utf8_names_it(tmp_path):
         read_corpus_texts(tmp_path / "corpus.txt")
     (tmp_path / "ok.txt").write_text("first sentence\r\n\r\nsecond one\n", encoding="utf-8")
     assert read_corpus_texts(tmp_path / "ok.txt") == ["first sentence", "second one"]
+
+
+def test_codec_specs_are_checked_before_any_model_loads(tmp_path):
+    """Issue 52: a codec.json that is not JSON or not an object, or a --codec naming a pfm flow, reached json and
+    transformers raw (internal errors); each is now a PFMError naming the file or the spec."""
+    from pfm import PreferenceFlow
+    from pfm.errors import FileFormatError
+    from pfm.text.codec import load_codec
+
+    for name, text, words in [("notjson", "{nope", "is not valid JSON"),
+                              ("alist", "[1, 2]", "is not a pfm codec (a JSON object with kind 'pfm-codec')"),
+                              ("noenc", '{"kind": "pfm-codec"}', "names no encoder")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "codec.json").write_text(text)
+        with pytest.raises(FileFormatError, match=f"{name}/codec.json' {words}".replace("(", r"\(").replace(")", r"\)")
+                           .replace("[", r"\[")):
+            load_codec(str(tmp_path / name))
+    PreferenceFlow((2,), hidden=8, depth=1).save(tmp_path / "aflow")
+    with pytest.raises(InvalidInputError, match="is a pfm flow, not a text encoder"):
+        load_codec(str(tmp_path / "aflow"))

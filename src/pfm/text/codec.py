@@ -15,7 +15,8 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ..io import atomic_dir
+from ..flow.files import FORMAT as FLOW_FORMAT
+from ..io import atomic_dir, read_json
 from ..errors import FileFormatError, InvalidInputError
 from .encoder import EmbeddingCache, SentenceEncoder
 from .lm import TextLM
@@ -134,16 +135,31 @@ def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:
     if not isinstance(spec, str) or not spec:
         raise InvalidInputError(f"codec must be 'minilm' or a model directory, got {spec!r}")
     saved = Path(spec) / "codec.json"
-    if saved.is_file():
-        meta = json.loads(saved.read_text())
-        if meta.get("kind") != "pfm-codec":
-            raise FileFormatError(f"{str(saved)!r} is not a pfm codec")
+    if saved.exists():
+        meta = read_json(saved)  # a regular file of JSON, or a FileFormatError naming it
+        if not isinstance(meta, dict) or meta.get("kind") != "pfm-codec":
+            raise FileFormatError(f"{str(saved)!r} is not a pfm codec (a JSON object with kind 'pfm-codec')")
+        if not isinstance(meta.get("encoder"), str) or not meta["encoder"] or meta["encoder"] == spec:
+            raise FileFormatError(f"{str(saved)!r} names no encoder ('encoder': 'minilm' or a model directory)")
         inner = load_codec(meta["encoder"], cache_dir)
         return TextCodec(inner.encoder, LMDecoder(TextLM.load(Path(spec) / "decoder")), spec=spec)
     if spec.lower() == "minilm":
         encoder = SentenceEncoder()
     elif Path(spec).is_dir():
+        if _is_pfm_flow(Path(spec)):
+            raise InvalidInputError(f"codec {spec!r} is a pfm flow, not a text encoder: pass 'minilm', a Hugging "
+                                    "Face encoder directory, or a directory written by train-decoder")
         encoder = SentenceEncoder(spec)
     else:
         raise InvalidInputError(f"codec {spec!r} is neither 'minilm' nor an existing model directory")
     return TextCodec(EmbeddingCache(encoder, cache_dir), spec=spec)
+
+
+def _is_pfm_flow(directory: Path) -> bool:
+    """Whether ``directory`` holds a saved pfm flow (its config.json names the flow format), not a model."""
+    cfg = directory / "config.json"
+    try:
+        found = read_json(cfg) if cfg.is_file() and cfg.stat().st_size < 1 << 20 else None
+    except (FileFormatError, OSError):
+        return False
+    return isinstance(found, dict) and found.get("format") == FLOW_FORMAT
