@@ -221,3 +221,25 @@ def test_a_split_of_a_data_set_trains():
     train, test = ds.split(0.2)
     assert not train.memory_mapped and not test.to("cpu").memory_mapped
     PreferenceFlow.for_dataset(train, hidden=8, depth=1).fit(train, steps=3, progress=False)
+
+
+def test_a_parquet_file_declaring_more_rows_than_memory_allows_is_refused_before_reading(tmp_path, monkeypatch):
+    """Issue 52: run-length encoding lets a file of a few kB declare millions of rows; the declared size is checked
+    against the memory budget before anything is read (a 2*10^7-row file had been an ArrowMemoryError)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    n = 1_000_000
+    flat = pa.array(np.zeros(2 * n, np.float32))
+    col = pa.FixedSizeListArray.from_arrays(flat, 2)
+    pq.write_table(pa.table({"chosen": col, "rejected": col}), tmp_path / "many.parquet")
+    assert (tmp_path / "many.parquet").stat().st_size < 200_000  # a small file ...
+    monkeypatch.setenv("PFM_MEMORY_BUDGET", str(8 * 4 * n - 1))  # ... one byte short of its 4 values a row
+    with pytest.raises(FileFormatError, match=r"declares 1,000,000 rows of 4 values, 32,000,000 bytes to read, over "
+                                              r"the memory budget of 31,999,999 bytes"):
+        PreferenceDataset.load(tmp_path / "many.parquet")
+    monkeypatch.setenv("PFM_MEMORY_BUDGET", str(8 * 4 * n))
+    assert len(PreferenceDataset.load(tmp_path / "many.parquet")) == n
+    monkeypatch.setenv("PFM_MEMORY_BUDGET", "lots")
+    with pytest.raises(InvalidInputError, match="PFM_MEMORY_BUDGET must be a number of bytes"):
+        PreferenceDataset.load(tmp_path / "many.parquet")

@@ -4,6 +4,7 @@ writing need pyarrow (``pip install 'pfm[parquet]'``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -65,12 +66,58 @@ def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
         if missing:
             raise FileFormatError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
         wanted = [k for k in ("chosen", "rejected", "context") if k in schema.names]
+        _check_declared_size(pa, pq.read_metadata(path), schema, wanted, path)
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as exc:
         raise FileFormatError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
     if table.num_rows == 0:
         raise FileFormatError(f"{str(path)!r} has no rows; at least one preference pair is needed")
     return schema, table
+
+
+def memory_budget() -> int:
+    """The most bytes a data file may make pfm allocate: ``$PFM_MEMORY_BUDGET`` (bytes) if set, else half of the
+    physical memory, and at most half of the address-space limit (``ulimit -v``) where one is set."""
+    import os
+    import resource
+
+    env = os.environ.get("PFM_MEMORY_BUDGET")
+    if env is not None:
+        try:
+            value = int(env)
+        except ValueError:
+            raise InvalidInputError(f"PFM_MEMORY_BUDGET must be a number of bytes, got {env!r}") from None
+        V.check_positive_int(value, "PFM_MEMORY_BUDGET")
+        return value
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return int(min(budget, soft // 2) if soft != resource.RLIM_INFINITY else budget)
+
+
+def _check_declared_size(pa: Any, meta: Any, schema: "pa.Schema", wanted: list[str], path: Path) -> None:
+    """Refuse a file whose declared rows, times the values a row of the wanted columns holds at least (a fixed-size
+    list's length or pfm's shape; one otherwise) and 8 bytes a value, exceed :func:`memory_budget`, before anything
+    is read: encodings such as run lengths let a small file declare many millions of rows."""
+    pfm_meta = {}
+    with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        pfm_meta = json.loads((schema.metadata or {}).get(b"pfm", b"{}"))
+    per_row = 0
+    for name in wanted:
+        kind = schema.field(name).type
+        shape = pfm_meta.get("context_shape" if name == "context" else "output_shape") if isinstance(pfm_meta, dict) \
+            else None
+        if pa.types.is_fixed_size_list(kind):
+            width = kind.list_size
+        elif isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
+            width = math.prod(shape)
+        else:
+            width = 1
+        per_row += max(1, width)
+    need, budget = int(meta.num_rows) * per_row * 8, memory_budget()
+    if need > budget:
+        raise FileFormatError(f"{str(path)!r} declares {meta.num_rows:,} rows of {per_row} values, {need:,} bytes to "
+                              f"read, over the memory budget of {budget:,} bytes (PFM_MEMORY_BUDGET, default half the "
+                              "memory); split the file or raise the budget")
 
 
 def _read_metadata(schema: "pa.Schema", path: Path) -> dict:
