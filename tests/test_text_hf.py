@@ -75,6 +75,16 @@ def tiny_classifier(tmp_path_factory):
     return d
 
 
+def test_a_sentence_longer_than_the_encoders_positions_is_truncated_to_them(tiny_classifier):
+    """Issue 52: a row of 100 words against an encoder of 64 positions was RuntimeError (tensor 105 vs 64)."""
+    from pfm.text.encoder import SentenceEncoder
+
+    enc = SentenceEncoder(tiny_classifier, max_length=256)
+    assert enc.max_length == 64
+    out = enc.encode([" ".join(["the movie was good"] * 25), "bad plot"])
+    assert out.shape == (2, 16) and torch.isfinite(out).all()
+
+
 @pytest.mark.slow
 def test_hugging_face_reference_generates_scores_and_is_consistent(tiny_gpt2):
     lm = HFCausalLM(tiny_gpt2, max_new_tokens=8)

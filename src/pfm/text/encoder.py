@@ -63,7 +63,9 @@ class SentenceEncoder(torch.nn.Module):
 
     Args:
         path: the model directory; default all-MiniLM-L6-v2 (see :func:`minilm_path`).
-        max_length: tokens kept per sentence (default: the model's ``sentence_bert_config.json``, else 256).
+        max_length: tokens kept per sentence (default: the model's ``sentence_bert_config.json``, else 256), at most
+            the model's positions (``max_position_embeddings``) and its tokenizer's ``model_max_length``: a longer
+            sentence is truncated to them.
         device: where the encoder runs (default cpu).
     """
 
@@ -80,6 +82,11 @@ class SentenceEncoder(torch.nn.Module):
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(device).eval()
         st = self.path / "sentence_bert_config.json"
         self.max_length = int(max_length or (json.loads(st.read_text())["max_seq_length"] if st.is_file() else 256))
+        # never more tokens than the model has positions: a longer sentence is truncated to them, not a shape error
+        limits = [n for n in (getattr(self.model.config, "max_position_embeddings", None),
+                              getattr(self.tokenizer, "model_max_length", None))
+                  if isinstance(n, int) and 0 < n < 1_000_000]
+        self.max_length = min([self.max_length, *limits])
         pool = self.path / "1_Pooling" / "config.json"
         cls_token = pool.is_file() and json.loads(pool.read_text()).get("pooling_mode_cls_token")
         self.pooling = "cls" if cls_token else "mean"
