@@ -94,6 +94,7 @@ def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed
     """pfm.text.fetch without the registry (the two tests above and below reach it): what it checks and decides."""
     import subprocess
 
+    from pfm.errors import MissingDependencyError
     from pfm.text import fetch
 
     with pytest.raises(InvalidInputError, match="pinned as 'name==version'"):
@@ -101,8 +102,10 @@ def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed
     calls = []
     monkeypatch.setattr(fetch.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(
         cmd, 1, "", "ERROR: No matching distribution found for nothing-here==1.0"))
-    with pytest.raises(RuntimeError, match="No matching distribution"):
+    with pytest.raises(MissingDependencyError, match="No matching distribution") as err:  # was a RuntimeError
         fetch.pip_download("nothing-here==1.0", tmp_path / "dl", sdist=True)
+    assert "\n" not in str(err.value) and "pip download --no-deps --no-binary :all: nothing-here==1.0 -d DIR" in \
+        str(err.value)
     assert len(calls) == 1 and "--no-binary" in calls[0] and calls[0][-1] == "nothing-here==1.0"
     assert not [p for p in (tmp_path / "dl").iterdir()], "a failed download leaves nothing behind"
     have = tmp_path / "dl" / "vaderSentiment-3.3.2.tar.gz"

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingDependencyError
 
 log = logging.getLogger("pfm")
 
@@ -41,8 +41,11 @@ def pip_download(requirement: str, dest: Path, sdist: bool = False) -> Path:
         run = subprocess.run(cmd, capture_output=True, text=True)
         files = list(Path(tmp).iterdir())
         if run.returncode != 0 or len(files) != 1:
-            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed (exit {run.returncode}): "
-                               f"{(run.stderr or run.stdout).strip()[-500:]}")
+            said = " ".join((run.stderr or run.stdout or "").strip().splitlines()[-1:]) or f"exit {run.returncode}"
+            raise MissingDependencyError(
+                f"{requirement} is not in {str(dest)!r} and could not be fetched from the package registry ({said}); "
+                f"where the registry is reachable, `pip download --no-deps{' --no-binary :all:' if sdist else ''} "
+                f"{requirement} -d DIR`, then copy the file into {str(dest)!r}")
         out = dest / files[0].name
         files[0].replace(out)  # one rename: a reader never sees a half-downloaded file
     return out
