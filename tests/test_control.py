@@ -258,6 +258,25 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
         analyse("hopper", "medium", 2, Config.quick_config(), steps=10_000, progress=False)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_ant_reproduction_has_the_ant_rows(tmp_path, monkeypatch):
+    """Issue 48: ``--tasks ant`` makes the ant data set from the committed ant policies and gives its rows."""
+    from pfm.cli import main
+
+    expert, medium, meta = load_experts("ant")  # the committed behavior policies
+    assert meta["expert_return"] > meta["medium_return"] and expert.W.shape == medium.W.shape == (8, 105)
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["reproduce", "control", "--quick", "--tasks", "ant", "--out", str(tmp_path / "out"), "-q"]) == 0
+    result = json.loads((tmp_path / "out" / "control-quick.json").read_text())
+    assert list(result["cells"]) == ["ant-medium"] and result["sources"]["ant-medium"][0] == "ant"
+    (cell,) = result["cells"]["ant-medium"]
+    assert set(cell["scores"]) == {"replan", "chunk"}
+    assert set(cell["scores"]["chunk"]) == {"BC", "DPO", "Marginal BC", "PFM", "PFM x 2"}
+    assert all(np.isfinite(v["score"]) for p in cell["scores"].values() for v in p.values())
+    assert "| ant-medium | 1 |" in (tmp_path / "out" / "control-quick.md").read_text()
+
+
 def test_a_data_set_is_made_again_when_its_source_changes(tmp_path):
     from pfm_experiments.control.reproduce import ensure_dataset
 
