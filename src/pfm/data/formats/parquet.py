@@ -4,7 +4,6 @@ writing need pyarrow (``pip install 'pfm[parquet]'``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -57,8 +56,9 @@ def save_parquet(path: Path, chosen: Tensor, rejected: Tensor, context: Optional
         pq.write_table(table, f)
 
 
-def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
-    """The schema, and the columns chosen, rejected and context (the others are never read)."""
+def _read_table(pa: Any, pq: Any, path: Path) -> tuple[dict, "pa.Table"]:
+    """pfm's metadata (:func:`_read_metadata`), and the columns chosen, rejected and context (the others are never
+    read), their declared size checked first (:func:`_check_declared_size`)."""
     check_regular_file(path, "parquet file")
     try:
         schema = pq.read_schema(path)
@@ -66,13 +66,14 @@ def _read_table(pa: Any, pq: Any, path: Path) -> tuple["pa.Schema", "pa.Table"]:
         if missing:
             raise FileFormatError(f"{str(path)!r} lacks column(s) {missing}; it has {schema.names}")
         wanted = [k for k in ("chosen", "rejected", "context") if k in schema.names]
-        _check_declared_size(pa, pq.read_metadata(path), schema, wanted, path)
+        meta = _read_metadata(schema, path)
+        _check_declared_size(pa, pq.read_metadata(path).num_rows, schema, meta, wanted, path)
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as exc:
         raise FileFormatError(f"{str(path)!r} is not a readable parquet file ({exc})") from None
     if table.num_rows == 0:
         raise FileFormatError(f"{str(path)!r} has no rows; at least one preference pair is needed")
-    return schema, table
+    return meta, table
 
 
 def memory_budget() -> int:
@@ -94,28 +95,25 @@ def memory_budget() -> int:
     return int(min(budget, soft // 2) if soft != resource.RLIM_INFINITY else budget)
 
 
-def _check_declared_size(pa: Any, meta: Any, schema: "pa.Schema", wanted: list[str], path: Path) -> None:
-    """Refuse a file whose declared rows, times the values a row of the wanted columns holds at least (a fixed-size
-    list's length or pfm's shape; one otherwise) and 8 bytes a value, exceed :func:`memory_budget`, before anything
-    is read: encodings such as run lengths let a small file declare many millions of rows."""
-    pfm_meta = {}
-    with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        pfm_meta = json.loads((schema.metadata or {}).get(b"pfm", b"{}"))
+def _check_declared_size(pa: Any, rows: int, schema: "pa.Schema", meta: dict, wanted: list[str], path: Path) -> None:
+    """Refuse a file whose declared ``rows``, times the values a row of the wanted columns holds at least (a
+    fixed-size list's length or the shape in pfm's checked metadata ``meta``; one otherwise) and 8 bytes a value,
+    exceed :func:`memory_budget`, before anything is read: encodings such as run lengths let a small file declare
+    many millions of rows."""
     per_row = 0
     for name in wanted:
         kind = schema.field(name).type
-        shape = pfm_meta.get("context_shape" if name == "context" else "output_shape") if isinstance(pfm_meta, dict) \
-            else None
+        shape = meta.get("context_shape" if name == "context" else "output_shape")
         if pa.types.is_fixed_size_list(kind):
             width = kind.list_size
-        elif isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
+        elif shape:
             width = math.prod(shape)
         else:
             width = 1
         per_row += max(1, width)
-    need, budget = int(meta.num_rows) * per_row * 8, memory_budget()
+    need, budget = int(rows) * per_row * 8, memory_budget()
     if need > budget:
-        raise FileFormatError(f"{str(path)!r} declares {meta.num_rows:,} rows of {per_row} values, {need:,} bytes to "
+        raise FileFormatError(f"{str(path)!r} declares {rows:,} rows of {per_row} values, {need:,} bytes to "
                               f"read, over the memory budget of {budget:,} bytes (PFM_MEMORY_BUDGET, default half the "
                               "memory); split the file or raise the budget")
 
@@ -166,8 +164,7 @@ def load_parquet(path: Path) -> dict[str, np.ndarray]:
     """``{"chosen", "rejected"[, "context"]}`` of a table written by :func:`save_parquet`, or of any with list
     columns chosen/rejected and an optional context column."""
     pa, pq = _pyarrow("reading")
-    schema, table = _read_table(pa, pq, path)
-    meta = _read_metadata(schema, path)
+    meta, table = _read_table(pa, pq, path)
     shape = meta.get("output_shape")
     arrays = {"chosen": _column(pa, table, "chosen", shape, path), "rejected": _column(pa, table, "rejected", shape, path)}
     if "context" in table.column_names:
