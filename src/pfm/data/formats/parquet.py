@@ -78,9 +78,9 @@ def _read_table(pa: Any, pq: Any, path: Path) -> tuple[dict, "pa.Table"]:
 
 def memory_budget() -> int:
     """The most bytes a data file may make pfm allocate: ``$PFM_MEMORY_BUDGET`` (bytes) if set, else half of the
-    physical memory, and at most half of the address-space limit (``ulimit -v``) where one is set."""
+    physical memory, and at most half of the address-space limit (``ulimit -v``) where one is set (on a system
+    without those, such as Windows, no bound but ``$PFM_MEMORY_BUDGET``)."""
     import os
-    import resource
 
     env = os.environ.get("PFM_MEMORY_BUDGET")
     if env is not None:
@@ -90,8 +90,13 @@ def memory_budget() -> int:
             raise InvalidInputError(f"PFM_MEMORY_BUDGET must be a number of bytes, got {env!r}") from None
         V.check_positive_int(value, "PFM_MEMORY_BUDGET")
         return value
-    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    try:  # POSIX; elsewhere the budget is only the environment's (or none)
+        import resource
+
+        budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, AttributeError, ValueError, OSError):
+        return 1 << 62
     return int(min(budget, soft // 2) if soft != resource.RLIM_INFINITY else budget)
 
 
