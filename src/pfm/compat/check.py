@@ -1,0 +1,60 @@
+"""``fit(..., check=score)``: whether the flow moves held-out outputs up or down a user's score.
+
+The order of a preference data set cannot be read from its numbers; a score can tell. The held-out pairs' outputs
+(both of each pair: samples of the reference) are scored before and after the flow; a flow trained on swapped pairs
+lowers the score.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .. import validate as V
+from ..data import PreferenceDataset
+from ..errors import InvalidInputError
+
+log = logging.getLogger("pfm")
+
+LOWER_WARNING = (
+    "the flow lowered the score of held-out outputs ({before:.4g} -> {after:.4g} on average over {n}; {up:.0%} "
+    "went up): it carries outputs toward the items' second slot. If the data are the released builders' "
+    "(items (x, y-, y+)), fit pfm.compat.released_items(dataset, preferred=\"source\") instead")
+
+
+def _scores(score: Callable, y: Tensor, c: Any, name: str) -> Tensor:
+    with torch.no_grad():
+        got = score(y) if c is None else score(y, c)
+    s = V.as_float(torch.as_tensor(got) if not isinstance(got, Tensor) else got, f"check's score of the {name}")
+    if s.numel() != y.shape[0]:
+        raise InvalidInputError(f"check must return one score per output: {y.shape[0]} outputs gave "
+                                f"{V.shape_of(s)}")
+    s = s.reshape(-1).detach().double().cpu()
+    V.check_finite(s, f"check's score of the {name}")
+    return s
+
+
+def score_check(fm: Any, held: PreferenceDataset, score: Callable) -> dict[str, Any]:
+    """Flow the held-out pairs' outputs with ``fm.compute_target`` and score them before and after with
+    ``score(y, x)``: ``{"n", "before", "after", "fraction_up"}`` (mean scores), with a warning when ``after`` is
+    below ``before``."""
+    y = torch.cat([held.chosen[:], held.rejected[:]]).to(fm.device, torch.float32)
+    c = None
+    if held.context is not None:
+        c = torch.cat([held.context[:], held.context[:]]).to(fm.device)
+        if c.is_floating_point():
+            c = c.float()
+    out = fm.compute_target(y, context=c)
+    before, after = _scores(score, y, c, "inputs"), _scores(score, out, c, "flowed outputs")
+    report = {"n": int(y.shape[0]), "before": float(before.mean()), "after": float(after.mean()),
+              "fraction_up": float((after > before).double().mean())}
+    log.info("check: held-out outputs score %.4g before the flow, %.4g after (n=%d, %.0f%% up)", report["before"],
+             report["after"], report["n"], 100 * report["fraction_up"])
+    if report["after"] < report["before"]:
+        warnings.warn(LOWER_WARNING.format(before=report["before"], after=report["after"], n=report["n"],
+                                           up=report["fraction_up"]), UserWarning, stacklevel=3)
+    return report
