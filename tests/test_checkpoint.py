@@ -28,7 +28,7 @@ def data(n=512, seed=0, labels=False):
 def fitted(ds, steps, **kw):
     torch.manual_seed(0)
     flow = PreferenceFlow.for_dataset(ds, hidden=32, depth=2)
-    flow.fit(ds, steps=steps, batch_size=64, seed=5, progress=False, **kw)
+    flow.fit(ds, steps=steps, batch_size=64, seed=5, progress=False, validation_fraction=0, **kw)
     return flow
 
 

@@ -21,7 +21,8 @@ def data(tmp_path):
 
 def test_fit_apply_info(tmp_path, data, capsys):
     out = tmp_path / "flow"
-    assert main(["fit", str(data), "--out", str(out), "--steps", "300", "--hidden", "64", "--depth", "2", "-q"]) == 0
+    assert main(["fit", str(data), "--out", str(out), "--steps", "300", "--hidden", "64", "--depth", "2", "-q",
+                 "--validation-fraction", "0"]) == 0
     assert (out / "weights.safetensors").exists() and len(json.loads((out / "history.json").read_text())["loss"]) == 300
     y = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     np.savez(tmp_path / "in.npz", y=y, context=np.zeros(50, dtype=np.int64))

@@ -61,6 +61,12 @@ COUPLINGS = ("ot", "sinkhorn", "independent", "paired")
 SOURCES = ("rejected", "reference")
 DEFAULT_STEPS = 2000
 """Training steps when neither ``steps`` nor ``epochs`` is given."""
+DEFAULT_VALIDATION_FRACTION = 0.1
+"""The share of the pairs :meth:`pfm.PreferenceFlow.fit` holds out by default (``validation_fraction=None``)."""
+VALIDATION_MIN_PAIRS = 100
+"""The fewest pairs from which :meth:`pfm.PreferenceFlow.fit` holds out its default validation share."""
+DEFAULT_PATIENCE = 5
+"""Evaluations without improvement after which a fit on its default validation share stops."""
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -168,9 +174,21 @@ class FitConfig(TrainConfig):
                                            "new ones are solved (None, 'never' on the command line: one set, solved "
                                            "in the first epoch; 1 re-solves every epoch, as the paper's code)",
                                            metavar="EPOCHS", none="never", range="positive_int")
+    validation_fraction: Optional[float] = option(
+        None, "when no validation pairs are given, hold out this share of the pairs (at most validation_max): the "
+        f"held-out loss is measured 20 times a run, the flow keeps its best weights and stops after {DEFAULT_PATIENCE} "
+        "evaluations without improvement (unless patience is set); 0 trains on every pair (default: "
+        f"{DEFAULT_VALIDATION_FRACTION:g} for a data set of {VALIDATION_MIN_PAIRS} pairs or more, in memory, in a run "
+        "without checkpoints on one process; else 0)", range="share")
+    validation_max: int = option(10_000, "the most pairs the default validation share holds out",
+                                 range="positive_int")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        V.check_nonneg_float(self.validation_fraction, "validation_fraction", allow_none=True)
+        if self.validation_fraction is not None and not float(self.validation_fraction) < 1.0:
+            raise InvalidInputError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        V.check_positive_int(self.validation_max, "validation_max")
         V.check_choice(self.coupling, "coupling", COUPLINGS)
         V.check_choice(self.source, "source", SOURCES)
         V.check_nonneg_float(self.sigma, "sigma")

@@ -50,13 +50,16 @@ def fit(args: argparse.Namespace) -> int:
         if (Path(ckpt) / "checkpoint.pt").exists() and not args.resume:
             raise InvalidInputError(f"--checkpoint-dir {ckpt!r} holds the checkpoint of an earlier run; pass "
                                     "--resume to go on from it, or choose another directory")
-    held_out = args.validation is not None or args.validation_fraction is not None
+    held_out = args.validation is not None or bool(args.validation_fraction)
     if held_out and ckpt is not None:
         raise InvalidInputError("--validation and --validation-fraction cannot be combined with checkpoints yet "
                                 "(the best weights are not part of the checkpoint)")
-    if not held_out and (args.validate_every is not None or args.patience is not None):
+    if args.validation is not None and args.validation_fraction:
+        raise InvalidInputError("give --validation FILE or --validation-fraction F, not both")
+    if (args.validate_every is not None or args.patience is not None) and (
+            ckpt is not None or args.validation_fraction == 0):
         raise InvalidInputError("--validate-every and --patience need held-out pairs: --validation FILE or "
-                                "--validation-fraction F")
+                                "--validation-fraction F, in a run without checkpoints")
     if args.validation is not None:
         _exists(args.validation)
     if args.device is not None:
@@ -71,8 +74,6 @@ def fit(args: argparse.Namespace) -> int:
     validation = None
     if args.validation is not None:
         validation = _read_pairs(args, args.validation)
-    elif args.validation_fraction is not None:
-        validation, ds = ds.split(args.validation_fraction, seed=args.seed)
     return _distributed(args, ds, validation)
 
 
@@ -144,9 +145,8 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
             described["spec"] = str(Path(described["spec"]).resolve())
         with atomic_file(Path(args.out) / "codec.json", "w") as fh:
             json.dump(described, fh)
-    kept = f", weights of step {history.best_step}" if history.best_step is not None else ""
     print(f"saved flow to {args.out} ({history.steps} steps, {history.seconds:.1f} s, "
-          f"final loss {history.loss[-1]:.4g}{kept})")
+          f"final loss {history.loss[-1]:.4g})" + (f"; {history.summary}" if history.summary else ""))
     return 0
 
 
@@ -170,6 +170,7 @@ def apply(args: argparse.Namespace) -> int:
                                 inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
     if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
         solver["solver_steps"] = solver.pop("steps")
+    judge = _judge_options(args, text)
     if text:
         from .text import apply_text
 
@@ -186,6 +187,15 @@ def apply(args: argparse.Namespace) -> int:
         raise FileFormatError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
     arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
     context = arrays.get(args.context_key)
+    if judge is not None:
+        from ..strength import choose_strength
+
+        curve = choose_strength(flow, arrays[key], judge, context, sample=args.judge_sample, **solver)
+        print(curve.table())
+        print(f"strength auto: {curve.best:g}, the judge's best mean score on {curve.n} rows of {args.input}")
+        if args.curve is not None:
+            curve.figure(args.curve)
+        args.strength = curve.best
     if args.strength is not None:
         y = flow.transform(arrays[key], context, strength=args.strength, **solver)
     else:
@@ -198,6 +208,29 @@ def apply(args: argparse.Namespace) -> int:
     read = f"array {key!r}" + (f" (context {args.context_key!r})" if context is not None else "")
     print(f"read {read} of {args.input}; wrote {len(y)} transformed outputs to {args.out} (array 'y')")
     return 0
+
+
+def _judge_options(args: argparse.Namespace, text: bool) -> Any:
+    """The judge of ``--strength auto`` (imported now, before any data is read), or None; its options are refused
+    without it."""
+    if args.strength != "auto":
+        given_auto = [f for f, v in (("--judge", args.judge), ("--curve", args.curve)) if v is not None]
+        if given_auto:
+            raise InvalidInputError(f"{given_auto[0]} applies to --strength auto")
+        return None
+    if text:
+        raise InvalidInputError("--strength auto applies to .npz outputs, not to text rows")
+    if args.judge is None:
+        raise InvalidInputError("--strength auto needs --judge MODULE:FUNCTION, the score it chooses by")
+    if args.curve is not None:
+        from ..io import check_output
+
+        args.curve = str(check_output(args.curve, "--curve", kind="file", suffixes=(".png", ".svg", ".pdf"),
+                                      inputs=[(args.input, "input file"), (args.flow, "flow directory"),
+                                              (args.out, "--out file")]))
+    from .judge import load_judge
+
+    return load_judge(args.judge)
 
 
 def _text_options(args: argparse.Namespace, text: bool) -> None:
@@ -225,8 +258,54 @@ def info(args: argparse.Namespace) -> int:
     read_weights_header(Path(args.flow) / WEIGHTS_NAME)
     size = (Path(args.flow) / WEIGHTS_NAME).stat().st_size if (Path(args.flow) / WEIGHTS_NAME).exists() else 0
     cfg["weights_bytes"] = size
+    cfg.update(training_summary(Path(args.flow)))
     print(json.dumps(cfg, indent=2))
     return 0
+
+
+def _number(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def training_summary(flow_dir: Path) -> dict[str, Any]:
+    """What ``history.json`` and ``codec.json`` beside a flow say about its training (``{}`` where they are
+    missing): ``{"training": {pairs, held_out, steps, seconds, final_loss, held_out_loss, zero_field, best_step,
+    summary}, "codec": {...}}``. Only plain numbers and strings are taken from the files."""
+    from ..errors import PFMError
+    from ..io import read_json
+
+    out: dict[str, Any] = {}
+    hist_path = flow_dir / "history.json"
+    if hist_path.is_file():
+        try:
+            h = read_json(hist_path)
+        except PFMError as exc:
+            out["training"] = {"error": str(exc)}
+            h = None
+        if isinstance(h, dict):
+            loss = h.get("loss") if isinstance(h.get("loss"), list) else []
+            val = [v for v in h.get("validation") or [] if isinstance(v, list) and len(v) == 2]
+            zero = (h.get("extras") or {}).get("validation_zero_field") if isinstance(h.get("extras"), dict) else None
+            held = h.get("held_out") if isinstance(h.get("held_out"), dict) else None
+            out["training"] = {
+                "pairs": _number(h.get("pairs")),
+                "held_out": {"pairs": _number(held.get("pairs")), "of": _number(held.get("of")),
+                             "from_data": held.get("from_data") is True} if held else None,
+                "steps": _number(h.get("steps")), "seconds": _number(h.get("seconds")),
+                "final_loss": _number(loss[-1]) if loss else None,
+                "held_out_loss": min((_number(v[1]) for v in val if _number(v[1]) is not None), default=None),
+                "zero_field": _number(zero[0]) if isinstance(zero, list) and zero else None,
+                "best_step": _number(h.get("best_step")),
+                "summary": h.get("summary") if isinstance(h.get("summary"), str) else None,
+            }
+    codec_path = flow_dir / "codec.json"
+    if codec_path.is_file():
+        try:
+            c = read_json(codec_path)
+            out["codec"] = c if isinstance(c, dict) else None
+        except PFMError as exc:
+            out["codec"] = {"error": str(exc)}
+    return out
 
 
 def demo(args: argparse.Namespace) -> int:

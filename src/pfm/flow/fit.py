@@ -21,6 +21,7 @@ from ..errors import InvalidInputError
 from ..pairing import PairingPlan
 from ..path import flow_matching_loss
 from ..train import History, optimize
+from .validation import hold_out, summary
 
 log = logging.getLogger("pfm")
 
@@ -85,6 +86,9 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
     check_solver(flow.solver, "flow.solver")  # saved with the flow and used by every transform: check it now
     if cfg.device is not None:
         flow.to(V.check_device(cfg.device))
+    total, from_data, no_share = len(ds), validation is None, None
+    if from_data:
+        ds, validation, cfg, no_share = hold_out(ds, cfg)
     if cfg.normalize:
         flow._set_normalization(ds)
     for name, raw in (("chosen", ds.chosen), ("rejected", ds.rejected)):
@@ -117,7 +121,8 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
         evaluate, zero_field = heldout_loss(flow, held_out, cfg.coupling, sigma, rows.dtype, couple_kwargs,
                                             cfg.seed)
     elif cfg.validate_every is not None or cfg.patience is not None:
-        raise InvalidInputError("validate_every and patience need validation (held-out pairs)")
+        raise InvalidInputError("validate_every and patience need validation (held-out pairs)"
+                                + (f"; none were held out: {no_share}" if no_share else ""))
     fingerprint = None
     if cfg.checkpoint_dir is not None:
         fingerprint = {"data": ds.digest(), "coupling": cfg.coupling, "sigma": sigma, "normalize": cfg.normalize,
@@ -131,8 +136,12 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
     finally:
         if plan is not None:
             plan.close()
+    history.pairs = len(ds)
     if zero_field is not None:
         _compare_with_zero_field(history, zero_field)
+        history.held_out = {"pairs": len(held_out), "of": total, "from_data": from_data}
+        history.summary = summary(history, cfg.total_steps(len(ds)), len(held_out), total, from_data, cfg.patience)
+        log.info("fit: %s", history.summary)
     return history
 
 

@@ -50,10 +50,17 @@ class History:
     """``(step, held-out loss)`` at every evaluation (runs with ``evaluate``)."""
     best_step: Optional[int] = None
     """The step whose weights were kept: the lowest held-out loss (runs with ``evaluate``)."""
+    summary: Optional[str] = None
+    """One line on what a validated fit kept and why (:mod:`pfm.flow.validation`)."""
+    held_out: Optional[dict] = None
+    """The validation pairs of a fit: ``{"pairs", "of", "from_data"}``."""
+    pairs: Optional[int] = None
+    """The pairs (rows) a fit trained on."""
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
-                "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step}
+                "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step,
+                "summary": self.summary, "held_out": self.held_out, "pairs": self.pairs}
 
 
 def _rank_and_world() -> tuple[int, int]:
