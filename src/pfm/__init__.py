@@ -25,6 +25,7 @@ from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
 from .selection import best_of_n, nearest_candidate, pfm_select
 from .solve import solve
+from .strength import StrengthCurve, choose_strength
 from .train import History, optimize
 
 __all__ = [
@@ -47,6 +48,8 @@ __all__ = [
     "sample_path",
     "flow_matching_loss",
     "solve",
+    "choose_strength",
+    "StrengthCurve",
     "best_of_n",
     "nearest_candidate",
     "pfm_select",
