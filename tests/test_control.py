@@ -509,7 +509,7 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
 
     from pfm.errors import PFMError
     from pfm_experiments.control import rollout_protocol as R
-    from pfm_experiments.control.rollout_run import _earlier_rollout, _table_order
+    from pfm_experiments.control.rollout_run import _earlier_rollout, table_order
 
     cfg = R.RolloutConfig.quick_config()
     path = tmp_path / "control-rollout.json"
@@ -544,7 +544,7 @@ def test_a_rollout_run_keeps_the_other_data_sets_of_an_earlier_run_with_its_conf
     with pytest.raises(PFMError, match="names no source for"):
         _earlier_rollout(path, cfg)
     # the table: by task, then kind; a user's Minari data set after ours
-    order = _table_order({"walker2d-expert": ("walker2d", "w"), "hopper-expert": ("hopper", "h"),
+    order = table_order({"walker2d-expert": ("walker2d", "w"), "hopper-expert": ("hopper", "h"),
                           "hopper-mujoco/hopper/medium-v0": ("hopper", "m"), "hopper-random": ("hopper", "r"),
                           "halfcheetah-medium": ("halfcheetah", "c")})
     assert order == ["hopper-random", "hopper-expert", "halfcheetah-medium", "walker2d-expert",
@@ -592,3 +592,31 @@ def test_the_control_options_are_an_error_with_another_experiment(flag, tmp_path
     assert main(["reproduce", "toy2d", *flag, "--out", str(tmp_path / "o")]) == 2
     assert "apply to `pfm reproduce control` only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_on_other_data_sets_keeps_the_earlier_rows_of_the_same_config(tmp_path, caplog):
+    import json
+    from dataclasses import asdict, replace
+
+    from pfm_experiments.control import reproduce as CR
+    from pfm_experiments.control.experiment import Config
+    from pfm_experiments.control.rollout_run import table_order
+
+    cfg = Config.quick_config()
+    path = tmp_path / "control-quick.json"
+    earlier = {"config": asdict(cfg), "sources": {"hopper-medium": ["hopper", "/d/h"], "ant-medium": ["ant", "/d/a"]},
+               "cells": {"hopper-medium": [{"seed": 0}], "ant-medium": [{"seed": 0}]},
+               "frame_strip": "Frame strip (`control-frames.png`): hopper-medium ..."}
+    path.write_text(json.dumps(earlier))
+    sources, cells, strip = CR._earlier_classic(path, cfg, {"ant-medium": ("ant", "/d/a2")})
+    assert sources == {"hopper-medium": ("hopper", "/d/h")} and list(cells) == ["hopper-medium"]  # ant is re-run
+    assert strip.startswith("Frame strip")
+    other = replace(cfg, horizon=cfg.horizon + 1)
+    assert CR._earlier_classic(path, other, {"ant-medium": ("ant", "/d/a2")}) == ({}, {}, None)
+    assert "another config" in caplog.text
+    path.write_text(json.dumps({"config": asdict(cfg), "cells": {"x": []}, "sources": {}}))
+    with pytest.raises(InvalidInputError, match="not a control results file"):
+        CR._earlier_classic(path, cfg, {})
+    names = ["ant-expert", "hopper-medium", "walker2d-random", "ant-random", "hopper-random"]
+    srcs = {n: (n.split("-")[0], "") for n in names}
+    assert table_order(srcs) == ["hopper-random", "hopper-medium", "walker2d-random", "ant-random", "ant-expert"]

@@ -178,6 +178,8 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     if not classic:
         assert rollout_result is not None
         return rollout_result
+    stem = "control-quick" if quick else "control"
+    kept_sources, kept, earlier_strip = _earlier_classic(Path(out_dir) / f"{stem}.json", cfg, sources)
     cells: dict[str, list[dict[str, Any]]] = {}
     episodes_cache: dict[str, tuple[list, str]] = {}
     with tqdm(total=len(sources) * n_seeds, desc="control cells", disable=not progress, unit="cell") as bar:
@@ -191,17 +193,59 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
                 bar.update(1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "control-quick" if quick else "control"
+    ran = sources
+    merged = {**kept_sources, **sources}
+    order = RR.table_order(merged)
+    sources = {n: merged[n] for n in order}
+    cells = {n: ({**kept, **cells})[n] for n in order}
     result = {"config": asdict(cfg), "sources": sources, "summary": report.summarize(cells), "cells": cells,
               "seconds": time.perf_counter() - start_time,
               "compute_seconds": float(sum(r["wall_seconds"] for rs in cells.values() for r in rs))}
-    strip = "" if quick else _frame_strip(cfg, sources, episodes_cache, out / f"{stem}-frames.png")
+    if kept:
+        result["kept_from_earlier_run"] = sorted(kept)
+    strip_of = next((n for n in sources if n.endswith("-medium")), next(iter(sources)))
+    if quick:
+        strip = ""
+    elif strip_of in kept:  # the strip shows a data set of the earlier run: its figure and line stay
+        strip = earlier_strip or ""
+    else:
+        strip = _frame_strip(cfg, ran, episodes_cache, out / f"{stem}-frames.png")
+        strip = f"Frame strip (`{stem}-frames.png`): {strip}." if strip else ""
     if strip:
-        result["frame_strip"] = f"Frame strip (`{stem}-frames.png`): {strip}."
+        result["frame_strip"] = strip
     write_report(result, out / stem)
     if rollout_result is not None:
         result["rollout"] = rollout_result
     return result
+
+
+def _earlier_classic(path: Path, cfg: Config, sources: dict[str, tuple[str, str]]
+                     ) -> tuple[dict[str, tuple[str, str]], dict[str, list], Optional[str]]:
+    """The sources and cells of the data sets an earlier results file at ``path`` holds and this run does not, and
+    its frame strip line, when that file was made with this run's config, so that runs on other data sets (the
+    medium sets, then random and expert, then another task) add up to one table; nothing when there is no such file
+    or its config differs (its rows are then replaced, with a warning). An unreadable file is an error before any
+    work starts: it is the file this run replaces."""
+    if not path.exists():
+        return {}, {}, None
+    earlier = read_results(path, "pfm reproduce control")
+    if not isinstance(earlier.get("cells"), dict) or not isinstance(earlier.get("sources"), dict) or \
+            any(n not in earlier["sources"] for n in earlier["cells"]):
+        raise InvalidInputError(f"{str(path)!r} is not a control results file (cells and their sources): move it "
+                                "away or choose another --out")
+    try:
+        same = asdict(config_from_dict(Config, earlier.get("config") or {}, RENAMED)) == asdict(cfg)
+    except (InvalidInputError, TypeError, ValueError):
+        same = False
+    kept = {n: rs for n, rs in earlier["cells"].items() if n not in sources}
+    if not same:
+        if kept:
+            log.warning("control: %s was made with another config; its rows %s are not kept", path, ", ".join(kept))
+        return {}, {}, None
+    if kept:
+        log.info("control: keeping %s from %s (the same config)", ", ".join(kept), path)
+    strip = earlier.get("frame_strip") if isinstance(earlier.get("frame_strip"), str) else None
+    return {n: tuple(earlier["sources"][n]) for n in kept}, kept, strip
 
 
 def _cell(task_name: str, episodes: list, cfg: Config, runner: SeedRunner, seed: int) -> dict[str, Any]:

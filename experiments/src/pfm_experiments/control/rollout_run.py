@@ -95,7 +95,7 @@ def reproduce_rollout(out_dir: str | Path, sources: dict[str, tuple[str, str]], 
             versions[name] = earlier.versions[name] if taken else _versions()
     out.mkdir(parents=True, exist_ok=True)
     merged, merged_cells = {**{n: earlier.sources[n] for n in kept}, **sources}, {**kept, **cells}
-    order = _table_order(merged)
+    order = table_order(merged)
     sources, cells = {n: merged[n] for n in order}, {n: merged_cells[n] for n in order}
     result = {"protocol": "rollout", "config": asdict(cfg), "sources": sources, "keys": keys, "versions": versions,
               "summary": report.rollout_summary(cells), "cells": cells,
@@ -267,7 +267,7 @@ def _earlier_rollout(path: Path, cfg: "R.RolloutConfig") -> _Earlier:
                     {n: v for n, v in versions.items() if isinstance(v, dict) and n in earlier["cells"]})
 
 
-def _table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
+def table_order(sources: dict[str, tuple[str, str]]) -> list[str]:
     """Data set names by task (hopper, halfcheetah, walker2d, then the others) and kind (random, medium, expert,
     ...); names that are not ``<task>-<kind>`` of ours after them, in their order."""
     tasks = list(DEFAULT_TASKS) + sorted(t for t in TASKS if t not in DEFAULT_TASKS)
