@@ -620,3 +620,27 @@ def test_a_run_on_other_data_sets_keeps_the_earlier_rows_of_the_same_config(tmp_
     names = ["ant-expert", "hopper-medium", "walker2d-random", "ant-random", "hopper-random"]
     srcs = {n: (n.split("-")[0], "") for n in names}
     assert table_order(srcs) == ["hopper-random", "hopper-medium", "walker2d-random", "ant-random", "ant-expert"]
+
+
+def test_merge_results_adds_the_rows_of_another_directory(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    from pfm_experiments.control import reproduce as CR
+    from pfm_experiments.control.experiment import Config
+
+    cfg = asdict(Config())
+    written = {}
+    monkeypatch.setattr(CR.report, "summarize", lambda cells: {"n": sorted(cells)})
+    monkeypatch.setattr(CR, "write_report", lambda result, base: written.update(result=result, base=base))
+    for d, name in (("a", "hopper-medium"), ("b", "walker2d-medium")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "control.json").write_text(json.dumps(
+            {"config": cfg, "sources": {name: [name.split("-")[0], "/x"]},
+             "cells": {name: [{"seed": 0, "wall_seconds": 2.0}]}}))
+    out = CR.merge_results(tmp_path / "a", [tmp_path / "b"])
+    assert list(out["cells"]) == ["hopper-medium", "walker2d-medium"] and out["summary"] == {"n": list(out["cells"])}
+    assert out["compute_seconds"] == 4.0 and written["base"] == tmp_path / "a" / "control"
+    (tmp_path / "b" / "control.json").write_text(json.dumps(
+        {"config": asdict(replace(Config(), horizon=3)), "sources": {}, "cells": {}}))
+    with pytest.raises(InvalidInputError, match="another config"):
+        CR.merge_results(tmp_path / "a", [tmp_path / "b"])

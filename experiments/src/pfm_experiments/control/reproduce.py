@@ -298,6 +298,40 @@ def report_only(out_dir: str | Path = "results", *, quick: bool = False) -> dict
     return result
 
 
+def merge_results(out_dir: str | Path, others: Sequence[str | Path]) -> dict[str, Any]:
+    """Add to ``<out_dir>/control.json`` the data sets of the ``control.json`` in each of ``others`` that it lacks
+    (each made with its config; one that was not is refused), recompute the summary and rewrite the JSON, the ``.md``
+    and the bar plot (``python -m pfm_experiments.control.merge results results/walker2d``). Its frame strip stays."""
+    base = Path(out_dir) / "control"
+    result = read_results(base.with_suffix(".json"), "pfm reproduce control")
+    cfg = config_from_dict(Config, result["config"], RENAMED)
+    sources = {n: tuple(s) for n, s in result["sources"].items()}
+    cells = dict(result["cells"])
+    for other in others:
+        path = Path(other) / "control.json"
+        if not path.exists():
+            raise InvalidInputError(f"no control.json in {str(other)!r}")
+        earlier = read_results(path, "pfm reproduce control")
+        try:
+            same = asdict(config_from_dict(Config, earlier.get("config") or {}, RENAMED)) == asdict(cfg)
+        except (InvalidInputError, TypeError, ValueError):
+            same = False
+        if not same:
+            raise InvalidInputError(f"{str(path)!r} was made with another config than {str(base)}.json: its rows "
+                                    "cannot share a table")
+        add_sources, add_cells, _ = _earlier_classic(path, cfg, sources)
+        sources.update(add_sources)
+        cells.update(add_cells)
+    order = RR.table_order(sources)
+    result["sources"] = {n: sources[n] for n in order}
+    result["cells"] = {n: cells[n] for n in order}
+    result["summary"] = report.summarize(result["cells"])
+    result["compute_seconds"] = float(sum(r["wall_seconds"] for rs in result["cells"].values() for r in rs))
+    result["merged_from"] = sorted({*result.get("merged_from", []), *(str(o) for o in others)})
+    write_report(result, base)
+    return result
+
+
 def _frame_strip(cfg: Config, sources: dict[str, tuple[str, str]], episodes_cache: dict[str, tuple[list, str]],
                  path: Path) -> str:
     """One episode of BC and of PFM on the first medium data set (else the first), cell seed 0, rendered; a line
