@@ -141,6 +141,7 @@ def test_train_decoder_records_its_reconstruction_and_fit_loads_it(toy, tmp_path
     rec = meta["training"]["reconstruction"]
     assert meta["kind"] == "pfm-codec" and rec["sentences"] >= 2
     assert rec["cosine"] > rec["cosine_unrelated"], rec
+    assert rec["usable"] is (rec["cosine"] - rec["cosine_unrelated"] >= 0.2)
     rows = [{"chosen": sentence(["good"] * 4), "rejected": sentence(["bad"] * 4)}] * 8
     pairs = write_jsonl(tmp_path / "p.jsonl", rows)
     assert main(["fit", str(pairs), "--codec", str(toy / "codec"), "--out", str(tmp_path / "f"), "--steps", "3",
@@ -149,6 +150,17 @@ def test_train_decoder_records_its_reconstruction_and_fit_loads_it(toy, tmp_path
     data = write_jsonl(tmp_path / "in.jsonl", [{"text": sentence(["bad"] * 4)}])
     assert main(["apply", str(tmp_path / "f"), str(data), "--out", str(tmp_path / "o.jsonl")]) == 0
     assert read_jsonl(tmp_path / "o.jsonl")[0]["improved_by"] == "decoder"
+
+
+def test_train_decoder_says_when_the_decoder_is_unusable(tiny_bert, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("PFM_DATA_DIR", str(tmp_path / "pfm-data"))
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": s} for s in SENTENCES * 4])
+    assert main(["train-decoder", str(corpus), "--codec", str(tiny_bert), "--out", str(tmp_path / "codec"),
+                 "--vocab", "300", "--dim", "8", "--hidden", "16", "--max-len", "32", "--epochs", "1",
+                 "--usable-margin", "1.9", "-q"]) == 0  # a margin no decoder reaches
+    assert "UNUSABLE" in capsys.readouterr().out and "the decoder is unusable" in caplog.text
+    rec = json.loads((tmp_path / "codec" / "codec.json").read_text())["training"]["reconstruction"]
+    assert rec["usable"] is False
 
 
 def _error(argv, capsys):

@@ -98,5 +98,6 @@ def train_decoder(args: argparse.Namespace) -> int:
     print(f"saved codec to {args.out}: decoder trained on {report['train_sentences']} sentences "
           f"({report['training']['epochs']} epochs, {report['training']['seconds']:.1f} s); reconstruction of "
           f"{int(rec['sentences'])} held-out sentences: mean cosine {rec['cosine']:.3f} (unrelated sentences "
-          f"{rec['cosine_unrelated']:.3f}), {rec['exact']:.0%} exact")
+          f"{rec['cosine_unrelated']:.3f}), {rec['exact']:.0%} exact"
+          + ("" if rec.get("usable", True) else "; UNUSABLE (see the warning)"))
     return 0

@@ -6,6 +6,7 @@ with :func:`fit_decoder` too.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
@@ -17,6 +18,8 @@ from .. import validate as V
 from ..config import option
 from ..errors import InvalidInputError
 from .encoder import check_texts
+
+log = logging.getLogger("pfm")
 from .lm import ConditionalLM, LMConfig, TextLM, fit_lm, train_tokenizer
 
 MIN_SENTENCES = 10
@@ -43,6 +46,10 @@ class DecoderConfig:
     eval_sentences: int = option(200, "held-out sentences the reconstruction is measured on (at most)",
                                  range="positive_int")
     seed: int = option(0, "seeds the initialization, the split and the batch order", range="nonneg_int")
+    usable_margin: float = option(0.2, "the decoder is called unusable (a warning) when its held-out "
+                                  "reconstructions are not at least this much closer (mean cosine) to their sentences "
+                                  "than unrelated sentences are to each other (the text experiment's: 0.594 "
+                                  "against 0.211)", range="nonneg")
 
     def __post_init__(self) -> None:
         for name in ("vocab", "dim", "hidden", "layers", "max_len", "epochs", "batch_size", "patience",
@@ -54,6 +61,7 @@ class DecoderConfig:
         if not 0.0 < float(self.heldout) < 1.0:
             raise InvalidInputError(f"heldout must be in (0, 1), got {self.heldout!r}")
         V.check_int(self.seed, "seed", low=0)
+        V.check_nonneg_float(self.usable_margin, "usable_margin")
         if self.max_len < 2:
             raise InvalidInputError(f"max_len must be at least 2, got {self.max_len!r}")
 
@@ -123,7 +131,21 @@ def train_decoder(texts: Sequence[str], codec: Any, cfg: Optional[DecoderConfig]
     z = codec.encode(train, progress=progress)
     lm, info = fit_decoder(train, z, cfg, progress=progress)
     out = TextCodec(codec.encoder, LMDecoder(lm), spec=codec.spec)
+    rec = reconstruction(out, held[:cfg.eval_sentences])
+    rec["usable"] = rec["cosine"] - rec["cosine_unrelated"] >= float(cfg.usable_margin)
+    if not rec["usable"]:
+        log.warning(unusable_message(rec, len(train), cfg.usable_margin))
     report = {"config": asdict(cfg), "train_sentences": len(train), "heldout_sentences": len(held),
               "training": {k: v for k, v in info.items() if k != "history"}, "history": info["history"],
-              "reconstruction": reconstruction(out, held[:cfg.eval_sentences])}
+              "reconstruction": rec}
     return out, report
+
+
+def unusable_message(rec: dict[str, Any], sentences: int, margin: float) -> str:
+    """The warning of a decoder whose reconstructions are not clearly closer to their sentences than unrelated
+    sentences are to each other."""
+    return (f"the decoder is unusable: its reconstructions of held-out sentences are at mean cosine "
+            f"{rec['cosine']:.3f} to them, unrelated sentences at {rec['cosine_unrelated']:.3f} to each other (it "
+            f"needs {margin:g} more): it writes back little of what a vector says. It was trained on {sentences} "
+            "sentences; the text experiment's, on 9,500, reached 0.594 against 0.211. Train it on a larger corpus, "
+            "or return candidates instead (pfm apply --mode candidates)")
