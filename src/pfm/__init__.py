@@ -25,6 +25,7 @@ from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
 from .selection import best_of_n, nearest_candidate, pfm_select
 from .solve import solve
+from .report import FlowReport, flow_report
 from .strength import StrengthCurve, choose_strength
 from .train import History, optimize
 
@@ -50,6 +51,8 @@ __all__ = [
     "solve",
     "choose_strength",
     "StrengthCurve",
+    "flow_report",
+    "FlowReport",
     "best_of_n",
     "nearest_candidate",
     "pfm_select",

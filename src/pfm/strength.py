@@ -88,7 +88,9 @@ class StrengthCurve:
         return fig
 
 
-def _scores(score: Callable, y: Tensor, context: Optional[Tensor], what: str) -> Tensor:
+def judge_scores(score: Callable, y: Tensor, context: Optional[Tensor], what: str) -> Tensor:
+    """``score(y, context)`` (``score(y)`` without contexts) as a float64 CPU tensor ``(N,)``: one finite score per
+    output, or a :class:`pfm.PFMError` naming ``what`` was scored."""
     with torch.no_grad():
         got = score(y) if context is None else score(y, context)
     s = V.as_float(got if isinstance(got, Tensor) else torch.as_tensor(got), f"the judge's scores of {what}")
@@ -162,7 +164,7 @@ def choose_strength(
         for s in strengths:
             calls[0] = 0
             out = flow.transform(ys, cs, strength=s, **solver)
-            m, e = _summary(_scores(score, out, cs, f"the outputs at strength {s:g}"))
+            m, e = _summary(judge_scores(score, out, cs, f"the outputs at strength {s:g}"))
             means.append(m)
             errs.append(e)
             evals.append(calls[0] // max(1, math.ceil(ys.shape[0] / batch)))
@@ -174,7 +176,7 @@ def choose_strength(
         shift = (pairs.chosen[:].double().mean(0) - pairs.rejected[:].double().mean(0)).to(ys.dtype)
         if tuple(shift.shape) != tuple(ys.shape[1:]):
             raise InvalidInputError(f"pairs hold outputs {tuple(shift.shape)}, the flow's are {tuple(ys.shape[1:])}")
-        m, e = _summary(_scores(score, ys + shift.to(ys.device), cs, "the mean-shifted outputs"))
+        m, e = _summary(judge_scores(score, ys + shift.to(ys.device), cs, "the mean-shifted outputs"))
         curve.baselines["mean shift"] = {"mean": m, "stderr": e, "reference_calls": 1.0, "judge_calls": 0.0}
     if candidates is not None:
         cand = V.as_float(candidates, "candidates")
@@ -184,7 +186,7 @@ def choose_strength(
         pool = torch.cat([ys[:, None], cand[index].to(ys.device, ys.dtype)], 1)  # (n, k+1, *shape)
         k1 = pool.shape[1]
         flat_c = None if cs is None else cs.repeat_interleave(k1, 0)
-        all_scores = _scores(score, pool.flatten(0, 1), flat_c, "the candidates").view(-1, k1)
+        all_scores = judge_scores(score, pool.flatten(0, 1), flat_c, "the candidates").view(-1, k1)
         for k in sorted({2, k1}) if k1 >= 2 else []:
             m, e = _summary(all_scores[:, :k].max(1).values)
             curve.baselines[f"best-of-{k}"] = {"mean": m, "stderr": e, "reference_calls": float(k),

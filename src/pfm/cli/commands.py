@@ -154,8 +154,6 @@ def apply(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import atomic_file, check_output
-    from ..data import npz_keys, read_npz
-    from ..errors import FileFormatError
     from ..flow import PreferenceFlow
 
     _exists(args.input)
@@ -175,17 +173,7 @@ def apply(args: argparse.Namespace) -> int:
         from .text import apply_text
 
         return apply_text(args, flow, solver)
-    names = npz_keys(args.input)
-    key = args.key
-    if key is None:
-        others = [k for k in names if k != args.context_key]
-        candidates = [k for k in ("y", "outputs", "rejected") if k in names] or (others if len(others) == 1 else [])
-        if not candidates:
-            raise FileFormatError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
-        key = candidates[0]
-    if key not in names:
-        raise FileFormatError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
-    arrays = read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
+    key, arrays = read_outputs(args)
     context = arrays.get(args.context_key)
     if judge is not None:
         from ..strength import choose_strength
@@ -207,6 +195,53 @@ def apply(args: argparse.Namespace) -> int:
         np.savez(f, **out)
     read = f"array {key!r}" + (f" (context {args.context_key!r})" if context is not None else "")
     print(f"read {read} of {args.input}; wrote {len(y)} transformed outputs to {args.out} (array 'y')")
+    return 0
+
+
+def read_outputs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``(the outputs' array name, {name: array})`` of ``args.input`` (.npz): ``--key``, else ``y``, ``outputs`` or
+    ``rejected``, else its one array besides the contexts (``--context-key``), which are read too where present."""
+    from ..data import npz_keys, read_npz
+    from ..errors import FileFormatError
+
+    names = npz_keys(args.input)
+    key = args.key
+    if key is None:
+        others = [k for k in names if k != args.context_key]
+        candidates = [k for k in ("y", "outputs", "rejected") if k in names] or (others if len(others) == 1 else [])
+        if not candidates:
+            raise FileFormatError(f"{args.input!r} holds {sorted(names)}; name the outputs' array with --key")
+        key = candidates[0]
+    if key not in names:
+        raise FileFormatError(f"{args.input!r} has no array {key!r}; it holds {sorted(names)}")
+    return key, read_npz(args.input, required=(key,), optional=(args.context_key,))  # nothing else is read
+
+
+def report(args: argparse.Namespace) -> int:
+    from ..flow import PreferenceFlow
+    from ..io import check_output
+    from ..report import flow_report
+    from ..validate import check_device
+
+    _exists(args.input)
+    if str(args.input).lower().endswith(".jsonl"):
+        raise InvalidInputError("pfm report reads outputs from a .npz; for text rows, pfm apply writes each row's "
+                                "text before and after")
+    device = "cpu" if args.device is None else check_device(args.device, "--device")
+    flow = PreferenceFlow.load(args.flow, device=device)
+    args.out = str(check_output(args.out, "--out", kind="dir", inputs=[(args.input, "input file"),
+                                                                      (args.flow, "flow directory")]))
+    judge = None
+    if args.judge is not None:
+        from .judge import load_judge
+
+        judge = load_judge(args.judge)
+    key, arrays = read_outputs(args)
+    result = flow_report(flow, arrays[key], arrays.get(args.context_key), judge=judge, strength=args.strength)
+    result.training = training_summary(Path(args.flow))
+    result.save(args.out)
+    print(result.table())
+    print(f"read array {key!r} of {args.input}; wrote report.json, report.md and report.png to {args.out}")
     return 0
 
 

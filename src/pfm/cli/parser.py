@@ -156,9 +156,27 @@ def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
     _fit_parser(sub)
     _apply_parser(sub)
     _train_decoder_parser(sub)
-    i = sub.add_parser("info", help="print a saved flow's configuration")
+    i = sub.add_parser("info", help="print a saved flow's configuration and what it was trained on")
     i.add_argument("flow", help="directory written by 'pfm fit'")
     i.set_defaults(func=commands.info)
+    r = sub.add_parser("report", help="what a flow does to your outputs: a table and a figure",
+                       description="Push the outputs in DATA (.npz, read as by pfm apply) through FLOW and write "
+                       "to --out report.json, report.md and report.png: how far they moved (against their own "
+                       "spread), how many left their range, with --judge the mean score before and after, and what "
+                       "the flow was trained on (pfm info). The figure: image grids before/after for image-shaped "
+                       "outputs, else a 2D projection.")
+    r.add_argument("flow", help="directory written by 'pfm fit'")
+    r.add_argument("input", help=".npz holding the outputs (array y, outputs or rejected, or --key) and their "
+                   "contexts (array context, or --context-key)")
+    r.add_argument("--out", required=True, help="directory to write the report to")
+    r.add_argument("--key", default=None, help="name of the outputs' array in DATA")
+    r.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
+    r.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="score(y, context) -> (N,), higher is "
+                   "better: a function of an importable module or of a .py file (judge.py:score)")
+    r.add_argument("--strength", type=NONNEG, default=1.0, metavar="S", help="how far to move (default 1: one "
+                   "application)")
+    r.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    r.set_defaults(func=commands.report)
 
     d = sub.add_parser("demo", help="a small end-to-end example on 2D Gaussians, printing a before/after table")
     d.add_argument("--pairs", type=POSITIVE_INT, default=4000, help="preference pairs (default 4000)")

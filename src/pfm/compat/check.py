@@ -14,9 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .. import validate as V
 from ..data import PreferenceDataset
-from ..errors import InvalidInputError
+from ..strength import judge_scores
 
 log = logging.getLogger("pfm")
 
@@ -24,18 +23,6 @@ LOWER_WARNING = (
     "the flow lowered the score of held-out outputs ({before:.4g} -> {after:.4g} on average over {n}; {up:.0%} "
     "went up): it carries outputs toward the items' second slot. If the data are the released builders' "
     "(items (x, y-, y+)), fit pfm.compat.released_items(dataset, preferred=\"source\") instead")
-
-
-def _scores(score: Callable, y: Tensor, c: Any, name: str) -> Tensor:
-    with torch.no_grad():
-        got = score(y) if c is None else score(y, c)
-    s = V.as_float(torch.as_tensor(got) if not isinstance(got, Tensor) else got, f"check's score of the {name}")
-    if s.numel() != y.shape[0]:
-        raise InvalidInputError(f"check must return one score per output: {y.shape[0]} outputs gave "
-                                f"{V.shape_of(s)}")
-    s = s.reshape(-1).detach().double().cpu()
-    V.check_finite(s, f"check's score of the {name}")
-    return s
 
 
 def score_check(fm: Any, held: PreferenceDataset, score: Callable) -> dict[str, Any]:
@@ -49,7 +36,7 @@ def score_check(fm: Any, held: PreferenceDataset, score: Callable) -> dict[str, 
         if c.is_floating_point():
             c = c.float()
     out = fm.compute_target(y, context=c)
-    before, after = _scores(score, y, c, "inputs"), _scores(score, out, c, "flowed outputs")
+    before, after = judge_scores(score, y, c, "the inputs"), judge_scores(score, out, c, "the flowed outputs")
     report = {"n": int(y.shape[0]), "before": float(before.mean()), "after": float(after.mean()),
               "fraction_up": float((after > before).double().mean())}
     log.info("check: held-out outputs score %.4g before the flow, %.4g after (n=%d, %.0f%% up)", report["before"],
