@@ -127,7 +127,7 @@ def time_fit(ds: PreferenceDataset, kind: str, batch: int, steps: int, **fit: An
     flow = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind))
     clock = StepClock(flow.field)
     t = time.perf_counter()
-    flow.fit(ds, steps=steps, batch_size=batch, progress=False, **fit)
+    flow.fit(ds, steps=steps, batch_size=batch, progress=False, validation_fraction=0, **fit)
     total = time.perf_counter() - t
     return clock.steady(), total
 
@@ -218,7 +218,7 @@ def precision(quick: bool, device: Optional[str] = None) -> list[dict[str, Any]]
             flow = PreferenceFlow.for_dataset(ds, field=kind, **field_kwargs(kind))
             clock = StepClock(flow.field)
             t = time.perf_counter()
-            hist = flow.fit(ds, steps=steps, batch_size=b, progress=False, device=device, precision=prec,
+            hist = flow.fit(ds, steps=steps, batch_size=b, progress=False, validation_fraction=0, device=device, precision=prec,
                             compile=comp)
             total = time.perf_counter() - t
             clock.steady()
@@ -331,14 +331,14 @@ def peer(quick: bool) -> dict[str, Any]:
     rows = []
     flows = {}
     warm, _, _ = toy_data(0, n=512, n_test=10)  # first calls: imports, kernels, allocator
-    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False)
+    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False, validation_fraction=0)
     train_peer(warm, 64, 20, 0)
     for batch in (64, 256):
         for seed in seeds:
             train, test, y_ref = toy_data(seed)
             flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
             t = time.perf_counter()
-            flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False)
+            flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False, validation_fraction=0)
             ours_s = time.perf_counter() - t
             t = time.perf_counter()
             ours_out = flow.transform(y_ref)
@@ -436,7 +436,7 @@ def time_pfm_parts(train: PreferenceDataset, batch: int, steps: int, seed: int) 
     flow_module.PairingPlan = Recorded
     try:
         t = time.perf_counter()
-        flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False)
+        flow.fit(train, steps=steps, batch_size=batch, seed=seed, progress=False, validation_fraction=0)
         end = time.perf_counter()
     finally:
         flow_module.PairingPlan = PairingPlan
@@ -476,7 +476,7 @@ def load(quick: bool, competitors: tuple[int, ...] = COMPETITORS) -> dict[str, A
     batch = 256
     threads = torch.get_num_threads()
     warm, _, _ = toy_data(0, n=512, n_test=10)  # first calls: imports, kernels, allocator
-    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False)
+    PreferenceFlow.for_dataset(warm, hidden=128, depth=3).fit(warm, steps=20, batch_size=64, progress=False, validation_fraction=0)
     train_peer(warm, 64, 20, 0)
     rows = []
     try:
@@ -523,7 +523,7 @@ def inference(quick: bool) -> dict[str, Any]:
     if not flows:
         train, _, _ = toy_data(0)
         flow = PreferenceFlow.for_dataset(train, hidden=128, depth=3)
-        flow.fit(train, steps=150 if quick else 1000, batch_size=256, progress=False)
+        flow.fit(train, steps=150 if quick else 1000, batch_size=256, progress=False, validation_fraction=0)
         flows = [(0, flow)]
     per_flow = []
     for seed, flow in flows:

@@ -51,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     warm = PreferenceDataset(torch.randn(512, 2) + 1, torch.randn(512, 2))  # imports, allocator, kernels
-    PreferenceFlow.for_dataset(warm, hidden=64, depth=2).fit(warm, steps=50, progress=False)
+    PreferenceFlow.for_dataset(warm, hidden=64, depth=2).fit(warm, steps=50, progress=False, validation_fraction=0)
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             d = Path(tmp) / f"n{n}"
@@ -65,7 +65,7 @@ def main() -> None:
             load_s = time.perf_counter() - t
             with PeakMemory(base) as memory:  # the peak while training, over the memory before loading
                 t = time.perf_counter()
-                flow.fit(ds, steps=args.steps, batch_size=256, progress=False)
+                flow.fit(ds, steps=args.steps, batch_size=256, progress=False, validation_fraction=0)
                 step_ms = 1000 * (time.perf_counter() - t) / args.steps
             rows.append({"pairs": n, "file_mb": 2 * n * 2 * 4 / 2**20, "load_and_validate_s": load_s,
                          "ms_per_step": step_ms, "anon_mb_growth": memory.growth,

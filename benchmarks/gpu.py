@@ -101,7 +101,7 @@ def train_part(device: torch.device, quick: bool, peer_seconds: float) -> list[d
             torch.manual_seed(0)
             bench.sync(device)
             t = time.perf_counter()
-            flow.fit(train, steps=steps, batch_size=b, device=device, progress=False)
+            flow.fit(train, steps=steps, batch_size=b, device=device, progress=False, validation_fraction=0)
             bench.sync(device)
             ours = time.perf_counter() - t
             peer = bench.peer_fit(peer_field, train, b, steps, device=device, seconds=peer_seconds)
@@ -129,7 +129,7 @@ def transform_part(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     for kind, m in cases:
         train, _, _, shape = make_task(kind, 2048, 10)
         flow = field_for(kind, train)
-        flow.fit(train, steps=20, batch_size=256, device=device, progress=False)
+        flow.fit(train, steps=20, batch_size=256, device=device, progress=False, validation_fraction=0)
         y = torch.randn(m, *shape, device=device)
         flow.transform(y[:256])  # warm-up
         bench.sync(device)

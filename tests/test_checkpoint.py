@@ -59,7 +59,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     np.savez(tmp_path / "prefs.npz", chosen=y0 + 1.5, rejected=y0)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "pfm", "--threads", "1", "fit", str(tmp_path / "prefs.npz"), "--steps", "1500",
-            "--hidden", "32", "--depth", "2", "--batch-size", "64", "--seed", "3", "-q"]
+            "--hidden", "32", "--depth", "2", "--batch-size", "64", "--seed", "3", "-q", "--validation-fraction", "0"]
     subprocess.run(base + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300)
 
     out = tmp_path / "killed"
