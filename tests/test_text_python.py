@@ -33,3 +33,15 @@ def test_from_a_dataset_to_improved_texts(tiny_bert, tmp_path, monkeypatch):  # 
     worst = [s for s in SENTENCES if goods(s) == 0][0]
     out = improve_texts(flow, codec, [TextRow(text=worst, candidates=tuple(s for s in SENTENCES if s != worst))])
     assert out[0]["improved_by"] == "candidate" and goods(out[0]["improved"]) >= 2
+
+
+def test_loading_an_encoder_shows_no_progress_bar_of_transformers(tiny_bert, capfd):  # noqa: F811
+    from transformers.utils import logging as hf_logging
+
+    from pfm.text.encoder import SentenceEncoder
+
+    capfd.readouterr()
+    SentenceEncoder(tiny_bert)
+    err = capfd.readouterr().err
+    assert "Loading" not in err and "%|" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # restored for the user's own transformers calls

@@ -78,8 +78,16 @@ class SentenceEncoder(torch.nn.Module):
         if not (self.path / "config.json").is_file():
             raise InvalidInputError(f"path {str(self.path)!r} is not a Hugging Face model directory "
                                     "(no config.json)")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(device).eval()
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # transformers' weight-loading bar: pfm shows its own, and none with -q
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(device).eval()
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         st = self.path / "sentence_bert_config.json"
         self.max_length = int(max_length or (json.loads(st.read_text())["max_seq_length"] if st.is_file() else 256))
         # never more tokens than the model has positions: a longer sentence is truncated to them, not a shape error
