@@ -90,7 +90,8 @@ def test_vader_corpus_comes_from_pypi_and_is_cached(shared_cache):
     assert (shared_cache / "corpus" / "movieReviewSnippets_GroundTruth.txt").exists()
 
 
-def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed_download(tmp_path, monkeypatch):
+def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed_download(tmp_path, monkeypatch,
+                                                                                          caplog):
     """pfm.text.fetch without the registry (the two tests above and below reach it): what it checks and decides."""
     import subprocess
 
@@ -107,6 +108,7 @@ def test_pip_download_wants_a_pin_reuses_a_file_already_there_and_names_a_failed
     assert "\n" not in str(err.value) and "pip download --no-deps --no-binary :all: nothing-here==1.0 -d DIR" in \
         str(err.value)
     assert len(calls) == 1 and "--no-binary" in calls[0] and calls[0][-1] == "nothing-here==1.0"
+    assert "-q" in calls[0] and "fetching nothing-here==1.0" in caplog.text  # said at once; pip quiet off a terminal
     assert not [p for p in (tmp_path / "dl").iterdir()], "a failed download leaves nothing behind"
     have = tmp_path / "dl" / "vaderSentiment-3.3.2.tar.gz"
     have.write_bytes(b"already here")

