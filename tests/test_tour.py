@@ -659,7 +659,69 @@ CASES: list[Case] = [
                                                        "{d}/res"], None, "--dataset for mnist"),
     Case(4, "reproduce toy2d --reference", None, ["reproduce", "toy2d", "--reference", "{d}", "--out", "{d}/res"],
          None, "apply to `pfm reproduce text` only"),
+    # ------------------------------------------------------------------ the user's own data (issues 46, 47)
+    Case(4, "fit --validation-fraction 1", None, fit_args("{d}/good.npz", "--validation-fraction", "1"), None,
+         "--validation-fraction: expected a number in \\[0, 1\\)"),
+    Case(4, "fit --patience with --validation-fraction 0", None,
+         fit_args("{d}/good.npz", "--patience", "3", "--validation-fraction", "0"), None, "need held-out pairs"),
+    Case(4, "an explicit validation share in a run with checkpoints", None, None,
+         lambda d: PreferenceFlow.load(d / "good-flow").fit(PreferenceDataset(Y + 1, Y), steps=2, progress=False,
+                                                             validation_fraction=0.2, checkpoint_dir=d / "vf-ck"),
+         "validation_fraction cannot be used here"),
+    Case(4, "FitConfig validation_fraction 1.5", None, None, lambda d: pfm.FitConfig(validation_fraction=1.5),
+         "validation_fraction must be in \\[0, 1\\)"),
+    Case(4, "apply --strength auto without a judge", None,
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--strength", "auto"), None, "needs --judge"),
+    Case(4, "apply --judge without --strength auto", write("judge.py", "def score(y, c=None):\n    return y[:, 0]\n"),
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--judge", "{d}/judge.py:score"), None,
+         "applies to --strength auto"),
+    Case(4, "apply --judge not MODULE:FUNCTION", None,
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--strength", "auto", "--judge", "judge.py"),
+         None, "must be MODULE:FUNCTION"),
+    Case(4, "apply --judge of a module that is not there", None,
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--strength", "auto", "--judge",
+                    "no_such_module_of_pfm:score"), None, "no module 'no_such_module_of_pfm'"),
+    Case(4, "apply --judge of a file that fails to import", write("broken_judge.py", "raise RuntimeError('no')\n"),
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--strength", "auto", "--judge",
+                    "{d}/broken_judge.py:score"), None, "importing .* failed: RuntimeError: no"),
+    Case(4, "apply --curve of a suffix matplotlib cannot write", None,
+         apply_args("{d}/good-flow", "{d}/y.npz", "{d}/o-auto.npz", "--strength", "auto", "--judge",
+                    "{d}/judge.py:score", "--curve", "{d}/curve.txt"), None, "--curve must end in"),
+    Case(4, "report on text rows", write("rows.jsonl", '{"text": "a"}\n'),
+         ["report", "{d}/good-flow", "{d}/rows.jsonl", "--out", "{d}/rep"], None, "reads outputs from a .npz"),
+    Case(1, "report --out is the input file", None, ["report", "{d}/good-flow", "{d}/y.npz", "--out", "{d}/y.npz"],
+         None, "--out .* exists and is not a directory|--out .* is the input file"),
+    Case(4, "choose_strength with a judge of one number", None, None,
+         lambda d: pfm.choose_strength(PreferenceFlow.load(d / "good-flow"), Y, lambda y: y.sum()),
+         "one score per output"),
+    Case(4, "choose_strength with a negative strength", None, None,
+         lambda d: pfm.choose_strength(PreferenceFlow.load(d / "good-flow"), Y, lambda y: y[:, 0],
+                                       strengths=[0.5, -1]), "strengths must be numbers >= 0"),
+    Case(2, "flow_report with a judge that returns NaN", None, None,
+         lambda d: pfm.flow_report(PreferenceFlow.load(d / "good-flow"), Y, judge=lambda y: y[:, 0] * float("nan")),
+         "NaN or infinite"),
+    Case(4, "released_items with preferred='middle'", None, None,
+         lambda d: pfm.compat.released_items(_ReleasedLike(), preferred="middle"), "preferred"),
+    Case(4, "the paper API's fit with a negative loss_scale", None, None,
+         lambda d: pfm.OptimalTransportConditionalFlowMatching(torch.nn.Linear(3, 2)).fit(
+             [(torch.zeros(2), torch.ones(2))] * 4, loss_scale=-1.0, progress=False), "loss_scale"),
 ]
+
+
+class BasePreferenceDataset(torch.utils.data.Dataset):
+    """The released code's dataset class, by name and attributes (pfm.compat recognizes it so)."""
+
+    def __init__(self):
+        self.sources, self.targets, self.contexts = [torch.zeros(2)] * 4, [torch.ones(2)] * 4, None
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.targets[i][None], self.sources[i][None]
+
+
+_ReleasedLike = BasePreferenceDataset
 
 
 def _patch(path: Path, offset: int, data: bytes) -> None:
