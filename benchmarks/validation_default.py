@@ -13,6 +13,7 @@ Each at 300 and 3,000 pairs, 3 seeds, the default MLP and 2,000 steps. Quality: 
 
     python benchmarks/validation_default.py           # ~10 minutes on one core
     python benchmarks/validation_default.py --quick   # one seed, 300 pairs, 300 steps
+    python benchmarks/validation_default.py --patience 10 --out /tmp/patience10.json   # another patience
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = 256, see
     return float(np.abs(np.sort(a @ dirs, 0) - np.sort(b @ dirs, 0)).mean())
 
 
-def run_one(task: str, n: int, seed: int, steps: int, validation_fraction: float | None) -> dict:
+def run_one(task: str, n: int, seed: int, steps: int, validation_fraction: float | None,
+            patience: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     chosen, rejected = sample(task, n, rng)
     ds = PreferenceDataset(chosen.astype(np.float32), rejected.astype(np.float32))
     torch.manual_seed(seed)
     flow = PreferenceFlow.for_dataset(ds)
     t = time.perf_counter()
-    hist = flow.fit(ds, steps=steps, seed=seed, progress=False, validation_fraction=validation_fraction)
+    extra = {"patience": patience} if patience is not None and validation_fraction is None else {}
+    hist = flow.fit(ds, steps=steps, seed=seed, progress=False, validation_fraction=validation_fraction, **extra)
     seconds = time.perf_counter() - t
     test_pos, test_neg = sample(task, 2000, np.random.default_rng(10_000 + seed))
     target = test_neg if task == "memorize" else test_pos
@@ -79,6 +82,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=Path("results/validation_default.json"))
+    p.add_argument("--patience", type=int, default=None, help="the default share's patience (default: pfm's, 5)")
     args = p.parse_args()
     torch.set_num_threads(1)
     seeds, sizes, steps = ([0], [300], 300) if args.quick else ([0, 1, 2], [300, 3000], 2000)
@@ -86,7 +90,7 @@ def main() -> None:
     rows = []
     for task in ("memorize", "shift", "ring"):
         for n in sizes:
-            runs = {name: [run_one(task, n, s, steps, vf) for s in seeds]
+            runs = {name: [run_one(task, n, s, steps, vf, args.patience) for s in seeds]
                     for name, vf in (("default", None), ("all pairs", 0.0))}
             rows.append({"task": task, "pairs": n, "runs": runs})
     record = {"machine": platform.processor() or platform.machine(), "torch_threads": 1, "steps": steps,
