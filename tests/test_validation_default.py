@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pfm import FitConfig, InvalidInputError, PreferenceDataset, PreferenceFlow
 from pfm.cli import main

@@ -12,7 +12,6 @@ import warnings
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 
 from ..data import PreferenceDataset
 from ..strength import judge_scores
