@@ -73,14 +73,9 @@ class FlowReport:
         returns the figure. Needs matplotlib (``pip install 'pfm[plot]'``)."""
         if self.before is None or self.after is None:
             raise InvalidTypeError("this report holds no outputs to draw (made with keep=False)")
-        try:
-            import matplotlib
+        from .figures import pyplot, save_figure
 
-            if path is not None:
-                matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError("FlowReport.figure needs matplotlib: pip install 'pfm[plot]'") from None
+        plt = pyplot("FlowReport.figure", headless=path is not None)
         b, a = self.before.double().cpu(), self.after.double().cpu()
         shape = self.output_shape
         image = len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
@@ -119,12 +114,7 @@ class FlowReport:
             ax.legend()
         fig.tight_layout()
         if path is not None:
-            from .io import atomic_file
-
-            suffix = Path(path).suffix.lstrip(".").lower() or "png"
-            with atomic_file(path) as f:
-                fig.savefig(f, format=suffix, dpi=120)
-            plt.close(fig)
+            save_figure(fig, path)
         return fig
 
     def save(self, directory: Any) -> Path:

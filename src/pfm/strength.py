@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import validate as V
-from .errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from .errors import InvalidInputError, InvalidTypeError
 
 DEFAULT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 """The strengths :func:`choose_strength` sweeps by default: 0 (the outputs as they are) to two applications."""
@@ -58,14 +58,9 @@ class StrengthCurve:
         """The curve (mean ± standard error against strength) with the baselines as horizontal lines; written to
         ``path`` (atomically, by its suffix) when given. Returns the matplotlib figure. Needs matplotlib
         (``pip install 'pfm[plot]'``)."""
-        try:
-            import matplotlib
+        from .figures import pyplot, save_figure
 
-            if path is not None:
-                matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError("StrengthCurve.figure needs matplotlib: pip install 'pfm[plot]'") from None
+        plt = pyplot("StrengthCurve.figure", headless=path is not None)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.errorbar(self.strengths, self.mean, yerr=self.stderr, marker="o", capsize=3, label="PFM at strength s")
         colors = iter(["tab:orange", "tab:green", "tab:red", "tab:purple"])
@@ -77,14 +72,7 @@ class StrengthCurve:
         ax.legend(fontsize=8)
         fig.tight_layout()
         if path is not None:
-            from pathlib import Path
-
-            from .io import atomic_file
-
-            suffix = Path(path).suffix.lstrip(".").lower() or "png"
-            with atomic_file(path) as f:
-                fig.savefig(f, format=suffix, dpi=120)
-            plt.close(fig)
+            save_figure(fig, path)
         return fig
 
 

@@ -85,6 +85,16 @@ def _strength(text: str):
     return "auto" if text.strip().lower() == "auto" else NONNEG(text)
 
 
+def _outputs_arguments(p: argparse.ArgumentParser, more_input: str, out_help: str) -> None:
+    """FLOW, INPUT (.npz outputs and contexts), --out, --key and --context-key: what pfm apply and pfm report read."""
+    p.add_argument("flow", help="directory written by 'pfm fit'")
+    p.add_argument("input", help=".npz holding the outputs (array y, outputs or rejected, or --key) and, for a "
+                   f"conditional flow, their contexts (array context, or --context-key){more_input}")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
+    p.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
+
+
 def _apply_parser(sub) -> None:
     a = sub.add_parser("apply", help="push outputs through a trained flow",
                        description="Read outputs from INPUT (.npz), transform them with the flow in FLOW, and write "
@@ -92,12 +102,8 @@ def _apply_parser(sub) -> None:
                        "be a .jsonl of text rows {\"text\", \"prompt\"?, \"candidates\"?}: each text is encoded, "
                        "moved, and returned as text in OUT (.jsonl: the row's fields plus improved, improved_by, "
                        "improved_cosine), written by the codec's decoder or chosen as the nearest candidate.")
-    a.add_argument("flow", help="directory written by 'pfm fit'")
-    a.add_argument("input", help=".npz holding the outputs (array y, outputs or rejected, or --key) and, for a "
-                   "conditional flow, their contexts (array context, or --context-key); or a .jsonl of text rows")
-    a.add_argument("--out", required=True, help=".npz file to write (.jsonl for text rows); replaced atomically")
-    a.add_argument("--key", default=None, help="name of the outputs' array in INPUT")
-    a.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
+    _outputs_arguments(a, "; or a .jsonl of text rows", ".npz file to write (.jsonl for text rows); replaced "
+                       "atomically")
     how_far = a.add_mutually_exclusive_group()
     how_far.add_argument("--iterations", type=POSITIVE_INT, default=1,
                          help="apply the flow this many times (PFM x k; default 1)")
@@ -165,12 +171,7 @@ def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
                        "spread), how many left their range, with --judge the mean score before and after, and what "
                        "the flow was trained on (pfm info). The figure: image grids before/after for image-shaped "
                        "outputs, else a 2D projection.")
-    r.add_argument("flow", help="directory written by 'pfm fit'")
-    r.add_argument("input", help=".npz holding the outputs (array y, outputs or rejected, or --key) and their "
-                   "contexts (array context, or --context-key)")
-    r.add_argument("--out", required=True, help="directory to write the report to")
-    r.add_argument("--key", default=None, help="name of the outputs' array in DATA")
-    r.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
+    _outputs_arguments(r, "", "directory to write the report to")
     r.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="score(y, context) -> (N,), higher is "
                    "better: a function of an importable module or of a .py file (judge.py:score)")
     r.add_argument("--strength", type=NONNEG, default=1.0, metavar="S", help="how far to move (default 1: one "

@@ -27,7 +27,7 @@ from .. import validate as V
 from ..config import SolverConfig, TrainConfig
 from ..coupling import couple
 from ..data import PreferenceDataset
-from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from ..errors import InvalidInputError, InvalidTypeError
 from ..flow import PreferenceFlow
 from ..io import atomic_file, check_output
 from ..path import sample_path
@@ -288,10 +288,9 @@ class OptimalTransportConditionalFlowMatching:
         (olive) and the end points (blue), as the released method does. Returns the matplotlib figure (a notebook
         shows it; a script calls ``plt.show()`` or ``fig.savefig(...)``). Needs ``pip install 'pfm[plot]'``."""
         V.check_positive_int(n, "n")
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError("plot_trajectories needs matplotlib: pip install 'pfm[plot]'") from None
+        from ..figures import pyplot
+
+        plt = pyplot("plot_trajectories")
         traj = self.trajectory(source, context, timesteps, use_torchdiffeq)
         pts = traj[:, :n].reshape(traj.shape[0], min(n, traj.shape[1]), -1).cpu().numpy()
         if pts.shape[-1] < 2:
