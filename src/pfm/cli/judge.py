@@ -28,7 +28,12 @@ def load_judge(spec: str, flag: str = "--judge") -> Callable:
                 raise InvalidInputError(f"{flag}: {module!r} cannot be imported as Python")
             mod = importlib.util.module_from_spec(loaded)
             sys.modules[loaded.name] = mod
-            loaded.loader.exec_module(mod)
+            wrote = sys.dont_write_bytecode
+            sys.dont_write_bytecode = True  # no __pycache__ beside the user's file: nothing of theirs is touched
+            try:
+                loaded.loader.exec_module(mod)
+            finally:
+                sys.dont_write_bytecode = wrote
         else:
             mod = importlib.import_module(module)
     except (InvalidInputError, MissingFileError):
