@@ -55,11 +55,6 @@ def _field_num_classes(model: nn.Module) -> Optional[int]:
     return None
 
 
-def _split(ds: PreferenceDataset, held: int, seed: int) -> tuple[PreferenceDataset, PreferenceDataset]:
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 7919))
-    return ds.subset(perm[held:]), ds.subset(perm[:held])
-
-
 class OptimalTransportConditionalFlowMatching:
     """Learns a flow from rejected to preferred outputs with minibatch OT-CFM (Tong et al. 2023).
 
@@ -151,7 +146,7 @@ class OptimalTransportConditionalFlowMatching:
             if len(ds) < 10:
                 raise InvalidInputError(f"check needs at least 10 pairs (a tenth is held out), the dataset has "
                                         f"{len(ds)}")
-            ds, held = _split(ds, min(check_size, len(ds) // 10), seed)
+            ds, held = ds.hold_out(min(check_size, len(ds) // 10), seed + 7919)
         num_classes = ds.num_classes
         said = _field_num_classes(self.model)
         if num_classes is not None and said is not None and said > num_classes:

@@ -161,8 +161,12 @@ class PreferenceDataset(torch.utils.data.Dataset):
         n = len(self)
         if n < 2:
             raise InvalidInputError("a data set of one row cannot be split")
-        n_test = min(max(1, round(n * float(test_fraction))), n - 1)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return self.hold_out(min(max(1, round(n * float(test_fraction))), n - 1), seed)
+
+    def hold_out(self, n_test: int, seed: int = 0) -> tuple["PreferenceDataset", "PreferenceDataset"]:
+        """Random (train, test) split with ``n_test`` test rows, ``1 <= n_test < len(self)``, drawn with ``seed``."""
+        V.check_int(n_test, "n_test", low=1, high=len(self) - 1)
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         return self.subset(perm[n_test:]), self.subset(perm[:n_test])
 
     @classmethod

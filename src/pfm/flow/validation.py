@@ -68,10 +68,9 @@ def hold_out(ds: PreferenceDataset, cfg: FitConfig) -> tuple[PreferenceDataset, 
             raise InvalidInputError("validation_fraction needs at least 2 pairs, one to hold out and one to train on")
     n = len(ds)
     held = min(cfg.validation_max, max(1, round(n * float(fraction))), n - 1)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 15_485_863))
     if cfg.patience is None:
         cfg = dataclasses.replace(cfg, patience=DEFAULT_PATIENCE)
-    return ds.subset(perm[held:]), ds.subset(perm[:held]), cfg, None
+    return (*ds.hold_out(held, cfg.seed + 15_485_863), cfg, None)
 
 
 def summary(history: History, planned: int, held: int, total: int, from_data: bool,
