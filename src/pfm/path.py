@@ -36,6 +36,24 @@ def sample_path(
     return yt, y1 - y0
 
 
+def field_and_target(
+    field: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
+    y0: Tensor,
+    y1: Tensor,
+    context: Optional[Tensor] = None,
+    sigma: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Tensor]:
+    """``(v, u)``, both ``(B, *shape)``: ``field(t, y_t, context)`` and its target ``y1 - y0`` at ``t ~ U[0, 1]``."""
+    t = torch.rand(y0.shape[0], generator=generator, device=y0.device, dtype=y0.dtype)
+    yt, u = sample_path(y0, y1, t, sigma, generator)
+    v = field(t, yt, context)
+    if v.shape != u.shape:
+        raise ValueError(f"the vector field returned shape {tuple(v.shape)} for inputs of shape {tuple(u.shape)}; "
+                         "it must return the shape of y")
+    return v, u
+
+
 def flow_matching_loss(
     field: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
     y0: Tensor,
@@ -45,10 +63,5 @@ def flow_matching_loss(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Mean squared error between ``field(t, y_t, context)`` and ``y1 - y0`` for ``t ~ U[0, 1]``."""
-    t = torch.rand(y0.shape[0], generator=generator, device=y0.device, dtype=y0.dtype)
-    yt, u = sample_path(y0, y1, t, sigma, generator)
-    v = field(t, yt, context)
-    if v.shape != u.shape:
-        raise ValueError(f"the vector field returned shape {tuple(v.shape)} for inputs of shape {tuple(u.shape)}; "
-                         "it must return the shape of y")
+    v, u = field_and_target(field, y0, y1, context, sigma, generator)
     return (v - u).pow(2).mean()

@@ -30,7 +30,7 @@ from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
 from ..flow import PreferenceFlow
 from ..io import atomic_file, check_output
-from ..path import sample_path
+from ..path import field_and_target
 from ..train import optimize
 from .check import score_check
 from .items import RELEASED_ORDER_WARNING, as_preference_dataset, is_released_dataset
@@ -198,11 +198,10 @@ class OptimalTransportConditionalFlowMatching:
             c = None if c_all is None else c_all[index]
             i0, i1 = couple(y0, y1, c, coupling, generator=gen)
             y0, y1, c = y0[i0], y1[i1], None if c is None else c[i0]
-            t = torch.rand(y0.shape[0], generator=gen, device=dev, dtype=y0.dtype)
-            yt, u = sample_path(y0, y1, t, sigma, gen)
-            v = model(t, yt, c)
-            if v.shape != u.shape:
-                raise InvalidInputError(f"the field returned {V.shape_of(v)} for y of shape {V.shape_of(u)}")
+            try:
+                v, u = field_and_target(model, y0, y1, c, sigma, gen)
+            except ValueError as exc:
+                raise InvalidInputError(str(exc)) from None
             try:
                 loss = ((v - u) ** 2 * scale).mean()
             except RuntimeError as exc:
