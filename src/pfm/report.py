@@ -169,9 +169,7 @@ def flow_report(flow: Any, y: Any, context: Any = None, *, judge: Optional[Calla
                         out_of_range=float(outside.double().mean()),
                         before=y_t.detach() if keep else None, after=after.detach() if keep else None)
     if judge is not None:
-        from .strength import judge_scores
+        from .strength import judge_change
 
-        s0, s1 = judge_scores(judge, y_t, c, "the outputs"), judge_scores(judge, after, c, "the flowed outputs")
-        report.judge = {"before": float(s0.mean()), "after": float(s1.mean()),
-                        "fraction_up": float((s1 > s0).double().mean())}
+        report.judge = judge_change(judge, y_t, after, c)
     return report

@@ -90,6 +90,14 @@ def judge_scores(score: Callable, y: Tensor, context: Optional[Tensor], what: st
     return s
 
 
+def judge_change(score: Callable, before: Tensor, after: Tensor, context: Optional[Tensor]) -> dict[str, float]:
+    """The judge on outputs ``before`` and on what they became, ``after`` (both ``(N, *shape)``, the same
+    ``context``): ``{"before", "after", "fraction_up"}``, the mean scores and the share of outputs whose score rose."""
+    s0 = judge_scores(score, before, context, "the outputs")
+    s1 = judge_scores(score, after, context, "the flowed outputs")
+    return {"before": float(s0.mean()), "after": float(s1.mean()), "fraction_up": float((s1 > s0).double().mean())}
+
+
 def _summary(s: Tensor) -> tuple[float, float]:
     n = s.numel()
     return float(s.mean()), (float(s.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan)
@@ -144,18 +152,17 @@ def choose_strength(
     index = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
     ys = y_t[index]
     cs = None if c_all is None else c_all[index.to(c_all.device)]
-    calls = [0]
-    hook = flow.field.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    rows = [0]  # rows the field evaluated: divided by the outputs, its evaluations per output, whatever the batching
+    hook = flow.field.register_forward_hook(lambda _m, args, _o: rows.__setitem__(0, rows[0] + args[1].shape[0]))
     means, errs, evals = [], [], []
-    batch = int(solver.get("batch_size", 8192))
     try:
         for s in strengths:
-            calls[0] = 0
+            rows[0] = 0
             out = flow.transform(ys, cs, strength=s, **solver)
             m, e = _summary(judge_scores(score, out, cs, f"the outputs at strength {s:g}"))
             means.append(m)
             errs.append(e)
-            evals.append(calls[0] // max(1, math.ceil(ys.shape[0] / batch)))
+            evals.append(rows[0] // ys.shape[0])
     finally:
         hook.remove()
     best = strengths[max(range(len(strengths)), key=lambda i: (means[i], -strengths[i]))]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import PreferenceDataset
-from ..strength import judge_scores
+from ..strength import judge_change
 
 log = logging.getLogger("pfm")
 
@@ -35,9 +35,7 @@ def score_check(fm: Any, held: PreferenceDataset, score: Callable) -> dict[str, 
         if c.is_floating_point():
             c = c.float()
     out = fm.compute_target(y, context=c)
-    before, after = judge_scores(score, y, c, "the inputs"), judge_scores(score, out, c, "the flowed outputs")
-    report = {"n": int(y.shape[0]), "before": float(before.mean()), "after": float(after.mean()),
-              "fraction_up": float((after > before).double().mean())}
+    report = {"n": int(y.shape[0]), **judge_change(score, y, out, c)}
     log.info("check: held-out outputs score %.4g before the flow, %.4g after (n=%d, %.0f%% up)", report["before"],
              report["after"], report["n"], 100 * report["fraction_up"])
     if report["after"] < report["before"]:
