@@ -95,6 +95,12 @@ def _outputs_arguments(p: argparse.ArgumentParser, more_input: str, out_help: st
     p.add_argument("--context-key", default="context", help="name of the contexts' array (default context)")
 
 
+def _judge_argument(p: argparse._ActionsContainer) -> None:
+    """--judge MODULE:FUNCTION, as pfm apply --strength auto and pfm report take it (loaded by pfm.cli.judge)."""
+    p.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="the judge, score(y, context) -> (N,), "
+                   "higher is better: a function of an importable module or of a .py file (judge.py:score)")
+
+
 def _apply_parser(sub) -> None:
     a = sub.add_parser("apply", help="push outputs through a trained flow",
                        description="Read outputs from INPUT (.npz), transform them with the flow in FLOW, and write "
@@ -112,8 +118,7 @@ def _apply_parser(sub) -> None:
                          "whole applications and a part of one (--strength 2 is --iterations 2); auto: the best of "
                          "0, 0.25, ..., 2 by --judge on a sample of INPUT (pfm.choose_strength)")
     j = a.add_argument_group("--strength auto")
-    j.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="the judge, score(y, context) -> "
-                   "(N,), higher is better: a function of an importable module or of a .py file (judge.py:score)")
+    _judge_argument(j)
     j.add_argument("--judge-sample", type=POSITIVE_INT, default=1000, metavar="N",
                    help="rows of INPUT the judge scores at each strength (default 1000)")
     j.add_argument("--curve", default=None, metavar="FILE", help="draw the judge's curve to FILE (.png, .svg, .pdf)")
@@ -172,8 +177,7 @@ def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
                        "the flow was trained on (pfm info). The figure: image grids before/after for image-shaped "
                        "outputs, else a 2D projection.")
     _outputs_arguments(r, "", "directory to write the report to")
-    r.add_argument("--judge", default=None, metavar="MODULE:FUNCTION", help="score(y, context) -> (N,), higher is "
-                   "better: a function of an importable module or of a .py file (judge.py:score)")
+    _judge_argument(r)
     r.add_argument("--strength", type=NONNEG, default=1.0, metavar="S", help="how far to move (default 1: one "
                    "application)")
     r.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")

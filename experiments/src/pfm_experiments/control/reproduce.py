@@ -219,6 +219,24 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
     return result
 
 
+def _read_classic(path: Path) -> dict[str, Any]:
+    """A control results file, checked to hold cells and a source for each (an error naming it otherwise)."""
+    earlier = read_results(path, "pfm reproduce control")
+    if not isinstance(earlier.get("cells"), dict) or not isinstance(earlier.get("sources"), dict) or \
+            any(n not in earlier["sources"] for n in earlier["cells"]):
+        raise InvalidInputError(f"{str(path)!r} is not a control results file (cells and their sources): move it "
+                                "away or choose another --out")
+    return earlier
+
+
+def _same_config(earlier: dict[str, Any], cfg: Config) -> bool:
+    """Whether a results file was made with ``cfg`` (its config read with the renamed fields' old names)."""
+    try:
+        return asdict(config_from_dict(Config, earlier.get("config") or {}, RENAMED)) == asdict(cfg)
+    except (InvalidInputError, TypeError, ValueError):
+        return False
+
+
 def _earlier_classic(path: Path, cfg: Config, sources: dict[str, tuple[str, str]]
                      ) -> tuple[dict[str, tuple[str, str]], dict[str, list], Optional[str]]:
     """The sources and cells of the data sets an earlier results file at ``path`` holds and this run does not, and
@@ -228,17 +246,9 @@ def _earlier_classic(path: Path, cfg: Config, sources: dict[str, tuple[str, str]
     work starts: it is the file this run replaces."""
     if not path.exists():
         return {}, {}, None
-    earlier = read_results(path, "pfm reproduce control")
-    if not isinstance(earlier.get("cells"), dict) or not isinstance(earlier.get("sources"), dict) or \
-            any(n not in earlier["sources"] for n in earlier["cells"]):
-        raise InvalidInputError(f"{str(path)!r} is not a control results file (cells and their sources): move it "
-                                "away or choose another --out")
-    try:
-        same = asdict(config_from_dict(Config, earlier.get("config") or {}, RENAMED)) == asdict(cfg)
-    except (InvalidInputError, TypeError, ValueError):
-        same = False
+    earlier = _read_classic(path)
     kept = {n: rs for n, rs in earlier["cells"].items() if n not in sources}
-    if not same:
+    if not _same_config(earlier, cfg):
         if kept:
             log.warning("control: %s was made with another config; its rows %s are not kept", path, ", ".join(kept))
         return {}, {}, None
@@ -311,17 +321,13 @@ def merge_results(out_dir: str | Path, others: Sequence[str | Path]) -> dict[str
         path = Path(other) / "control.json"
         if not path.exists():
             raise InvalidInputError(f"no control.json in {str(other)!r}")
-        earlier = read_results(path, "pfm reproduce control")
-        try:
-            same = asdict(config_from_dict(Config, earlier.get("config") or {}, RENAMED)) == asdict(cfg)
-        except (InvalidInputError, TypeError, ValueError):
-            same = False
-        if not same:
+        earlier = _read_classic(path)
+        if not _same_config(earlier, cfg):
             raise InvalidInputError(f"{str(path)!r} was made with another config than {str(base)}.json: its rows "
                                     "cannot share a table")
-        add_sources, add_cells, _ = _earlier_classic(path, cfg, sources)
-        sources.update(add_sources)
-        cells.update(add_cells)
+        for n in earlier["cells"]:
+            if n not in sources:
+                sources[n], cells[n] = tuple(earlier["sources"][n]), earlier["cells"][n]
     order = RR.table_order(sources)
     result["sources"] = {n: sources[n] for n in order}
     result["cells"] = {n: cells[n] for n in order}
