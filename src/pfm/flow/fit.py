@@ -140,7 +140,7 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
     if zero_field is not None:
         _compare_with_zero_field(history, zero_field)
         history.held_out = {"pairs": len(held_out), "of": total, "from_data": from_data}
-        history.summary = summary(history, cfg.total_steps(len(ds)), len(held_out), total, from_data, cfg.patience)
+        history.summary = summary(history, cfg.total_steps(len(ds)), cfg.patience)
         log.info("fit: %s", history.summary)
     return history
 

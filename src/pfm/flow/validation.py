@@ -73,10 +73,9 @@ def hold_out(ds: PreferenceDataset, cfg: FitConfig) -> tuple[PreferenceDataset, 
     return (*ds.hold_out(held, cfg.seed + 15_485_863), cfg, None)
 
 
-def summary(history: History, planned: int, held: int, total: int, from_data: bool,
-            patience: Optional[int]) -> str:
-    """One line: the weights the fit kept, the held-out loss that chose them, against the zero field's, and why
-    the run ended."""
+def summary(history: History, planned: int, patience: Optional[int]) -> str:
+    """One line: the weights the fit kept, the held-out loss that chose them, against the zero field's, why the run
+    ended, and (from ``history.held_out``) the share held out of the data."""
     best_step, values = history.best_step, [v for _, v in history.validation]
     best = min(values) if values else math.nan
     zero = history.extras.get("validation_zero_field", [math.nan])[0]
@@ -90,7 +89,8 @@ def summary(history: History, planned: int, held: int, total: int, from_data: bo
     if values and values[-1] > best * 1.05 and last_train < 0.5 * best:
         parts.append(f"held-out loss rose to {values[-1]:.4g} while the training loss fell to {last_train:.4g}: "
                      "the flow was memorizing its pairs")
-    if from_data:
-        parts.append(f"{held} of {total} pairs held out (validation_fraction=0 trains on all)")
+    held = history.held_out or {}
+    if held.get("from_data"):
+        parts.append(f"{held['pairs']} of {held['of']} pairs held out (validation_fraction=0 trains on all)")
     return "; ".join(parts)
 
