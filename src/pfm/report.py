@@ -152,6 +152,9 @@ def flow_report(flow: Any, y: Any, context: Any = None, *, judge: Optional[Calla
         keep: keep the outputs before and after in the report, for :meth:`FlowReport.figure`.
         **solver: solver settings for the transform.
     """
+    from .strength import check_flow
+
+    check_flow(flow)
     y_t = flow.check_outputs(y)
     V.check_nonneg_float(strength, "strength")
     if judge is not None and not callable(judge):

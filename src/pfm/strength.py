@@ -76,6 +76,12 @@ class StrengthCurve:
         return fig
 
 
+def check_flow(flow: Any) -> None:
+    """``flow`` must be a :class:`pfm.PreferenceFlow` (something with its ``check_outputs`` and ``transform``)."""
+    if not (callable(getattr(flow, "transform", None)) and callable(getattr(flow, "check_outputs", None))):
+        raise InvalidTypeError(f"flow must be a pfm.PreferenceFlow, got {type(flow).__name__}")
+
+
 def judge_scores(score: Callable, y: Tensor, context: Optional[Tensor], what: str) -> Tensor:
     """``score(y, context)`` (``score(y)`` without contexts) as a float64 CPU tensor ``(N,)``: one finite score per
     output, or a :class:`pfm.PFMError` naming ``what`` was scored."""
@@ -134,8 +140,11 @@ def choose_strength(
     Returns:
         a :class:`StrengthCurve`; ``curve.best`` is the strength of the highest mean score (ties: the smaller).
     """
+    check_flow(flow)
     if not callable(score):
         raise InvalidTypeError(f"score must be a callable judge score(y, context), got {type(score).__name__}")
+    if pairs is not None and not (hasattr(pairs, "chosen") and hasattr(pairs, "rejected")):
+        raise InvalidTypeError(f"pairs must be a pfm.PreferenceDataset, got {type(pairs).__name__}")
     V.check_positive_int(sample, "sample")
     V.check_int(seed, "seed", low=0)
     if isinstance(strengths, (str, bytes)) or not hasattr(strengths, "__iter__"):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import validate as V
-from ..config import SolverConfig, TrainConfig
+from ..config import COUPLINGS, SolverConfig, TrainConfig
 from ..coupling import couple
 from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
@@ -114,7 +114,8 @@ class OptimalTransportConditionalFlowMatching:
                 (``torch.save(model)``, the whole module, as the released code does).
             save_losses_path: a directory: the losses so far are saved there as ``loss.npy`` every
                 ``save_interval`` steps of an epoch and at its end.
-            coupling: ``"ot"`` (exact minibatch OT within each context), ``"sinkhorn"`` or ``"random"``.
+            coupling: ``"ot"`` (exact minibatch OT within each context), ``"sinkhorn"``, ``"independent"`` or
+                ``"paired"`` (see :func:`pfm.couple`).
             seed: seeds the batch order, times, noise and couplings. Default: a seed drawn from torch's global
                 generator, so ``torch.manual_seed(s)`` before ``fit`` (as a notebook does) makes the fit
                 reproducible.
@@ -128,6 +129,7 @@ class OptimalTransportConditionalFlowMatching:
         V.check_nonneg_float(sigma, "sigma")
         V.check_positive_int(save_interval, "save_interval")
         V.check_positive_int(check_size, "check_size")
+        V.check_choice(coupling, "coupling", COUPLINGS)
         if conditional is not None and not isinstance(conditional, bool):
             raise InvalidTypeError(f"conditional must be True, False or None, got {conditional!r}")
         scale = self._loss_scale(loss_scale)
