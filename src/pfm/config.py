@@ -26,7 +26,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, ClassVar, Mapping, Optional, TypeVar
 
 from . import validate as V
 from .errors import InvalidInputError, InvalidTypeError
@@ -82,8 +82,11 @@ def _check_bool(value: Any, name: str) -> None:
 
 @dataclass
 class TrainConfig:
-    """Settings of the training loop, :func:`pfm.optimize`."""
+    """Settings of the training loop, :func:`pfm.optimize`. The trainers' own configs extend it
+    (:class:`pfm.FitConfig` here; :class:`pfm.baselines.DPOConfig` and the others in :mod:`pfm.baselines.config`)."""
 
+    default_steps: ClassVar[int] = DEFAULT_STEPS
+    """Training steps when neither ``steps`` nor ``epochs`` is given (a trainer's config sets its own)."""
     steps: Optional[int] = option(None, f"optimizer steps (default {DEFAULT_STEPS:,} when epochs is not given)",
                                   group="length", range="positive_int")
     epochs: Optional[float] = option(None, "passes over the data, instead of steps", group="length", range="positive")
@@ -143,10 +146,10 @@ class TrainConfig:
 
     def total_steps(self, n: int) -> int:
         """Optimizer steps of a run over ``n`` rows: ``steps``, or ``epochs`` passes (one pass = ceil(n /
-        batch_size) steps), or :data:`DEFAULT_STEPS`."""
+        batch_size) steps), or the config's :attr:`default_steps`."""
         if self.epochs is not None:
             return max(1, math.ceil(float(self.epochs) * math.ceil(n / self.batch_size)))
-        return DEFAULT_STEPS if self.steps is None else int(self.steps)
+        return self.default_steps if self.steps is None else int(self.steps)
 
 
 @dataclass

@@ -14,50 +14,43 @@ from torch import Tensor, nn
 from .. import validate as V
 from ..data import as_context
 from ..errors import InvalidInputError
-from ..train import History, optimize, resolve_steps
+from ..config import merge
+from ..train import History, optimize
 from ._common import check_policy, trainable_copy
+from .config import BCConfig
 
 
 def behavior_cloning(
     policy: nn.Module,
     outputs: Any,
     contexts: Any = None,
+    config: Optional[BCConfig] = None,
     *,
-    steps: Optional[int] = None,
-    epochs: Optional[float] = None,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    grad_clip: Optional[float] = 1.0,
     validation: Optional[tuple[Any, Any]] = None,
-    validate_every: Optional[int] = None,
-    patience: Optional[int] = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    **overrides: Any,
 ) -> tuple[nn.Module, History]:
     """Fit a copy of ``policy`` to ``outputs (N, *output_shape)`` given ``contexts`` by maximum likelihood.
 
     Args:
         policy: the policy to start from (``log_prob(y, context)``); not modified, a copy is trained.
         outputs, contexts: the demonstrations; contexts ``(N,)`` labels or ``(N, *cshape)`` vectors, or None.
-        steps / epochs: training length (default 2,000 steps).
+        config: a :class:`pfm.baselines.BCConfig` (default ``BCConfig()``: 2,000 steps of 256 rows); ``overrides``
+            are its field names (``steps=500, lr=1e-4``, ...).
         validation: optional held-out ``(outputs, contexts)``; their mean negative log-likelihood is measured
             every ``validate_every`` steps and the best weights are kept (see :func:`pfm.optimize`).
 
     Returns:
         ``(fitted_policy, history)``; the loss is the mean negative log-likelihood per output.
     """
+    cfg = merge(config, overrides, BCConfig, "behavior_cloning")
     check_policy(policy)
     y = V.as_float(outputs, "outputs")
     V.check_nonempty(y, "outputs")
     V.check_finite(y, "outputs")
     c = as_context(contexts, "contexts", n=y.shape[0])
-    V.check_positive_int(batch_size, "batch_size")
-    total = resolve_steps(steps, epochs, y.shape[0], batch_size, default=2000)
     pi = trainable_copy(policy)
-    if device is not None:
-        pi.to(device)
+    if cfg.device is not None:
+        pi.to(cfg.device)
     dev = next(pi.parameters()).device
     y = y.to(dev)
     c = None if c is None else c.to(dev)
@@ -80,7 +73,5 @@ def behavior_cloning(
         def evaluate(model: nn.Module) -> float:
             return float(-model.log_prob(vy, vc).mean())
 
-    history = optimize(pi, loss_fn, y.shape[0], steps=total, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, device=dev, progress=progress,
-                       desc="behavior cloning", evaluate=evaluate, validate_every=validate_every, patience=patience)
+    history = optimize(pi, loss_fn, y.shape[0], cfg, device=dev, desc="behavior cloning", evaluate=evaluate)
     return pi.eval(), history

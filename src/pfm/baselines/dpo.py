@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from .. import validate as V
 from ..data import PreferenceDataset
 from ..errors import InvalidInputError, InvalidTypeError
-from ..train import History, optimize, resolve_steps
+from ..config import merge
+from ..train import History, optimize
 from ._common import check_policy, log_probs, policy_pair
-
-LOSSES = ("dpo", "ipo")
+from .config import LOSSES, DPOConfig
 
 
 def preference_loss(margin: Tensor, beta: float, kind: Literal["dpo", "ipo"] = "dpo") -> Tensor:
@@ -37,39 +37,28 @@ def preference_loss(margin: Tensor, beta: float, kind: Literal["dpo", "ipo"] = "
 def dpo(
     policy: nn.Module,
     dataset: PreferenceDataset,
+    config: Optional[DPOConfig] = None,
     *,
-    beta: float = 0.1,
-    loss: Literal["dpo", "ipo"] = "dpo",
-    steps: Optional[int] = None,
-    epochs: Optional[float] = None,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    grad_clip: Optional[float] = 1.0,
     reference: Optional[nn.Module] = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    **overrides: Any,
 ) -> tuple[nn.Module, History]:
     """Fine-tune a copy of ``policy`` on ``dataset``'s pairs with the DPO (or IPO) loss.
 
     Args:
         policy: the reference policy; not modified, a copy is trained and returned.
         dataset: the preference pairs (and contexts the policy is conditioned on).
-        beta: the KL strength (> 0); IPO's tau.
-        loss: ``"dpo"`` or ``"ipo"``.
-        steps / epochs: training length (default 1,000 steps).
+        config: a :class:`pfm.baselines.DPOConfig` (default ``DPOConfig()``: beta 0.1, the DPO loss, 1,000 steps
+            of 64 pairs); ``overrides`` are its field names (``beta=0.5, steps=200, loss="ipo"``, ...).
         reference: pi_ref; default a frozen copy of ``policy``.
 
     Returns:
         ``(fine_tuned_policy, history)``; ``history.extras["acc"]`` is the fraction of the batch with ``h > 0``.
     """
+    cfg = merge(config, overrides, DPOConfig, "dpo")
     if not isinstance(dataset, PreferenceDataset):
         raise InvalidTypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
-    V.check_choice(loss, "loss", LOSSES)
-    beta = V.check_beta(beta)
-    V.check_positive_int(batch_size, "batch_size")
-    total = resolve_steps(steps, epochs, len(dataset), batch_size, default=1000)
-    pi, ref, dev = policy_pair(policy, reference, device)
+    beta, loss = float(cfg.beta), cfg.loss
+    pi, ref, dev = policy_pair(policy, reference, cfg.device)
     ds = dataset.to(dev)
     ref_chosen = log_probs(ref, ds.chosen, ds.context)
     ref_rejected = log_probs(ref, ds.rejected, ds.context)
@@ -78,18 +67,18 @@ def dpo(
         c = None if ds.context is None else ds.context[index]
         margin = (pi.log_prob(ds.chosen[index], c) - ref_chosen[index]) \
             - (pi.log_prob(ds.rejected[index], c) - ref_rejected[index])
-        return preference_loss(margin, beta, loss), {"acc": (margin > 0).float().mean()}
+        return preference_loss(margin, beta, loss), {"acc": (margin > 0).float().mean()}  # type: ignore[arg-type]
 
-    history = optimize(pi, loss_fn, len(ds), steps=total, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-                       seed=seed, device=dev, progress=progress, desc=f"{loss.upper()} (beta={beta:g})")
+    history = optimize(pi, loss_fn, len(ds), cfg, device=dev, desc=f"{loss.upper()} (beta={beta:g})")
     return pi.eval(), history
 
 
-def ipo(policy: nn.Module, dataset: PreferenceDataset, **kwargs: Any) -> tuple[nn.Module, History]:
+def ipo(policy: nn.Module, dataset: PreferenceDataset, config: Optional[DPOConfig] = None, **kwargs: Any,
+        ) -> tuple[nn.Module, History]:
     """:func:`dpo` with the IPO loss."""
     if "loss" in kwargs:
         raise InvalidInputError("ipo() sets loss='ipo' itself")
-    return dpo(policy, dataset, loss="ipo", **kwargs)
+    return dpo(policy, dataset, config, loss="ipo", **kwargs)
 
 
 @torch.no_grad()

@@ -17,7 +17,9 @@ from .. import validate as V
 from ..data import PreferenceDataset, as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..fields import ContextEmbedding
-from ..train import History, optimize, resolve_steps
+from ..config import merge
+from ..train import History, optimize
+from .config import RewardConfig
 
 
 def _check_dataset(dataset: Any) -> PreferenceDataset:
@@ -121,26 +123,15 @@ class RewardModel(nn.Module):
         if self.context.conditional and ds.context is None:
             raise InvalidInputError("this reward model is conditional but the dataset has no context")
 
-    def fit(
-        self,
-        dataset: PreferenceDataset,
-        *,
-        steps: Optional[int] = None,
-        epochs: Optional[float] = None,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        progress: bool = True,
-    ) -> History:
-        """Fit by the Bradley-Terry logistic loss on ``r(y+) - r(y-)``; 2,000 steps unless told otherwise."""
+    def fit(self, dataset: PreferenceDataset, config: Optional[RewardConfig] = None, **overrides: Any) -> History:
+        """Fit by the Bradley-Terry logistic loss on ``r(y+) - r(y-)``, with a :class:`pfm.baselines.RewardConfig`
+        (default ``RewardConfig()``: 2,000 steps of 256 pairs, weight decay 1e-4, no clipping) and ``overrides``
+        (its field names: ``steps=500, seed=1``, ...)."""
+        cfg = merge(config, overrides, RewardConfig, "RewardModel.fit")
         ds = _check_dataset(dataset)
         self._check_shapes(ds)
         n = len(ds)
-        V.check_positive_int(batch_size, "batch_size")
-        total = resolve_steps(steps, epochs, n, batch_size, default=2000)
-        device = torch.device(device) if device is not None else self.y_shift.device
+        device = torch.device(cfg.device) if cfg.device is not None else self.y_shift.device
         self.to(device)
         self._set_normalization(ds)
         ds = ds.to(device)
@@ -150,8 +141,7 @@ class RewardModel(nn.Module):
             margin = self(ds.chosen[index], c) - self(ds.rejected[index], c)
             return -F.logsigmoid(margin).mean(), {"acc": (margin > 0).float().mean()}
 
-        return optimize(self, loss_fn, n, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        grad_clip=None, seed=seed, device=device, progress=progress, desc="reward model")
+        return optimize(self, loss_fn, n, cfg, device=device, desc="reward model")
 
     @torch.no_grad()
     def accuracy(self, dataset: PreferenceDataset, batch_size: int = 8192) -> float:

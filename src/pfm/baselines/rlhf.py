@@ -22,28 +22,22 @@ import torch
 from torch import Tensor, nn
 
 from .. import validate as V
+from ..config import merge
 from ..data import as_context
 from ..errors import InvalidInputError, InvalidTypeError
 from ..train import History, optimize
 from ._common import policy_pair
+from .config import RLHFConfig
 
 
 def rlhf(
     policy: nn.Module,
     reward: Callable[[Tensor, Optional[Tensor]], Tensor],
     contexts: Any = None,
+    config: Optional[RLHFConfig] = None,
     *,
-    beta: float = 0.1,
-    steps: int = 500,
-    batch_size: int = 64,
-    samples_per_context: int = 4,
-    lr: float = 1e-3,
-    grad_clip: Optional[float] = 1.0,
     reference: Optional[nn.Module] = None,
-    estimator: str = "reinforce",
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    **overrides: Any,
 ) -> tuple[nn.Module, History]:
     """KL-regularized policy optimization by REINFORCE with a leave-one-out baseline.
 
@@ -51,34 +45,30 @@ def rlhf(
         policy: the reference policy; it is not modified, a copy is fine-tuned and returned.
         reward: ``reward(y, context) -> (n,)``; higher is better.
         contexts: ``(M,)`` labels or ``(M, *cshape)`` prompts to train on; ``None`` for an unconditional policy.
-        beta: KL coefficient (> 0).
-        steps: optimizer steps; each draws ``batch_size`` contexts and ``samples_per_context`` outputs for each
-            (unconditional: ``batch_size * samples_per_context`` outputs).
+        config: a :class:`pfm.baselines.RLHFConfig` (default ``RLHFConfig()``: beta 0.1, 500 steps, each drawing
+            ``batch_size`` 64 contexts and ``samples_per_context`` 4 outputs for each; unconditional: ``batch_size
+            * samples_per_context`` outputs; ``estimator`` ``"reinforce"``, the score function with the RLOO
+            baseline, any policy and reward, or ``"pathwise"``, reparameterized, which needs ``policy.rsample`` and
+            a differentiable reward); ``overrides`` are its field names (``beta=1.0, steps=200``, ...).
         reference: pi_ref for the KL term; default a frozen copy of ``policy`` as given.
-        estimator: ``"reinforce"`` (score function with the RLOO baseline; any policy, any reward) or
-            ``"pathwise"`` (reparameterized; needs ``policy.rsample`` and a differentiable reward).
 
     Returns:
         ``(fine_tuned_policy, history)``; ``history.extras`` holds ``reward`` and ``kl`` per step.
     """
+    cfg = merge(config, overrides, RLHFConfig, "rlhf")
     if not callable(reward):
         raise InvalidTypeError(f"reward must be callable as reward(y, context), got {type(reward).__name__}")
-    beta = V.check_beta(beta)
-    if estimator not in ("reinforce", "pathwise"):
-        raise InvalidInputError(f"estimator must be 'reinforce' or 'pathwise', got {estimator!r}")
+    beta, estimator = float(cfg.beta), cfg.estimator
     if estimator == "pathwise" and not callable(getattr(policy, "rsample", None)):
         raise InvalidTypeError(f"estimator='pathwise' needs a policy with rsample(context, n, generator); "
                                f"{type(policy).__name__} has none (use estimator='reinforce')")
-    V.check_positive_int(samples_per_context, "samples_per_context")
-    if samples_per_context < 2:
-        raise InvalidInputError("samples_per_context must be >= 2 (the leave-one-out baseline needs two samples)")
-    V.check_positive_int(batch_size, "batch_size")
-    pi, ref, dev = policy_pair(policy, reference, device)
+    batch_size = int(cfg.batch_size)
+    pi, ref, dev = policy_pair(policy, reference, cfg.device)
     ctx = as_context(contexts, "contexts")
     if ctx is not None:
         V.check_nonempty(ctx, "contexts")
         ctx = ctx.to(dev)
-    k = int(samples_per_context)
+    k = int(cfg.samples_per_context)
     n_rows = batch_size if ctx is None else ctx.shape[0]
 
     def rewards(y: Tensor, c: Optional[Tensor], n: int) -> Tensor:
@@ -114,7 +104,6 @@ def rlhf(
         loss = -(adv * logp).mean()
         return loss, {"reward": r.mean(), "kl": kl.mean()}
 
-    history = optimize(pi, pathwise_loss if estimator == "pathwise" else loss_fn, n_rows, steps=steps,
-                       batch_size=batch_size, lr=lr, grad_clip=grad_clip, seed=seed, device=dev, progress=progress,
+    history = optimize(pi, pathwise_loss if estimator == "pathwise" else loss_fn, n_rows, cfg, device=dev,
                        desc=f"RLHF (beta={beta:g})")
     return pi.eval(), history
