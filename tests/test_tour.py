@@ -427,7 +427,7 @@ CASES: list[Case] = [
          "--recouple-every"),
     Case(2, "fit --seed -1", None, fit_args("{d}/good.npz", "--seed", "-1"), None, "--seed"),
     Case(2, "fit --hidden with --field unet", None, fit_args("{d}/good.npz", "--field", "unet", "--hidden", "64"),
-         None, "--hidden and --depth apply to --field mlp"),
+         None, "--hidden applies to --field mlp; the unet takes --channels"),
     Case(2, "apply --iterations 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--iterations",
                                                      "0"), None, "--iterations"),
     Case(2, "apply --solver-steps 0", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--solver-steps",

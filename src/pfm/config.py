@@ -4,6 +4,7 @@
   through): its length, the optimizer, checkpoints, validation, precision.
 - :class:`FitConfig`: a :class:`TrainConfig` plus what a flow's fit adds: the coupling and the path
   (:meth:`pfm.PreferenceFlow.fit`).
+- :class:`FieldConfig`: the vector field's network and its sizes (:class:`pfm.MLPField`, :class:`pfm.UNetField`).
 - :class:`SolverConfig`: the ODE solver a flow is applied with (saved with the flow, see
   :meth:`pfm.PreferenceFlow.transform` and :func:`pfm.solve`).
 
@@ -199,6 +200,55 @@ class FitConfig(TrainConfig):
         _check_bool(self.within_context, "within_context")
         V.check_nonneg_float(self.context_weight, "context_weight")
         V.check_positive_int(self.recouple_every, "recouple_every", allow_none=True)
+
+
+FIELD_TYPES = ("mlp", "unet")
+TIME_MAX_FREQ = 10.0
+"""Highest frequency (rad per unit of t) of the time features. Flows saved before it existed used 1000, the value of
+diffusion models whose t runs to 1000: over t in [0, 1] that made the field wiggle in t, fixed-step solvers converged
+erratically, and dopri5 took 44 evaluations where 26 do now (see the README's Performance section)."""
+
+
+@dataclass
+class FieldConfig:
+    """The vector field's network: its type and its sizes, the defaults of :class:`pfm.MLPField` and
+    :class:`pfm.UNetField` (``PreferenceFlow(shape, field=FieldConfig(hidden=512))``; ``pfm fit --field unet
+    --channels 32 64``). A setting belongs to one type (``metadata["applies"]``; :meth:`kwargs` gives those of
+    :attr:`type`); on the command line a setting of the other type is refused."""
+
+    type: str = option("mlp", "vector field network: mlp, or unet (outputs of shape (C, H, W))",
+                       flags=("--field",), dest="field", choices=FIELD_TYPES)
+    hidden: int = option(256, "MLP width", range="positive_int", applies="mlp")
+    depth: int = option(3, "MLP hidden layers", range="nonneg_int", applies="mlp")
+    time_dim: int = option(32, "MLP: size of the time embedding", range="positive_int", applies="mlp")
+    context_dim: int = option(32, "MLP: size of the context embedding", range="positive_int", applies="mlp")
+    channels: tuple[int, ...] = option((32, 64), "UNet widths per level (at most 8)", range="positive_int",
+                                       nargs="+", applies="unet")
+    emb_dim: int = option(64, "UNet: size of the time and context embedding", range="positive_int", applies="unet")
+    time_max_freq: float = option(TIME_MAX_FREQ, "highest frequency of the time features, rad per unit of t (>= 1)",
+                                  cli=False)
+
+    def __post_init__(self) -> None:
+        V.check_choice(self.type, "field", FIELD_TYPES)
+        V.check_int(self.hidden, "hidden", low=1, high=1 << 20)
+        V.check_int(self.depth, "depth", low=0, high=1024)
+        for name in ("time_dim", "context_dim", "emb_dim"):
+            V.check_int(getattr(self, name), name, low=1, high=1 << 16)
+        V.check_shape(self.channels, "channels")
+        self.channels = tuple(int(c) for c in self.channels)
+        V.check_nonneg_float(self.time_max_freq, "time_max_freq")
+        if not float(self.time_max_freq) >= 1.0:
+            raise InvalidInputError(f"time_max_freq must be >= 1, got {self.time_max_freq!r}")
+
+    @classmethod
+    def settings_of(cls, field_type: str) -> tuple[str, ...]:
+        """The settings that apply to the network ``field_type`` (``"mlp"`` or ``"unet"``)."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.name != "type" and f.metadata.get("applies", field_type) == field_type)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The settings of :attr:`type`'s network, as its constructor takes them."""
+        return {name: getattr(self, name) for name in self.settings_of(self.type)}
 
 
 @dataclass

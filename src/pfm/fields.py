@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validate as V
+from .config import TIME_MAX_FREQ, FieldConfig
 from .errors import InvalidInputError
 
 MAX_CLASSES = 1 << 20
@@ -47,11 +48,6 @@ def _as_time(t: Tensor, batch: int, like: Tensor) -> Tensor:
         return t.expand(batch)
     return t.reshape(batch)
 
-
-TIME_MAX_FREQ = 10.0
-"""Highest frequency (rad per unit of t) of the time features. Flows saved before it existed used 1000, the value of
-diffusion models whose t runs to 1000: over t in [0, 1] that made the field wiggle in t, fixed-step solvers converged
-erratically, and dopri5 took 44 evaluations where 26 do now (see the README's Performance section)."""
 
 
 class TimeEmbedding(nn.Module):
@@ -133,11 +129,11 @@ class MLPField(nn.Module):
         output_shape: Sequence[int],
         num_classes: Optional[int] = None,
         context_shape: Optional[Sequence[int]] = None,
-        hidden: int = 256,
-        depth: int = 3,
-        time_dim: int = 32,
-        context_dim: int = 32,
-        time_max_freq: float = TIME_MAX_FREQ,
+        hidden: int = FieldConfig.hidden,
+        depth: int = FieldConfig.depth,
+        time_dim: int = FieldConfig.time_dim,
+        context_dim: int = FieldConfig.context_dim,
+        time_max_freq: float = FieldConfig.time_max_freq,
     ) -> None:
         super().__init__()
         check_sizes(output_shape, num_classes, context_shape)
@@ -209,9 +205,9 @@ class UNetField(nn.Module):
         output_shape: Sequence[int],
         num_classes: Optional[int] = None,
         context_shape: Optional[Sequence[int]] = None,
-        channels: Sequence[int] = (32, 64),
-        emb_dim: int = 64,
-        time_max_freq: float = TIME_MAX_FREQ,
+        channels: Sequence[int] = FieldConfig.channels,
+        emb_dim: int = FieldConfig.emb_dim,
+        time_max_freq: float = FieldConfig.time_max_freq,
     ) -> None:
         super().__init__()
         check_sizes(output_shape, num_classes, context_shape)

@@ -7,15 +7,16 @@ Every path written and every setting used later is checked before any data is re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from ..config import FitConfig, SolverConfig
+from ..config import FieldConfig, FitConfig, SolverConfig
 from ..errors import InvalidInputError, MissingFileError
-from .options import config_from_args, given
+from .options import config_from_args, dest_of, flag_of, given
 
 log = logging.getLogger("pfm")
 
@@ -25,15 +26,18 @@ def _exists(path: str) -> None:
         raise MissingFileError(f"no such file: {path!r}")
 
 
-def field_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The field's settings given on the command line (the others keep the field's own defaults)."""
-    if args.field == "unet":
-        if args.hidden is not None or args.depth is not None:
-            raise InvalidInputError("--hidden and --depth apply to --field mlp; the UNet takes --channels")
-        return {} if args.channels is None else {"channels": args.channels}
-    if args.channels is not None:
-        raise InvalidInputError("--channels applies to --field unet; the MLP takes --hidden and --depth")
-    return {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v is not None}
+def field_options(args: argparse.Namespace) -> FieldConfig:
+    """The field given on the command line (settings not given keep :class:`pfm.config.FieldConfig`'s defaults); a
+    setting of the other network is refused, naming its flag."""
+    chosen = args.field or FieldConfig.type
+    for f in dataclasses.fields(FieldConfig):
+        applies = f.metadata.get("applies")
+        if applies not in (None, chosen) and getattr(args, dest_of(f), None) is not None:
+            takes = [flag_of(g) for g in dataclasses.fields(FieldConfig) if g.metadata.get("applies") == chosen
+                     and g.metadata.get("cli", True)]
+            raise InvalidInputError(f"{flag_of(f)} applies to --field {applies}; the {chosen} takes "
+                                    f"{', '.join(takes)}")
+    return config_from_args(FieldConfig, argparse.Namespace(**given(FieldConfig, args)))
 
 
 def fit(args: argparse.Namespace) -> int:
@@ -66,7 +70,7 @@ def fit(args: argparse.Namespace) -> int:
         from ..validate import check_device
 
         check_device(args.device, "--device")
-    args.field_kwargs = field_options(args)
+    args.field_config = field_options(args)
     args.config = config_from_args(FitConfig, args, checkpoint_dir=ckpt, progress=not args.quiet,
                                    threads=args.threads)
     args.solver = config_from_args(SolverConfig, args)
@@ -127,7 +131,7 @@ def _fit_on(args: argparse.Namespace, ds, validation, rank: int) -> int:
     from ..runtime import seed_everything
 
     seed_everything(args.seed)
-    flow = PreferenceFlow.for_dataset(ds, field=args.field, **args.field_kwargs)
+    flow = PreferenceFlow.for_dataset(ds, field=args.field_config)
     flow.solver.update(args.solver.to_dict())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = dataclasses.replace(args.config, device=device)

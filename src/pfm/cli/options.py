@@ -81,10 +81,11 @@ def flag_of(f: dataclasses.Field) -> str:
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, *, defaults_from: Optional[str] = None,
-                       title: Optional[str] = None) -> None:
+                       title: Optional[str] = None, only_given: bool = False) -> None:
     """Add an option for every field of the dataclass ``cls`` (except those with ``cli=False``),
     with ``dest`` the field's name (or ``metadata["dest"]``). ``defaults_from``: the options default to None and their help says the
-    default comes from there (e.g. "the flow's"), for settings a saved file already holds."""
+    default comes from there (e.g. "the flow's"), for settings a saved file already holds. ``only_given``: the
+    options default to None (so :func:`given` tells which were given), their help shows the config's default."""
     group = parser.add_argument_group(title) if title else parser
     exclusive: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -106,7 +107,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, defaults_f
                 where.add_argument(*flags, dest=dest_of(f), action=argparse.BooleanOptionalAction, default=None,
                                    help=f"{text} (default: {defaults_from})")
             continue
-        default = None if defaults_from is not None else f.default
+        default = None if defaults_from is not None or only_given else f.default
         shown = f"the {defaults_from}" if defaults_from is not None else _show(f.default)
         kwargs: dict[str, Any] = {"dest": dest_of(f), "default": default,
                                   "help": f"{text} (default: {shown})" if shown is not None else text}
@@ -118,6 +119,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, defaults_f
             kwargs["type"] = number(kind, none=f.metadata.get("none"))
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
+        if "nargs" in f.metadata:
+            kwargs["nargs"] = f.metadata["nargs"]
         where.add_argument(*flags, **kwargs)
 
 
@@ -126,6 +129,8 @@ def _show(default: Any) -> Optional[str]:
         return None  # the help text says what None means
     if isinstance(default, float):
         return f"{default:g}"
+    if isinstance(default, (tuple, list)):
+        return " ".join(_show(v) or "" for v in default)
     return str(default)
 
 

@@ -10,14 +10,13 @@ print one line ``pfm: error: ...`` and exit 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import signal
 import sys
 from typing import NoReturn, Optional, Sequence
 
 from . import commands
-from ..config import FitConfig, SolverConfig
+from ..config import FieldConfig, FitConfig, SolverConfig
 from ..errors import InvalidInputError, MissingDependencyError, PFMError  # noqa: F401
 from .options import DECAY, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, add_config_options  # noqa: F401
 from .reproduce import ENTRY_POINTS, INSTALL, experiments  # noqa: F401
@@ -41,17 +40,6 @@ class Parser(argparse.ArgumentParser):
                      f"{message}\n")
 
 
-def _field_default(name: str) -> str:
-    from ..fields import MLPField, UNetField
-
-    for cls in (MLPField, UNetField):
-        p = inspect.signature(cls).parameters.get(name)
-        if p is not None:
-            d = p.default
-            return " ".join(str(v) for v in d) if isinstance(d, (tuple, list)) else str(d)
-    return "?"
-
-
 def _fit_parser(sub) -> None:
     f = sub.add_parser("fit", help="train a flow on a preference file",
                        description="Train a flow on DATA (.npz with arrays chosen, rejected[, context], "
@@ -65,15 +53,9 @@ def _fit_parser(sub) -> None:
     f.add_argument("--validation", default=None, metavar="FILE", help="held-out pairs (same format as DATA): "
                    "the held-out loss is measured while training and the flow keeps its best weights (without it, "
                    "a share of DATA is held out: --validation-fraction)")
-    m = f.add_argument_group("the vector field")
-    m.add_argument("--field", choices=["mlp", "unet"], default="mlp", help="vector field network (default mlp; "
-                   "unet needs outputs of shape (C, H, W))")
-    m.add_argument("--hidden", type=POSITIVE_INT, default=None,
-                   help=f"MLP width (default {_field_default('hidden')})")
-    m.add_argument("--depth", type=NONNEG_INT, default=None,
-                   help=f"MLP hidden layers (default {_field_default('depth')})")
-    m.add_argument("--channels", type=POSITIVE_INT, nargs="+", default=None,
-                   help=f"UNet widths per level (default {_field_default('channels')})")
+    add_config_options(f, FieldConfig, title="the vector field (pfm.config.FieldConfig; --hidden, --depth, "
+                       "--time-dim and --context-dim apply to the mlp, --channels and --emb-dim to the unet)",
+                       only_given=True)
     add_config_options(f, FitConfig, title="training (pfm.FitConfig)")
     add_config_options(f, SolverConfig, title="the solver saved with the flow (pfm.SolverConfig)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

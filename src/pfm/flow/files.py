@@ -3,7 +3,6 @@ written atomically and read back without trusting anything before it is checked.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -15,7 +14,7 @@ from torch import nn
 
 from .. import validate as V
 from .._version import __version__
-from ..config import check_solver
+from ..config import FieldConfig, check_solver
 from ..io import atomic_dir, check_output, check_regular_file, read_json, recover_dir
 from ..errors import FlowFileError, InvalidInputError, InvalidTypeError, MissingFileError, NonFiniteOutputError
 from ..fields import FIELDS, check_sizes
@@ -256,7 +255,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             fc = field.get("config")
             if not isinstance(fc, dict):
                 raise InvalidInputError(f"field config must be an object, got {type(fc).__name__}")
-            known = set(inspect.signature(FIELDS[field["type"]]).parameters)
+            known = {"output_shape", "num_classes", "context_shape", *FieldConfig.settings_of(field["type"])}
             unknown = sorted(set(fc) - known)
             if unknown:
                 raise InvalidInputError(f"the {field['type']} field has no setting(s) {unknown}")

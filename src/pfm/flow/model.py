@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import validate as V
-from ..config import FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
+from ..config import FieldConfig, FitConfig, SolverConfig, check_solver, merge, renamed, solver_options
 from ..data import PreferenceDataset, as_context
 from ..errors import InvalidInputError, InvalidTypeError, NonFiniteOutputError
 from ..fields import FIELDS, MAX_CLASSES, check_sizes
@@ -34,9 +34,10 @@ class PreferenceFlow(nn.Module):
         output_shape: shape of one output, e.g. ``(2,)`` or ``(1, 28, 28)``.
         num_classes: number of class labels, for label contexts ``(N,)``.
         context_shape: shape of one float context, for contexts ``(N, *context_shape)``.
-        field: ``"mlp"``, ``"unet"`` (images ``(C, H, W)``), or any ``nn.Module`` called as
-            ``field(t, y, context)`` with ``t: (B,)``.
-        **field_kwargs: passed to the built-in field (e.g. ``hidden=256, depth=3``).
+        field: ``"mlp"``, ``"unet"`` (images ``(C, H, W)``), a :class:`pfm.config.FieldConfig` (the network and
+            its sizes), or any ``nn.Module`` called as ``field(t, y, context)`` with ``t: (B,)``.
+        **field_kwargs: settings of the built-in field, :class:`~pfm.config.FieldConfig`'s names (e.g.
+            ``hidden=512, depth=4``; they override a ``FieldConfig``'s).
 
     The field works in normalized units: ``fit(normalize=True)`` stores the outputs' per-feature mean and one
     overall scale (which keeps the geometry, and so the OT pairing, of the data) and the float contexts' per-feature
@@ -61,18 +62,19 @@ class PreferenceFlow(nn.Module):
             raise InvalidInputError("give num_classes (label contexts) or context_shape (float contexts), not both")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.context_shape = None if context_shape is None else tuple(int(s) for s in context_shape)
-        if isinstance(field, str):
-            V.check_choice(field, "field", tuple(FIELDS))
-            self.field_type = field
-            self.field = FIELDS[field](self.output_shape, num_classes=self.num_classes,
-                                       context_shape=self.context_shape, **field_kwargs)
+        if isinstance(field, (str, FieldConfig)):
+            cfg = field_config(field, field_kwargs)
+            self.field_type = cfg.type
+            self.field = FIELDS[cfg.type](self.output_shape, num_classes=self.num_classes,
+                                          context_shape=self.context_shape, **cfg.kwargs())
         elif isinstance(field, nn.Module):
             if field_kwargs:
                 raise InvalidInputError(f"field_kwargs {sorted(field_kwargs)} apply to built-in fields only")
             self.field_type = "custom"
             self.field = field
         else:
-            raise InvalidTypeError(f"field must be 'mlp', 'unet' or an nn.Module, got {type(field).__name__}")
+            raise InvalidTypeError(f"field must be 'mlp', 'unet', a FieldConfig or an nn.Module, got "
+                                   f"{type(field).__name__}")
         self.register_buffer("y_shift", torch.zeros(self.output_shape))
         self.register_buffer("y_scale", torch.ones(()))
         cshape = self.context_shape or (1,)
@@ -377,3 +379,17 @@ class PreferenceFlow(nn.Module):
         or infinite, or a zero scale, are refused."""
         return load_flow(cls, directory, field=field, device=device)
 
+
+def field_config(field: "str | FieldConfig", overrides: dict[str, Any]) -> FieldConfig:
+    """The :class:`FieldConfig` of ``field`` (a type name or a config) with ``overrides``, each checked; a setting
+    of the other network is refused, naming the network it belongs to."""
+    base = field if isinstance(field, FieldConfig) else FieldConfig(type=field)
+    if "type" in overrides:
+        raise InvalidInputError("give the network as field=..., not as a field setting 'type'")
+    cfg = merge(base, overrides, FieldConfig, "the field")
+    other = [k for k in overrides if k not in FieldConfig.settings_of(cfg.type)]
+    if other:
+        raise InvalidInputError(f"{other[0]} is a setting of the "
+                                f"{FieldConfig.__dataclass_fields__[other[0]].metadata['applies']} field, not of "
+                                f"the {cfg.type} field (it takes {', '.join(FieldConfig.settings_of(cfg.type))})")
+    return cfg
