@@ -37,16 +37,15 @@ ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 METHODS = FIXED_STEP + ADAPTIVE
 
 
-SOLVER_KEYS = ("method", "steps", "atol", "rtol")
-
-
 def check_solver(options: Any, name: str = "solver") -> dict[str, Any]:
-    """Solver settings ``{method, steps, atol, rtol}`` (any subset), each checked; unknown keys are refused."""
+    """Solver settings as :class:`SolverConfig`'s fields ``{method, steps, atol, rtol}`` (any subset, e.g. a flow's
+    ``config.json``), each checked; unknown keys are refused."""
+    keys = [f.name for f in dataclasses.fields(SolverConfig)]
     if not isinstance(options, dict):
-        raise InvalidInputError(f"{name} must be a dict of {', '.join(SOLVER_KEYS)}, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(SOLVER_KEYS))
+        raise InvalidInputError(f"{name} must be a dict of {', '.join(keys)}, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(keys))
     if unknown:
-        raise InvalidInputError(f"{name} has unknown setting(s) {unknown}; it takes {', '.join(SOLVER_KEYS)}")
+        raise InvalidInputError(f"{name} has unknown setting(s) {unknown}; it takes {', '.join(keys)}")
     if "method" in options:
         V.check_choice(options["method"], f"{name} method", METHODS)
     if "steps" in options:
@@ -316,22 +315,29 @@ def _old_name(where: str, old: str, new: str, given_too: bool) -> None:
         raise InvalidInputError(f"{where}: give {new} or its old name {old}, not both")
 
 
-SOLVER_ARGS = ("method", "solver_steps", "atol", "rtol")
-
-
 def solver_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Solver settings given beside other arguments (``method``, ``solver_steps``, ``atol``, ``rtol``; None ones
-    left out) as :class:`SolverConfig`'s keys (``solver_steps`` -> ``steps``). The old name ``steps`` is accepted
-    with a ``DeprecationWarning``."""
+    """The solver settings a caller gave, as :class:`SolverConfig`'s fields, to lay over a flow's own: ``solver`` (a
+    whole :class:`SolverConfig`), then the settings given beside it, named as on the command line (``method``,
+    ``solver_steps``, ``atol``, ``rtol``; None ones left out). ``steps``, the old name of ``solver_steps``, is
+    accepted with a ``DeprecationWarning``; any other name is refused with the closest known one."""
+    fields = dataclasses.fields(SolverConfig)
+    beside = {f.metadata.get("dest", f.name): f.name for f in fields}  # solver_steps -> steps
     out: dict[str, Any] = {}
+    whole = options.get("solver")
+    if whole is not None:
+        if not isinstance(whole, SolverConfig):
+            raise InvalidTypeError(f"{where}: solver must be a pfm.SolverConfig, got {type(whole).__name__}")
+        out.update(whole.to_dict())
     for key, value in options.items():
+        if key == "solver":
+            continue
         if key == "steps":
             value = renamed(where, "solver_steps", options.get("solver_steps"), "steps", value)
             key = "solver_steps"
-        elif key not in SOLVER_ARGS:
-            close = difflib.get_close_matches(key, SOLVER_ARGS + ("steps",), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(SOLVER_ARGS)}"
+        elif key not in beside:
+            close = difflib.get_close_matches(key, [*beside, "solver", "steps"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes solver, {', '.join(beside)}"
             raise InvalidInputError(f"{where} got an unknown solver setting {key!r}{hint}")
         if value is not None:
-            out["steps" if key == "solver_steps" else key] = value
-    return out
+            out[beside[key]] = value
+    return check_solver(out, "solver")

@@ -134,13 +134,13 @@ def divergence_integral(
 # ------------------------------------------------------------------------------------------------ flows
 def flow_divergence_pass(flow: Any, y: Any, context: Any, *, inverse: bool, divergence: str, probes: int,
                          generator: Optional[torch.Generator], end: float = 1.0,
-                         **solver: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """:meth:`pfm.PreferenceFlow.divergence_pass`: ``solver`` holds the flow's solver keys (``method``, ``steps``,
-    ``atol``, ``rtol``), each overriding the flow's own."""
+                         solver: Optional[dict[str, Any]] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:meth:`pfm.PreferenceFlow.divergence_pass`: ``solver`` holds settings as :class:`pfm.SolverConfig`'s fields
+    (:func:`pfm.config.solver_options`), each overriding the flow's own."""
     y = V.as_float(y, "y")
     V.check_trailing_shape(y, "y", flow.output_shape, "flow's outputs")
     c = flow._prepare_context(context, y.shape[0])
-    opts = {**flow.solver, **solver}
+    opts = {**flow.solver, **(solver or {})}
     cb = flow._field_context(c)
     was_training = flow.training
     flow.eval()
@@ -229,7 +229,8 @@ def log_prob(
         divergence, probes: see :func:`divergence_integral`.
         batch_size: rows solved at once.
         seed: seeds Hutchinson's probes.
-        **solver: ``method``, ``solver_steps``, ``atol``, ``rtol`` (default: each flow's ``solver``).
+        **solver: ``solver`` (a :class:`pfm.SolverConfig`) and single settings ``method``, ``solver_steps``,
+            ``atol``, ``rtol`` over it (default: each flow's own ``solver``).
 
     Returns:
         :class:`FlowDensity` with the outputs, the reference points and the log-density at the outputs.
@@ -248,12 +249,12 @@ def log_prob(
     log_ref = reference_log_prob(reference)
     y_t = _as_flows(flows, 1)[0].check_outputs(y)
     V.check_positive_int(batch_size, "batch_size")
-    solver = {("solver_steps" if k == "steps" else k): v for k, v in solver_options("log_prob", solver).items()}
+    overrides = solver_options("log_prob", solver)
     gen = torch.Generator().manual_seed(int(seed))
     order = list(zip(maps, ends))
     order = order if given == "reference" else order[::-1]
     with torch.no_grad():
-        return _log_prob(order, y_t, context, log_ref, given, divergence, probes, batch_size, gen, solver)
+        return _log_prob(order, y_t, context, log_ref, given, divergence, probes, batch_size, gen, overrides)
 
 
 def _log_prob(order: list[tuple[Any, float]], y_t: Tensor, context: Any, log_ref: LogProbFn, given: str, divergence: str,
@@ -266,8 +267,8 @@ def _log_prob(order: list[tuple[Any, float]], y_t: Tensor, context: Any, log_ref
         var = torch.zeros(z.shape[0], dtype=torch.float64)
         start = z
         for f, end in order:
-            z, integral, se = f.divergence_pass(z, c, inverse=given == "output", end=end, divergence=divergence,
-                                                probes=probes, generator=gen, **solver)
+            z, integral, se = flow_divergence_pass(f, z, c, inverse=given == "output", end=end, divergence=divergence,
+                                                   probes=probes, generator=gen, solver=solver)
             total += integral.double().cpu()
             var += se.double().cpu().pow(2)
         y0, y1 = (start, z) if given == "reference" else (z, start)

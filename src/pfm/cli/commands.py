@@ -163,15 +163,14 @@ def apply(args: argparse.Namespace) -> int:
     _exists(args.input)
     text = str(args.input).lower().endswith(".jsonl")
     _text_options(args, text)
-    solver = given(SolverConfig, args)
+    overrides = given(SolverConfig, args)
     from ..validate import check_device
 
     device = "cpu" if args.device is None else check_device(args.device, "--device")  # '' too, as pfm fit does
     flow = PreferenceFlow.load(args.flow, device=device)  # first: is FLOW a flow at all?
     args.out = str(check_output(args.out, "--out", kind="file", suffixes=(".jsonl",) if text else (".npz",),
                                 inputs=[(args.input, "input file"), (args.flow, "flow directory")]))
-    if "steps" in solver:  # SolverConfig's name; beside other settings it is solver_steps
-        solver["solver_steps"] = solver.pop("steps")
+    solver = {"solver": SolverConfig(**{**flow.solver, **overrides})}  # the flow's own, with what was given
     judge = _judge_options(args, text)
     if text:
         from .text import apply_text

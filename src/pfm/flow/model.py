@@ -251,6 +251,7 @@ class PreferenceFlow(nn.Module):
         y: Any,
         context: Any = None,
         *,
+        solver: Optional[SolverConfig] = None,
         method: Optional[str] = None,
         solver_steps: Optional[int] = None,
         atol: Optional[float] = None,
@@ -265,9 +266,10 @@ class PreferenceFlow(nn.Module):
         Args:
             y: tensor or NumPy array; the result has its shape, dtype and device (or is an array).
             context: labels ``(N,)`` or a single label; float contexts ``(N, *context_shape)`` or one context.
-            method, solver_steps, atol, rtol: solver settings (defaults in ``self.solver``, a
-                :class:`pfm.SolverConfig` as a dict; see :func:`pfm.solve`). ``steps`` is the old name of
-                ``solver_steps`` (deprecated).
+            solver: a :class:`pfm.SolverConfig` to solve with instead of the flow's own (``self.solver``, the
+                config as a dict, saved with the flow); see :func:`pfm.solve`.
+            method, solver_steps, atol, rtol: single settings over those (``solver_steps`` is
+                ``SolverConfig.steps``; ``steps`` is its old name, deprecated).
             batch_size: rows solved at once.
             return_trajectory: return ``(solver_steps + 1, N, *output_shape)`` states instead of the end points.
             strength: how far to move, a dial for how far to align: the field is integrated from t = 0 to
@@ -286,9 +288,9 @@ class PreferenceFlow(nn.Module):
             self._prepare_context(context, y_t.shape[0])
             return y.copy() if as_numpy else y_t.clone()
         c = self._prepare_context(context, y_t.shape[0])
-        given = {"method": method, "solver_steps": solver_steps, "atol": atol, "rtol": rtol, "steps": steps}
-        opts = {**self.solver, **solver_options("transform", given)}
-        check_solver(opts, "solver")
+        given = {"solver": solver, "method": method, "solver_steps": solver_steps, "atol": atol, "rtol": rtol,
+                 "steps": steps}
+        opts = check_solver({**self.solver, **solver_options("transform", given)}, "solver")
         if not isinstance(return_trajectory, bool):
             raise InvalidTypeError(f"return_trajectory must be True or False, got {return_trajectory!r}")
         dev, dtype = self.device, self.y_shift.dtype
@@ -330,7 +332,7 @@ class PreferenceFlow(nn.Module):
         from ..likelihood import flow_divergence_pass
 
         return flow_divergence_pass(self, y, context, inverse=inverse, divergence=divergence, probes=probes,
-                                    generator=generator, end=end, **solver_options("divergence_pass", solver))
+                                    generator=generator, end=end, solver=solver_options("divergence_pass", solver))
 
     def log_prob(self, y: Any, context: Any = None, *, reference: Any, iterations: Optional[int] = None,
                  k: Optional[int] = None, **options: Any) -> Tensor:
@@ -347,7 +349,7 @@ class PreferenceFlow(nn.Module):
     def iterate(self, y: Any, context: Any = None, iterations: Optional[int] = None, *, k: Optional[int] = None,
                 **solver: Any) -> Any:
         """Apply the flow ``iterations`` times (default 2; "PFM x k"): ``transform(transform(...y...))``. Keyword arguments go
-        to :meth:`transform`. This re-applies one trained flow; re-collecting preferences and training a new flow
+        to :meth:`transform` (``solver=SolverConfig(...)``, ``solver_steps=8``, ...). This re-applies one trained flow; re-collecting preferences and training a new flow
         each round is the paper's iterative method (:func:`pfm.iterative_pfm`), a different thing. ``k`` is the
         old name of ``iterations`` (deprecated)."""
         iterations = renamed("iterate", "iterations", iterations, "k", k)
