@@ -37,7 +37,7 @@ def test_choose_strength_sweeps_the_dial_with_the_judge_and_the_alternatives(fit
     y = torch.randn(600, 2, generator=torch.Generator().manual_seed(1))
     cand = torch.randn(600, 3, 2, generator=torch.Generator().manual_seed(2))
     curve = choose_strength(flow, y, judge, sample=400, pairs=ds, candidates=cand)
-    assert curve.strengths == list(pfm.strength.DEFAULT_STRENGTHS) and curve.n == 400
+    assert curve.strengths == list(pfm.report.strength.DEFAULT_STRENGTHS) and curve.n == 400
     assert curve.best == curve.strengths[int(np.argmax(curve.mean))]
     index = torch.randperm(600, generator=torch.Generator().manual_seed(0))[:400].sort().values
     assert curve.mean[0] == pytest.approx(float(judge(y[index]).double().mean()))  # strength 0: the outputs as given

@@ -25,8 +25,7 @@ from .path import flow_matching_loss, sample_path
 from .runtime import data_dir, seed_everything
 from .selection import best_of_n, nearest_candidate, pfm_select
 from .solve import solve
-from .report import FlowReport, flow_report
-from .strength import StrengthCurve, choose_strength
+from .report import FlowReport, StrengthCurve, choose_strength, flow_report
 from .train import History, optimize
 
 __all__ = [

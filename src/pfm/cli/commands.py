@@ -179,7 +179,7 @@ def apply(args: argparse.Namespace) -> int:
     key, arrays = read_outputs(args)
     context = arrays.get(args.context_key)
     if judge is not None:
-        from ..strength import choose_strength
+        from ..report import choose_strength
 
         curve = choose_strength(flow, arrays[key], judge, context, sample=args.judge_sample, **solver)
         print(curve.table())

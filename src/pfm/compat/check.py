@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import PreferenceDataset
-from ..strength import judge_change
+from ..report.strength import judge_change
 
 log = logging.getLogger("pfm")
 

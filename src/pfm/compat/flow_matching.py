@@ -284,7 +284,7 @@ class OptimalTransportConditionalFlowMatching:
         (olive) and the end points (blue), as the released method does. Returns the matplotlib figure (a notebook
         shows it; a script calls ``plt.show()`` or ``fig.savefig(...)``). Needs ``pip install 'pfm[plot]'``."""
         V.check_positive_int(n, "n")
-        from ..figures import pyplot
+        from ..report.figures import pyplot
 
         plt = pyplot("plot_trajectories")
         traj = self.trajectory(source, context, timesteps, use_torchdiffeq)

@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import validate as V
-from .errors import InvalidInputError, InvalidTypeError
+from .. import validate as V
+from ..errors import InvalidInputError, InvalidTypeError
 
 DEFAULT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 """The strengths :func:`choose_strength` sweeps by default: 0 (the outputs as they are) to two applications."""

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import validate as V
-from .errors import InvalidTypeError, MissingDependencyError
+from .. import validate as V
+from ..errors import InvalidTypeError, MissingDependencyError
 
 
 @dataclass
@@ -120,7 +120,7 @@ class FlowReport:
     def save(self, directory: Any) -> Path:
         """Write ``report.json``, ``report.md`` and ``report.png`` (when matplotlib is installed) into ``directory``
         (created; each file replaced atomically)."""
-        from .io import atomic_file
+        from ..io import atomic_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

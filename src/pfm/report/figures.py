@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
 
 
 def pyplot(what: str, headless: bool = False) -> Any:
@@ -27,7 +27,7 @@ def save_figure(fig: Any, path: Any, dpi: int = 120) -> None:
     """Write ``fig`` to ``path`` in the format its suffix names (png without one), atomically, and close it."""
     import matplotlib.pyplot as plt
 
-    from .io import atomic_file
+    from ..io import atomic_file
 
     suffix = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_file(path) as f:
