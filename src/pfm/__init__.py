@@ -29,6 +29,7 @@ from .report import FlowReport, StrengthCurve, choose_strength, flow_report
 from .train import History, optimize
 
 __all__ = [
+    "__version__",
     "OptimalTransportConditionalFlowMatching",
     "PreferenceDataset",
     "PreferenceFlow",

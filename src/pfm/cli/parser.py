@@ -136,8 +136,8 @@ def _train_decoder_parser(sub) -> None:
     t.set_defaults(func=commands.train_decoder)
 
 
-def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
-    """The parser of every command; ``reproduce`` gets the experiments' options only with ``experiments`` (loading
+def build_parser(load_experiments: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``reproduce`` gets the experiments' options only with ``load_experiments`` (loading
     them through their entry points is work that no other command needs)."""
     p = Parser(prog="pfm", description="Preference Flow Matching: learn a flow from rejected to "
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
@@ -173,13 +173,13 @@ def build_parser(experiments: bool = True) -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=commands.demo)
 
-    _reproduce_parser(sub, load=experiments)
+    _reproduce_parser(sub, load=load_experiments)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(experiments="reproduce" in argv)
+    parser = build_parser(load_experiments="reproduce" in argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.threads:
