@@ -240,3 +240,17 @@ def test_the_library_top_level_holds_at_most_twenty_modules():
     # the public API and the method's small arrows (docs/layout.md)
     top = sorted(p.name for p in Path(cli.__file__).parent.parent.glob("*.py"))
     assert len(top) <= 20, top
+
+
+def test_the_library_tests_import_no_experiment():
+    # tests/ tests the library alone; the experiments' tests are experiments/tests/ (pytest's testpaths run both)
+    here = Path(__file__).resolve().parent
+    bad = []
+    for path in sorted(here.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "pfm_experiments"]
+    assert not bad, bad
+    moved = sorted(p.name for p in (ROOT / "experiments" / "tests").glob("test_*.py"))
+    assert {"test_toy2d.py", "test_images.py", "test_text.py", "test_control.py"} <= set(moved), moved

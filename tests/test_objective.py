@@ -1,4 +1,4 @@
-"""Theorem 1 and 2 quantities against closed forms, and Theorem 1 checked numerically on the toy2d task.
+"""Theorem 1 and 2 quantities against closed forms (Theorem 1 on the toy2d task: experiments/tests/test_toy2d.py).
 
 Closed form used: pi_ref = N(0, 1) and "the larger output wins", so w(y) = Phi(y) and the k-th iterated marginal
 has Phi(Y) ~ Beta(2^k, 1): KL(p_k || pi_ref) = k log 2 - (2^k - 1) / 2^k.
@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from pfm import InvalidInputError, InvalidTypeError, collect_preferences
+from pfm import InvalidInputError, InvalidTypeError
 from pfm.objective import (BOUND, iterate_marginals, preference_objective, preferred_log_density,
                            rejected_log_density, tempered_objective, win_probability)
-from pfm_experiments import toy2d
 
 
 def larger_wins(a, b, context=None):
@@ -65,30 +64,6 @@ def test_iterated_marginals_closed_form():
     assert torch.allclose(it.normalizer, torch.full((3,), 0.5, dtype=torch.float64), atol=1e-3)
     assert bool((it.entropy[1:] < it.entropy[:-1]).all()) and bool((it.ess[1:] < it.ess[:-1]).all())
     assert it.entropy[0] == pytest.approx(0.5 * math.log(2 * math.pi * math.e), abs=0.03)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["bt", "threshold"])
-def test_theorem_1_on_the_toy2d_task(kind):
-    """The toy2d reference and preference model: E_ref[w] = 1/2, the y+ of collected pairs follow 2 pi_ref w, and
-    J of the tempered family peaks at p1 with J = -log 2."""
-    ref, prefer = toy2d.reference_policy(), toy2d.preference_model(kind)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        opp = ref.sample(None, 3000, generator=g)
-        ys = ref.sample(None, 3000, generator=g)
-        w = win_probability(prefer, ys, opp)
-        assert float(w.mean()) == pytest.approx(0.5, abs=0.02)
-        rows = tempered_objective(w, [0.0, 0.5, 1.0, 1.5, 3.0])
-        best = max(rows, key=lambda r: r["J"])
-        assert best["power"] == 1.0 and best["J"] == pytest.approx(BOUND, abs=0.02)
-        # KL(p1 || pi_ref) two ways: importance weights on reference samples, and the y+ of real pairs
-        data = collect_preferences(lambda c, n: ref.sample(c, n, generator=g), prefer, n=3000, kind="pairwise",
-                                   seed=7)
-        wp = win_probability(prefer, data.chosen, opp)
-        lr = ref.log_prob(data.chosen)
-        est = preference_objective(wp, preferred_log_density(lr, wp), lr)
-    assert est.kl == pytest.approx(rows[2]["kl"], abs=3 * est.kl_stderr + 0.02)
 
 
 def test_bad_input():

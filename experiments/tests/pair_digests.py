@@ -1,6 +1,6 @@
 """The rollout protocol's pairs drawn through both of its paths, on 1 and on 2 torch threads: the protocol cell's
 (:func:`pfm_experiments.control.rollout_protocol.prepare`) and the baselines' / DPO's
-(:func:`pfm_experiments.control.rollout_baselines.segment_dpo`). ``python tests/pair_digests.py`` prints their
+(:func:`pfm_experiments.control.rollout_baselines.segment_dpo`). ``python experiments/tests/pair_digests.py`` prints their
 digests as JSON, so that a test can run it in a process whose MKL takes another code path (issue 50)."""
 
 import json

@@ -7,7 +7,9 @@ import matplotlib.image
 import pytest
 import torch
 
+from pfm import collect_preferences
 from pfm.cli import main
+from pfm.objective import BOUND, preference_objective, preferred_log_density, tempered_objective, win_probability
 from pfm_experiments import toy2d
 from pfm_experiments.seeded import seeded_numbers
 
@@ -173,3 +175,27 @@ def test_preference_models():
     assert q.tolist() == [1.0, 0.5]
     with pytest.raises(ValueError, match="preference"):
         toy2d.preference_model("cyclic")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bt", "threshold"])
+def test_theorem_1_on_the_toy2d_task(kind):
+    """The toy2d reference and preference model: E_ref[w] = 1/2, the y+ of collected pairs follow 2 pi_ref w, and
+    J of the tempered family peaks at p1 with J = -log 2."""
+    ref, prefer = toy2d.reference_policy(), toy2d.preference_model(kind)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        opp = ref.sample(None, 3000, generator=g)
+        ys = ref.sample(None, 3000, generator=g)
+        w = win_probability(prefer, ys, opp)
+        assert float(w.mean()) == pytest.approx(0.5, abs=0.02)
+        rows = tempered_objective(w, [0.0, 0.5, 1.0, 1.5, 3.0])
+        best = max(rows, key=lambda r: r["J"])
+        assert best["power"] == 1.0 and best["J"] == pytest.approx(BOUND, abs=0.02)
+        # KL(p1 || pi_ref) two ways: importance weights on reference samples, and the y+ of real pairs
+        data = collect_preferences(lambda c, n: ref.sample(c, n, generator=g), prefer, n=3000, kind="pairwise",
+                                   seed=7)
+        wp = win_probability(prefer, data.chosen, opp)
+        lr = ref.log_prob(data.chosen)
+        est = preference_objective(wp, preferred_log_density(lr, wp), lr)
+    assert est.kl == pytest.approx(rows[2]["kl"], abs=3 * est.kl_stderr + 0.02)

@@ -22,7 +22,7 @@ from pfm_experiments.runner import SeedRunner, config_from_dict, config_key, ear
 from pfm_experiments.seeded import untimed
 from pfm_experiments.sweeps import BetaSweep, best_beta, sweep_betas
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 # ------------------------------------------------------------------------------------------------ statistics
