@@ -276,6 +276,89 @@ def solver_set(key, value, then):
     return run
 
 
+# ------------------------------------------------------------------- the newer boundaries' makers (issue 52)
+GOOD_ROW = b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+
+
+def jsonl(name, line: bytes, first: bytes = GOOD_ROW):
+    """A JSONL file of one good row, then ``line`` (so the error must name line 2)."""
+    return write(name, first + line + b"\n")
+
+
+def fifo(name):
+    """A named pipe: opening it for reading blocks until a writer comes, so pfm must refuse it before opening."""
+    return lambda d: os.mkfifo(d / name)
+
+
+def flow_part_as(name, part, kind):
+    """A copy of the good flow whose ``part`` is a named pipe (``kind="fifo"``) or a directory."""
+    def edit(path):
+        (path / part).unlink()
+        os.mkfifo(path / part) if kind == "fifo" else (path / part).mkdir()
+    return flow_copy("good-flow", name, edit)
+
+
+def npydir_with_fifo(name):
+    def make(d):
+        (d / name).mkdir()
+        np.save(d / name / "chosen.npy", Y + 1)
+        os.mkfifo(d / name / "rejected.npy")
+    return make
+
+
+def codec_dir(name, text):
+    def make(d):
+        (d / name).mkdir()
+        (d / name / "codec.json").write_text(text)
+    return make
+
+
+def on_a_full_disk(fn, code="ENOSPC"):
+    """``fn(d)`` with every fsync of pfm's atomic writers failing as on a full disk (or an exceeded quota)."""
+    import errno
+
+    import pfm.io
+
+    def run(d):
+        def full(fd):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        real, pfm.io.os.fsync = pfm.io.os.fsync, full
+        try:
+            return fn(d)
+        finally:
+            pfm.io.os.fsync = real
+    return run
+
+
+def with_budget(value, fn):
+    """``fn(d)`` with ``$PFM_MEMORY_BUDGET`` set to ``value``."""
+    def run(d):
+        before = os.environ.get("PFM_MEMORY_BUDGET")
+        os.environ["PFM_MEMORY_BUDGET"] = value
+        try:
+            return fn(d)
+        finally:
+            os.environ.pop("PFM_MEMORY_BUDGET") if before is None else os.environ.update(PFM_MEMORY_BUDGET=before)
+    return run
+
+
+def many_rows(name, n):
+    """A parquet file of ``n`` rows of zeros: a few kB on disk (run lengths) declaring n x 4 values."""
+    def make(d):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        col = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, np.float32)), 2)
+        pq.write_table(pa.table({"chosen": col, "rejected": col}), d / name)
+    return make
+
+
+def text_fit(data, *extra):
+    """pfm fit on text rows: every case here fails while the rows or the codec's spec are read, before a model
+    loads."""
+    return ["fit", data, "--codec", "minilm", "--out", "{d}/text-flow", "-q", *extra]
+
+
 SLOW = ["--steps", "20000"]
 
 CASES: list[Case] = [
@@ -715,6 +798,115 @@ CASES: list[Case] = [
     Case(4, "the paper API's fit with a negative loss_scale", None, None,
          lambda d: pfm.OptimalTransportConditionalFlowMatching(torch.nn.Linear(3, 2)).fit(
              [(torch.zeros(2), torch.ones(2))] * 4, loss_scale=-1.0, progress=False), "loss_scale"),
+    # ------------------------------------------------------------------ the newer boundaries (issue 52)
+    Case(4, "text rows: a line that is not UTF-8", jsonl("t-utf8.jsonl", b'{"prompt": "a", "chosen": "b\xff", '
+                                                                      b'"rejected": "c"}'),
+         text_fit("{d}/t-utf8.jsonl"), None, "t-utf8.jsonl line 2 is not UTF-8 \\(byte 0xff"),
+    Case(4, "text rows: 100,000 nested arrays", jsonl("t-deep.jsonl", b'{"prompt": "a", "chosen": ' + b"[" * 100_000
+                                                      + b"]" * 100_000 + b', "rejected": "c"}'),
+         text_fit("{d}/t-deep.jsonl"), None, "t-deep.jsonl line 2 nests 100001 arrays or objects deep"),
+    Case(4, "text rows: a 5,000-digit integer", jsonl("t-int.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": '
+                                                      b'"c", "n": ' + b"9" * 5000 + b"}"),
+         text_fit("{d}/t-int.jsonl"), None, "t-int.jsonl line 2 holds an integer of more than 100 digits"),
+    Case(4, "text rows: a lone surrogate in chosen", jsonl("t-sur.jsonl", b'{"prompt": "a", "chosen": "b\\ud800", '
+                                                           b'"rejected": "c"}'),
+         text_fit("{d}/t-sur.jsonl"), None, "t-sur.jsonl line 2 holds an unpaired surrogate"),
+    Case(4, "text rows: a lone surrogate in an extra field",
+         jsonl("t-sur2.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c", "x": ["\\udc00"]}'),
+         text_fit("{d}/t-sur2.jsonl"), None, "t-sur2.jsonl line 2 holds an unpaired surrogate"),
+    Case(3, "text rows: a 2 MB line", jsonl("t-long.jsonl", b'{"prompt": "' + b"a" * (2 << 20)
+                                          + b'", "chosen": "b", "rejected": "c"}'),
+         text_fit("{d}/t-long.jsonl"), None, "t-long.jsonl line 2 is longer than 1,048,576 bytes"),
+    Case(4, "text rows: a line that is not JSON", jsonl("t-nojson.jsonl", b"{nope"), text_fit("{d}/t-nojson.jsonl"),
+         None, "t-nojson.jsonl line 2 is not JSON"),
+    Case(4, "text rows: a line that is a list", jsonl("t-list.jsonl", b"[1, 2]"), text_fit("{d}/t-list.jsonl"),
+         None, "t-list.jsonl line 2 must be a mapping with 'chosen' and 'rejected', got list"),
+    Case(4, "text rows: a row without chosen", jsonl("t-nochosen.jsonl", b'{"prompt": "a", "rejected": "c"}'),
+         text_fit("{d}/t-nochosen.jsonl"), None, "t-nochosen.jsonl line 2 has no \\['chosen'\\]"),
+    Case(4, "text rows: a prompt in one row only", jsonl("t-prompt.jsonl", b'{"chosen": "b", "rejected": "c"}'),
+         text_fit("{d}/t-prompt.jsonl"), None, "t-prompt.jsonl line 2 has no prompt while t-prompt.jsonl line 1"),
+    Case(4, "text rows: a file of blank lines", write("t-blank.jsonl", "\n\n  \n"), text_fit("{d}/t-blank.jsonl"),
+         None, "t-blank.jsonl holds no rows"),
+    Case(4, "rows to improve: a text that is not UTF-8", write("r-utf8.jsonl", b'{"text": "ok"}\n{"text": "b\xff"}\n'),
+         None, lambda d: __import__("pfm.text.rows").text.rows.read_text_rows(d / "r-utf8.jsonl"),
+         "r-utf8.jsonl line 2 is not UTF-8"),
+    Case(4, "rows to improve: a lone surrogate in text", write("r-sur.jsonl", b'{"text": "ok"}\n{"text": "\\ud800"}\n'),
+         None, lambda d: __import__("pfm.text.rows").text.rows.read_text_rows(d / "r-sur.jsonl"),
+         "r-sur.jsonl line 2 holds an unpaired surrogate"),
+    Case(4, "train-decoder: a .txt corpus line that is not UTF-8",
+         write("c-latin.txt", "first sentence\nsecond \xe9t\xe9\n".encode("latin-1")),
+         ["train-decoder", "{d}/c-latin.txt", "--codec", "minilm", "--out", "{d}/dec", "-q"], None,
+         "c-latin.txt line 2 is not UTF-8 \\(byte 0xe9 at offset 7\\)"),
+    Case(4, "train-decoder: a .jsonl corpus nested 1,000 deep",
+         write("c-deep.jsonl", b'{"text": "ok"}\n{"text": ' + b"[" * 1000 + b"]" * 1000 + b"}\n"),
+         ["train-decoder", "{d}/c-deep.jsonl", "--codec", "minilm", "--out", "{d}/dec", "-q"], None,
+         "c-deep.jsonl line 2 nests 1001 arrays or objects deep"),
+    Case(4, "--codec: codec.json that is not JSON", codec_dir("codec-notjson", "{nope"),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/codec-notjson"), None, "codec-notjson/codec.json' is not valid JSON"),
+    Case(4, "--codec: codec.json that is a list", codec_dir("codec-list", "[1, 2]"),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/codec-list"), None,
+         "codec-list/codec.json' is not a pfm codec \\(a JSON object with kind 'pfm-codec'\\)"),
+    Case(4, "--codec: codec.json that names no encoder", codec_dir("codec-noenc", '{"kind": "pfm-codec"}'),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/codec-noenc"), None, "codec-noenc/codec.json' names no encoder"),
+    Case(4, "--codec: codec.json with an unknown key",
+         codec_dir("codec-key", '{"kind": "pfm-codec", "encoder": "minilm", "weights": "x"}'),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/codec-key"), None,
+         "codec-key/codec.json' has keys a pfm codec does not have: \\['weights'\\]"),
+    Case(4, "--codec: a pfm flow", write("t-ok.jsonl", GOOD_ROW * 4),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/good-flow"), None, "is a pfm flow, not a text encoder"),
+    Case(4, "--codec: an empty directory", lambda d: (d / "codec-empty").mkdir(),
+         text_fit("{d}/t-ok.jsonl", "--codec", "{d}/codec-empty"), None,
+         "is not a Hugging Face model directory \\(no config.json\\)"),
+    Case(4, "--codec: a path that does not exist", None, text_fit("{d}/t-ok.jsonl", "--codec", "{d}/no-codec"), None,
+         "is neither 'minilm' nor an existing model directory"),
+    Case(4, "a named pipe as the .npz data", fifo("fifo.npz"), fit_args("{d}/fifo.npz"), None, "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as the .parquet data", fifo("fifo.parquet"), fit_args("{d}/fifo.parquet"), None,
+         "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as the text rows", fifo("fifo.jsonl"), text_fit("{d}/fifo.jsonl"), None,
+         "named pipe \\(FIFO\\), not a preference file"),
+    Case(4, "a named pipe as an array of a data directory", npydir_with_fifo("npy-fifo"), fit_args("{d}/npy-fifo"),
+         None, "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as the outputs to apply to", fifo("fifo-y.npz"),
+         apply_args("{d}/good-flow", "{d}/fifo-y.npz", "{d}/out-fifo.npz"), None, "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as a flow's config.json", flow_part_as("flow-cfg-fifo", "config.json", "fifo"),
+         apply_args("{d}/flow-cfg-fifo", "{d}/y.npz", "{d}/out-fifo.npz"), None, "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as a flow's weights (info)", flow_part_as("flow-w-fifo", "weights.safetensors", "fifo"),
+         ["info", "{d}/flow-w-fifo"], None, "named pipe \\(FIFO\\)"),
+    Case(4, "a named pipe as a corpus", fifo("fifo-corpus.txt"),
+         ["train-decoder", "{d}/fifo-corpus.txt", "--codec", "minilm", "--out", "{d}/dec", "-q"], None,
+         "named pipe \\(FIFO\\), not a corpus"),
+    Case(4, "a directory as a flow's weights", flow_part_as("flow-w-dir", "weights.safetensors", "dir"), None,
+         api_load("flow-w-dir"), "is a directory, not a safetensors file"),
+    Case(3, "parquet declaring more rows than the memory budget", many_rows("many.parquet", 100_000), None,
+         with_budget("1000000", lambda d: PreferenceDataset.load(d / "many.parquet")),
+         "declares 100,000 rows of 4 values, 3,200,000 bytes to read, over the memory budget of 1,000,000 bytes"),
+    Case(4, "PFM_MEMORY_BUDGET that is not a number", None, None,
+         with_budget("lots", lambda d: PreferenceDataset.load(d / "many.parquet")),
+         "PFM_MEMORY_BUDGET must be a number of bytes"),
+    Case(4, "PFM_MEMORY_BUDGET 0", None, None, with_budget("0", lambda d: PreferenceDataset.load(d / "many.parquet")),
+         "PFM_MEMORY_BUDGET"),
+    Case(1, "a full disk while a flow is saved", None, None,
+         on_a_full_disk(lambda d: PreferenceFlow.load(d / "good-flow").save(d / "full-flow")),
+         "no space left to write .*full-flow.*what was there is unchanged"),
+    Case(1, "a full disk while a .npz is saved", None, None,
+         on_a_full_disk(lambda d: PreferenceDataset(Y + 1, Y).save(d / "full.npz")), "no space left to write .*full.npz"),
+    Case(1, "a full disk while a .parquet is saved", None, None,
+         on_a_full_disk(lambda d: PreferenceDataset(Y + 1, Y).save(d / "full.parquet")),
+         "no space left to write .*full.parquet"),
+    Case(1, "a full disk while a data directory is saved", None, None,
+         on_a_full_disk(lambda d: PreferenceDataset(Y + 1, Y).save(d / "full-dir")), "no space left to write .*full-dir"),
+    Case(1, "an exceeded disk quota while a flow is saved", None, None,
+         on_a_full_disk(lambda d: PreferenceFlow.load(d / "good-flow").save(d / "quota-flow"), "EDQUOT"),
+         "no space left to write .*quota-flow.*Disk quota exceeded"),
+    Case(1, "a full disk over an existing flow", None, None,
+         on_a_full_disk(lambda d: PreferenceFlow.load(d / "good-flow").save(d / "label-flow")),
+         "no space left to write .*label-flow.*what was there is unchanged"),
+    Case(1, "reproduce --out an existing file", None, ["reproduce", "toy2d", "--quick", "--out", "{d}/y.npz"], None,
+         "--out .*y.npz' exists and is not a directory"),
+    Case(4, "apply --device ''", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--device", ""), None,
+         "--device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got ''"),
+    Case(4, "fit --device ''", None, fit_args("{d}/good.npz", "--device", ""), None,
+         "--device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got ''"),
 ]
 
 
@@ -803,11 +995,23 @@ def expand(args: list[str], d: Path) -> list[str]:
 
 
 def run_cli(d: Path, args: list[str], capsys) -> tuple[int, str, float]:
+    """Run ``pfm ARGS``: its exit status, stderr and seconds; a command that blocks (on a named pipe, say) fails
+    the case after 120 s instead of hanging the suite."""
+    import signal
+
+    def blocked(*_):
+        raise TimeoutError(f"pfm {' '.join(args)} blocked for 120 s")
+
     start = time.perf_counter()
+    before = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(120)
     try:
         code = main(expand(args, d))
     except SystemExit as exc:
         code = exc.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
     return code, capsys.readouterr().err, time.perf_counter() - start
 
 

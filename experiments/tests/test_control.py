@@ -246,7 +246,7 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert again["cells"] == result["cells"]
     # the analysis reads the cached cell's models
     from pfm_experiments.control.analysis import analyse, table
-    from pfm_experiments.control.experiment import Config
+    from pfm_experiments.control.config import Config
 
     found = analyse("hopper", "medium", 1, Config.quick_config(), steps=10_000, progress=False)
     (run,) = found["runs"]
@@ -599,7 +599,7 @@ def test_a_run_on_other_data_sets_keeps_the_earlier_rows_of_the_same_config(tmp_
     from dataclasses import asdict, replace
 
     from pfm_experiments.control import reproduce as CR
-    from pfm_experiments.control.experiment import Config
+    from pfm_experiments.control.config import Config
     from pfm_experiments.control.rollout_run import table_order
 
     cfg = Config.quick_config()
@@ -626,7 +626,7 @@ def test_merge_results_adds_the_rows_of_another_directory(tmp_path, monkeypatch)
     from dataclasses import asdict, replace
 
     from pfm_experiments.control import reproduce as CR
-    from pfm_experiments.control.experiment import Config
+    from pfm_experiments.control.config import Config
 
     cfg = asdict(Config())
     written = {}

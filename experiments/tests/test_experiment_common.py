@@ -183,7 +183,7 @@ def test_config_from_a_results_json_takes_renamed_fields():
 
 
 def test_the_experiments_keep_their_cache_keys():
-    from pfm_experiments.images.experiment import Config as ImageConfig
+    from pfm_experiments.images.config import Config as ImageConfig
     from pfm_experiments.text.experiment import Config as TextConfig, run_key
 
     # the scheme the image and text experiments keyed their cached seeds with before the shared runner

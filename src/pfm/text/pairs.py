@@ -70,12 +70,17 @@ def text_pairs(rows: Iterable[Mapping[str, Any]]) -> list[TextPair]:
     if isinstance(rows, (str, bytes, Mapping)):
         raise InvalidInputError(f"rows must be an iterable of mappings, got a {type(rows).__name__}")
     pairs = [r if isinstance(r, TextPair) else to_text_pair(r, f"row {i}") for i, r in enumerate(rows)]
+    return _all_or_no_prompts(pairs, [f"row {i}" for i in range(len(pairs))])
+
+
+def _all_or_no_prompts(pairs: list[TextPair], names: list[str]) -> list[TextPair]:
+    """``pairs``, checked to be some and to have a prompt in every row or in none (``names``: how to name a row)."""
     if not pairs:
         raise InvalidInputError("rows is empty: no preference pairs")
     with_prompt = [p.prompt is not None for p in pairs]
     if any(with_prompt) and not all(with_prompt):
-        raise InvalidInputError(f"row {with_prompt.index(False)} has no prompt while row {with_prompt.index(True)} "
-                                "has one: give every row a prompt, or none")
+        raise InvalidInputError(f"{names[with_prompt.index(False)]} has no prompt while "
+                                f"{names[with_prompt.index(True)]} has one: give every row a prompt, or none")
     return pairs
 
 
@@ -85,4 +90,8 @@ def read_text_pairs(path: str | os.PathLike) -> list[TextPair]:
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"preference file {str(path)!r} does not exist")
-    return text_pairs([row for _, row in read_jsonl(path, "preference file")])
+    names, pairs = [], []
+    for line, row in read_jsonl(path, "preference file"):  # a bad row is named by the file and its line
+        names.append(f"{path.name} line {line}")
+        pairs.append(to_text_pair(row, names[-1]))
+    return _all_or_no_prompts(pairs, names)

@@ -37,7 +37,8 @@ from ..runner import read_results
 from ..stats import compare, comparison_table, describe, format_mean_std
 from .datasets import load_episodes, minari_root
 from .envs import make_env, normalized_score
-from .experiment import PROTOCOLS, Config, Propose, _mean, episodes_score, load_models, proposer
+from .config import PROTOCOLS, Config
+from .experiment import Propose, _mean, episodes_score, load_models, proposer
 from .datasets import episodes_digest
 from .reproduce import cell_path, ensure_dataset
 from .segments import make_segments
@@ -100,7 +101,7 @@ def cell_models(task: str, kind: str, seed: int, cfg: Config, steps: int = 100_0
 def analyse(task: str, kind: str, seeds: int, cfg: Optional[Config] = None, states: int = 500,
             steps: int = 100_000, progress: bool = True) -> dict[str, Any]:
     """The displacement and the four acting variants' normalized returns, per seed, from the cached cells of
-    ``cfg`` (default :class:`.experiment.Config`) on our data set ``(task, kind)`` of ``steps`` steps; see the
+    ``cfg`` (default :class:`.config.Config`) on our data set ``(task, kind)`` of ``steps`` steps; see the
     module docstring."""
     from tqdm.auto import tqdm
 

@@ -22,7 +22,8 @@ from ..runner import SeedRunner, config_from_dict, read_results
 from . import report
 from .datasets import KINDS, NOISE, collect, dataset_id, episodes_digest, load_episodes, minari_root, write_minari
 from .envs import DEFAULT_TASKS, TASKS
-from .experiment import KEY, PROTOCOLS, RENAMED, Config, run_cell
+from .config import KEY, PROTOCOLS, RENAMED, Config
+from .experiment import run_cell
 from . import rollout_run as RR
 from . import rollout_protocol as R
 
@@ -99,7 +100,7 @@ def reproduce(out_dir: str | Path = "results", *, tasks: Optional[Sequence[str]]
             taken from ``tasks`` (give exactly one).
         seeds: number of seeds (default 5; 1 with ``quick``).
         quick: hopper-medium, small data and models, 2 short episodes per method (for the tests).
-        protocols, start: see :class:`.experiment.Config`; ``"rollout"`` among the protocols also runs the
+        protocols, start: see :class:`.config.Config`; ``"rollout"`` among the protocols also runs the
             ``rollout`` protocol (:mod:`.rollout_protocol`), whose cells are cached on their own and whose results
             go to ``control-rollout[-quick].json`` and ``.md``. With ``rollout`` alone only it runs, and its result
             is returned; with others too, theirs is returned with the rollout result under ``"rollout"``. The

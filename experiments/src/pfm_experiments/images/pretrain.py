@@ -1,7 +1,7 @@
 """The image experiment's pre-trained models: the reference generator (a conditional VAE), the annotator (LeNet-5)
 and the independent judge, trained once per data set and cached under the data directory.
 
-Determinism: the three models follow from ``pretrain_seed`` alone (:class:`..experiment.Config`; default 0, one
+Determinism: the three models follow from ``pretrain_seed`` alone (:class:`..config.Config`; default 0, one
 set of models shared by every experiment seed, as the paper has one reference and one annotator). Each model is
 built and trained in a stage of its own, seeded right before it (:func:`pfm.seed_everything` for the initial
 weights and dropout, and the training loop's own generator for the row order and the noise) with
