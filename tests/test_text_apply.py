@@ -217,3 +217,17 @@ def test_bad_text_input_is_one_line_and_exit_2(toy, tiny_bert, tmp_path, capsys)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert "is the corpus" in _error(["train-decoder", str(corpus), "--codec", str(tiny_bert), "--out",
                                       str(corpus)], capsys)
+
+
+def test_a_sentence_longer_than_the_encoders_positions_is_truncated_to_them(tiny_bert):
+    """Issue 52: a row of 100 words against an encoder of 64 positions was `RuntimeError: The size of tensor a (105)
+    must match the size of tensor b (64)`; the encoder keeps at most its positions' tokens (its max_length)."""
+    from pfm.text.encoder import SentenceEncoder
+
+    enc = SentenceEncoder(tiny_bert)
+    assert enc.max_length == 64
+    long = " ".join(itertools.islice(itertools.cycle(WORDS), 100))
+    first = " ".join(enc.tokenizer.tokenize(long)[:62])  # the 62 words that fit beside [CLS] and [SEP]
+    out = enc.encode([long, first])
+    assert out.shape == (2, 16) and torch.isfinite(out).all()
+    assert torch.allclose(out[0], out[1], atol=1e-5)  # the words past the positions are dropped, nothing else
