@@ -115,7 +115,9 @@ class TrainConfig:
     patience: Optional[int] = option(None, "with validation data: stop after this many evaluations without "
                                      "improvement", range="positive_int")
     threads: Optional[int] = option(None, "torch intra-op threads of the steps (default: one for a small step on "
-                                    "the CPU, see pfm.train.threads.step_threads; else torch's setting)", cli=False)
+                                    "the CPU; for a bigger step of an MLP, the count its timed steps show fastest, "
+                                    "chosen again when the load changes; else torch's setting; see "
+                                    "pfm.train.threads)", cli=False)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:

@@ -143,7 +143,8 @@ def build_parser(load_experiments: bool = True) -> argparse.ArgumentParser:
                                 "preferred outputs, and apply it to new outputs of a black-box model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch CPU threads (default: torch's choice; fit trains a small field on one)")
+                   help="torch CPU threads, fixed (default: torch's choice; fit trains a small field on one, and an "
+                        "MLP field on the count its timed steps show fastest, chosen again as the load changes)")
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     sub = p.add_subparsers(dest="command", required=True)
     _fit_parser(sub)

@@ -23,7 +23,7 @@ from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, res
 from ..config import PRECISIONS, TrainConfig, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
-from .threads import SMALL_STEP, intra_op_threads, step_threads
+from .threads import SMALL_STEP, ThreadTuner, intra_op_threads, step_threads, thread_invariant
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
            "intra_op_threads", "epoch_order", "mix_seed", "resolve_steps"]
@@ -56,11 +56,16 @@ class History:
     """The validation pairs of a fit: ``{"pairs", "of", "from_data"}``."""
     pairs: Optional[int] = None
     """The pairs (rows) a fit trained on."""
+    threads: list[tuple[int, int, str]] = field(default_factory=list)
+    """``(step, intra-op threads, why)`` from each step on which the run's thread count changed: chosen by timing
+    (:class:`pfm.train.threads.ThreadTuner`, why: the medians it measured), given (``set``), or by the size rule
+    (``rule``)."""
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
                 "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step,
-                "summary": self.summary, "held_out": self.held_out, "pairs": self.pairs}
+                "summary": self.summary, "held_out": self.held_out, "pairs": self.pairs,
+                "threads": [list(t) for t in self.threads]}
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -137,7 +142,11 @@ def optimize(
 
     ``threads`` is the number of torch intra-op threads the steps run on (restored afterwards). By default
     (:func:`pfm.train.threads.step_threads`) a CPU run whose step is small (parameters x batch below
-    :data:`pfm.train.threads.SMALL_STEP`) runs on one, and any other run on torch's current setting.
+    :data:`pfm.train.threads.SMALL_STEP`) runs on one; a bigger one, of a module whose results do not depend on the
+    count (:func:`pfm.train.threads.thread_invariant`: Linear and Embedding layers, e.g. an MLP field), on the count
+    its own timed steps show fastest, chosen again when the machine's load changes
+    (:class:`pfm.train.threads.ThreadTuner`); any other on torch's current setting. ``history.threads`` records
+    the counts and why.
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
@@ -173,6 +182,10 @@ class _Loop:
         self.steps = cfg.total_steps(n)
         batch_size = min(cfg.batch_size, n)
         self.threads = cfg.threads or step_threads(self.params, batch_size, self.device)
+        self.tuner: Optional[ThreadTuner] = None
+        if (cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1
+                and thread_invariant(module)):
+            self.tuner = ThreadTuner(sorted({*(2 ** i for i in range(self.threads.bit_length())), self.threads}))
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None
@@ -264,7 +277,14 @@ class _Loop:
                     epoch = step // self.steps_per_epoch
                     rows = self.order(epoch)
                 pos = (step % self.steps_per_epoch) * self.batch_size
-                self._step(rows[pos:pos + self.batch_size].to(self.device))
+                if self.tuner is None:
+                    self._step(rows[pos:pos + self.batch_size].to(self.device))
+                else:  # timed, on the count the tuner picks (the same step on any count: thread_invariant)
+                    if self.tuner.threads() != torch.get_num_threads():
+                        torch.set_num_threads(self.tuner.threads())
+                    began = time.perf_counter()
+                    self._step(rows[pos:pos + self.batch_size].to(self.device))
+                    self.tuner.record(step, time.perf_counter() - began)
                 if self._after_step(step):
                     break
         return self._finish()
@@ -363,5 +383,7 @@ class _Loop:
         h.steps = steps
         h.epochs = steps * self.batch_size * self.world / self.n  # every rank takes its own batch a step
         h.seconds = self.elapsed + time.perf_counter() - self.start
+        h.threads = (list(self.tuner.decisions) if self.tuner is not None
+                     else [(self.first_step, self.threads, "set" if self.cfg.threads else "rule")])
         log.info("%s: %d steps in %.1f s, final loss %.4g", self.desc, steps, h.seconds, h.loss[-1])
         return h

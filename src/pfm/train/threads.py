@@ -4,11 +4,16 @@ independent of that count."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from typing import Iterator, Sequence
+import statistics
+from collections import deque
+from typing import Iterator, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+log = logging.getLogger("pfm")
 
 BLAS_REPRODUCIBILITY = "AUTO,STRICT"
 """What :func:`reproducible_blas` sets ``MKL_CBWR`` to: MKL's strict conditional numerical reproducibility, the
@@ -61,3 +66,111 @@ def intra_op_threads(threads: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != outer:
             torch.set_num_threads(outer)
+
+
+THREAD_INVARIANT = (nn.Linear, nn.Embedding)
+"""The modules with parameters whose results do not depend on the intra-op thread count (with
+:func:`reproducible_blas`): fits of MLP fields on 1 and on 2 threads gave bit-identical weights (64-d, 784-d, 2-d
+with labels; both MKL paths), a UNet's convolutions and group norms did not. :class:`ThreadTuner` adapts only the
+runs of modules built from these, so that which count it picks never changes a result."""
+
+
+def thread_invariant(module: nn.Module) -> bool:
+    """Whether every submodule of ``module`` that holds parameters of its own is one of :data:`THREAD_INVARIANT`."""
+    return all(isinstance(m, THREAD_INVARIANT) for m in module.modules() if any(True for _ in m.parameters(False)))
+
+
+class ThreadTuner:
+    """Chooses a CPU run's intra-op thread count by timing its own steps, and chooses again when the machine changes.
+
+    On a machine that other processes share, a step on a team of 2 OpenMP threads waits whenever the second thread
+    has no core (10-20x slower beside one busy process); idle, a big step gains 30-90% from it. No size rule is
+    right for both, so the tuner measures: ``probe_steps`` timed steps at each count of ``candidates`` (after one
+    untimed first step), then keeps the fewest threads within ``margin`` of the fastest mean (a mean, not a median:
+    a team that waits for a core stalls now and then, and the stalls are the cost). It probes the
+    other counts again when the recent step time exceeds ``drift`` times what the choice measured (another job
+    arrived), and after ``recheck_seconds`` of the run's time or ``recheck_steps`` steps, whichever comes first
+    (another job left, or the run's own pairing thread, which holds a core in the first epoch, finished; both
+    intervals double while the choice holds, up to 16x). A count whose first timed step is over ``drift`` times the best mean so far is
+    dropped at once, so a probe under load costs one slow step. The means are over a few steps, so on a machine
+    whose load comes and goes the choice may flip; each flip is recorded.
+
+    Use it only where the thread count does not change the results (:func:`thread_invariant`): the steps it runs at
+    different counts must be the same steps. ``decisions`` lists ``(step, threads, why)``.
+    """
+
+    def __init__(self, candidates: Sequence[int], probe_steps: int = 3, recheck_seconds: float = 5.0,
+                 recheck_steps: int = 100, drift: float = 2.0, margin: float = 0.1) -> None:
+        self.candidates = sorted({int(c) for c in candidates if int(c) >= 1})
+        if not self.candidates:
+            raise ValueError("candidates must hold a thread count >= 1")
+        self.probe_steps, self.drift, self.margin = int(probe_steps), float(drift), float(margin)
+        self.base_recheck = self.recheck = float(recheck_seconds)
+        self.base_recheck_steps = self.recheck_steps = int(recheck_steps)
+        self._steps_since = 0
+        self.decisions: list[tuple[int, int, str]] = []
+        self.chosen: Optional[int] = None
+        self.reference = 0.0
+        self._recent: deque[float] = deque(maxlen=8)
+        self._since = 0.0
+        self._start_probe("start")
+
+    def _start_probe(self, why: str) -> None:
+        """Plan the probe's steps as ``(threads, timed)``: at the start one untimed step (the run's first calls)
+        and ``probe_steps`` at each count; later ``probe_steps`` at each other count, the chosen one's being its
+        recent steps."""
+        self._why = why
+        self._times: dict[int, list[float]] = {k: [] for k in self.candidates}
+        if self.chosen is None:
+            others = self.candidates
+            self._plan = [(self.candidates[0], False)]
+        else:
+            others = [k for k in self.candidates if k != self.chosen]
+            self._times[self.chosen] = list(self._recent)
+            self._plan = []
+        self._plan += [(k, True) for k in others for _ in range(self.probe_steps)]
+
+    @property
+    def probing(self) -> bool:
+        return bool(self._plan)
+
+    def threads(self) -> int:
+        """The count the next step runs on."""
+        return self._plan[0][0] if self._plan else self.chosen  # type: ignore[return-value]
+
+    def record(self, step: int, seconds: float) -> None:
+        """The 0-based ``step`` just took ``seconds``."""
+        if self._plan:
+            k, timed = self._plan.pop(0)
+            if timed:
+                first = not self._times[k]
+                self._times[k].append(seconds)
+                best = min(statistics.fmean(v) for v in self._times.values() if v)
+                if first and seconds > self.drift * best:  # clearly slower: no more of it
+                    self._plan = [(j, t) for j, t in self._plan if j != k]
+            if not self._plan:
+                self._choose(step)
+            return
+        self._recent.append(seconds)
+        self._since += seconds
+        self._steps_since += 1
+        slow = len(self._recent) == self._recent.maxlen and statistics.fmean(self._recent) > self.drift * self.reference
+        if slow or self._since >= self.recheck or self._steps_since >= self.recheck_steps:
+            self._start_probe("slower" if slow else "recheck")
+
+    def _choose(self, step: int) -> None:
+        means = {k: statistics.fmean(v) for k, v in self._times.items() if v}
+        best = min(means.values())
+        choice = min(k for k, m in means.items() if m <= best * (1 + self.margin))
+        if choice == self.chosen and self._why == "recheck":
+            self.recheck = min(self.recheck * 2, 16 * self.base_recheck)
+            self.recheck_steps = min(self.recheck_steps * 2, 16 * self.base_recheck_steps)
+        else:
+            self.recheck, self.recheck_steps = self.base_recheck, self.base_recheck_steps
+        why = f"{self._why}: " + ", ".join(f"{k} thread{'s' * (k > 1)} {1e3 * m:.2f} ms" for k, m in means.items())
+        if choice != self.chosen:
+            self.decisions.append((step + 1, choice, why))
+        log.debug("threads from step %d: %d (%s)", step + 1, choice, why)
+        self.chosen, self.reference = choice, means[choice]
+        self._recent.clear()
+        self._since, self._steps_since = 0.0, 0

@@ -1,0 +1,119 @@
+"""The thread tuner (issue 51): its choices from step times, and that the counts it runs a fit on never change the
+result. Timing itself is the benchmark's (benchmarks/contention.py), not a test's."""
+
+import pytest
+import torch
+
+from pfm import PreferenceDataset, PreferenceFlow
+from pfm.train import loop
+from pfm.train.threads import ThreadTuner, thread_invariant
+
+
+def feed(tuner: ThreadTuner, step: int, ms: dict[int, float], n: int) -> int:
+    """Run ``n`` steps, each taking ``ms[count]`` milliseconds at the count the tuner asks for; the next step."""
+    for _ in range(n):
+        tuner.record(step, ms[tuner.threads()] / 1e3)
+        step += 1
+    return step
+
+
+def test_it_keeps_the_fastest_count_and_the_fewest_threads_when_close():
+    t = ThreadTuner([1, 2])
+    assert t.probing and t.threads() == 1
+    feed(t, 0, {1: 4.0, 2: 3.0}, 7)  # one untimed step, then 3 at each count
+    assert not t.probing and t.chosen == 2 and t.decisions[0][:2] == (7, 2)
+    t = ThreadTuner([1, 2])
+    feed(t, 0, {1: 3.2, 2: 3.0}, 7)  # within 10%: the fewer threads, which other jobs stall less
+    assert t.chosen == 1
+
+
+def test_a_slow_count_is_dropped_after_one_step():
+    t = ThreadTuner([1, 2])
+    step = feed(t, 0, {1: 4.0, 2: 100.0}, 5)  # untimed, 3 at one thread, 1 at two: over 2x, dropped
+    assert not t.probing and t.chosen == 1 and step == 5
+
+
+def test_when_another_job_arrives_it_probes_again_and_moves():
+    t = ThreadTuner([1, 2])
+    step = feed(t, 0, {1: 4.0, 2: 2.0}, 7)
+    assert t.chosen == 2
+    step = feed(t, step, {1: 4.0, 2: 30.0}, 8)  # 8 steps at 15x: the mean is past 2x what the choice measured
+    assert t.probing and t.threads() == 1
+    step = feed(t, step, {1: 4.0, 2: 30.0}, 3)
+    assert t.chosen == 1 and [d[1] for d in t.decisions] == [2, 1] and t.decisions[1][2].startswith("slower")
+
+
+def test_it_rechecks_after_a_while_and_waits_longer_while_the_choice_holds():
+    t = ThreadTuner([1, 2], recheck_seconds=1.0, recheck_steps=10_000)
+    step = feed(t, 0, {1: 4.0, 2: 100.0}, 5)
+    assert t.chosen == 1
+    step = feed(t, step, {1: 4.0, 2: 100.0}, 250)  # 1 s of steps at the chosen count: recheck the other
+    assert t.probing and t.threads() == 2
+    step = feed(t, step, {1: 4.0, 2: 100.0}, 1)
+    assert t.chosen == 1 and t.recheck == 2.0 and len(t.decisions) == 1
+    step = feed(t, step, {1: 4.0, 2: 2.0}, 503)  # the other job left: two threads win at the next recheck (2 s)
+    assert t.chosen == 2 and t.recheck == 1.0 and t.decisions[-1][2].startswith("recheck")
+
+
+def test_which_modules_it_adapts():
+    assert thread_invariant(PreferenceFlow((64,)).field)  # Linear layers: MLPField
+    labels = PreferenceDataset(torch.ones(9, 2), torch.zeros(9, 2), torch.arange(9) % 3)
+    assert thread_invariant(PreferenceFlow.for_dataset(labels).field)  # and the labels' Embedding
+    assert not thread_invariant(PreferenceFlow((1, 16, 16), field="unet").field)  # convolutions, group norms
+    with pytest.raises(ValueError):
+        ThreadTuner([0])
+
+
+class Alternating:
+    """A stand-in tuner that switches the count every step: the strongest test that the count does not matter."""
+
+    def __init__(self, candidates):
+        self.decisions, self.n = [], 0
+
+    def threads(self) -> int:
+        return 1 + self.n % 2
+
+    def record(self, step, seconds) -> None:
+        self.n += 1
+        self.decisions.append((step + 1, self.threads(), "alternating"))
+
+
+@pytest.mark.parametrize("shape, extra", [((64,), {}), ((784,), {}), ((2,), {"context": "labels"})])
+def test_a_fit_on_changing_counts_ends_bit_identical_to_one_on_one_thread(monkeypatch, shape, extra):
+    g = torch.Generator().manual_seed(0)
+    y0 = torch.randn(600, *shape, generator=g)
+    ctx = torch.arange(600) % 3 if extra.get("context") == "labels" else None
+    ds = PreferenceDataset(y0 + 0.5, y0, ctx)
+
+    def fit(**kw):
+        torch.manual_seed(1)
+        flow = PreferenceFlow.for_dataset(ds)
+        h = flow.fit(ds, steps=12, batch_size=256, validation_fraction=0, progress=False, **kw)
+        return h, [p.detach().clone() for p in flow.parameters()]
+
+    assert torch.get_num_threads() == 2  # conftest: the tuner is on only above one thread
+    h1, one = fit(threads=1)
+    assert h1.threads == [(0, 1, "set")]
+    monkeypatch.setattr(loop, "ThreadTuner", Alternating)
+    h, mixed = fit()
+    assert {d[1] for d in h.threads} == {1, 2}, h.threads  # it did run on both counts
+    assert all(torch.equal(a, b) for a, b in zip(one, mixed))
+
+
+def test_a_unet_keeps_the_size_rule_and_says_so():
+    ds = PreferenceDataset(torch.randn(64, 1, 8, 8) + 0.5, torch.randn(64, 1, 8, 8))
+    h = PreferenceFlow.for_dataset(ds, field="unet").fit(ds, steps=2, batch_size=64, validation_fraction=0,
+                                                          progress=False)
+    assert len(h.threads) == 1 and h.threads[0][2] == "rule" and h.to_dict()["threads"] == [list(h.threads[0])]
+
+
+def test_a_short_run_rechecks_by_steps_too():
+    """The first epoch's pairing thread holds a core, so two threads may lose the first probe of a short run; a
+    recheck after recheck_steps steps (here long before recheck_seconds) finds them faster once it is done."""
+    t = ThreadTuner([1, 2], recheck_seconds=1e9, recheck_steps=50)
+    step = feed(t, 0, {1: 3.0, 2: 60.0}, 5)
+    assert t.chosen == 1
+    step = feed(t, step, {1: 3.0, 2: 2.0}, 50)
+    assert t.probing
+    feed(t, step, {1: 3.0, 2: 2.0}, 3)
+    assert t.chosen == 2 and t.decisions[-1][2].startswith("recheck")
