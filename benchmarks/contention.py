@@ -57,7 +57,7 @@ def fit_once(ds: PreferenceDataset, spec: dict[str, Any], rule: str, steps: int,
     batch = spec.get("batch", 256)
     threads = None
     if rule == "rule":
-        threads = step_threads([p for p in flow.parameters()], min(batch, len(ds)), torch.device("cpu"))
+        threads = step_threads(list(flow.parameters()), min(batch, len(ds)), torch.device("cpu"))
     start = time.perf_counter()
     h = flow.fit(ds, steps=steps, batch_size=batch, seed=seed, threads=threads, validation_fraction=0,
                  progress=False)

@@ -319,26 +319,22 @@ def on_a_full_disk(fn, code="ENOSPC"):
 
     import pfm.io
 
+    def full(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
     def run(d):
-        def full(fd):
-            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
-        real, pfm.io.os.fsync = pfm.io.os.fsync, full
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pfm.io.os, "fsync", full)
             return fn(d)
-        finally:
-            pfm.io.os.fsync = real
     return run
 
 
 def with_budget(value, fn):
     """``fn(d)`` with ``$PFM_MEMORY_BUDGET`` set to ``value``."""
     def run(d):
-        before = os.environ.get("PFM_MEMORY_BUDGET")
-        os.environ["PFM_MEMORY_BUDGET"] = value
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PFM_MEMORY_BUDGET", value)
             return fn(d)
-        finally:
-            os.environ.pop("PFM_MEMORY_BUDGET") if before is None else os.environ.update(PFM_MEMORY_BUDGET=before)
     return run
 
 
@@ -348,18 +344,15 @@ def registry_unreachable(fn):
 
     import pfm.text.fetch
 
+    def offline(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the "
+                                                       "requirement (from versions: none)\n")
+
     def run(d):
-        def offline(cmd, **kw):
-            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the "
-                                                           "requirement (from versions: none)\n")
-        before, real = os.environ.get("PFM_DATA_DIR"), pfm.text.fetch.subprocess.run
-        with tempfile.TemporaryDirectory() as fresh:
-            os.environ["PFM_DATA_DIR"], pfm.text.fetch.subprocess.run = fresh, offline
-            try:
-                return fn(d)
-            finally:
-                pfm.text.fetch.subprocess.run = real
-                os.environ.pop("PFM_DATA_DIR") if before is None else os.environ.update(PFM_DATA_DIR=before)
+        with tempfile.TemporaryDirectory() as fresh, pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PFM_DATA_DIR", fresh)
+            mp.setattr(pfm.text.fetch.subprocess, "run", offline)
+            return fn(d)
     return run
 
 

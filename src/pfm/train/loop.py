@@ -58,7 +58,7 @@ class History:
     """The pairs (rows) a fit trained on."""
     threads: list[tuple[int, int, str]] = field(default_factory=list)
     """``(step, intra-op threads, why)`` from each step on which the run's thread count changed: chosen by timing
-    (:class:`pfm.train.threads.ThreadTuner`, why: the medians it measured), given (``set``), or by the size rule
+    (:class:`pfm.train.threads.ThreadTuner`, why: the mean step times it measured), given (``set``), or by the size rule
     (``rule``)."""
 
     def to_dict(self) -> dict:
@@ -185,7 +185,7 @@ class _Loop:
         self.tuner: Optional[ThreadTuner] = None
         if (cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1
                 and thread_invariant(module)):
-            self.tuner = ThreadTuner(sorted({*(2 ** i for i in range(self.threads.bit_length())), self.threads}))
+            self.tuner = ThreadTuner([*(2 ** i for i in range(self.threads.bit_length())), self.threads])
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None
@@ -277,13 +277,14 @@ class _Loop:
                     epoch = step // self.steps_per_epoch
                     rows = self.order(epoch)
                 pos = (step % self.steps_per_epoch) * self.batch_size
+                index = rows[pos:pos + self.batch_size].to(self.device)
                 if self.tuner is None:
-                    self._step(rows[pos:pos + self.batch_size].to(self.device))
+                    self._step(index)
                 else:  # timed, on the count the tuner picks (the same step on any count: thread_invariant)
                     if self.tuner.threads() != torch.get_num_threads():
                         torch.set_num_threads(self.tuner.threads())
                     began = time.perf_counter()
-                    self._step(rows[pos:pos + self.batch_size].to(self.device))
+                    self._step(index)
                     self.tuner.record(step, time.perf_counter() - began)
                 if self._after_step(step):
                     break

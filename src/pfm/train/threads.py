@@ -87,11 +87,11 @@ class ThreadTuner:
     has no core (10-20x slower beside one busy process); idle, a big step gains 30-90% from it. No size rule is
     right for both, so the tuner measures: ``probe_steps`` timed steps at each count of ``candidates`` (after one
     untimed first step), then keeps the fewest threads within ``margin`` of the fastest mean (a mean, not a median:
-    a team that waits for a core stalls now and then, and the stalls are the cost). It probes the
-    other counts again when the recent step time exceeds ``drift`` times what the choice measured (another job
-    arrived), and after ``recheck_seconds`` of the run's time or ``recheck_steps`` steps, whichever comes first
-    (another job left, or the run's own pairing thread, which holds a core in the first epoch, finished; both
-    intervals double while the choice holds, up to 16x). A count whose first timed step is over ``drift`` times the best mean so far is
+    a team that waits for a core stalls now and then, and the stalls are the cost). It probes the other counts
+    again when the recent step time exceeds ``drift`` times what the choice measured (another job arrived), and
+    after ``recheck_seconds`` of the run's time or ``recheck_steps`` steps, whichever comes first (another job left,
+    or the run's own pairing thread, which holds a core in the first epoch, finished; both intervals double while
+    the choice holds, up to 16x). A count whose first timed step is over ``drift`` times the best mean so far is
     dropped at once, so a probe under load costs one slow step. The means are over a few steps, so on a machine
     whose load comes and goes the choice may flip; each flip is recorded.
 
