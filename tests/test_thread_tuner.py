@@ -117,3 +117,70 @@ def test_a_short_run_rechecks_by_steps_too():
     assert t.probing
     feed(t, step, {1: 3.0, 2: 2.0}, 3)
     assert t.chosen == 2 and t.decisions[-1][2].startswith("recheck")
+
+
+# ------------------------------------------------------------------ solves: transform, log_prob (TunedCalls)
+from pfm.train import threads as T  # noqa: E402
+
+
+def test_a_solve_picks_its_count_by_size_and_module_and_restores_torchs():
+    mlp, unet = PreferenceFlow((64,)).field, PreferenceFlow((1, 16, 16), field="unet").field
+    assert torch.get_num_threads() == 2
+    with T.TunedCalls(mlp, 4, torch.device("cpu")) as calls:  # a small evaluation: one thread, no timing
+        assert torch.get_num_threads() == 1 and calls.tuner is None and calls.wrap(mlp) is mlp
+    assert torch.get_num_threads() == 2
+    with T.TunedCalls(mlp, 8192, torch.device("cpu")) as calls:  # a big one: timed
+        assert calls.tuner is not None and calls.tuner.threads() == 2  # first (untimed) on torch's setting
+        f = calls.wrap(mlp)
+        for _ in range(3):
+            f(torch.zeros(8192), torch.zeros(8192, 64), None)
+        assert not calls.tuner.probing and calls.tuner.chosen in (1, 2)
+    assert torch.get_num_threads() == 2
+    for module in (unet, None):  # not thread-invariant, or not a module: torch's setting, untouched
+        with T.TunedCalls(module, 8192, torch.device("cpu")) as calls:
+            assert torch.get_num_threads() == 2 and calls.tuner is None
+    torch.set_num_threads(1)
+    try:  # the user's (or pfm --threads') single thread stands
+        with T.TunedCalls(mlp, 8192, torch.device("cpu")) as calls:
+            assert calls.tuner is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(2)
+
+
+class AlternatingCalls(Alternating):
+    def __init__(self, candidates, **kw):
+        super().__init__(candidates)
+        self.probing = True
+
+
+@pytest.mark.parametrize("shape, labels", [((64,), False), ((784,), False), ((2,), True)])
+def test_transform_and_log_prob_on_changing_counts_equal_one_thread(monkeypatch, shape, labels):
+    torch.manual_seed(0)
+    ctx = torch.arange(3000) % 3 if labels else None
+    flow = PreferenceFlow(shape, num_classes=3) if labels else PreferenceFlow(shape)
+    y = torch.randn(3000, *shape)
+
+    def run():
+        g = torch.Generator().manual_seed(1)
+        return [flow.transform(y, ctx, batch_size=1024), flow.transform(y, ctx, strength=1.5),
+                *flow.divergence_pass(y[:500], ctx if ctx is None else ctx[:500], generator=g)]
+
+    torch.set_num_threads(1)
+    try:
+        one = run()
+    finally:
+        torch.set_num_threads(2)
+    made = []
+    monkeypatch.setattr(T, "ThreadTuner", lambda c, **kw: made.append(AlternatingCalls(c)) or made[-1])
+    monkeypatch.setattr(T, "SMALL_STEP", 1)  # every solve timed, even the small log_prob
+    mixed = run()
+    assert made and all({d[1] for d in t.decisions} == {1, 2} for t in made)  # each ran on both counts
+    assert all(torch.equal(a, b) for a, b in zip(one, mixed))
+    assert torch.get_num_threads() == 2
+
+
+def test_a_hidden_width_off_the_vector_split_is_not_adapted():
+    """An activation over rows x width values splits at ceil(N / 2) on 2 threads: a width that is not a multiple of
+    32 can put a chunk's edge inside a vector, computed by scalar code that may round exp otherwise."""
+    assert thread_invariant(PreferenceFlow((784,), hidden=96).field)  # the output layer (784) may be any width
+    assert not thread_invariant(PreferenceFlow((64,), hidden=100).field)

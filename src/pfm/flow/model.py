@@ -24,6 +24,7 @@ from .files import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHT_DTYPES, WEIGHTS_
 from .normalization import context_statistics, output_statistics
 from ..solve import solve, strength_spans
 from ..train import History
+from ..train.threads import TunedCalls
 
 log = logging.getLogger("pfm")
 
@@ -300,18 +301,20 @@ class PreferenceFlow(nn.Module):
         self._check_field(self._norm_y(y_t[:1].to(dev, dtype)), None if c is None else self._field_context(c[:1]))
         shape = ((int(opts["steps"]) + 1,) if return_trajectory else ()) + (n, *self.output_shape)
         res = None  # written batch by batch: no list of pieces to concatenate, so memory stays flat in n
-        for s in range(0, n, batch_size):
-            z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
-            cb = None if c is None else self._field_context(c[s:s + batch_size])
-            for end in spans:  # one whole application is spans == [1.0]
-                z = solve(self.field, z, cb, t_span=(0.0, end), return_trajectory=return_trajectory, **opts)
-            z = self._denorm_y(z)
-            if res is None:
-                res = torch.empty(shape, dtype=z.dtype, device=z.device)
-            if return_trajectory:
-                res[:, s:s + z.shape[1]] = z
-            else:
-                res[s:s + z.shape[0]] = z
+        with TunedCalls(self.field, min(n, batch_size), dev) as calls:  # threads by measurement (pfm.train.threads)
+            field = calls.wrap(self.field)
+            for s in range(0, n, batch_size):
+                z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))
+                cb = None if c is None else self._field_context(c[s:s + batch_size])
+                for end in spans:  # one whole application is spans == [1.0]
+                    z = solve(field, z, cb, t_span=(0.0, end), return_trajectory=return_trajectory, **opts)
+                z = self._denorm_y(z)
+                if res is None:
+                    res = torch.empty(shape, dtype=z.dtype, device=z.device)
+                if return_trajectory:
+                    res[:, s:s + z.shape[1]] = z
+                else:
+                    res[s:s + z.shape[0]] = z
         self.train(was_training)
         bad = sum(int((~torch.isfinite(part)).sum()) for part in V.row_chunks(res))
         if bad:

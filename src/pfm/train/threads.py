@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import statistics
+import time
 from collections import deque
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,9 +76,20 @@ with labels; both MKL paths), a UNet's convolutions and group norms did not. :cl
 runs of modules built from these, so that which count it picks never changes a result."""
 
 
+VECTOR_SPLIT = 32
+"""A hidden Linear layer's width must be a multiple of this for :func:`thread_invariant`. torch splits an
+elementwise op of ``N`` values into ``ceil(N / threads)``-value chunks and computes each chunk's tail past a
+multiple of the vector width with scalar code, whose ``exp`` (SiLU's) may round the last bit otherwise; with rows x
+width a multiple of 32, every chunk edge of 2 threads falls on a whole vector (16 floats with AVX-512)."""
+
+
 def thread_invariant(module: nn.Module) -> bool:
-    """Whether every submodule of ``module`` that holds parameters of its own is one of :data:`THREAD_INVARIANT`."""
-    return all(isinstance(m, THREAD_INVARIANT) for m in module.modules() if any(True for _ in m.parameters(False)))
+    """Whether every submodule of ``module`` that holds parameters of its own is one of :data:`THREAD_INVARIANT`,
+    and every Linear layer but the last is :data:`VECTOR_SPLIT`-aligned (the activations act on their outputs)."""
+    if not all(isinstance(m, THREAD_INVARIANT) for m in module.modules() if any(True for _ in m.parameters(False))):
+        return False
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return all(m.out_features % VECTOR_SPLIT == 0 for m in linears[:-1])
 
 
 class ThreadTuner:
@@ -100,10 +112,12 @@ class ThreadTuner:
     """
 
     def __init__(self, candidates: Sequence[int], probe_steps: int = 3, recheck_seconds: float = 5.0,
-                 recheck_steps: int = 100, drift: float = 2.0, margin: float = 0.1) -> None:
+                 recheck_steps: int = 100, drift: float = 2.0, margin: float = 0.1,
+                 first: Optional[int] = None) -> None:
         self.candidates = sorted({int(c) for c in candidates if int(c) >= 1})
         if not self.candidates:
             raise ValueError("candidates must hold a thread count >= 1")
+        self.first = self.candidates[0] if first is None else int(first)
         self.probe_steps, self.drift, self.margin = int(probe_steps), float(drift), float(margin)
         self.base_recheck = self.recheck = float(recheck_seconds)
         self.base_recheck_steps = self.recheck_steps = int(recheck_steps)
@@ -116,14 +130,14 @@ class ThreadTuner:
         self._start_probe("start")
 
     def _start_probe(self, why: str) -> None:
-        """Plan the probe's steps as ``(threads, timed)``: at the start one untimed step (the run's first calls)
-        and ``probe_steps`` at each count; later ``probe_steps`` at each other count, the chosen one's being its
+        """Plan the probe's steps as ``(threads, timed)``: at the start one untimed step (the run's first calls;
+        on ``first`` threads, default the fewest) and ``probe_steps`` at each count; later ``probe_steps`` at each other count, the chosen one's being its
         recent steps."""
         self._why = why
         self._times: dict[int, list[float]] = {k: [] for k in self.candidates}
         if self.chosen is None:
             others = self.candidates
-            self._plan = [(self.candidates[0], False)]
+            self._plan = [(self.first, False)]
         else:
             others = [k for k in self.candidates if k != self.chosen]
             self._times[self.chosen] = list(self._recent)
@@ -174,3 +188,65 @@ class ThreadTuner:
         self.chosen, self.reference = choice, means[choice]
         self._recent.clear()
         self._since, self._steps_since = 0.0, 0
+
+
+CALL_PROBES = 1
+"""Timed evaluations at each count in a :class:`TunedCalls` probe. A solve's evaluation is a big batch (8,192 rows
+by default), steadier than a training step, and a default solve makes only 8 per batch (midpoint, 4 steps), so a
+longer probe would cost more than it saves."""
+
+
+class TunedCalls:
+    """Runs the evaluations of a module in a loop of calls (a solve's field evaluations) on the intra-op thread
+    count that is fastest now, as :class:`ThreadTuner` measures it for training steps.
+
+    ``with TunedCalls(module, rows, device) as calls: solve(calls.wrap(field), ...)``. For a CPU run of a module made of
+    :data:`THREAD_INVARIANT` layers (so the count never changes a result), with torch set to more than one thread:
+    a small evaluation (parameters x ``rows`` below :data:`SMALL_STEP`) runs on one thread, a bigger one on the
+    count its timed calls show fastest (per row, so a last, smaller batch compares fairly). Anything else (``module`` None too) runs
+    on torch's setting, as before. The count is restored on exit. ``decisions`` is the tuner's, or ``[]``."""
+
+    def __init__(self, module: Optional[nn.Module], rows: int, device: torch.device) -> None:
+        self.outer = torch.get_num_threads()
+        self.fixed: Optional[int] = self.outer
+        self.tuner: Optional[ThreadTuner] = None
+        if module is not None and device.type == "cpu" and self.outer > 1 and thread_invariant(module):
+            work = sum(p.numel() for p in module.parameters()) * int(rows)
+            if work < SMALL_STEP:
+                self.fixed = 1
+            else:
+                self.fixed = None
+                self.tuner = ThreadTuner([*(2 ** i for i in range(self.outer.bit_length())), self.outer],
+                                         probe_steps=CALL_PROBES, first=self.outer)
+        self._calls = 0
+
+    @property
+    def decisions(self) -> list[tuple[int, int, str]]:
+        return list(self.tuner.decisions) if self.tuner is not None else []
+
+    def __enter__(self) -> "TunedCalls":
+        if self.fixed is not None and self.fixed != self.outer:
+            torch.set_num_threads(self.fixed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if torch.get_num_threads() != self.outer:
+            torch.set_num_threads(self.outer)
+
+    def wrap(self, field: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``field(t, y, *rest)`` run on the tuner's count where there is one, each call timed per row of ``y``."""
+        if self.tuner is None:
+            return field
+        tuner = self.tuner
+
+        def call(t: Tensor, y: Tensor, *rest: Any) -> Tensor:
+            k = tuner.threads()
+            if k != torch.get_num_threads():
+                torch.set_num_threads(k)
+            began = time.perf_counter()
+            out = field(t, y, *rest)
+            tuner.record(self._calls, (time.perf_counter() - began) / max(1, y.shape[0]))
+            self._calls += 1
+            return out
+
+        return call
