@@ -184,3 +184,23 @@ def test_a_hidden_width_off_the_vector_split_is_not_adapted():
     32 can put a chunk's edge inside a vector, computed by scalar code that may round exp otherwise."""
     assert thread_invariant(PreferenceFlow((784,), hidden=96).field)  # the output layer (784) may be any width
     assert not thread_invariant(PreferenceFlow((64,), hidden=100).field)
+
+
+def test_only_losses_the_trainer_vouches_for_are_tuned(monkeypatch):
+    """A flow's and a reward model's fit are tuned; BC, DPO and RLHF keep the size rule: their losses run a policy's
+    log-density or a reward of any kind (an image experiment's CNN reward made RLHF's numbers depend on the count)."""
+    from pfm.baselines import RewardModel, behavior_cloning, dpo
+    from pfm.policies import GaussianPolicy
+
+    g = torch.Generator().manual_seed(0)
+    y0 = torch.randn(600, 64, generator=g)
+    labels = torch.arange(600) % 3
+    ds = PreferenceDataset(y0 + 0.5, y0, labels)
+    rm_history = RewardModel.for_dataset(ds, hidden=256, depth=2).fit(ds, steps=8, batch_size=256, progress=False)
+    assert rm_history.threads[0][2] != "rule"
+    policy = GaussianPolicy(64, num_classes=3, hidden=256, depth=2)
+    monkeypatch.setattr(loop, "thread_invariant", lambda module: True)  # were the policy's module alone to qualify
+    _, h = behavior_cloning(policy, y0, labels, steps=3, batch_size=256, progress=False)
+    assert h.threads == [(0, 2, "rule")]  # a step big enough for the tuner, which a BC loss does not get
+    _, h = dpo(policy, ds, steps=3, batch_size=256, progress=False)
+    assert h.threads == [(0, 2, "rule")]

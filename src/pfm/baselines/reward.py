@@ -141,7 +141,8 @@ class RewardModel(nn.Module):
             margin = self(ds.chosen[index], c) - self(ds.rejected[index], c)
             return -F.logsigmoid(margin).mean(), {"acc": (margin > 0).float().mean()}
 
-        return optimize(self, loss_fn, n, cfg, device=device, desc="reward model")
+        # the model alone and a log-sigmoid of one margin per pair (a batch, never split inside a vector)
+        return optimize(self, loss_fn, n, cfg, device=device, desc="reward model", invariant_loss=True)
 
     @torch.no_grad()
     def accuracy(self, dataset: PreferenceDataset, batch_size: int = 8192) -> float:

@@ -132,7 +132,8 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
                        "precision": cfg.precision, **({"source": cfg.source} if cfg.source != "rejected" else {})}
     try:
         history = optimize(flow.field, loss_fn, len(ds), cfg, device=flow.device, desc="fitting flow",
-                           fingerprint=fingerprint, order=None if plan is None else plan.order, evaluate=evaluate)
+                           fingerprint=fingerprint, order=None if plan is None else plan.order, evaluate=evaluate,
+                           invariant_loss=True)  # the field and a squared error: the tuner may pick the threads
     finally:
         if plan is not None:
             plan.close()

@@ -107,6 +107,7 @@ def optimize(
     fingerprint: Optional[dict[str, Any]] = None,
     order: Optional[Order] = None,
     evaluate: Optional[Callable[[nn.Module], float]] = None,
+    invariant_loss: bool = False,
     **overrides: Any,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
@@ -143,10 +144,13 @@ def optimize(
     ``threads`` is the number of torch intra-op threads the steps run on (restored afterwards). By default
     (:func:`pfm.train.threads.step_threads`) a CPU run whose step is small (parameters x batch below
     :data:`pfm.train.threads.SMALL_STEP`) runs on one; a bigger one, of a module whose results do not depend on the
-    count (:func:`pfm.train.threads.thread_invariant`: Linear and Embedding layers, e.g. an MLP field), on the count
-    its own timed steps show fastest, chosen again when the machine's load changes
+    count (:func:`pfm.train.threads.thread_invariant`: Linear and Embedding layers, e.g. an MLP field) and whose
+    loss the caller vouches for with ``invariant_loss`` (it runs no other module, and no transcendental function
+    over a tensor whose split between threads could fall inside a vector: a flow's and a reward model's loss), on
+    the count its own timed steps show fastest, chosen again when the machine's load changes
     (:class:`pfm.train.threads.ThreadTuner`); any other on torch's current setting. ``history.threads`` records
-    the counts and why.
+    the counts and why. (RLHF's loss runs a reward of any kind, DPO's and BC's a policy's log-density: they keep
+    the rule, so that a run's numbers never depend on what the machine was doing.)
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
@@ -164,7 +168,7 @@ def optimize(
             raise InvalidInputError("evaluate (validation) is not supported under torch.distributed")
     elif cfg.validate_every is not None or cfg.patience is not None:
         raise InvalidInputError("validate_every and patience need evaluate (held-out data)")
-    return _Loop(module, loss_fn, n, cfg, desc, sync_every, fingerprint, order, evaluate).run()
+    return _Loop(module, loss_fn, n, cfg, desc, sync_every, fingerprint, order, evaluate, invariant_loss).run()
 
 
 class _Loop:
@@ -172,7 +176,7 @@ class _Loop:
 
     def __init__(self, module: nn.Module, loss_fn: LossFn, n: int, cfg: TrainConfig, desc: str, sync_every: int,
                  fingerprint: Optional[dict[str, Any]], order: Optional[Order],
-                 evaluate: Optional[Callable[[nn.Module], float]]) -> None:
+                 evaluate: Optional[Callable[[nn.Module], float]], invariant_loss: bool = False) -> None:
         self.module, self.loss_fn, self.n, self.cfg, self.desc = module, loss_fn, n, cfg, desc
         self.sync_every = sync_every
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -184,7 +188,7 @@ class _Loop:
         self.threads = cfg.threads or step_threads(self.params, batch_size, self.device)
         self.tuner: Optional[ThreadTuner] = None
         if (cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1
-                and thread_invariant(module)):
+                and invariant_loss and thread_invariant(module)):
             self.tuner = ThreadTuner([*(2 ** i for i in range(self.threads.bit_length())), self.threads])
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
