@@ -218,3 +218,30 @@ def _load_arrays(path: Path) -> dict[str, Any]:
             else:
                 out[name] = z[name]
     return out
+
+
+class Stages:
+    """One seed's run as named stages: a subclass lists ``STAGES``, ``(name, method)`` pairs, and :meth:`run` calls
+    each method in order, timing it into ``seconds[name]`` (a name of ``None``: not timed) and logging it. The
+    stages share the instance: what one makes (pairs, a flow, a reward model) is an attribute the next reads.
+    Seeding is the experiment's: each stage draws from what its method seeds (e.g. a generator per stage name)."""
+
+    STAGES: tuple[tuple[Optional[str], str], ...] = ()
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.seconds: dict[str, float] = {}
+
+    def run(self) -> dict[str, Any]:
+        """Every stage in order, then :meth:`record`."""
+        for name, method in self.STAGES:
+            start = time.perf_counter()
+            getattr(self, method)()
+            if name is not None:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            log.debug("seed %d: %s done (%.1f s)", self.seed, method, time.perf_counter() - start)
+        return self.record()
+
+    def record(self) -> dict[str, Any]:
+        """The seed's JSON record (with its array fields), from what the stages left."""
+        raise NotImplementedError

@@ -33,7 +33,7 @@ from pfm.train import mix_seed
 from pfm.runtime import data_dir
 from ..cost import Cost, at_largest_n, measure
 from ..rows import SOURCE_REFERENCE
-from ..runner import SeedRunner, read_results
+from ..runner import SeedRunner, Stages, read_results
 from ..sweeps import sweep_betas
 from .config import KEY, SCHEMA, Config  # noqa: F401  (SCHEMA, as before, from here too)
 from .data import ImageData, load_images
@@ -67,152 +67,184 @@ def stage(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+class ImageSeed(Stages):
+    """Every method on one seed's preference pairs, stage by stage (see :func:`run_one`). Each stage seeds itself
+    (:func:`stage`); RLHF's and DPO's test samples come in turn from one generator (``policy samples``)."""
+
+    STAGES = (("data", "pairs"), ("PFM", "pfm"), (None, "trivial_shift"), ("reward model", "reward_model"),
+              ("RLHF", "rlhf"), ("DPO", "dpo"), ("best-of-n", "selection"))
+
+    def __init__(self, cfg: Config, data: ImageData, models: Pretrained, seed: int, progress: bool = False) -> None:
+        super().__init__(seed)
+        self.cfg, self.data, self.models, self.progress = cfg, data, models, progress
+        self.ref, self.k = models.policy, data.num_classes
+        self.M: dict[str, Any] = {}
+        self.samples: dict[str, Tensor] = {}
+        self.order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2"]
+
+    def score(self, y: Tensor, c: Tensor) -> Tensor:
+        """The annotator on the (clipped) image part of latent-and-image outputs."""
+        return label_probability(self.models.annotator, self.ref.images(y).clamp(0, 1), c)
+
+    def add(self, name: str, x: Tensor, **more: Any) -> None:
+        """A method's test samples and their metrics."""
+        self.samples[name] = x
+        self.M[name] = {"metrics": self.ev.as_dict(x, self.eval_labels), **more}
+
+    def pairs(self) -> None:
+        """The preference pairs (train and held-out), pi_ref's test samples, the test pairs and the evaluator."""
+        cfg, ref, k, seed = self.cfg, self.ref, self.k, self.seed
+        self.labels = torch.arange(k).repeat(math.ceil(cfg.n_pairs / k))[:cfg.n_pairs]
+        g_pairs = stage(seed, "pairs")
+        full = make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_pairs), self.score,
+                          self.labels, seed=10_000 + seed)
+        perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+        n_held = max(k, int(round(cfg.heldout * len(full))))
+        self.full_train, self.full_held = full.subset(perm[n_held:]), full.subset(perm[:n_held])
+
+        def as_images(ds: PreferenceDataset) -> PreferenceDataset:
+            return PreferenceDataset(ref.images(ds.chosen), ref.images(ds.rejected), ds.context)
+
+        self.train, self.held = as_images(self.full_train), as_images(self.full_held)
+        self.eval_labels = torch.arange(k).repeat_interleave(cfg.eval_per_class)
+        self.x_ref = _sample_images(ref, self.eval_labels, stage(seed, "evaluation samples"))
+        g_test = stage(seed, "test pairs")
+        test_pairs = as_images(make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_test),
+                                          self.score, self.eval_labels, seed=20_000 + seed))
+        self.ev = ImageEvaluator(self.models.annotator, self.models.judge, self.data.test_x, self.data.test_y,
+                                 self.x_ref, self.eval_labels)
+        self.add("reference", self.x_ref)
+        self.add("rejected (y-)", test_pairs.rejected)
+        self.add("preferred (y+)", test_pairs.chosen)
+
+    def pfm(self) -> None:
+        """PFM's flow (and the reference-source variant's), applied once, twice and along the strength dial."""
+        cfg, seed, train, labels = self.cfg, self.seed, self.train, self.eval_labels
+        stage(seed, "flow")
+        self.flow = _new_flow(cfg, train)
+        # validation_fraction=0: the paper's protocol trains on every pair (pfm's default holds a tenth out)
+        self.hist = self.flow.fit(train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema,
+                                  seed=seed, progress=self.progress, validation_fraction=0)
+        self.seconds["PFM fit"] = self.hist.seconds
+        self.to_p1: Optional[PreferenceFlow] = None
+        if cfg.reference_source:  # the same field and training, from pi_ref's samples (y- and y+) onto y+
+            stage(seed, "reference-source flow")
+            self.to_p1 = _new_flow(cfg, train)
+            self.seconds[f"{SOURCE_REFERENCE} fit"] = self.to_p1.fit(
+                train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
+                source="reference", progress=self.progress, validation_fraction=0).seconds
+        x_pfm = self.flow.transform(self.x_ref, labels)
+        self.add("PFM", x_pfm)
+        self.add("PFM x 2", self.flow.transform(x_pfm, labels))
+        self.M["PFM"]["strength"] = [
+            {"strength": float(s), **self.ev.as_dict(self.flow.transform(self.x_ref, labels, strength=s), labels)}
+            for s in cfg.strengths]
+        # the divergence axis's floor: a second draw of pi_ref's test samples is not at distance 0 from the first
+        x_again = _sample_images(self.ref, labels, stage(seed, "another reference draw"))
+        self.M["reference"]["another_draw"] = self.ev.as_dict(x_again, labels)
+        if self.to_p1 is not None:
+            self.add(SOURCE_REFERENCE, self.to_p1.transform(self.x_ref, labels))
+            self.order.append(SOURCE_REFERENCE)
+
+    def trivial_shift(self) -> None:
+        """Each label's mean move from y- to y+, added to pi_ref's test samples."""
+        train = self.train
+        shift = torch.stack([(train.chosen - train.rejected)[train.context == c].mean(0) for c in range(self.k)])
+        self.add("trivial shift", self.x_ref + shift[self.eval_labels])
+        self.order.append("trivial shift")
+
+    def reward_model(self) -> None:
+        """The Bradley-Terry reward model RLHF optimizes and best-of-n picks by."""
+        cfg, train = self.cfg, self.train
+        stage(self.seed, "reward model")
+        if cfg.reward_model == "cnn":
+            rm = RewardModel.for_dataset(train, hidden=128, depth=1, encoder=RewardEncoder(self.data.image_shape))
+        elif cfg.reward_model == "mlp":
+            rm = RewardModel.for_dataset(train, hidden=256, depth=2)
+        else:
+            raise InvalidInputError(f"reward_model must be 'cnn' or 'mlp', got {cfg.reward_model!r}")
+        rm.fit(train, steps=cfg.reward_steps, seed=self.seed, progress=self.progress)
+        self.rm = rm.eval().requires_grad_(False)
+        self.reward_info = {"model": cfg.reward_model, "heldout_accuracy": rm.accuracy(self.held),
+                            "train_accuracy": rm.accuracy(train)}
+
+    def reward(self, y: Tensor, c: Tensor) -> Tensor:
+        """RLHF's reward: differentiable for the pathwise estimator."""
+        images = self.ref.images(y)
+        return self.rm(images, c) if self.cfg.rlhf_estimator == "pathwise" else self.rm.score(images, c)
+
+    def validate(self, policy: nn.Module) -> float:
+        """The annotator's mean score of fresh samples (new queries to the labeler, on noise that neither the pairs
+        nor the test samples use). It picks beta for RLHF and DPO; PFM has no beta to pick."""
+        val_labels = torch.arange(self.k).repeat_interleave(self.cfg.validation_per_class)
+        g = torch.Generator().manual_seed(30_000 + self.seed)
+        return float(self.score(policy.sample(val_labels, len(val_labels), generator=g), val_labels).mean())
+
+    def evaluate_policy(self, policy: nn.Module, learned_reward: bool = False) -> dict[str, float]:
+        x = _sample_images(policy, self.eval_labels, self.gen)
+        extra = {"learned_reward": float(self.rm.score(x, self.eval_labels).mean())} if learned_reward else {}
+        return {**self.ev.as_dict(x, self.eval_labels), **extra}
+
+    def rlhf(self) -> None:
+        """RLHF over the betas (picked by validation and by implicit accuracy), and its over-optimization curve."""
+        cfg, seed, ref = self.cfg, self.seed, self.ref
+        self.gen = stage(seed, "policy samples")  # the test samples of every tuned policy, drawn in turn
+        stage(seed, "RLHF")
+        train_labels = self.labels[:len(self.full_train)]
+        fit: Callable[[float], nn.Module] = lambda b: rlhf(  # noqa: E731
+            ref, self.reward, train_labels, beta=b, steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
+            estimator=cfg.rlhf_estimator, progress=self.progress)[0]
+        _sweep("RLHF", cfg.betas, fit, ref, self.full_held, lambda p: self.evaluate_policy(p, True), self.validate,
+               self.M, self.samples, self.eval_labels, self.gen, self.ev)
+        self.M["RLHF"]["reward_model"] = self.reward_info
+        self.M["RLHF"]["curve"] = _overoptimization(cfg, ref, self.reward, train_labels, self.M["RLHF"]["beta"],
+                                                    self.ev, self.eval_labels, self.rm, self.gen, seed, self.progress)
+        self.order += ["RLHF", "RLHF, beta by implicit acc."]
+
+    def dpo(self) -> None:
+        """DPO over the betas, and at a tenth of the smallest."""
+        cfg, seed, ref = self.cfg, self.seed, self.ref
+        stage(seed, "DPO")
+        fit: Callable[[float], nn.Module] = lambda b: dpo(ref, self.full_train, beta=b, steps=cfg.dpo_steps,  # noqa: E731
+                                                          batch_size=128, lr=1e-4, seed=seed,
+                                                          progress=self.progress)[0]
+        _sweep("DPO", cfg.betas, fit, ref, self.full_held, self.evaluate_policy, self.validate, self.M, self.samples,
+               self.eval_labels, self.gen, self.ev)
+        small = min(cfg.betas) / 10
+        policy = fit(small)
+        self.samples["DPO, small beta"] = _sample_images(policy, self.eval_labels, self.gen)
+        self.M["DPO, small beta"] = {"beta": small, "heldout_accuracy": implicit_accuracy(policy, ref, self.full_held),
+                                     "validation": self.validate(policy),
+                                     "metrics": self.ev.as_dict(self.samples["DPO, small beta"], self.eval_labels)}
+        self.order += ["DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
+
+    def selection(self) -> None:
+        """Best-of-n by the reward model and by the annotator, PFM-select, and every method's inference cost."""
+        ref, labels = self.ref, self.eval_labels
+        stage(self.seed, "best-of-n")
+        annotator = batched(lambda x, c: label_probability(self.models.annotator, x.clamp(0, 1), c))
+        picked, picked_samples = selection_rows(
+            lambda c, n, g: ref.images(ref.sample(c, n, generator=g)),
+            {"reward model": batched(self.rm.score), "annotator": annotator}, self.flow,
+            lambda x: self.ev.as_dict(x, labels), labels, self.cfg.best_of_n, self.seed,
+            repeats=self.cfg.timing_repeats)
+        _costs(self.M, ref, self.flow, self.x_ref, labels, self.cfg.timing_repeats, self.to_p1)
+        self.M.update(picked)
+        self.samples.update(picked_samples)
+        self.order += list(picked)
+
+    def record(self) -> dict[str, Any]:
+        order, hist = self.order, self.hist
+        return {"seed": self.seed, "n_train": len(self.train), "n_heldout": len(self.held),
+                "methods": {m: self.M[m] for m in order}, "flow_loss": hist.loss[::max(1, len(hist.loss) // 200)],
+                "seconds": self.seconds, "samples": {m: self.samples[m].numpy() for m in order},
+                "labels": self.eval_labels.numpy()}
+
+
 def run_one(cfg: Config, data: ImageData, models: Pretrained, seed: int, progress: bool = False) -> dict[str, Any]:
-    """Every method on one seed's preference pairs. Returns metrics, sweeps, curves, times and the samples."""
-    ref = models.policy
-    k = data.num_classes
-    times: dict[str, float] = {}
-
-    def score(y: Tensor, c: Tensor) -> Tensor:  # the annotator on the (clipped) image part
-        return label_probability(models.annotator, ref.images(y).clamp(0, 1), c)
-
-    t = time.perf_counter()
-    labels = torch.arange(k).repeat(math.ceil(cfg.n_pairs / k))[:cfg.n_pairs]
-    g_pairs = stage(seed, "pairs")
-    full = make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_pairs), score, labels,
-                      seed=10_000 + seed)
-    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
-    n_held = max(k, int(round(cfg.heldout * len(full))))
-    full_train, full_held = full.subset(perm[n_held:]), full.subset(perm[:n_held])
-
-    def as_images(ds: PreferenceDataset) -> PreferenceDataset:
-        return PreferenceDataset(ref.images(ds.chosen), ref.images(ds.rejected), ds.context)
-
-    train, held = as_images(full_train), as_images(full_held)
-    eval_labels = torch.arange(k).repeat_interleave(cfg.eval_per_class)
-    x_ref = _sample_images(ref, eval_labels, stage(seed, "evaluation samples"))
-    g_test = stage(seed, "test pairs")
-    test_pairs = as_images(make_pairs(cfg.pairs, cfg.pairs_k, lambda c, n: ref.sample(c, n, generator=g_test), score,
-                                      eval_labels, seed=20_000 + seed))
-    ev = ImageEvaluator(models.annotator, models.judge, data.test_x, data.test_y, x_ref, eval_labels)
-    samples: dict[str, Tensor] = {}
-    M: dict[str, Any] = {}
-
-    def record(name: str, x: Tensor, **more: Any) -> None:
-        samples[name] = x
-        M[name] = {"metrics": ev.as_dict(x, eval_labels), **more}
-
-    record("reference", x_ref)
-    record("rejected (y-)", test_pairs.rejected)
-    record("preferred (y+)", test_pairs.chosen)
-    times["data"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    stage(seed, "flow")
-    flow = _new_flow(cfg, train)
-    # validation_fraction=0: the paper's protocol trains on every pair (pfm's default holds a tenth out)
-    hist = flow.fit(train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
-                    progress=progress, validation_fraction=0)
-    times["PFM fit"] = hist.seconds
-    to_p1 = None
-    if cfg.reference_source:  # the same field and training, from pi_ref's samples (y- and y+) onto y+
-        stage(seed, "reference-source flow")
-        to_p1 = _new_flow(cfg, train)
-        times[f"{SOURCE_REFERENCE} fit"] = to_p1.fit(
-            train, steps=cfg.flow_steps, batch_size=cfg.flow_batch, ema_decay=cfg.flow_ema, seed=seed,
-            source="reference", progress=progress, validation_fraction=0).seconds
-    x_pfm = flow.transform(x_ref, eval_labels)
-    record("PFM", x_pfm)
-    record("PFM x 2", flow.transform(x_pfm, eval_labels))
-    M["PFM"]["strength"] = [{"strength": float(s), **ev.as_dict(flow.transform(x_ref, eval_labels, strength=s),
-                                                                eval_labels)} for s in cfg.strengths]
-    # the divergence axis's floor: a second draw of pi_ref's test samples is not at distance 0 from the first
-    x_again = _sample_images(ref, eval_labels, stage(seed, "another reference draw"))
-    M["reference"]["another_draw"] = ev.as_dict(x_again, eval_labels)
-    if to_p1 is not None:
-        record(SOURCE_REFERENCE, to_p1.transform(x_ref, eval_labels))
-    times["PFM"] = time.perf_counter() - t
-
-    shift = torch.stack([(train.chosen - train.rejected)[train.context == c].mean(0) for c in range(k)])
-    record("trivial shift", x_ref + shift[eval_labels])
-
-    t = time.perf_counter()
-    stage(seed, "reward model")
-    if cfg.reward_model == "cnn":
-        rm = RewardModel.for_dataset(train, hidden=128, depth=1, encoder=RewardEncoder(data.image_shape))
-    elif cfg.reward_model == "mlp":
-        rm = RewardModel.for_dataset(train, hidden=256, depth=2)
-    else:
-        raise InvalidInputError(f"reward_model must be 'cnn' or 'mlp', got {cfg.reward_model!r}")
-    rm.fit(train, steps=cfg.reward_steps, seed=seed, progress=progress)
-    rm.eval().requires_grad_(False)
-    reward_info = {"model": cfg.reward_model, "heldout_accuracy": rm.accuracy(held),
-                   "train_accuracy": rm.accuracy(train)}
-    times["reward model"] = time.perf_counter() - t
-
-    def reward(y: Tensor, c: Tensor) -> Tensor:  # differentiable for the pathwise estimator
-        return rm(ref.images(y), c) if cfg.rlhf_estimator == "pathwise" else rm.score(ref.images(y), c)
-
-    # Validation: the annotator's mean score of fresh samples (new queries to the labeler, on noise that neither
-    # the pairs nor the test samples use). It picks beta for RLHF and DPO; PFM has no beta to pick.
-    val_labels = torch.arange(k).repeat_interleave(cfg.validation_per_class)
-
-    def validate(policy: nn.Module) -> float:
-        g = torch.Generator().manual_seed(30_000 + seed)
-        return float(score(policy.sample(val_labels, len(val_labels), generator=g), val_labels).mean())
-
-    gen = stage(seed, "policy samples")  # the test samples of every tuned policy, drawn in turn
-
-    def evaluate_policy(policy: nn.Module, learned_reward: bool = False) -> dict[str, float]:
-        x = _sample_images(policy, eval_labels, gen)
-        extra = {"learned_reward": float(rm.score(x, eval_labels).mean())} if learned_reward else {}
-        return {**ev.as_dict(x, eval_labels), **extra}
-
-    t = time.perf_counter()
-    stage(seed, "RLHF")
-    train_labels = labels[:len(full_train)]
-    rlhf_fit: Callable[[float], nn.Module] = lambda b: rlhf(  # noqa: E731
-        ref, reward, train_labels, beta=b, steps=cfg.rlhf_steps, batch_size=64, lr=1e-4, seed=seed,
-        estimator=cfg.rlhf_estimator, progress=progress)[0]
-    _sweep("RLHF", cfg.betas, rlhf_fit, ref, full_held, lambda p: evaluate_policy(p, True), validate, M, samples,
-           eval_labels, gen, ev)
-    M["RLHF"]["reward_model"] = reward_info
-    M["RLHF"]["curve"] = _overoptimization(cfg, ref, reward, train_labels, M["RLHF"]["beta"], ev, eval_labels, rm,
-                                           gen, seed, progress)
-    times["RLHF"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    stage(seed, "DPO")
-    dpo_fit: Callable[[float], nn.Module] = lambda b: dpo(ref, full_train, beta=b, steps=cfg.dpo_steps,  # noqa: E731
-                                                           batch_size=128, lr=1e-4, seed=seed,
-                                                           progress=progress)[0]
-    _sweep("DPO", cfg.betas, dpo_fit, ref, full_held, evaluate_policy, validate, M, samples, eval_labels, gen, ev)
-    small = min(cfg.betas) / 10
-    policy = dpo_fit(small)
-    samples["DPO, small beta"] = _sample_images(policy, eval_labels, gen)
-    M["DPO, small beta"] = {"beta": small, "heldout_accuracy": implicit_accuracy(policy, ref, full_held),
-                            "validation": validate(policy),
-                            "metrics": ev.as_dict(samples["DPO, small beta"], eval_labels)}
-    times["DPO"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    stage(seed, "best-of-n")
-    annotator = batched(lambda x, c: label_probability(models.annotator, x.clamp(0, 1), c))
-    picked, picked_samples = selection_rows(
-        lambda c, n, g: ref.images(ref.sample(c, n, generator=g)),
-        {"reward model": batched(rm.score), "annotator": annotator}, flow,
-        lambda x: ev.as_dict(x, eval_labels), eval_labels, cfg.best_of_n, seed, repeats=cfg.timing_repeats)
-    _costs(M, ref, flow, x_ref, eval_labels, cfg.timing_repeats, to_p1)
-    times["best-of-n"] = time.perf_counter() - t
-    order = ["reference", "rejected (y-)", "preferred (y+)", "PFM", "PFM x 2",
-             *([SOURCE_REFERENCE] if to_p1 is not None else []), "trivial shift", "RLHF",
-             "RLHF, beta by implicit acc.", "DPO", "DPO, beta by implicit acc.", "DPO, small beta"]
-    M.update(picked)
-    samples.update(picked_samples)
-    order += list(picked)
-    return {"seed": seed, "n_train": len(train), "n_heldout": len(held), "methods": {m: M[m] for m in order},
-            "flow_loss": hist.loss[::max(1, len(hist.loss) // 200)], "seconds": times,
-            "samples": {m: samples[m].numpy() for m in order}, "labels": eval_labels.numpy()}
+    """Every method on one seed's preference pairs (:class:`ImageSeed`'s stages: pairs, PFM, the trivial shift, the
+    reward model, RLHF, DPO, best-of-n). Returns metrics, sweeps, curves, times and the samples."""
+    return ImageSeed(cfg, data, models, seed, progress).run()
 
 
 def _costs(M: dict[str, Any], ref: LatentImagePolicy, flow: PreferenceFlow, x_ref: Tensor, labels: Tensor,
