@@ -43,7 +43,7 @@ from .pairs import Pairs, check_pairs, make_pairs
 from .selection import output_costs, selection_rows
 from ..cost import at_largest_n, timed
 from ..rows import SOURCE_REFERENCE, UNCONDITIONAL
-from ..runner import SeedRunner, config_key, earlier_results
+from ..runner import SeedRunner, Stages, config_key, earlier_results
 from ..sweeps import best_beta
 from .config import Config, Pretrained, stem
 
@@ -164,145 +164,182 @@ def split_pairs(cfg: Config, n: int, seed: int) -> tuple[Tensor, Tensor]:
     return perm[n_held:], perm[:n_held]
 
 
+class TextSeed(Stages):
+    """One seed, stage by stage (see :func:`run_one`): the pairs, the flows, RLHF, the test outputs and their
+    decoding, best-of-n, the metrics and the rounds of PFM x k. Each stage seeds what it draws from the seed, as
+    before (``seed_pairs``, ``_fit_flow``, ``torch.manual_seed`` before the reward model, the generation seeds)."""
+
+    STAGES = (("pairs", "pairs"), ("PFM fit", "fit"), (None, "fit_variants"), ("RLHF", "rlhf"),
+              ("decode", "decode"), ("best-of-n", "selection"), ("metrics", "metrics"), ("rounds", "rounds"))
+
+    def __init__(self, cfg: Config, models: Pretrained, seed: int, progress: bool = False,
+                 betas: Optional[Sequence[float]] = None) -> None:
+        super().__init__(seed)
+        self.cfg, self.models, self.progress = cfg, models, progress
+        self.betas = cfg.betas if betas is None else tuple(betas)
+        self.codec, self.ref, self.annotator = models.codec, models.reference, models.annotator
+        self.to_p1: Optional[PreferenceFlow] = None
+        self.free: Optional[PreferenceFlow] = None
+
+    def pairs(self) -> None:
+        self.made = seed_pairs(self.cfg, self.models, self.seed)
+        self.dataset, self.prompts = self.made.dataset(), self.made.prompts
+
+    def fit(self) -> None:
+        """The train/held-out split and PFM's flow, early-stopped on the held-out pairs."""
+        cfg, prompts = self.cfg, self.prompts
+        self.train_idx, self.held_idx = split_pairs(cfg, len(self.dataset), self.seed)
+        self.train, self.held = self.dataset.subset(self.train_idx), self.dataset.subset(self.held_idx)
+        self.train_prompts = [prompts[i] for i in self.train_idx.tolist()]
+        self.val_prompts = [prompts[i] for i in self.held_idx.tolist()][:cfg.validation_prompts]
+        self.flow, self.fhist = _fit_flow(cfg, self.train, self.held, self.seed, self.progress)
+
+    def fit_variants(self) -> None:
+        """The reference-source flow and the released code's unconditional one, where the config asks."""
+        cfg, seed, progress = self.cfg, self.seed, self.progress
+        if cfg.reference_source:  # the same pairs, from every y- and y+ (pi_ref's samples) onto y+: Theorem 1's p1
+            t = time.perf_counter()
+            self.to_p1, _ = _fit_flow(cfg, self.train, self.held, seed, progress, source="reference")
+            self.seconds[f"{SOURCE_REFERENCE} fit"] = time.perf_counter() - t
+        if cfg.unconditional:  # the released code's flow: the same pairs without their prompts
+            t = time.perf_counter()
+            no_context = self.made.dataset(conditional=False)
+            self.free, _ = _fit_flow(cfg, no_context.subset(self.train_idx), no_context.subset(self.held_idx), seed,
+                                     progress)
+            self.seconds[f"{UNCONDITIONAL} fit"] = time.perf_counter() - t
+
+    def reward(self, texts: list[str], ps: list[str]) -> Tensor:
+        """RLHF's reward: the reward model on the texts' and the prompts' embeddings."""
+        return self.rm.score(self.codec.encode(texts, cache=False), self.codec.encode(ps))
+
+    def rlhf(self) -> None:
+        """A Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
+        fine-tuned against it for each beta; the beta whose policy the annotator scores best on held-out pairs'
+        prompts is kept (the strongest RLHF this sweep finds, by the metric of the table)."""
+        cfg, seed, train = self.cfg, self.seed, self.train
+        torch.manual_seed(seed)
+        self.rm = rm = RewardModel.for_dataset(train, hidden=256)
+        rm.fit(train, steps=cfg.reward_steps, batch_size=min(256, len(train)), seed=seed, progress=self.progress)
+        self.rm_acc = {"train": rm.accuracy(train), "heldout": rm.accuracy(self.held)}
+        self.sweep, policies = [], {}
+        for beta in self.betas:
+            policy, hist = rlhf_lm(self.ref, self.reward, self.train_prompts, beta=beta, steps=cfg.rlhf_steps,
+                                   prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed,
+                                   progress=self.progress)
+            y_val = policy.generate(self.val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
+            self.sweep.append({"beta": beta, "validation_score": annotate(self.annotator, y_val).mean().item(),
+                               "validation_perplexity": perplexity(self.ref, y_val, self.val_prompts),
+                               "validation_distinct_2": distinct_n(y_val, 2),
+                               "final_reward": float(np.mean(hist["reward"][-10:])),
+                               "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
+                               "kl_curve": hist["kl"], "seconds": hist["seconds"]})
+            policies[beta] = policy
+        self.picked = best_beta(self.sweep, "validation_score")  # ties: the larger beta
+        self.rlhf_policy = policies[self.picked]
+
+    def decode(self) -> None:
+        """The held-out prompts' outputs of pi_ref and RLHF, their vectors moved by each flow, decoded back to text;
+        the wall time of each step, for the costs."""
+        cfg, seed, codec, ref = self.cfg, self.seed, self.codec, self.ref
+        flow, to_p1, free = self.flow, self.to_p1, self.free
+        self.test_prompts = test_prompts = prompts_of(self.models.test, cfg.prompt_words)[:cfg.eval_prompts]
+        k, b = cfg.iterations, len(test_prompts)
+        clock: dict[str, float] = {}  # the wall time of each step of making the test outputs, for their costs
+
+        def step(name: str, make: Any) -> Any:
+            with timed(b) as c:
+                out = make()
+            clock[name] = c.seconds or 0.0
+            return out
+
+        def moved(z: Tensor) -> Tensor:
+            return torch.nn.functional.normalize(z, dim=-1) if cfg.project else z
+
+        self.y_ref = y_ref = step("reference", lambda: ref.generate(test_prompts, temperature=cfg.temperature,
+                                                                    seed=10_000 + seed))
+        self.y_rlhf = y_rlhf = step("RLHF", lambda: self.rlhf_policy.generate(test_prompts,
+                                                                              temperature=cfg.temperature,
+                                                                              seed=10_000 + seed))
+        self.z_ref = z_ref = step("encode reference", lambda: codec.encode(y_ref, cache=False))
+        z_rlhf = step("encode RLHF", lambda: codec.encode(y_rlhf, cache=False))
+        self.c_test = c_test = step("encode prompts", lambda: codec.encode(test_prompts))
+        vectors = {"reference (codec)": z_ref, "PFM": step("PFM", lambda: moved(flow.transform(z_ref, c_test))),
+                   f"PFM x {k}": step(f"PFM x {k}", lambda: moved(flow.iterate(z_ref, c_test, iterations=k))),
+                   "RLHF (codec)": z_rlhf,
+                   "RLHF + PFM": step("RLHF + PFM", lambda: moved(flow.transform(z_rlhf, c_test))),
+                   f"RLHF + PFM x {k}": step(f"RLHF + PFM x {k}",
+                                             lambda: moved(flow.iterate(z_rlhf, c_test, iterations=k)))}
+        if to_p1 is not None:
+            vectors[SOURCE_REFERENCE] = step(SOURCE_REFERENCE, lambda: moved(to_p1.transform(z_ref, c_test)))
+        if free is not None:
+            vectors[UNCONDITIONAL] = step(UNCONDITIONAL, lambda: moved(free.transform(z_ref)))
+            vectors[f"{UNCONDITIONAL} x {k}"] = step(f"{UNCONDITIONAL} x {k}",
+                                                    lambda: moved(free.iterate(z_ref, iterations=k)))
+        self.vectors = vectors
+        decoded = {name: step(f"decode {name}", lambda v=v: codec.decode(v, test_prompts, candidates=cfg.candidates,
+                                                                         seed=seed)) for name, v in vectors.items()}
+        order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", *([SOURCE_REFERENCE] if to_p1 else []),
+                 *([UNCONDITIONAL, f"{UNCONDITIONAL} x {k}"] if free else []), "RLHF", "RLHF (codec)", "RLHF + PFM",
+                 f"RLHF + PFM x {k}"]
+        self.texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
+        self.costs = output_costs(clock, b, k, cfg.candidates, reference_source=to_p1 is not None,
+                                  unconditional=free is not None)
+
+    def selection(self) -> None:
+        """Best-of-n (by RLHF's reward model, and by the annotator: the oracle) and PFM-select among pi_ref's
+        samples."""
+        cfg, rm, annotator = self.cfg, self.rm, self.annotator
+        scorers = {"reward model": lambda txt, z, c: rm.score(z, c),
+                   "annotator": lambda txt, z, c: annotate(annotator, txt, z)}
+        self.picked_rows, picked_texts = selection_rows(
+            lambda ps, s: self.ref.generate(ps, temperature=cfg.temperature, seed=s),
+            lambda txt: self.codec.encode(txt, cache=False), self.test_prompts, self.c_test, scorers, self.flow,
+            cfg.best_of_n, seed=30_000 + self.seed)
+        self.texts.update(picked_texts)
+        self.costs.update({name: row["cost"] for name, row in self.picked_rows.items()})
+
+    def metrics(self) -> None:
+        """Every row's annotator score, VADER score and win rates, perplexity under pi_ref, diversity, length."""
+        self.judge = judge = VaderJudge()
+        self.methods: dict[str, dict[str, float]] = {}
+        for name, txt in self.texts.items():
+            m = {"score": annotate(self.annotator, txt).mean().item(), "vader": float(judge.score(txt).mean()),
+                 "vader_win_rate_vs_rlhf": judge.win_rate(txt, self.y_rlhf),
+                 "vader_win_rate_vs_reference": judge.win_rate(txt, self.y_ref),
+                 "perplexity": perplexity(self.ref, txt, self.test_prompts), "distinct_1": distinct_n(txt, 1),
+                 "distinct_2": distinct_n(txt, 2), "words": float(np.mean([len(s.split()) for s in txt]))}
+            if name in self.vectors and isinstance(self.annotator, HeadAnnotator):
+                m["score_of_vector"] = self.annotator.score_vectors(self.vectors[name]).mean().item()
+            self.methods[name] = m
+        self.shown = at_largest_n(list(self.texts), max(self.cfg.best_of_n))
+
+    def rounds(self) -> None:
+        """PFM applied 0 to k times: the scores after each round."""
+        k = self.cfg.iterations
+        self.round_rows = _rounds(self.cfg, self.flow, self.z_ref, self.c_test, self.test_prompts, self.seed,
+                                  self.codec, self.annotator, self.judge,
+                                  {0: "reference (codec)", 1: "PFM", k: f"PFM x {k}"}, self.texts)
+
+    def record(self) -> dict[str, Any]:
+        fhist, texts = self.fhist, self.texts
+        return {"seed": self.seed, "methods": self.methods, "pairs": self.made.info,
+                "flow": {"steps": fhist.steps, "validation": fhist.validation,
+                         "zero_field": fhist.extras.get("validation_zero_field")},
+                "reward_model": self.rm_acc, "rlhf": {"beta": self.picked, "sweep": self.sweep}, "costs": self.costs,
+                "rounds": self.round_rows,
+                "selection": {name: {k_: v for k_, v in row.items() if k_ != "cost"}
+                              for name, row in self.picked_rows.items()},
+                "examples": [{"prompt": p, **{name: texts[name][i] for name in self.shown}} for i, p in
+                             enumerate(self.test_prompts[:10])], "seconds": self.seconds}
+
+
 def run_one(cfg: Config, models: Pretrained, seed: int, progress: bool = False,
             betas: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """One seed: pairs from pi_ref, the flow, RLHF (each of ``betas``, default ``cfg.betas``, the best kept), and
     every method's texts and scores on held-out prompts: the alignment methods, and best-of-n (by RLHF's reward
     model and by the annotator) and PFM-select among n of pi_ref's samples for each n of ``cfg.best_of_n``
-    (:mod:`.selection`); each row's inference cost per output under ``"costs"``."""
-    codec, ref, annotator = models.codec, models.reference, models.annotator
-    times: dict[str, float] = {}
-
-    t = time.perf_counter()
-    made = seed_pairs(cfg, models, seed)
-    pairs, prompts = made.dataset(), made.prompts
-    times["pairs"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    train_idx, held_idx = split_pairs(cfg, len(pairs), seed)
-    train, held = pairs.subset(train_idx), pairs.subset(held_idx)
-    train_prompts = [prompts[i] for i in train_idx.tolist()]
-    val_prompts = [prompts[i] for i in held_idx.tolist()][:cfg.validation_prompts]
-    flow, fhist = _fit_flow(cfg, train, held, seed, progress)
-    times["PFM fit"] = time.perf_counter() - t
-    to_p1 = None
-    if cfg.reference_source:  # the same pairs, from every y- and y+ (pi_ref's samples) onto y+: Theorem 1's p1
-        t = time.perf_counter()
-        to_p1, _ = _fit_flow(cfg, train, held, seed, progress, source="reference")
-        times[f"{SOURCE_REFERENCE} fit"] = time.perf_counter() - t
-    free = None
-    if cfg.unconditional:  # the released code's flow: the same pairs without their prompts
-        t = time.perf_counter()
-        no_context = made.dataset(conditional=False)
-        free, _ = _fit_flow(cfg, no_context.subset(train_idx), no_context.subset(held_idx), seed, progress)
-        times[f"{UNCONDITIONAL} fit"] = time.perf_counter() - t
-
-    # RLHF: a Bradley-Terry reward model on the same pairs (the embeddings, given the prompt's), then pi_ref
-    # fine-tuned against it for each beta; the beta whose policy the annotator scores best on held-out pairs'
-    # prompts is kept (the strongest RLHF this sweep finds, by the metric of the table).
-    t = time.perf_counter()
-    torch.manual_seed(seed)
-    rm = RewardModel.for_dataset(train, hidden=256)
-    rm.fit(train, steps=cfg.reward_steps, batch_size=min(256, len(train)), seed=seed, progress=progress)
-    rm_acc = {"train": rm.accuracy(train), "heldout": rm.accuracy(held)}
-
-    def reward(texts: list[str], ps: list[str]) -> Tensor:
-        return rm.score(codec.encode(texts, cache=False), codec.encode(ps))
-
-    sweep, policies = [], {}
-    for beta in (cfg.betas if betas is None else tuple(betas)):
-        policy, hist = rlhf_lm(ref, reward, train_prompts, beta=beta, steps=cfg.rlhf_steps,
-                               prompts_per_step=cfg.rlhf_prompts, lr=cfg.rlhf_lr, seed=seed, progress=progress)
-        y_val = policy.generate(val_prompts, temperature=cfg.temperature, seed=20_000 + seed)
-        sweep.append({"beta": beta, "validation_score": annotate(annotator, y_val).mean().item(),
-                      "validation_perplexity": perplexity(ref, y_val, val_prompts),
-                      "validation_distinct_2": distinct_n(y_val, 2), "final_reward": float(np.mean(hist["reward"][-10:])),
-                      "final_kl": float(np.mean(hist["kl"][-10:])), "reward_curve": hist["reward"],
-                      "kl_curve": hist["kl"], "seconds": hist["seconds"]})
-        policies[beta] = policy
-    picked = best_beta(sweep, "validation_score")  # ties: the larger beta
-    rlhf_policy = policies[picked]
-    times["RLHF"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    test_prompts = prompts_of(models.test, cfg.prompt_words)[:cfg.eval_prompts]
-    k, b = cfg.iterations, len(test_prompts)
-    clock: dict[str, float] = {}  # the wall time of each step of making the test outputs, for their costs
-
-    def step(name: str, make: Any) -> Any:
-        with timed(b) as c:
-            out = make()
-        clock[name] = c.seconds or 0.0
-        return out
-
-    def moved(z: Tensor) -> Tensor:
-        return torch.nn.functional.normalize(z, dim=-1) if cfg.project else z
-
-    y_ref = step("reference", lambda: ref.generate(test_prompts, temperature=cfg.temperature, seed=10_000 + seed))
-    y_rlhf = step("RLHF", lambda: rlhf_policy.generate(test_prompts, temperature=cfg.temperature,
-                                                       seed=10_000 + seed))
-    z_ref = step("encode reference", lambda: codec.encode(y_ref, cache=False))
-    z_rlhf = step("encode RLHF", lambda: codec.encode(y_rlhf, cache=False))
-    c_test = step("encode prompts", lambda: codec.encode(test_prompts))
-    vectors = {"reference (codec)": z_ref, "PFM": step("PFM", lambda: moved(flow.transform(z_ref, c_test))),
-               f"PFM x {k}": step(f"PFM x {k}", lambda: moved(flow.iterate(z_ref, c_test, iterations=k))),
-               "RLHF (codec)": z_rlhf, "RLHF + PFM": step("RLHF + PFM", lambda: moved(flow.transform(z_rlhf, c_test))),
-               f"RLHF + PFM x {k}": step(f"RLHF + PFM x {k}",
-                                         lambda: moved(flow.iterate(z_rlhf, c_test, iterations=k)))}
-    if to_p1 is not None:
-        vectors[SOURCE_REFERENCE] = step(SOURCE_REFERENCE, lambda: moved(to_p1.transform(z_ref, c_test)))
-    if free is not None:
-        vectors[UNCONDITIONAL] = step(UNCONDITIONAL, lambda: moved(free.transform(z_ref)))
-        vectors[f"{UNCONDITIONAL} x {k}"] = step(f"{UNCONDITIONAL} x {k}",
-                                                lambda: moved(free.iterate(z_ref, iterations=k)))
-    decoded = {name: step(f"decode {name}", lambda v=v: codec.decode(v, test_prompts, candidates=cfg.candidates,
-                                                                     seed=seed)) for name, v in vectors.items()}
-    order = ["reference", "reference (codec)", "PFM", f"PFM x {k}", *([SOURCE_REFERENCE] if to_p1 else []),
-             *([UNCONDITIONAL, f"{UNCONDITIONAL} x {k}"] if free else []), "RLHF", "RLHF (codec)", "RLHF + PFM",
-             f"RLHF + PFM x {k}"]
-    texts = {name: ({"reference": y_ref, "RLHF": y_rlhf}.get(name) or decoded[name]) for name in order}
-    costs = output_costs(clock, b, k, cfg.candidates, reference_source=to_p1 is not None,
-                         unconditional=free is not None)
-    times["decode"] = time.perf_counter() - t
-
-    # best-of-n (by RLHF's reward model, and by the annotator: the oracle) and PFM-select among pi_ref's samples
-    t = time.perf_counter()
-    scorers = {"reward model": lambda txt, z, c: rm.score(z, c),
-               "annotator": lambda txt, z, c: annotate(annotator, txt, z)}
-    picked_rows, picked_texts = selection_rows(
-        lambda ps, s: ref.generate(ps, temperature=cfg.temperature, seed=s),
-        lambda txt: codec.encode(txt, cache=False), test_prompts, c_test, scorers, flow, cfg.best_of_n,
-        seed=30_000 + seed)
-    texts.update(picked_texts)
-    costs.update({name: row["cost"] for name, row in picked_rows.items()})
-    times["best-of-n"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    judge = VaderJudge()
-    methods: dict[str, dict[str, float]] = {}
-    for name, txt in texts.items():
-        m = {"score": annotate(annotator, txt).mean().item(), "vader": float(judge.score(txt).mean()),
-             "vader_win_rate_vs_rlhf": judge.win_rate(txt, y_rlhf),
-             "vader_win_rate_vs_reference": judge.win_rate(txt, y_ref),
-             "perplexity": perplexity(ref, txt, test_prompts), "distinct_1": distinct_n(txt, 1),
-             "distinct_2": distinct_n(txt, 2), "words": float(np.mean([len(s.split()) for s in txt]))}
-        if name in vectors and isinstance(annotator, HeadAnnotator):
-            m["score_of_vector"] = annotator.score_vectors(vectors[name]).mean().item()
-        methods[name] = m
-    shown = at_largest_n(list(texts), max(cfg.best_of_n))
-    times["metrics"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    rounds = _rounds(cfg, flow, z_ref, c_test, test_prompts, seed, codec, annotator, judge,
-                     {0: "reference (codec)", 1: "PFM", k: f"PFM x {k}"}, texts)
-    times["rounds"] = time.perf_counter() - t
-    return {"seed": seed, "methods": methods, "pairs": made.info,
-            "flow": {"steps": fhist.steps, "validation": fhist.validation,
-                     "zero_field": fhist.extras.get("validation_zero_field")},
-            "reward_model": rm_acc, "rlhf": {"beta": picked, "sweep": sweep}, "costs": costs, "rounds": rounds,
-            "selection": {name: {k_: v for k_, v in row.items() if k_ != "cost"} for name, row in picked_rows.items()},
-            "examples": [{"prompt": p, **{name: texts[name][i] for name in shown}} for i, p in
-                         enumerate(test_prompts[:10])], "seconds": times}
+    (:mod:`.selection`); each row's inference cost per output under ``"costs"`` (:class:`TextSeed`'s stages)."""
+    return TextSeed(cfg, models, seed, progress, betas).run()
 
 
 def _fit_flow(cfg: Config, train: Any, held: Any, seed: int, progress: bool, **fit: Any) -> tuple[PreferenceFlow, Any]:
