@@ -35,6 +35,7 @@ from pfm.data import PreferenceDataset
 from pfm.errors import InvalidInputError
 from pfm.flow import PreferenceFlow
 from pfm.policies import GaussianPolicy
+from ..runner import Stages
 from ..sweeps import sweep_betas
 from .config import PROTOCOLS, Config
 from .envs import normalized_score
@@ -180,90 +181,125 @@ def fit_flow(train: PreferenceDataset, held: PreferenceDataset, cfg: Any, seed: 
                        validate_every=cfg.validate_every, patience=cfg.patience, seed=seed, progress=progress)
     return flow, history
 
+class ControlCell(Stages):
+    """Every method on one data set and seed, stage by stage (see :func:`run_cell`). The stages draw from torch's
+    global generator in turn after one ``torch.manual_seed(seed)``, as they always did, so the cached cells keep
+    their numbers."""
+
+    STAGES = (("BC", "bc"), ("pairs", "pairs"), ("PFM fit", "fit"), ("DPO", "dpo"), ("Marginal BC", "mbc"),
+              (None, "save"), ("segment test", "segment_test"), (None, "evaluate"))
+
+    def __init__(self, name: str, episodes_data: list, cfg: Config, seed: int, progress: bool = False,
+                 save_dir: Optional[Path] = None) -> None:
+        super().__init__(seed)
+        self.name, self.episodes_data, self.cfg, self.progress, self.save_dir = (name, episodes_data, cfg, progress,
+                                                                                save_dir)
+        torch.manual_seed(seed)
+
+    def bc(self) -> None:
+        """The segments, their observation normalizer, the held-out start states, and pi_ref (BC)."""
+        cfg, seed = self.cfg, self.seed
+        self.segs = segs = make_segments(self.episodes_data, self.name, cfg.horizon, max_segments=cfg.max_segments,
+                                         seed=seed)
+        self.norm = Normalizer.fit(segs.obs)
+        rng = np.random.default_rng(seed)
+        test_idx = rng.choice(len(segs), min(cfg.test_states, len(segs) // 5), replace=False)
+        pool = np.setdiff1d(np.arange(len(segs)), test_idx)
+        self.train_segs, self.test_segs = segs.subset(pool), segs.subset(test_idx)
+        self.bc_policy, self.bc_hist = fit_bc(self.train_segs, self.norm, cfg, seed, self.progress)
+
+    def pairs(self) -> None:
+        """Pairs of pi_ref's segments, the teacher's return deciding, split into train and held-out."""
+        cfg = self.cfg
+        self.roller = SegmentRoller(self.name)
+        pairs, _, self.pair_stats = collect_pairs(self.roller, self.train_segs, self.bc_policy, self.norm,
+                                                  cfg.n_pairs, self.seed + 1, cfg.teacher_lookahead)
+        self.train, self.held = split_pairs(pairs, cfg.heldout, self.seed)
+
+    def fit(self) -> None:
+        self.flow, self.fhist = fit_flow(self.train, self.held, self.cfg, self.seed, self.progress)
+
+    def dpo(self) -> None:
+        cfg, seed, bc = self.cfg, self.seed, self.bc_policy
+
+        def dpo_fit(beta: float) -> nn.Module:
+            return dpo(bc, self.train, beta=beta, steps=cfg.dpo_steps, batch_size=min(128, len(self.train)),
+                       lr=1e-4, seed=seed, progress=self.progress)[0]
+
+        s = sweep_betas(dpo_fit, cfg.betas, bc, self.held)
+        self.beta, self.dpo_policy, self.dpo_rows = s.beta, s.policy, s.rows
+
+    def mbc(self) -> None:
+        """Marginal BC: pi_ref fine-tuned on the preferred segments."""
+        self.mbc_policy, _ = behavior_cloning(self.bc_policy, self.train.chosen, self.train.context,
+                                              steps=self.cfg.mbc_steps, batch_size=min(128, len(self.train)),
+                                              lr=1e-4, seed=self.seed, progress=self.progress)
+
+    def save(self) -> None:
+        """pi_ref and the flow, with ``save_dir``; the methods as planners."""
+        cfg, bc, norm, flow, seed = self.cfg, self.bc_policy, self.norm, self.flow, self.seed
+        if self.save_dir is not None:
+            save_models(self.save_dir, bc, flow, norm)
+        self.methods: dict[str, Propose] = {
+            "BC": proposer(bc, norm), "DPO": proposer(self.dpo_policy, norm),
+            "Marginal BC": proposer(self.mbc_policy, norm),
+            "PFM": proposer(bc, norm, flow, 1, cfg.start, seed + 7),
+            f"PFM x {cfg.iterations}": proposer(bc, norm, flow, cfg.iterations, cfg.start, seed + 7)}
+
+    def segment_test(self) -> None:
+        """Each method's segment on held-out start states, scored by the simulator: the teacher's own measure."""
+        cfg, test_segs, roller, bc, norm = self.cfg, self.test_segs, self.roller, self.bc_policy, self.norm
+        gen = torch.Generator().manual_seed(self.seed + 11)
+        ctx = norm(test_segs.obs)
+        sample = bc.sample(ctx, len(ctx), generator=gen)
+        seg_props = {"BC sample": sample.numpy(), "PFM from a sample": self.flow.transform(sample, ctx).numpy(),
+                     **{m: f(test_segs.obs) for m, f in self.methods.items()}}
+        self.segment_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y).mean())
+                                for m, y in seg_props.items()}
+        self.segment_returns["data set"] = float(roller.returns(test_segs.qpos, test_segs.qvel,
+                                                                test_segs.actions).mean())
+        self.teacher_returns = {}
+        if cfg.teacher_lookahead:  # the teacher's own measure, with its lookahead
+            then = proposer(bc, norm)
+            self.teacher_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y,
+                                                            lookahead=cfg.teacher_lookahead, then=then).mean())
+                                    for m, y in seg_props.items()}
+        roller.close()
+
+    def evaluate(self) -> None:
+        """Each method's episodes under each protocol, normalized D4RL-style (each timed as ``eval <protocol>
+        <method>``)."""
+        cfg, name, seed = self.cfg, self.name, self.seed
+        self.scores: dict[str, dict[str, Any]] = {}
+        for protocol in cfg.protocols:
+            for m, f in self.methods.items():
+                t = time.perf_counter()
+                rets = episodes_score(name, f, protocol, cfg.eval_episodes, 1000 + seed, cfg.horizon,
+                                      cfg.max_episode_steps)
+                s = normalized_score(name, rets)
+                self.scores.setdefault(protocol, {})[m] = {"score": float(s.mean()), "score_std": float(s.std()),
+                                                           "return": float(rets.mean())}
+                self.seconds[f"eval {protocol} {m}"] = time.perf_counter() - t
+                log.info("control %s seed %d %s %s: %.1f", name, seed, protocol, m, s.mean())
+
+    def record(self) -> dict[str, Any]:
+        fhist, bc_hist = self.fhist, self.bc_hist
+        zero = fhist.extras.get("validation_zero_field", [math.nan])[0]
+        return {
+            "seed": self.seed, "segments": len(self.segs), "pairs": self.pair_stats,
+            "n_train_pairs": len(self.train), "n_heldout_pairs": len(self.held),
+            "bc": {"steps": bc_hist.steps, "best_step": bc_hist.best_step,
+                   "heldout_nll": min(v for _, v in bc_hist.validation)},
+            "flow": {"validation": fhist.validation, "best_step": fhist.best_step, "zero_field": zero,
+                     "steps": fhist.steps},
+            "dpo": {"beta": self.beta, "sweep": self.dpo_rows}, "segment_returns": self.segment_returns,
+            **({"teacher_returns": self.teacher_returns} if self.teacher_returns else {}), "scores": self.scores,
+            "seconds": self.seconds,
+        }
+
+
 def run_cell(name: str, episodes_data: list, cfg: Config, seed: int, progress: bool = False,
              save_dir: Optional[Path] = None) -> dict[str, Any]:
-    """Every method on one data set and seed; see the module docstring. Returns a JSON-able record; with
-    ``save_dir``, pi_ref and the flow are saved there (:func:`save_models`)."""
-    torch.manual_seed(seed)
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    segs = make_segments(episodes_data, name, cfg.horizon, max_segments=cfg.max_segments, seed=seed)
-    norm = Normalizer.fit(segs.obs)
-    rng = np.random.default_rng(seed)
-    test_idx = rng.choice(len(segs), min(cfg.test_states, len(segs) // 5), replace=False)
-    pool = np.setdiff1d(np.arange(len(segs)), test_idx)
-    train_segs, test_segs = segs.subset(pool), segs.subset(test_idx)
-    bc, bc_hist = fit_bc(train_segs, norm, cfg, seed, progress)
-    times["BC"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    roller = SegmentRoller(name)
-    pairs, _, pair_stats = collect_pairs(roller, train_segs, bc, norm, cfg.n_pairs, seed + 1, cfg.teacher_lookahead)
-    train, held = split_pairs(pairs, cfg.heldout, seed)
-    times["pairs"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    flow, fhist = fit_flow(train, held, cfg, seed, progress)
-    times["PFM fit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-
-    def dpo_fit(beta: float) -> nn.Module:
-        return dpo(bc, train, beta=beta, steps=cfg.dpo_steps, batch_size=min(128, len(train)), lr=1e-4, seed=seed,
-                   progress=progress)[0]
-
-    dpo_sweep = sweep_betas(dpo_fit, cfg.betas, bc, held)
-    beta, dpo_policy, sweep = dpo_sweep.beta, dpo_sweep.policy, dpo_sweep.rows
-    times["DPO"] = time.perf_counter() - t
-    t = time.perf_counter()
-    mbc, _ = behavior_cloning(bc, train.chosen, train.context, steps=cfg.mbc_steps, batch_size=min(128, len(train)),
-                              lr=1e-4, seed=seed, progress=progress)
-    times["Marginal BC"] = time.perf_counter() - t
-
-    if save_dir is not None:
-        save_models(save_dir, bc, flow, norm)
-    methods: dict[str, Propose] = {
-        "BC": proposer(bc, norm), "DPO": proposer(dpo_policy, norm), "Marginal BC": proposer(mbc, norm),
-        "PFM": proposer(bc, norm, flow, 1, cfg.start, seed + 7),
-        f"PFM x {cfg.iterations}": proposer(bc, norm, flow, cfg.iterations, cfg.start, seed + 7)}
-
-    # segment test on held-out start states: the teacher's own measure
-    t = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed + 11)
-    ctx = norm(test_segs.obs)
-    sample = bc.sample(ctx, len(ctx), generator=gen)
-    seg_props = {"BC sample": sample.numpy(), "PFM from a sample": flow.transform(sample, ctx).numpy(),
-                 **{m: f(test_segs.obs) for m, f in methods.items()}}
-    segment_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y).mean())
-                       for m, y in seg_props.items()}
-    segment_returns["data set"] = float(roller.returns(test_segs.qpos, test_segs.qvel, test_segs.actions).mean())
-    teacher_returns = {}
-    if cfg.teacher_lookahead:  # the teacher's own measure, with its lookahead
-        then = proposer(bc, norm)
-        teacher_returns = {m: float(roller.returns(test_segs.qpos, test_segs.qvel, y, lookahead=cfg.teacher_lookahead,
-                                                   then=then).mean()) for m, y in seg_props.items()}
-    roller.close()
-    times["segment test"] = time.perf_counter() - t
-
-    scores: dict[str, dict[str, Any]] = {}
-    for protocol in cfg.protocols:
-        for m, f in methods.items():
-            t = time.perf_counter()
-            rets = episodes_score(name, f, protocol, cfg.eval_episodes, 1000 + seed, cfg.horizon,
-                                  cfg.max_episode_steps)
-            s = normalized_score(name, rets)
-            scores.setdefault(protocol, {})[m] = {"score": float(s.mean()), "score_std": float(s.std()),
-                                                  "return": float(rets.mean())}
-            times[f"eval {protocol} {m}"] = time.perf_counter() - t
-            log.info("control %s seed %d %s %s: %.1f", name, seed, protocol, m, s.mean())
-    zero = fhist.extras.get("validation_zero_field", [math.nan])[0]
-    return {
-        "seed": seed, "segments": len(segs), "pairs": pair_stats, "n_train_pairs": len(train),
-        "n_heldout_pairs": len(held), "bc": {"steps": bc_hist.steps, "best_step": bc_hist.best_step,
-                                             "heldout_nll": min(v for _, v in bc_hist.validation)},
-        "flow": {"validation": fhist.validation, "best_step": fhist.best_step, "zero_field": zero,
-                 "steps": fhist.steps},
-        "dpo": {"beta": beta, "sweep": sweep}, "segment_returns": segment_returns,
-        **({"teacher_returns": teacher_returns} if teacher_returns else {}), "scores": scores,
-        "seconds": times,
-    }
+    """Every method on one data set and seed; see the module docstring (:class:`ControlCell`'s stages). Returns a
+    JSON-able record; with ``save_dir``, pi_ref and the flow are saved there (:func:`save_models`)."""
+    return ControlCell(name, episodes_data, cfg, seed, progress, save_dir).run()
