@@ -231,3 +231,23 @@ def test_a_sentence_longer_than_the_encoders_positions_is_truncated_to_them(tiny
     out = enc.encode([long, first])
     assert out.shape == (2, 16) and torch.isfinite(out).all()
     assert torch.allclose(out[0], out[1], atol=1e-5)  # the words past the positions are dropped, nothing else
+
+
+@pytest.mark.slow  # the toy flow: 6 s on a free core
+def test_report_on_text_rows_shows_each_text_before_and_after(toy, tmp_path, capsys):
+    """pfm report FLOW rows.jsonl: the vectors' summary (moved, out of range, what it was trained on) and each row's
+    text before and after, as pfm apply returns it."""
+    rows = [{"text": t, "candidates": SENTENCES[i:i + 4]} for i, t in enumerate(SENTENCES[:6])]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main(["report", str(toy / "flow"), str(data), "--out", str(tmp_path / "r")]) == 0
+    assert "6 text rows of" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["n"] == 6 and rep["moved"] > 0 and rep["training"]
+    assert [r["text"] for r in rep["texts"]] == SENTENCES[:6]
+    assert all(r["improved"] in rows[i]["candidates"] and r["improved_by"] == "candidate"
+               for i, r in enumerate(rep["texts"]))
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Texts, before and after (6 of 6" in md and f"| {SENTENCES[0]} |" in md
+    assert "--judge scores arrays" in _error(["report", str(toy / "flow"), str(data), "--out", str(tmp_path / "j"),
+                                              "--judge", "x:y"], capsys)
+    assert not (tmp_path / "j").exists()

@@ -227,9 +227,10 @@ def report(args: argparse.Namespace) -> int:
     from ..validate import check_device
 
     _exists(args.input)
-    if str(args.input).lower().endswith(".jsonl"):
-        raise InvalidInputError("pfm report reads outputs from a .npz; for text rows, pfm apply writes each row's "
-                                "text before and after")
+    text = str(args.input).lower().endswith(".jsonl")
+    if text and args.judge is not None:
+        raise InvalidInputError("--judge scores arrays of outputs; for text rows, pfm report shows each row's text "
+                                "before and after")
     device = "cpu" if args.device is None else check_device(args.device, "--device")
     flow = PreferenceFlow.load(args.flow, device=device)
     args.out = str(check_output(args.out, "--out", kind="dir", inputs=[(args.input, "input file"),
@@ -239,12 +240,18 @@ def report(args: argparse.Namespace) -> int:
         from .judge import load_judge
 
         judge = load_judge(args.judge)
-    key, arrays = read_outputs(args)
-    result = flow_report(flow, arrays[key], arrays.get(args.context_key), judge=judge, strength=args.strength)
+    if text:
+        from .text import text_report
+
+        result, read = text_report(args, flow)
+    else:
+        key, arrays = read_outputs(args)
+        result = flow_report(flow, arrays[key], arrays.get(args.context_key), judge=judge, strength=args.strength)
+        read = f"array {key!r} of {args.input}"
     result.training = training_summary(Path(args.flow))
     result.save(args.out)
     print(result.table())
-    print(f"read array {key!r} of {args.input}; wrote report.json, report.md and report.png to {args.out}")
+    print(f"read {read}; wrote report.json, report.md and report.png to {args.out}")
     return 0
 
 

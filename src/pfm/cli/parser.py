@@ -154,7 +154,8 @@ def build_parser(load_experiments: bool = True) -> argparse.ArgumentParser:
     i.add_argument("flow", help="directory written by 'pfm fit'")
     i.set_defaults(func=commands.info)
     r = sub.add_parser("report", help="what a flow does to your outputs: a table and a figure",
-                       description="Push the outputs in DATA (.npz, read as by pfm apply) through FLOW and write "
+                       description="Push the outputs in DATA (.npz, read as by pfm apply; or text rows, .jsonl, "
+                       "through the flow's codec, each row's text shown before and after) through FLOW and write "
                        "to --out report.json, report.md and report.png: how far they moved (against their own "
                        "spread), how many left their range, with --judge the mean score before and after, and what "
                        "the flow was trained on (pfm info). The figure: image grids before/after for image-shaped "

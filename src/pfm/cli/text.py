@@ -68,6 +68,37 @@ def apply_text(args: argparse.Namespace, flow: Any, solver: dict[str, Any]) -> i
     return 0
 
 
+def text_report(args: argparse.Namespace, flow: Any) -> tuple[Any, str]:
+    """``pfm report FLOW rows.jsonl --out DIR``: the report of the rows' vectors under the flow's codec (how far the
+    flow moves them), with each row's text before and after as ``pfm apply`` returns it (by the codec's decoder,
+    or the nearest of the row's candidates). Returns the report and what was read."""
+    from ..report import flow_report
+    from ..text.apply import improve_texts, plan
+    from ..text.codec import load_codec
+    from ..text.rows import read_text_rows
+
+    spec = flow_codec_spec(args.flow)
+    rows = read_text_rows(args.input)
+    plan(rows, "auto", (Path(spec) / "codec.json").is_file(), f"the codec {spec!r}")  # before any encoding
+    codec = load_codec(spec)
+    if tuple(flow.output_shape) != (codec.dim,):
+        raise InvalidInputError(f"the flow moves outputs of shape {tuple(flow.output_shape)} but its codec's "
+                                f"vectors are ({codec.dim},)")
+    z = codec.encode([r.text for r in rows])
+    context = None
+    if flow.context_kind is not None:
+        missing = next((i for i, r in enumerate(rows, 1) if r.prompt is None), None)
+        if missing is not None:
+            raise InvalidInputError(f"row {missing} has no 'prompt': the flow was trained with prompts as its "
+                                    "contexts, so every row needs one")
+        context = codec.encode([r.prompt for r in rows])
+    result = flow_report(flow, z, context, strength=args.strength)
+    out = improve_texts(flow, codec, rows, strength=args.strength)
+    result.texts = [{"text": r["text"], "improved": r["improved"], "improved_by": r["improved_by"],
+                     "improved_cosine": r["improved_cosine"]} for r in out]
+    return result, f"{len(rows)} text rows of {args.input} (codec {spec!r})"
+
+
 def train_decoder(args: argparse.Namespace) -> int:
     """``pfm train-decoder CORPUS --codec SPEC --out DIR``."""
     from ..io import check_output

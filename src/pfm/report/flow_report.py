@@ -40,6 +40,10 @@ class FlowReport:
     out_of_range: float
     judge: Optional[dict[str, float]] = None
     training: dict[str, Any] = field(default_factory=dict)
+    texts: Optional[list[dict[str, Any]]] = None
+    """For text rows (``pfm report FLOW rows.jsonl``): each row's ``text`` and its ``improved`` text, with how it
+    was made and its cosine to the flowed vector (as ``pfm apply`` writes them); the outputs are the codec's
+    vectors."""
     before: Optional[Tensor] = field(default=None, repr=False)
     after: Optional[Tensor] = field(default=None, repr=False)
 
@@ -64,6 +68,14 @@ class FlowReport:
             rows.append(f"| trained on | {t.get('pairs')} pairs, {t.get('steps')} steps, final loss "
                         f"{_fmt(t.get('final_loss'))}; held-out loss {_fmt(t.get('held_out_loss'))} (zero field "
                         f"{_fmt(t.get('zero_field'))}), kept step {t.get('best_step')} |")
+        if self.texts:
+            shown = self.texts[:TEXTS_SHOWN]
+            mean = sum(r["improved_cosine"] for r in self.texts) / len(self.texts)
+            rows += ["", f"Texts, before and after ({len(shown)} of {len(self.texts)}; mean cosine of the returned "
+                     f"text to its flowed vector {mean:.3f}):", "", "| text | improved | by | cosine |",
+                     "|---|---|---|---|"]
+            rows += [f"| {_cell(r['text'])} | {_cell(r['improved'])} | {r['improved_by']} | "
+                     f"{r['improved_cosine']:.3f} |" for r in shown]
         return "\n".join(rows)
 
     def figure(self, path: Any = None, count: int = 8) -> Any:
@@ -133,6 +145,15 @@ class FlowReport:
         except MissingDependencyError:
             pass
         return d
+
+
+TEXTS_SHOWN = 20
+"""Text rows a report's Markdown shows before and after (``report.json`` holds all of them)."""
+
+
+def _cell(text: str) -> str:
+    """A text as one Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def _fmt(v: Any) -> str:
