@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -376,6 +377,24 @@ _PEER_FLOWS: list[tuple[int, PreferenceFlow]] = []  # the peer part's flows at b
 # ---------------------------------------------------------------------------------------------- load
 COMPETITORS = (1, 2)
 """Busy-loop processes run beside the timings of the ``load`` part (``--competitors``)."""
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU, the torch version and its intra-op threads, as the contention benchmarks record them."""
+    return {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def medians_by_load(rows: list[dict[str, Any]], modes: tuple[str, ...]) -> Any:
+    """For each workload and count of busy processes (``rows``' ``workload`` and ``competitors``, in their order):
+    ``(workload, competitors, its rows, {mode: median of <mode>_seconds}, {mode: the idle median} or None)``."""
+    for name in dict.fromkeys(r["workload"] for r in rows):
+        of = [r for r in rows if r["workload"] == name]
+        idle = {m: statistics.median(r[f"{m}_seconds"] for r in of if r["competitors"] == 0)
+                for m in modes} if any(r["competitors"] == 0 for r in of) else None
+        for k in dict.fromkeys(r["competitors"] for r in of):
+            these = [r for r in of if r["competitors"] == k]
+            yield name, k, these, {m: statistics.median(r[f"{m}_seconds"] for r in these) for m in modes}, idle
 
 
 class Competitors:

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench import Competitors  # benchmarks/ is the script's directory
+from bench import Competitors, machine_info, medians_by_load  # benchmarks/ is the script's directory
 from pfm import PreferenceDataset, PreferenceFlow
 from pfm.io import atomic_file
 from pfm.train import step_threads
@@ -100,8 +98,7 @@ def main() -> None:
         rows = [r for r in earlier.get("rows", []) if r["workload"] not in args.workloads] + rows
         rows.sort(key=lambda r: list(WORKLOADS).index(r["workload"]) if r["workload"] in WORKLOADS else len(WORKLOADS))
     result = {"steps": args.steps, "seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
-              "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()}}
+              "machine": machine_info()}
     with atomic_file(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(table(result))
@@ -113,18 +110,12 @@ def table(result: dict[str, Any]) -> str:
     out = [f"Median seconds of a fit over {result['seeds']} seeds:", "",
            "| workload | steps | busy processes | rule | tuned | rule / its idle | tuned / its idle | tuned / rule idle | "
            "tuner's choices | bit-identical |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["workload"] for r in rows):
-        of = [r for r in rows if r["workload"] == name]
-        idle = {rule: statistics.median(r[f"{rule}_seconds"] for r in of if r["competitors"] == 0)
-                for rule in ("rule", "tuned")} if any(r["competitors"] == 0 for r in of) else None
-        for k in dict.fromkeys(r["competitors"] for r in of):
-            these = [r for r in of if r["competitors"] == k]
-            med = {rule: statistics.median(r[f"{rule}_seconds"] for r in these) for rule in ("rule", "tuned")}
-            ratio = (lambda rule, base: f"{med[rule] / idle[base]:.2f}x") if idle else (lambda *_: "-")
-            chosen = sorted({t[1] for r in these for t in r["tuned_threads"]})
-            out.append(f"| {name} | {these[0]['steps']} | {k} | {med['rule']:.2f} s | {med['tuned']:.2f} s | {ratio('rule', 'rule')} | "
-                       f"{ratio('tuned', 'tuned')} | {ratio('tuned', 'rule')} | {', '.join(map(str, chosen))} | "
-                       f"{sum(r['identical'] for r in these)} of {len(these)} |")
+    for name, k, these, med, idle in medians_by_load(rows, ("rule", "tuned")):
+        ratio = (lambda rule, base: f"{med[rule] / idle[base]:.2f}x") if idle else (lambda *_: "-")
+        chosen = sorted({t[1] for r in these for t in r["tuned_threads"]})
+        out.append(f"| {name} | {these[0]['steps']} | {k} | {med['rule']:.2f} s | {med['tuned']:.2f} s | "
+                   f"{ratio('rule', 'rule')} | {ratio('tuned', 'tuned')} | {ratio('tuned', 'rule')} | "
+                   f"{', '.join(map(str, chosen))} | {sum(r['identical'] for r in these)} of {len(these)} |")
     return "\n".join(out)
 
 

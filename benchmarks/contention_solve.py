@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 from typing import Any
 
 import torch
 
-from bench import Competitors  # benchmarks/ is the script's directory
+from bench import Competitors, machine_info, medians_by_load  # benchmarks/ is the script's directory
 from pfm import PreferenceFlow
 from pfm.io import atomic_file
 from pfm.train import threads as T
@@ -83,8 +81,7 @@ def main() -> None:
                 print(f"{name}, {k} busy, seed {seed}: before {row['before_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
     result = {"seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
-              "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()}}
+              "machine": machine_info()}
     with atomic_file(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(table(result))
@@ -96,17 +93,11 @@ def table(result: dict[str, Any]) -> str:
     out = [f"Median seconds over {result['seeds']} seeds:", "",
            "| workload | busy processes | before | tuned | before / its idle | tuned / its idle | tuned / before | "
            "bit-identical |", "|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["workload"] for r in rows):
-        of = [r for r in rows if r["workload"] == name]
-        idle = {m: statistics.median(r[f"{m}_seconds"] for r in of if r["competitors"] == 0)
-                for m in ("before", "tuned")} if any(r["competitors"] == 0 for r in of) else None
-        for k in dict.fromkeys(r["competitors"] for r in of):
-            these = [r for r in of if r["competitors"] == k]
-            med = {m: statistics.median(r[f"{m}_seconds"] for r in these) for m in ("before", "tuned")}
-            ratio = (lambda m: f"{med[m] / idle[m]:.2f}x") if idle else (lambda m: "-")
-            out.append(f"| {name} | {k} | {med['before']:.2f} s | {med['tuned']:.2f} s | {ratio('before')} | "
-                       f"{ratio('tuned')} | {med['tuned'] / med['before']:.2f}x | "
-                       f"{sum(r['identical'] for r in these)} of {len(these)} |")
+    for name, k, these, med, idle in medians_by_load(rows, ("before", "tuned")):
+        ratio = (lambda m: f"{med[m] / idle[m]:.2f}x") if idle else (lambda m: "-")
+        out.append(f"| {name} | {k} | {med['before']:.2f} s | {med['tuned']:.2f} s | {ratio('before')} | "
+                   f"{ratio('tuned')} | {med['tuned'] / med['before']:.2f}x | "
+                   f"{sum(r['identical'] for r in these)} of {len(these)} |")
     return "\n".join(out)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bench import machine_info  # benchmarks/ is the script's directory
 from pfm.io import atomic_file
 from pfm.text.codec import load_codec
 from pfm.text.decoder import DecoderConfig, reconstruction, train_decoder
@@ -59,8 +59,7 @@ def main() -> None:
                "usable": report["reconstruction"]["usable"], "own_heldout": report["reconstruction"],
                "training": report["training"]}
         result["rows"] = sorted(result["rows"] + [row], key=lambda r: r["sentences"])
-        result["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                             "torch_threads": torch.get_num_threads()}
+        result["machine"] = machine_info()
         with atomic_file(out, "w") as f:
             json.dump(result, f, indent=1)
         print(f"{n_used} sentences: {json.dumps(rec)}, usable {row['usable']}, {seconds:.0f} s", flush=True)
