@@ -204,3 +204,12 @@ def test_only_losses_the_trainer_vouches_for_are_tuned(monkeypatch):
     assert h.threads == [(0, 2, "rule")]  # a step big enough for the tuner, which a BC loss does not get
     _, h = dpo(policy, ds, steps=3, batch_size=256, progress=False)
     assert h.threads == [(0, 2, "rule")]
+
+
+def test_invariant_loss_must_be_a_bool():
+    from pfm.errors import InvalidInputError
+    from pfm.train import optimize
+
+    m = torch.nn.Linear(2, 2)
+    with pytest.raises(InvalidInputError, match="invariant_loss must be True or False"):
+        optimize(m, lambda i, g: (m(torch.ones(1, 2)).sum(), {}), 4, steps=1, invariant_loss="yes", progress=False)

@@ -237,9 +237,10 @@ class Stages:
         for name, method in self.STAGES:
             start = time.perf_counter()
             getattr(self, method)()
+            spent = time.perf_counter() - start
             if name is not None:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            log.debug("seed %d: %s done (%.1f s)", self.seed, method, time.perf_counter() - start)
+                self.seconds[name] = self.seconds.get(name, 0.0) + spent
+            log.debug("seed %d: %s done (%.1f s)", self.seed, method, spent)
         return self.record()
 
     def record(self) -> dict[str, Any]:

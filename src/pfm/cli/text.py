@@ -79,21 +79,12 @@ def text_report(args: argparse.Namespace, flow: Any) -> tuple[Any, str]:
 
     spec = flow_codec_spec(args.flow)
     rows = read_text_rows(args.input)
-    plan(rows, "auto", (Path(spec) / "codec.json").is_file(), f"the codec {spec!r}")  # before any encoding
+    plan(rows, "auto", (Path(spec) / "codec.json").is_file(), f"the codec {spec!r}")  # before loading the codec
     codec = load_codec(spec)
-    if tuple(flow.output_shape) != (codec.dim,):
-        raise InvalidInputError(f"the flow moves outputs of shape {tuple(flow.output_shape)} but its codec's "
-                                f"vectors are ({codec.dim},)")
-    z = codec.encode([r.text for r in rows])
-    context = None
-    if flow.context_kind is not None:
-        missing = next((i for i, r in enumerate(rows, 1) if r.prompt is None), None)
-        if missing is not None:
-            raise InvalidInputError(f"row {missing} has no 'prompt': the flow was trained with prompts as its "
-                                    "contexts, so every row needs one")
-        context = codec.encode([r.prompt for r in rows])
+    out = improve_texts(flow, codec, rows, strength=args.strength)  # checks the codec's width and the prompts
+    z = codec.encode([r.text for r in rows])  # from the codec's cache: improve_texts encoded them
+    context = codec.encode([r.prompt for r in rows]) if flow.context_kind is not None else None  # type: ignore[misc]
     result = flow_report(flow, z, context, strength=args.strength)
-    out = improve_texts(flow, codec, rows, strength=args.strength)
     result.texts = [{"text": r["text"], "improved": r["improved"], "improved_by": r["improved_by"],
                      "improved_cosine": r["improved_cosine"]} for r in out]
     return result, f"{len(rows)} text rows of {args.input} (codec {spec!r})"

@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from .. import validate as V
 from .best_weights import BestWeights, check_evaluate
 from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, restore, save_checkpoint
-from ..config import PRECISIONS, TrainConfig, merge
+from ..config import PRECISIONS, TrainConfig, _check_bool, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
-from .threads import SMALL_STEP, ThreadTuner, intra_op_threads, step_threads, thread_invariant
+from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, intra_op_threads, step_threads,
+                      thread_invariant)
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
            "intra_op_threads", "epoch_order", "mix_seed", "resolve_steps"]
@@ -155,6 +156,7 @@ def optimize(
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
     V.check_positive_int(sync_every, "sync_every")
+    _check_bool(invariant_loss, "invariant_loss")
     if cfg.checkpoint_dir is not None:  # now, not when the first checkpoint is due
         from ..io import check_output
 
@@ -189,7 +191,7 @@ class _Loop:
         self.tuner: Optional[ThreadTuner] = None
         if (cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1
                 and invariant_loss and thread_invariant(module)):
-            self.tuner = ThreadTuner([*(2 ** i for i in range(self.threads.bit_length())), self.threads])
+            self.tuner = ThreadTuner(candidate_counts(self.threads))
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None

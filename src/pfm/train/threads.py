@@ -92,6 +92,11 @@ def thread_invariant(module: nn.Module) -> bool:
     return all(m.out_features % VECTOR_SPLIT == 0 for m in linears[:-1])
 
 
+def candidate_counts(threads: int) -> list[int]:
+    """The counts a :class:`ThreadTuner` tries up to ``threads``: the powers of two below it, and it."""
+    return [*(2 ** i for i in range(threads.bit_length())), threads]
+
+
 class ThreadTuner:
     """Chooses a CPU run's intra-op thread count by timing its own steps, and chooses again when the machine changes.
 
@@ -200,33 +205,26 @@ class TunedCalls:
     """Runs the evaluations of a module in a loop of calls (a solve's field evaluations) on the intra-op thread
     count that is fastest now, as :class:`ThreadTuner` measures it for training steps.
 
-    ``with TunedCalls(module, rows, device) as calls: solve(calls.wrap(field), ...)``. For a CPU run of a module made of
-    :data:`THREAD_INVARIANT` layers (so the count never changes a result), with torch set to more than one thread:
-    a small evaluation (parameters x ``rows`` below :data:`SMALL_STEP`) runs on one thread, a bigger one on the
-    count its timed calls show fastest (per row, so a last, smaller batch compares fairly). Anything else (``module`` None too) runs
-    on torch's setting, as before. The count is restored on exit. ``decisions`` is the tuner's, or ``[]``."""
+    ``with TunedCalls(module, rows, device) as calls: solve(calls.wrap(field), ...)``. For a CPU run of a module
+    made of :data:`THREAD_INVARIANT` layers (so the count never changes a result), with torch set to more than one
+    thread: a small evaluation (:func:`step_threads`' rule, parameters x ``rows`` below :data:`SMALL_STEP`) runs on
+    one thread, a bigger one on the count its timed calls show fastest (per row, so a last, smaller batch compares
+    fairly). Anything else (``module`` None too) runs on torch's setting, as before. The count is restored on
+    exit."""
 
     def __init__(self, module: Optional[nn.Module], rows: int, device: torch.device) -> None:
         self.outer = torch.get_num_threads()
-        self.fixed: Optional[int] = self.outer
+        self.threads = self.outer
         self.tuner: Optional[ThreadTuner] = None
-        if module is not None and device.type == "cpu" and self.outer > 1 and thread_invariant(module):
-            work = sum(p.numel() for p in module.parameters()) * int(rows)
-            if work < SMALL_STEP:
-                self.fixed = 1
-            else:
-                self.fixed = None
-                self.tuner = ThreadTuner([*(2 ** i for i in range(self.outer.bit_length())), self.outer],
-                                         probe_steps=CALL_PROBES, first=self.outer)
+        if module is not None and thread_invariant(module):
+            self.threads = step_threads(list(module.parameters()), rows, device)
+            if self.threads > 1:
+                self.tuner = ThreadTuner(candidate_counts(self.threads), probe_steps=CALL_PROBES, first=self.threads)
         self._calls = 0
 
-    @property
-    def decisions(self) -> list[tuple[int, int, str]]:
-        return list(self.tuner.decisions) if self.tuner is not None else []
-
     def __enter__(self) -> "TunedCalls":
-        if self.fixed is not None and self.fixed != self.outer:
-            torch.set_num_threads(self.fixed)
+        if self.threads != self.outer:
+            torch.set_num_threads(self.threads)
         return self
 
     def __exit__(self, *exc: object) -> None:
