@@ -32,6 +32,7 @@ from pfm.io import atomic_file
 from pfm.text.apply import improve_texts
 from pfm.text.codec import load_codec
 from pfm.text.rows import TextRow
+from pfm_experiments.stats import format_difference, paired_difference
 
 VERBS = ["send", "open", "close", "check", "print", "sign", "bring", "fix", "clean", "read", "move", "share",
          "update", "review", "call", "book", "cancel", "pack", "find", "return", "lock", "copy", "test", "ship"]
@@ -119,6 +120,13 @@ def table(result: dict[str, Any]) -> str:
             v = [r[f"{rule}, {label}"] for r in runs]
             cells.append(f"{statistics.fmean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}")
         out.append(f"| {rule} | {cells[0]} | {cells[1]} |")
+    if len(runs) > 1:  # the comparison the library's choice rests on, paired per seed
+        cells = []
+        for label in ("without the input", "with the input"):
+            d = paired_difference({r["seed"]: r[f"nearest, {label}"] for r in runs},
+                                  {r["seed"]: r[f"gain, {label}"] for r in runs})
+            cells.append(f"{format_difference(d, '.2f')} ({d['wins']} of {len(runs)} seeds ahead)")
+        out.append(f"| nearest − gain, paired per seed [95% CI] | {cells[0]} | {cells[1]} |")
     return "\n".join(out)
 
 
