@@ -6,7 +6,7 @@ that run measured: ``flow.transform(y, strength=s)`` of one trained flow, s = 0 
 (the reference's own), s = 1 one application (the default, PFM), s = 2 and 5 two and five applications (PFM x 2,
 PFM x 5), fractions where the dial was swept. For each row: the mean ± sample std over the run's seeds at each
 strength, the strength with the best mean (and on how many seeds it was each seed's best), and, paired per seed,
-the best's gain over s = 1 and s = 1's gain over s = 0. A strength a file lacks stays empty ("-"): nothing is
+the best's gain over s = 1 and s = 1's gain over s = 0, each with its 95% Student-t confidence interval. A strength a file lacks stays empty ("-"): nothing is
 estimated. Sources:
 
     toy2d       results/toy2d.json: the dial s = 0 ... 3 in quarter steps (Bradley-Terry and threshold preferences);
@@ -41,6 +41,8 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pfm_experiments.stats import describe, format_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -232,7 +234,7 @@ def summarize(row: Row) -> dict:
            "strengths": [{"strength": s, "per_seed": row.values[s], **stats(row.values[s])} for s in strengths]}
     if 0.0 in row.values and 1.0 in row.values:
         d = [b - a for a, b in zip(row.values[0.0], row.values[1.0])]
-        out["gain_1_over_0"] = {"per_seed": d, **stats(d)}
+        out["gain_1_over_0"] = {"per_seed": d, **describe(d)}
     if row.higher is None:
         return out
     sign = 1.0 if row.higher else -1.0
@@ -243,7 +245,7 @@ def summarize(row: Row) -> dict:
                    "largest_measured": best == strengths[-1]}
     if 1.0 in row.values:
         d = [b - a for a, b in zip(row.values[1.0], row.values[best])]
-        out["gain_best_over_1"] = {"per_seed": d, **stats(d)}
+        out["gain_best_over_1"] = {"per_seed": d, **describe(d)}
     return out
 
 
@@ -282,11 +284,11 @@ def table(rows: list[Row], summaries: list[dict]) -> str:
                 cells.append(f"**{t}**" if c == best else t)
         if "best" in s:
             g = s["gain_best_over_1"]
-            gain = "0 (s = 1 is best)" if s["best"]["strength"] == 1.0 else fmt(g, row.digits, signed=True)
+            gain = "0 (s = 1 is best)" if s["best"]["strength"] == 1.0 else format_difference(g, f".{row.digits}f")
             b = best_text(s, row.digits)
         else:
             gain, b = "-", "- (a distance)"
-        g10 = fmt(s["gain_1_over_0"], row.digits, signed=True) if "gain_1_over_0" in s else "-"
+        g10 = format_difference(s["gain_1_over_0"], f".{row.digits}f") if "gain_1_over_0" in s else "-"
         lines.append(f"| {row.experiment}, {row.dataset} | {row.metric} | {len(row.seeds)} | " + " | ".join(cells)
                      + f" | {b} | {gain} | {g10} |")
     return "\n".join(lines)
@@ -365,7 +367,7 @@ def main() -> None:
         f.write("\n")
 
     print("The judge's score at each strength, mean ± sample std over seeds (bold: the best mean; the gains are "
-          "paired per seed; \"-\": not measured in that run)\n")
+          "paired per seed, mean [95% CI]; \"-\": not measured in that run)\n")
     print(table(rows, summaries))
     print("\ns = 0 is " + "; ".join(f"{k}: {v}" for k, v in S0.items()) + ".")
     print(f"\n`control`, per data set (mean over {len(ctrl_rows[0].seeds)} seeds; bold: the best of the three):\n")
