@@ -68,3 +68,46 @@ def test_bad_inputs():
         couple(torch.zeros(3, 2), torch.zeros(4, 2))
     with pytest.raises(InvalidInputError, match="context has 2 rows"):
         couple(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method", ["independent", "ot", "sinkhorn"])
+def test_sub_blocks_couple_each_block_on_its_own(method):
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (100,), generator=g)
+    y0, y1 = torch.randn(100, 2, generator=g), torch.randn(100, 2, generator=g)
+    i0, i1 = couple(y0, y1, labels, method, block=32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(i0, torch.arange(100))
+    assert torch.equal(labels[i1], labels)  # still within a label
+    gen = torch.Generator().manual_seed(1)  # the same draws, block after block
+    for s in range(0, 100, 32):  # blocks of 32, 32, 32 and 4: partners stay in their block
+        want = couple(y0[s:s + 32], y1[s:s + 32], labels[s:s + 32], method, generator=gen)[1] + s
+        assert torch.equal(i1[s:s + 32], want)
+    if method == "ot":  # a block as large as the batch is the whole batch
+        assert torch.equal(couple(y0, y1, labels, block=100)[1], couple(y0, y1, labels)[1])
+
+
+def test_smaller_blocks_cost_more_and_stay_a_permutation():
+    g = torch.Generator().manual_seed(5)
+    y0, y1 = torch.randn(256, 2, generator=g), torch.randn(256, 2, generator=g)
+    costs = []
+    for block in (None, 64, 16):
+        i0, i1 = couple(y0, y1, block=block)
+        assert torch.equal(i1.sort().values, torch.arange(256))
+        costs.append(transport_cost(y0, y1, i0, i1))
+    assert costs[0] < costs[1] < costs[2] < transport_cost(y0, y1, *couple(y0, y1, method="paired"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True])
+def test_block_is_checked(bad):
+    with pytest.raises(InvalidInputError, match="block"):
+        couple(torch.randn(8, 2), torch.randn(8, 2), block=bad)
+
+
+def test_sub_blocks_do_not_depend_on_the_other_sub_blocks_in_a_call():
+    """The pairing threads solve several batches in one call: each sub-block's partners must be those it gets alone."""
+    g = torch.Generator().manual_seed(6)
+    for d in (2, 784):
+        y0, y1 = torch.randn(1024, d, generator=g), torch.randn(1024, d, generator=g)
+        together = couple(y0, y1, block=64)[1]
+        for s in range(0, 1024, 256):
+            assert torch.equal(together[s:s + 256], couple(y0[s:s + 256], y1[s:s + 256], block=64)[1] + s)

@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from pfm import InvalidInputError, PreferenceDataset, PreferenceFlow
-from pfm.coupling import squared_distances
+from pfm.coupling import couple, squared_distances
 from pfm import pairing
 from pfm.pairing import PairingPlan
 from pfm.train import epoch_order
@@ -78,7 +78,7 @@ def test_fits_are_reproducible_and_leave_threads_and_settings_as_they_were():
         weights.append(flow.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert torch.get_num_threads() == threads
-    assert not [t for t in threading.enumerate() if t.name == "pfm-pairing"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("pfm-pairing")]
 
 
 @pytest.mark.parametrize("every,coupling", [(1, "ot"), (3, "ot"), (None, "ot"),
@@ -138,10 +138,16 @@ def test_epoch_orders_depend_on_seed_and_epoch_only():
 
 
 # ---------------------------------------------------------------------------------------------- a starved thread
+def join_workers(plan):
+    """Wait for the plan's threads (a plan kept for the run: they end once every block is solved)."""
+    for thread in plan._threads:
+        thread.join()
+
+
 def _blocked_thread_rows(y0, y1, gate):
     """``rows`` that holds the pairing thread (a thread starved of CPU, at its worst) until ``gate`` is set."""
     def rows(index):
-        if threading.current_thread().name == "pfm-pairing":
+        if threading.current_thread().name.startswith("pfm-pairing"):
             gate.wait(60)
         return y0[index], y1[index], None
     return rows
@@ -155,7 +161,7 @@ def test_a_stalled_thread_does_not_stall_the_training_loop(n, method):
     b = 64
     gate = threading.Event()
     try:
-        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, method=method, seed=3) as plan:
+        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, method=method, seed=3, workers=1) as plan:
             order = plan.order(0)
             t = time.perf_counter()
             # the first epoch, block by block, then every row (a later epoch's random batches reach the last block)
@@ -170,7 +176,7 @@ def test_a_stalled_thread_does_not_stall_the_training_loop(n, method):
     # the same partners as a plan whose thread solved every block itself
     with PairingPlan(rows_of(y0, y1), n, b, method=method, seed=3) as free:
         free.order(0)
-        free._thread.join()  # a plan kept for the run: the thread ends once it has solved every block
+        join_workers(free)  # a plan kept for the run: the thread ends once it has solved every block
         assert free.stats["thread_blocks"] == -(-n // b) and free.stats["blocks"] == 0
         want = free.partners(torch.arange(n))
     assert torch.equal(got[-1], want)
@@ -185,12 +191,12 @@ def test_the_loop_solves_ahead_while_the_thread_is_busy_and_keeps_the_first_resu
     y0, y1 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
     gate = threading.Event()
     try:
-        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, seed=0) as plan:
+        with PairingPlan(_blocked_thread_rows(y0, y1, gate), n, b, seed=0, workers=1) as plan:
             order = plan.order(0)
             first = plan.partners(order[:b])  # held by the thread: the loop solves blocks 1-3, then takes block 0 over
             assert plan.stats["blocks"] == 4 and plan.stats["taken_over"] == 1
             gate.set()
-            plan._thread.join()  # the thread finishes block 0 too; its (equal) result is not written over the loop's
+            join_workers(plan)  # the thread finishes block 0 too; its (equal) result is not written over the loop's
             assert plan.stats["thread_blocks"] == 1
             assert torch.equal(plan.partners(order[:b]), first)
     finally:
@@ -212,7 +218,7 @@ def test_a_fit_whose_thread_is_slowed_matches_one_whose_thread_is_not(monkeypatc
     real = pairing.couple
 
     def slow(*a, **k):  # a thread starved by other processes: every coupling it solves takes a second
-        if threading.current_thread().name == "pfm-pairing":
+        if threading.current_thread().name.startswith("pfm-pairing"):
             time.sleep(1.0)
         return real(*a, **k)
 
@@ -231,7 +237,7 @@ def _priorities_seen():
     seen = []
 
     def rows(index):
-        if threading.current_thread().name == "pfm-pairing":
+        if threading.current_thread().name.startswith("pfm-pairing"):
             seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return torch.zeros(len(index), 2), torch.ones(len(index), 2), None
     return seen, rows
@@ -240,18 +246,70 @@ def _priorities_seen():
 def test_the_thread_solves_the_current_plan_at_the_process_priority():
     """At the lowest priority a thread starves under load (and it holds the GIL at times)."""
     seen, rows = _priorities_seen()
-    with PairingPlan(rows, 128, 64, seed=0) as plan:
+    with PairingPlan(rows, 128, 64, seed=0, workers=1) as plan:
         plan.order(0)
-        plan._thread.join()
+        join_workers(plan)
     assert seen and set(seen) == {os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def test_the_thread_works_ahead_at_the_lowest_priority():
     seen, rows = _priorities_seen()
-    with PairingPlan(rows, 128, 64, recouple_every=1, seed=0) as plan:
+    with PairingPlan(rows, 128, 64, recouple_every=1, seed=0, workers=1) as plan:
         plan.order(0)
         deadline = time.monotonic() + 30
         while plan.stats["thread_blocks"] < 4 and time.monotonic() < deadline:  # plans 0 and 1: two blocks each
             time.sleep(0.01)
         assert plan.stats["thread_blocks"] == 4
     assert seen[:2] == [os.getpriority(os.PRIO_PROCESS, 0)] * 2 and seen[2:] == [19, 19]
+
+
+def test_partners_do_not_depend_on_the_number_of_threads():
+    g = torch.Generator().manual_seed(8)
+    n, b = 1000, 64
+    y0, y1 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+    got = []
+    for workers in (1, 3):
+        with PairingPlan(rows_of(y0, y1), n, b, seed=2, workers=workers, block=16) as plan:
+            plan.order(0)
+            assert len(plan._threads) == workers
+            join_workers(plan)
+            assert plan.stats["thread_blocks"] == -(-n // b)
+            got.append(plan.partners(torch.arange(n)))
+    assert torch.equal(got[0], got[1])
+    assert plan._group > 1  # exact OT in sub-blocks: the threads solve several blocks a call, with the same partners
+    perm, want = plan.partition(0), torch.empty(n, dtype=torch.int64)
+    for s in range(0, n, b):
+        block = perm[s:s + b]
+        i0, i1 = couple(y0[block], y1[block], block=16)
+        want[block[i0]] = block[i1]
+    assert torch.equal(got[0], want)
+    with pytest.raises(InvalidInputError, match="workers"):
+        PairingPlan(rows_of(y0, y1), n, b, workers=0)
+
+
+def test_the_default_threads_are_the_cores_less_one(monkeypatch):
+    from pfm.pairing import pairing_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert pairing_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
+    assert pairing_workers() == 1
+
+
+def test_a_fit_in_sub_blocks():
+    g = torch.Generator().manual_seed(9)
+    ds = PreferenceDataset(torch.randn(600, 2, generator=g) + 1, torch.randn(600, 2, generator=g))
+
+    def weights(**kw):
+        torch.manual_seed(0)
+        flow = PreferenceFlow.for_dataset(ds, hidden=16, depth=2)
+        flow.fit(ds, steps=20, batch_size=64, progress=False, validation_fraction=0, **kw)
+        return flow.state_dict()
+
+    whole, same, sub = weights(), weights(coupling_block=64), weights(coupling_block=16)
+    assert all(torch.equal(whole[k], same[k]) for k in whole)  # a block of the batch's size is the batch
+    assert not all(torch.equal(whole[k], sub[k]) for k in whole)
+    assert all(torch.equal(sub[k], v) for k, v in weights(coupling_block=16).items())  # reproducible
+    for bad, match in ((0, "coupling_block"), (65, "at most batch_size"), ("8", "coupling_block")):
+        with pytest.raises(InvalidInputError, match=match):
+            PreferenceFlow.for_dataset(ds).fit(ds, steps=2, batch_size=64, coupling_block=bad, progress=False)

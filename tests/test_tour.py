@@ -522,6 +522,10 @@ CASES: list[Case] = [
          "--checkpoint-every"),
     Case(2, "fit --recouple-every 0", None, fit_args("{d}/good.npz", "--recouple-every", "0"), None,
          "--recouple-every"),
+    Case(2, "fit --coupling-block 0", None, fit_args("{d}/good.npz", "--coupling-block", "0"), None,
+         "--coupling-block: expected a positive integer or 'batch'"),
+    Case(2, "fit --coupling-block above the batch", None, fit_args("{d}/good.npz", "--coupling-block", "512"), None,
+         r"--coupling-block must be at most batch_size \(256\)"),
     Case(2, "fit --seed -1", None, fit_args("{d}/good.npz", "--seed", "-1"), None, "--seed"),
     Case(2, "fit --hidden with --field unet", None, fit_args("{d}/good.npz", "--field", "unet", "--hidden", "64"),
          None, "--hidden applies to --field mlp; the unet takes --channels"),
@@ -1379,7 +1383,7 @@ def _load_fit(case: LoadCase, d: Path, monkeypatch, capsys) -> tuple[dict[str, t
     run, real = PairingPlan._run, pairing.couple
 
     def couple(*a, **k):
-        if threading.current_thread().name == "pfm-pairing":
+        if threading.current_thread().name.startswith("pfm-pairing"):
             if case.thread == "slowed":
                 time.sleep(1.0)
             elif case.thread == "blocked":

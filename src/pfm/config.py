@@ -179,6 +179,11 @@ class FitConfig(TrainConfig):
                                            "new ones are solved (None, 'never' on the command line: one set, solved "
                                            "in the first epoch; 1 re-solves every epoch, as the paper's code)",
                                            metavar="EPOCHS", none="never", range="positive_int")
+    coupling_block: Optional[int] = option(None, "ot/sinkhorn: couple each batch in sub-blocks of this many rows, "
+                                           "each on its own (cheaper: exact OT's time grows faster than the square "
+                                           "of the rows; see the performance page, Pairing at scale); None, 'batch' "
+                                           "on the command line: the whole batch", metavar="ROWS", none="batch",
+                                           range="positive_int")
     validation_fraction: Optional[float] = option(
         None, "when no validation pairs are given, hold out this share of the pairs (at most validation_max): the "
         f"held-out loss is measured 20 times a run, the flow keeps its best weights and stops after {DEFAULT_PATIENCE} "
@@ -201,6 +206,10 @@ class FitConfig(TrainConfig):
         _check_bool(self.within_context, "within_context")
         V.check_nonneg_float(self.context_weight, "context_weight")
         V.check_positive_int(self.recouple_every, "recouple_every", allow_none=True)
+        V.check_positive_int(self.coupling_block, "coupling_block", allow_none=True)
+        if self.coupling_block is not None and self.coupling_block > self.batch_size:
+            raise InvalidInputError(f"coupling_block must be at most batch_size ({self.batch_size}), got "
+                                    f"{self.coupling_block!r}")
 
 
 FIELD_TYPES = ("mlp", "unet")

@@ -17,6 +17,11 @@ with a preferred output of another. Here, with ``within_context=True`` (the defa
       |c_i - c_j|^2 / mean_c`` (each term divided by its batch mean, so the weight is free of units). The default
       weight 10 makes pairing across contexts ten times as costly as a typical output distance: pairs cross to
       another context only where it is nearly identical.
+
+Sub-blocks: ``block=b`` couples rows ``[0, b)``, ``[b, 2b)``, ... of the batch each on its own (the batch's rows come
+in a random order, so a sub-block is a random minibatch of ``b``). Exact OT's time grows faster than the square of the
+rows while its coupling's cost grows slowly as a block shrinks: measured in ``benchmarks/data_scaling.py`` (the
+performance page, "Pairing at scale").
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def couple(
     within_context: bool = True,
     context_weight: float = 10.0,
     reg: float = 0.05,
+    block: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[Tensor, Tensor]:
     """Pair the rows of ``y0`` (rejected, ``(B, *shape)``) with those of ``y1`` (preferred, ``(B, *shape)``).
@@ -70,6 +76,8 @@ def couple(
             code, which ignores the context when it re-pairs.
         context_weight: weight of the context term of the OT cost for float contexts.
         reg: entropic regularization of ``sinkhorn``, relative to the mean cost.
+        block: couple consecutive sub-blocks of this many rows each on its own (the last one smaller); ``None``:
+            the whole batch.
         generator: torch generator for the random draws (``independent``, ``sinkhorn``); on y0's device.
 
     Returns:
@@ -88,12 +96,29 @@ def couple(
     B, device = y0.shape[0], y0.device
     if context is not None and context.shape[0] != B:
         raise InvalidInputError(f"context has {context.shape[0]} rows but y0 has {B}")
-    ar = torch.arange(B, device=device)
+    V.check_positive_int(block, "block", allow_none=True)
     if method == "paired":
+        ar = torch.arange(B, device=device)
         return ar, ar.clone()
     if not within_context:
         context = None
+    if block is None or block >= B:
+        return _couple(y0, y1, context, method, context_weight, reg, generator)
+    if method == "ot" and context is None:
+        return torch.arange(B, device=device), _exact_ot_blocks(y0, y1, block)
+    parts = []
+    for s in range(0, B, block):
+        i0, i1 = _couple(y0[s:s + block], y1[s:s + block], None if context is None else context[s:s + block],
+                         method, context_weight, reg, generator)
+        parts.append((i0 + s, i1 + s))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+
+def _couple(y0: Tensor, y1: Tensor, context: Optional[Tensor], method: str, context_weight: float, reg: float,
+            generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+    """:func:`couple` of checked inputs, whole (``context`` is ``None`` when pairing ignores it)."""
+    B, device = y0.shape[0], y0.device
+    ar = torch.arange(B, device=device)
     if method == "independent":
         groups = context_groups(context)
         if groups is None:
@@ -137,6 +162,32 @@ def _exact_ot(cost: Tensor, labels: Optional[Tensor]) -> Tensor:
             rows, cols = linear_sum_assignment(c[np.ix_(idx, idx)])
             i1[idx[rows]] = idx[cols]
     return torch.from_numpy(i1).to(cost.device)
+
+
+def _exact_ot_blocks(y0: Tensor, y1: Tensor, block: int) -> Tensor:
+    """Partners ``i1`` of exact OT within each sub-block of ``block`` rows, without contexts: the full sub-blocks'
+    costs in one batched call and a bare loop of assignments, where a call of :func:`_couple` per sub-block made a
+    dozen small torch calls each (each takes the GIL, which the training loop's steps wait for when a pairing thread
+    holds it). A sub-block's partners do not depend on the others in the call, so :class:`pfm.pairing.PairingPlan`
+    solves several batches in one call. (Scaling a block's cost, as the whole batch's is scaled, changes no
+    assignment: it is left out.)"""
+    from scipy.optimize import linear_sum_assignment
+
+    B = y0.shape[0]
+    k = B // block
+    full = k * block
+    i1 = np.empty(B, dtype=np.int64)
+    exact = "donot_use_mm_for_euclid_dist"  # each distance summed alone: the same however many sub-blocks a call has
+    cost = torch.cdist(y0[:full].reshape(k, block, -1), y1[:full].reshape(k, block, -1), compute_mode=exact).pow(2)
+    c = cost.double().cpu().numpy()
+    for j in range(k):
+        rows, cols = linear_sum_assignment(c[j])
+        i1[j * block + rows] = j * block + cols
+    if full < B:  # the last, smaller sub-block
+        rest = torch.cdist(y0[full:].reshape(B - full, -1), y1[full:].reshape(B - full, -1), compute_mode=exact).pow(2)
+        rows, cols = linear_sum_assignment(rest.double().cpu().numpy())
+        i1[full + rows] = full + cols
+    return torch.from_numpy(i1).to(y0.device)
 
 
 def _sinkhorn(cost: Tensor, penalty: Optional[Tensor], reg: float, generator: Optional[torch.Generator]) -> Tensor:

@@ -99,18 +99,19 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
     flow._check_field(*rows.rejected(torch.zeros(1, dtype=torch.int64)))
     sigma = float(cfg.sigma) if cfg.normalize else float(cfg.sigma) / float(flow.y_scale)
     couple_kwargs = {"within_context": cfg.within_context, "context_weight": cfg.context_weight}
+    batch_kwargs = {**couple_kwargs, "block": cfg.coupling_block}  # the held-out pairs are coupled whole, in chunks
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     plan = None
     if cfg.coupling in ("ot", "sinkhorn") and not distributed:
         plan = PairingPlan(rows.batch, len(ds), cfg.batch_size, method=cfg.coupling,
-                           recouple_every=cfg.recouple_every, seed=cfg.seed, **couple_kwargs)
+                           recouple_every=cfg.recouple_every, seed=cfg.seed, **batch_kwargs)
 
     def loss_fn(index: Tensor, gen: torch.Generator, model: nn.Module) -> Tensor:
         if plan is not None:  # the partners were solved ahead, in the plan's thread
             y0, c = rows.rejected(index)
             return flow_matching_loss(model, y0, rows.chosen(plan.partners(index)), c, sigma, gen)
         y0, y1, c = rows.batch(index)
-        i0, i1 = couple(y0, y1, c, cfg.coupling, generator=gen, **couple_kwargs)
+        i0, i1 = couple(y0, y1, c, cfg.coupling, generator=gen, **batch_kwargs)
         return flow_matching_loss(model, y0[i0], y1[i1], None if c is None else c[i0], sigma, gen)
 
     evaluate = zero_field = None
@@ -129,7 +130,8 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
                        "within_context": cfg.within_context, "context_weight": float(cfg.context_weight),
                        "grad_clip": cfg.grad_clip, "flow": json.dumps(flow.config()["field"], sort_keys=True),
                        "recouple_every": cfg.recouple_every if plan is not None else None,
-                       "precision": cfg.precision, **({"source": cfg.source} if cfg.source != "rejected" else {})}
+                       "precision": cfg.precision, **({"source": cfg.source} if cfg.source != "rejected" else {}),
+                       **({"coupling_block": cfg.coupling_block} if cfg.coupling_block is not None else {})}
     try:
         history = optimize(flow.field, loss_fn, len(ds), cfg, device=flow.device, desc="fitting flow",
                            fingerprint=fingerprint, order=None if plan is None else plan.order, evaluate=evaluate,
