@@ -186,9 +186,10 @@ def test_a_hidden_width_off_the_vector_split_is_not_adapted():
     assert not thread_invariant(PreferenceFlow((64,), hidden=100).field)
 
 
-def test_only_losses_the_trainer_vouches_for_are_tuned(monkeypatch):
-    """A flow's and a reward model's fit are tuned; BC, DPO and RLHF keep the size rule: their losses run a policy's
-    log-density or a reward of any kind (an image experiment's CNN reward made RLHF's numbers depend on the count)."""
+def test_which_losses_are_tuned(monkeypatch):
+    """A flow's and a reward model's fit are tuned; BC and DPO are checked first (their first batch's gradients on 1
+    and on 2 threads), RLHF keeps the size rule (its reward is any function of the caller's, which may count calls;
+    an image experiment's CNN reward made RLHF's numbers depend on the count)."""
     from pfm.baselines import RewardModel, behavior_cloning, dpo
     from pfm.policies import GaussianPolicy
 
@@ -199,11 +200,13 @@ def test_only_losses_the_trainer_vouches_for_are_tuned(monkeypatch):
     rm_history = RewardModel.for_dataset(ds, hidden=256, depth=2).fit(ds, steps=8, batch_size=256, progress=False)
     assert rm_history.threads[0][2] != "rule"
     policy = GaussianPolicy(64, num_classes=3, hidden=256, depth=2)
-    monkeypatch.setattr(loop, "thread_invariant", lambda module: True)  # were the policy's module alone to qualify
-    _, h = behavior_cloning(policy, y0, labels, steps=3, batch_size=256, progress=False)
-    assert h.threads == [(0, 2, "rule")]  # a step big enough for the tuner, which a BC loss does not get
-    _, h = dpo(policy, ds, steps=3, batch_size=256, progress=False)
-    assert h.threads == [(0, 2, "rule")]
+    checked = []
+    real = loop._Loop._same_on_any_count
+    monkeypatch.setattr(loop._Loop, "_same_on_any_count", lambda self, index: checked.append(self.desc) or
+                        real(self, index))
+    behavior_cloning(policy, y0, labels, steps=3, batch_size=256, progress=False)
+    dpo(policy, ds, steps=3, batch_size=256, progress=False)
+    assert checked == ["behavior cloning", "DPO (beta=0.1)"]
 
 
 def test_invariant_loss_must_be_a_bool():
@@ -211,5 +214,51 @@ def test_invariant_loss_must_be_a_bool():
     from pfm.train import optimize
 
     m = torch.nn.Linear(2, 2)
-    with pytest.raises(InvalidInputError, match="invariant_loss must be True or False"):
+    with pytest.raises(InvalidInputError, match="invariant_loss must be True or False"):  # or "check"
         optimize(m, lambda i, g: (m(torch.ones(1, 2)).sum(), {}), 4, steps=1, invariant_loss="yes", progress=False)
+
+
+# ------------------------------------------------------------------ BC and DPO: checked, then tuned
+@pytest.mark.parametrize("trainer", ["bc", "dpo"])
+@pytest.mark.parametrize("rows", [600, 517])
+def test_bc_and_dpo_check_the_counts_then_end_bit_identical_to_one_thread(monkeypatch, trainer, rows):
+    """A Gaussian policy's log-density (a control task's shapes: 11-d observations, 3-d actions): the first batch
+    matches on 1 and 2 threads, so the run is tuned, and a run switching the count every step equals one on one."""
+    from pfm.baselines import behavior_cloning, dpo
+    from pfm.policies import GaussianPolicy
+
+    g = torch.Generator().manual_seed(2)
+    obs, act = torch.randn(rows, 11, generator=g), torch.randn(rows, 3, generator=g)
+
+    def run(**kw):
+        torch.manual_seed(3)
+        policy = GaussianPolicy(3, context_shape=(11,))
+        if trainer == "bc":
+            pi, h = behavior_cloning(policy, act, obs, steps=8, batch_size=256, progress=False, **kw)
+        else:
+            pi, h = dpo(policy, PreferenceDataset(act + 0.3, act, obs), steps=8, batch_size=256, progress=False, **kw)
+        return h, [p.detach().clone() for p in pi.parameters()]
+
+    h1, one = run(threads=1)
+    monkeypatch.setattr(loop, "ThreadTuner", Alternating)
+    h, mixed = run()
+    assert {d[1] for d in h.threads} == {1, 2}, h.threads  # checked, tuned, and run on both counts
+    assert all(torch.equal(a, b) for a, b in zip(one, mixed))
+
+
+def test_a_checked_loss_that_differs_between_counts_keeps_the_rule(monkeypatch):
+    """A loss whose gradients change with the count (here made to) is not tuned, and the history says why."""
+    from pfm import optimize
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.SiLU(), torch.nn.Linear(512, 64))
+    data = torch.randn(512, 64)
+
+    def loss_fn(index, gen):
+        return (net(data[index]) * torch.get_num_threads()).pow(2).mean()
+
+    calls = []
+    monkeypatch.setattr(loop, "ThreadTuner", lambda c: calls.append(c))
+    h = optimize(net, loss_fn, 512, steps=2, batch_size=256, progress=False, invariant_loss="check")
+    assert not calls and h.threads == [(0, 2, "rule: the first batch's gradients differ on 1 thread and on more")]
+    with pytest.raises(Exception, match="invariant_loss"):
+        optimize(net, loss_fn, 512, steps=2, progress=False, invariant_loss="maybe")

@@ -73,5 +73,6 @@ def behavior_cloning(
         def evaluate(model: nn.Module) -> float:
             return float(-model.log_prob(vy, vc).mean())
 
-    history = optimize(pi, loss_fn, y.shape[0], cfg, device=dev, desc="behavior cloning", evaluate=evaluate)
+    history = optimize(pi, loss_fn, y.shape[0], cfg, device=dev, desc="behavior cloning", evaluate=evaluate,
+                       invariant_loss="check")
     return pi.eval(), history

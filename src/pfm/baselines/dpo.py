@@ -69,7 +69,8 @@ def dpo(
             - (pi.log_prob(ds.rejected[index], c) - ref_rejected[index])
         return preference_loss(margin, beta, loss), {"acc": (margin > 0).float().mean()}  # type: ignore[arg-type]
 
-    history = optimize(pi, loss_fn, len(ds), cfg, device=dev, desc=f"{loss.upper()} (beta={beta:g})")
+    history = optimize(pi, loss_fn, len(ds), cfg, device=dev, desc=f"{loss.upper()} (beta={beta:g})",
+                       invariant_loss="check")
     return pi.eval(), history
 
 

@@ -108,7 +108,7 @@ def optimize(
     fingerprint: Optional[dict[str, Any]] = None,
     order: Optional[Order] = None,
     evaluate: Optional[Callable[[nn.Module], float]] = None,
-    invariant_loss: bool = False,
+    invariant_loss: Union[bool, str] = False,
     **overrides: Any,
 ) -> History:
     """Minimize ``loss_fn`` over the parameters of ``module`` with Adam (AdamW if ``weight_decay``).
@@ -150,13 +150,17 @@ def optimize(
     over a tensor whose split between threads could fall inside a vector: a flow's and a reward model's loss), on
     the count its own timed steps show fastest, chosen again when the machine's load changes
     (:class:`pfm.train.threads.ThreadTuner`); any other on torch's current setting. ``history.threads`` records
-    the counts and why. (RLHF's loss runs a reward of any kind, DPO's and BC's a policy's log-density: they keep
-    the rule, so that a run's numbers never depend on what the machine was doing.)
+    the counts and why. ``invariant_loss="check"`` asks the loop to find out instead (for a ``loss_fn`` without side
+    effects, whose module may be any): before the first step it computes the first batch's loss and gradients on one
+    thread and on the rule's count, from the same random state, and tunes only if they are bit-identical (a
+    convolution's are not; a Gaussian policy's log-density's were), else keeps the rule; the history's ``threads``
+    says which. BC and DPO/IPO pass it (RLHF keeps the rule: its reward is the caller's function, which may count its calls), so a run's numbers do not depend on what the machine was doing.
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
     V.check_positive_int(sync_every, "sync_every")
-    _check_bool(invariant_loss, "invariant_loss")
+    if invariant_loss != "check":
+        _check_bool(invariant_loss, "invariant_loss")
     if cfg.checkpoint_dir is not None:  # now, not when the first checkpoint is due
         from ..io import check_output
 
@@ -178,7 +182,7 @@ class _Loop:
 
     def __init__(self, module: nn.Module, loss_fn: LossFn, n: int, cfg: TrainConfig, desc: str, sync_every: int,
                  fingerprint: Optional[dict[str, Any]], order: Optional[Order],
-                 evaluate: Optional[Callable[[nn.Module], float]], invariant_loss: bool = False) -> None:
+                 evaluate: Optional[Callable[[nn.Module], float]], invariant_loss: Union[bool, str] = False) -> None:
         self.module, self.loss_fn, self.n, self.cfg, self.desc = module, loss_fn, n, cfg, desc
         self.sync_every = sync_every
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -189,9 +193,12 @@ class _Loop:
         batch_size = min(cfg.batch_size, n)
         self.threads = cfg.threads or step_threads(self.params, batch_size, self.device)
         self.tuner: Optional[ThreadTuner] = None
-        if (cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1
-                and invariant_loss and thread_invariant(module)):
-            self.tuner = ThreadTuner(candidate_counts(self.threads))
+        self.check_counts = False  # compare the first batch at 1 and at self.threads before tuning
+        self.rule_why = "rule"
+        if cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1:
+            if invariant_loss is True and thread_invariant(module):
+                self.tuner = ThreadTuner(candidate_counts(self.threads))
+            self.check_counts = invariant_loss == "check" and not cfg.compile
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None
@@ -278,6 +285,13 @@ class _Loop:
                                                   unit="step", disable=not self.progress,
                                                   dynamic_ncols=True) as self.bar:
             epoch, rows = -1, torch.empty(0, dtype=torch.int64)
+            if self.check_counts and self.first_step < self.steps:
+                first = self.order(self.first_step // self.steps_per_epoch)
+                pos = (self.first_step % self.steps_per_epoch) * self.batch_size
+                if self._same_on_any_count(first[pos:pos + self.batch_size].to(self.device)):
+                    self.tuner = ThreadTuner(candidate_counts(self.threads))
+                else:
+                    self.rule_why = "rule: the first batch's gradients differ on 1 thread and on more"
             for step in range(self.first_step, self.steps):
                 if step // self.steps_per_epoch != epoch:
                     epoch = step // self.steps_per_epoch
@@ -295,6 +309,29 @@ class _Loop:
                 if self._after_step(step):
                     break
         return self._finish()
+
+    def _same_on_any_count(self, index: Tensor) -> bool:
+        """Whether the loss and gradients of the batch ``index`` are bit-identical on one thread and on
+        ``self.threads``, computed from the same random state (both generators restored afterwards)."""
+        gen_state, global_state = self.gen.get_state(), torch.get_rng_state()
+        results = []
+        try:
+            for k in (1, self.threads):
+                self.gen.set_state(gen_state)
+                torch.set_rng_state(global_state)
+                with intra_op_threads(k), self.autocast:
+                    out = (self.loss_fn(index, self.gen, self.model) if self.takes_model
+                           else self.loss_fn(index, self.gen))
+                    loss = out[0] if isinstance(out, tuple) else out
+                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                results.append([loss.detach(), *(g for g in grads if g is not None)])
+        finally:
+            self.gen.set_state(gen_state)
+            torch.set_rng_state(global_state)
+        same = all(torch.equal(a, b) for a, b in zip(*results)) and len(results[0]) == len(results[1])
+        log.debug("%s: the first batch's gradients on 1 and %d threads are %s", self.desc, self.threads,
+                  "bit-identical: tuning the count" if same else "not identical: keeping the rule")
+        return same
 
     def _step(self, index: Tensor) -> None:
         with self.autocast:
@@ -391,6 +428,6 @@ class _Loop:
         h.epochs = steps * self.batch_size * self.world / self.n  # every rank takes its own batch a step
         h.seconds = self.elapsed + time.perf_counter() - self.start
         h.threads = (list(self.tuner.decisions) if self.tuner is not None
-                     else [(self.first_step, self.threads, "set" if self.cfg.threads else "rule")])
+                     else [(self.first_step, self.threads, "set" if self.cfg.threads else self.rule_why)])
         log.info("%s: %d steps in %.1f s, final loss %.4g", self.desc, steps, h.seconds, h.loss[-1])
         return h

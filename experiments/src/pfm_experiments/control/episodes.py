@@ -15,7 +15,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from pfm.train import intra_op_threads
+
 from .envs import make_env
+from .rollout import ACTING_THREADS
 
 Replan = Callable[[list[Any], np.ndarray, np.ndarray, list[Optional[np.ndarray]], np.ndarray],
                   dict[int, np.ndarray]]
@@ -31,17 +34,18 @@ def play(name: str, episodes: int, seed: int, max_steps: int, replan: Replan) ->
         total = np.zeros(episodes)
         plans: list[Optional[np.ndarray]] = [None] * episodes
         ptr = np.zeros(episodes, int)
-        for _ in range(max_steps):
-            for i, plan in replan(envs, obs, alive, plans, ptr).items():
-                plans[i], ptr[i] = plan, 0
-            for i in np.nonzero(alive)[0]:
-                o, r, terminated, truncated, _ = envs[i].step(np.clip(plans[i][ptr[i]], low, high))
-                obs[i], total[i] = o, total[i] + r
-                ptr[i] += 1
-                if terminated or truncated:
-                    alive[i] = False
-            if not alive.any():
-                break
+        with intra_op_threads(ACTING_THREADS):  # small calls between simulator steps: see ACTING_THREADS
+            for _ in range(max_steps):
+                for i, plan in replan(envs, obs, alive, plans, ptr).items():
+                    plans[i], ptr[i] = plan, 0
+                for i in np.nonzero(alive)[0]:
+                    o, r, terminated, truncated, _ = envs[i].step(np.clip(plans[i][ptr[i]], low, high))
+                    obs[i], total[i] = o, total[i] + r
+                    ptr[i] += 1
+                    if terminated or truncated:
+                        alive[i] = False
+                if not alive.any():
+                    break
     finally:
         for e in envs:
             e.close()

@@ -17,7 +17,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from pfm.errors import InvalidInputError
+from pfm.train import intra_op_threads
 from .envs import make_env, set_state
+
+ACTING_THREADS = 1
+"""Torch intra-op threads of an acting loop (here and in :func:`pfm_experiments.control.episodes.play`): each
+simulator step makes one policy or flow call on a few rows, the size rule's one thread (:func:`pfm.train.step_threads`);
+at torch's 2, beside one busy process, the quick rollout reproduction took 118 s against 43 s at one (40 s idle),
+with the same results (the products are thread-invariant: :func:`pfm.train.threads.reproducible_blas`)."""
 
 Act = Callable[[np.ndarray], np.ndarray]
 """A per-step policy: ``obs (k, obs_dim) -> actions (k, act_dim)``, one call for all ``k`` rows."""
@@ -124,14 +131,15 @@ def rollout(sims: Simulators, qpos: np.ndarray, qvel: np.ndarray, act: Act, hori
     path_obs = np.empty((k, horizon, sims.obs_dim))
     rewards = np.zeros((k, horizon))
     alive = np.ones(k, bool)
-    for t in range(horizon):
-        a = prefix[:, t] if t < P else np.asarray(act(obs), np.float64)
-        if a.shape != (k, sims.act_dim):
-            raise InvalidInputError(f"the policy must return ({k}, {sims.act_dim}) actions, got {a.shape}")
-        a = sims.clip(a)
-        actions[:, t] = a
-        path_obs[:, t] = obs
-        obs, r, term = sims.step(a)
-        rewards[:, t] = np.where(alive, r, 0.0)
-        alive &= ~term
+    with intra_op_threads(ACTING_THREADS):  # one small call a simulator step: see ACTING_THREADS
+        for t in range(horizon):
+            a = prefix[:, t] if t < P else np.asarray(act(obs), np.float64)
+            if a.shape != (k, sims.act_dim):
+                raise InvalidInputError(f"the policy must return ({k}, {sims.act_dim}) actions, got {a.shape}")
+            a = sims.clip(a)
+            actions[:, t] = a
+            path_obs[:, t] = obs
+            obs, r, term = sims.step(a)
+            rewards[:, t] = np.where(alive, r, 0.0)
+            alive &= ~term
     return Rollout(actions, rewards, rewards.sum(1), ~alive, start, path_obs)
