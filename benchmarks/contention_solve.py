@@ -15,7 +15,10 @@ two busy-loop processes: ``bench.Competitors``) and ``--seeds`` seeds, both are 
 Outputs must be bit-identical (checked). Prints a Markdown table (median seconds over the seeds, each over its own
 idle time) and writes ``results/contention-solve.json``.
 
-    python benchmarks/contention_solve.py [--seeds 3] [--out results/contention-solve.json]
+    python benchmarks/contention_solve.py [--seeds 3] [--out results/contention-solve.json] [--workloads NAME ...]
+
+The ``sweep`` workload (12 transforms of one flow at strengths 0.25-3, as ``choose_strength`` makes them) measures
+what keeping the tuners with the flow buys: ``before`` is torch's setting on every call.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +41,11 @@ WORKLOADS = {
     "transform, 784-d, 20,000 rows": dict(shape=(784,), n=20_000, op="transform"),
     "transform, 64-d, 2,000 rows": dict(shape=(64,), n=2_000, op="transform"),
     "divergence_pass, 64-d, 2,000 rows": dict(shape=(64,), n=2_000, op="divergence_pass"),
+    "sweep: 12 transforms, 64-d, 2,000 rows": dict(shape=(64,), n=2_000, op="sweep"),
 }
+SWEEP = [0.25 * k for k in range(1, 13)]
+"""The ``sweep`` workload's strengths, as :func:`pfm.choose_strength` solves a flow at one after another: the flow
+keeps its solves' tuners by size, so the first call probes and the others go on from its choice."""
 
 
 def run_once(flow: PreferenceFlow, y: torch.Tensor, op: str, mode: str) -> tuple[float, list[torch.Tensor]]:
@@ -45,9 +53,12 @@ def run_once(flow: PreferenceFlow, y: torch.Tensor, op: str, mode: str) -> tuple
     if mode == "before":  # TunedCalls adapts no module then: torch's setting, as before it existed
         T.thread_invariant = lambda module: False  # type: ignore[assignment]
     try:
+        flow.__dict__.pop("_solve_tuners", None)  # each timed run starts from no earlier measurement
         start = time.perf_counter()
         if op == "transform":
             out = [flow.transform(y)]
+        elif op == "sweep":
+            out = [flow.transform(y, strength=s) for s in SWEEP]
         else:
             out = list(flow.divergence_pass(y, generator=torch.Generator().manual_seed(1)))
         return time.perf_counter() - start, out
@@ -60,10 +71,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--competitors", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="results/contention-solve.json")
+    ap.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                    help="run these; the other workloads' rows of an existing --out are kept")
     args = ap.parse_args()
     began = time.perf_counter()
-    rows = []
-    for name, spec in WORKLOADS.items():
+    rows, kept = [], {}
+    if set(args.workloads) != set(WORKLOADS) and Path(args.out).exists():
+        kept = json.loads(Path(args.out).read_text())
+        rows = [r for r in kept["rows"] if r["workload"] not in args.workloads]
+    for name in args.workloads:
+        spec = WORKLOADS[name]
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             flow = PreferenceFlow(spec["shape"])
@@ -80,8 +97,12 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name}, {k} busy, seed {seed}: before {row['before_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
+    rows.sort(key=lambda r: list(WORKLOADS).index(r["workload"]))
     result = {"seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
               "machine": machine_info()}
+    if kept:
+        result["seconds_per_run"] = {**kept.get("seconds_per_run", {"earlier workloads": kept["seconds"]}),
+                                     ", ".join(args.workloads): result["seconds"]}
     with atomic_file(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(table(result))

@@ -262,3 +262,45 @@ def test_a_checked_loss_that_differs_between_counts_keeps_the_rule(monkeypatch):
     assert not calls and h.threads == [(0, 2, "rule: the first batch's gradients differ on 1 thread and on more")]
     with pytest.raises(Exception, match="invariant_loss"):
         optimize(net, loss_fn, 512, steps=2, progress=False, invariant_loss="maybe")
+
+
+def test_a_flows_solves_of_one_size_share_one_tuner(monkeypatch):
+    """A sweep (choose_strength) makes many solves of one size: the first probes, the next go on from its choice."""
+    made = []
+
+    class Counted(T.ThreadTuner):
+        def __init__(self, *a, **k):
+            made.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(T, "ThreadTuner", Counted)
+    flow = PreferenceFlow((64,))
+    y = torch.randn(8192, 64)
+    first = flow.transform(y)
+    assert len(made) == 1 and not flow._call_tuners()[(8192, "cpu", 2)].probing
+    again = flow.transform(y, strength=0.5)
+    assert len(made) == 1 and torch.equal(flow.transform(y), first) and again.shape == y.shape
+    flow.transform(y[:4096])  # another size: its own tuner
+    assert len(made) == 2 and "_solve_tuners" not in flow.state_dict()
+
+
+def test_the_text_decoders_language_model_is_checked_then_tuned_and_ends_as_on_one_thread(monkeypatch):
+    from pfm.text import lm as L
+
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(3, 2000, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (140,), generator=g)]
+    cond = torch.nn.functional.normalize(torch.randn(140, 16, generator=g), dim=-1)
+
+    def fit(threads):
+        torch.manual_seed(0)
+        model = L.ConditionalLM(L.LMConfig(2000, dim=256, hidden=512, layers=2, cond_dim=16, max_len=16))
+        with T.intra_op_threads(threads):
+            info = L.fit_lm(model, seqs, cond, epochs=2, batch_size=64, cond_noise=0.1, progress=False)
+        return info, [p.detach().clone() for p in model.parameters()]
+
+    info1, one = fit(1)
+    assert info1["threads"] == [(0, 1, "rule")]
+    monkeypatch.setattr(L, "ThreadTuner", Alternating)
+    info, mixed = fit(2)
+    assert {d[1] for d in info["threads"]} == {1, 2}, info["threads"]
+    assert all(torch.equal(a, b) for a, b in zip(one, mixed)) and info["val_loss"] == info1["val_loss"]

@@ -218,6 +218,14 @@ class PreferenceFlow(nn.Module):
             raise InvalidInputError(f"{name} holds values up to {top:.3g}, beyond the range of this flow's "
                                     f"{str(self.y_shift.dtype).replace('torch.', '')} ({limit:.3g}){hint}")
 
+    def _call_tuners(self) -> dict:
+        """The thread tuners of this flow's solves, by size (:class:`pfm.train.threads.TunedCalls`): kept with the
+        flow, not saved, so that its next solve of the same size goes on from the count measured before."""
+        tuners = self.__dict__.get("_solve_tuners")
+        if tuners is None:
+            tuners = self.__dict__["_solve_tuners"] = {}
+        return tuners
+
     @torch.no_grad()
     def _check_field(self, y: Tensor, c: Optional[Tensor]) -> None:
         """Call a custom field once on one row: it must return a velocity shaped like ``y`` (one that does not
@@ -301,7 +309,7 @@ class PreferenceFlow(nn.Module):
         self._check_field(self._norm_y(y_t[:1].to(dev, dtype)), None if c is None else self._field_context(c[:1]))
         shape = ((int(opts["steps"]) + 1,) if return_trajectory else ()) + (n, *self.output_shape)
         res = None  # written batch by batch: no list of pieces to concatenate, so memory stays flat in n
-        with TunedCalls(self.field, min(n, batch_size), dev) as calls:  # threads by measurement (pfm.train.threads)
+        with TunedCalls(self.field, min(n, batch_size), dev, self._call_tuners()) as calls:  # pfm.train.threads
             field = calls.wrap(self.field)
             for s in range(0, n, batch_size):
                 z = self._norm_y(y_t[s:s + batch_size].to(dev, dtype))

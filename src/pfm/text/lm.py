@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import atomic_dir
+from ..train.threads import ThreadTuner, candidate_counts, same_on_counts, step_threads
 from ..errors import FileFormatError, InvalidInputError
 from .encoder import check_texts
 
@@ -199,7 +200,10 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
     """Train by next-token cross-entropy; keep the weights of the epoch with the lowest held-out loss (per token)
     and stop after ``patience`` epochs without improvement. ``cond_noise`` adds Gaussian noise of that std to the
     conditions while training (then renormalises them if they were unit vectors), so that a decoder also reads
-    vectors a little off the encoder's manifold, such as a flow's outputs."""
+    vectors a little off the encoder's manifold, such as a flow's outputs. On the CPU the steps run on the thread
+    count a :class:`pfm.train.threads.ThreadTuner` measures fastest when the first batch's loss and gradients are
+    bit-identical on 1 thread and on more (a GRU's were), else on :func:`pfm.train.threads.step_threads`' count
+    (``threads`` in the result says which)."""
     from tqdm.auto import tqdm
 
     if not seqs:
@@ -216,6 +220,10 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
     steps = epochs * math.ceil(len(train) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     best, best_state, history, bad = math.inf, None, [], 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    rule = step_threads(params, batch_size, device)  # as pfm.optimize: then tuned, if the first batch allows
+    tuner: Optional[ThreadTuner] = None
+    check, step, outer = rule > 1 and device.type == "cpu", 0, torch.get_num_threads()
     start = time.perf_counter()
     bar = tqdm(total=steps, desc="train LM", disable=not progress, unit="step")
     for ep in range(epochs):
@@ -232,16 +240,33 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
                     c = c + cond_noise * torch.randn(c.shape, generator=g).to(device)
                     if unit:
                         c = nn.functional.normalize(c, dim=-1)
-            logits = model(inp, c)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                               ignore_index=PAD)
+
+            def loss_of(inp: Tensor = inp, tgt: Tensor = tgt, c: Optional[Tensor] = c) -> Tensor:
+                logits = model(inp, c)
+                return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                   ignore_index=PAD)
+
+            if check:  # the first batch's loss and gradients on 1 thread and on the rule's: tune only if identical
+                check = False
+                if same_on_counts(lambda: [(lo := loss_of()), *torch.autograd.grad(lo, params)], rule):
+                    tuner = ThreadTuner(candidate_counts(rule))
+            k = rule if tuner is None else tuner.threads()
+            if k != torch.get_num_threads():
+                torch.set_num_threads(k)
+            began = time.perf_counter()
+            loss = loss_of()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if tuner is not None:
+                tuner.record(step, time.perf_counter() - began)
+            step += 1
             bar.update(1)
+        if torch.get_num_threads() != rule:
+            torch.set_num_threads(rule)  # held-out loss on the rule's count, whatever the steps ran on
         nll, count = sequence_nll(model, [seqs[i] for i in val], None if cond is None else cond[val])
         val_loss = float(nll.sum() / count.sum())
         history.append({"epoch": ep + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
@@ -254,11 +279,14 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
             if bad >= patience:
                 break
     bar.close()
+    if torch.get_num_threads() != outer:
+        torch.set_num_threads(outer)
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
     return {"history": history, "val_loss": best, "val_perplexity": math.exp(best),
-            "seconds": time.perf_counter() - start, "epochs": len(history)}
+            "seconds": time.perf_counter() - start, "epochs": len(history),
+            "threads": list(tuner.decisions) if tuner is not None else [(0, rule, "rule")]}
 
 
 class TextLM:

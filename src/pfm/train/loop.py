@@ -23,7 +23,7 @@ from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, res
 from ..config import PRECISIONS, TrainConfig, _check_bool, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
-from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, intra_op_threads, step_threads,
+from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, intra_op_threads, same_on_counts, step_threads,
                       thread_invariant)
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
@@ -312,23 +312,16 @@ class _Loop:
 
     def _same_on_any_count(self, index: Tensor) -> bool:
         """Whether the loss and gradients of the batch ``index`` are bit-identical on one thread and on
-        ``self.threads``, computed from the same random state (both generators restored afterwards)."""
-        gen_state, global_state = self.gen.get_state(), torch.get_rng_state()
-        results = []
-        try:
-            for k in (1, self.threads):
-                self.gen.set_state(gen_state)
-                torch.set_rng_state(global_state)
-                with intra_op_threads(k), self.autocast:
-                    out = (self.loss_fn(index, self.gen, self.model) if self.takes_model
-                           else self.loss_fn(index, self.gen))
-                    loss = out[0] if isinstance(out, tuple) else out
-                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                results.append([loss.detach(), *(g for g in grads if g is not None)])
-        finally:
-            self.gen.set_state(gen_state)
-            torch.set_rng_state(global_state)
-        same = all(torch.equal(a, b) for a, b in zip(*results)) and len(results[0]) == len(results[1])
+        ``self.threads``, computed from the same random state (:func:`pfm.train.threads.same_on_counts`)."""
+        def compute() -> list[Tensor]:
+            with self.autocast:
+                out = (self.loss_fn(index, self.gen, self.model) if self.takes_model
+                       else self.loss_fn(index, self.gen))
+                loss = out[0] if isinstance(out, tuple) else out
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            return [loss, *(g for g in grads if g is not None)]
+
+        same = same_on_counts(compute, self.threads, [self.gen])
         log.debug("%s: the first batch's gradients on 1 and %d threads are %s", self.desc, self.threads,
                   "bit-identical: tuning the count" if same else "not identical: keeping the rule")
         return same

@@ -92,6 +92,29 @@ def thread_invariant(module: nn.Module) -> bool:
     return all(m.out_features % VECTOR_SPLIT == 0 for m in linears[:-1])
 
 
+def same_on_counts(compute: Callable[[], Sequence[Tensor]], threads: int,
+                   generators: Sequence[torch.Generator] = ()) -> bool:
+    """Whether ``compute()`` (e.g. a batch's loss and gradients) gives bit-identical tensors on one intra-op thread and
+    on ``threads``, each run from the same state of torch's global generator and of ``generators`` (restored
+    afterwards). How a training loop whose module or loss may depend on the count finds out, before it lets a
+    :class:`ThreadTuner` switch counts (``optimize(invariant_loss="check")``; the text decoder's GRU language model)."""
+    states = [g.get_state() for g in generators]
+    global_state = torch.get_rng_state()
+    results = []
+    try:
+        for k in (1, threads):
+            for g, state in zip(generators, states):
+                g.set_state(state)
+            torch.set_rng_state(global_state)
+            with intra_op_threads(k):
+                results.append([t.detach() for t in compute()])
+    finally:
+        for g, state in zip(generators, states):
+            g.set_state(state)
+        torch.set_rng_state(global_state)
+    return len(results[0]) == len(results[1]) and all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def candidate_counts(threads: int) -> list[int]:
     """The counts a :class:`ThreadTuner` tries up to ``threads``: the powers of two below it, and it."""
     return [*(2 ** i for i in range(threads.bit_length())), threads]
@@ -210,16 +233,29 @@ class TunedCalls:
     thread: a small evaluation (:func:`step_threads`' rule, parameters x ``rows`` below :data:`SMALL_STEP`) runs on
     one thread, a bigger one on the count its timed calls show fastest (per row, so a last, smaller batch compares
     fairly). Anything else (``module`` None too) runs on torch's setting, as before. The count is restored on
-    exit."""
+    exit.
 
-    def __init__(self, module: Optional[nn.Module], rows: int, device: torch.device) -> None:
+    ``tuners``, a dict the caller keeps (a flow keeps one), holds the tuners of earlier calls by ``(rows, device,
+    threads)``: a later call of the same size goes on from the earlier choice (and its rechecks) instead of probing
+    again, so a sweep of many small solves (``choose_strength``) probes once."""
+
+    def __init__(self, module: Optional[nn.Module], rows: int, device: torch.device,
+                 tuners: Optional[dict[Any, ThreadTuner]] = None) -> None:
         self.outer = torch.get_num_threads()
         self.threads = self.outer
         self.tuner: Optional[ThreadTuner] = None
         if module is not None and thread_invariant(module):
             self.threads = step_threads(list(module.parameters()), rows, device)
             if self.threads > 1:
-                self.tuner = ThreadTuner(candidate_counts(self.threads), probe_steps=CALL_PROBES, first=self.threads)
+                key = (int(rows), str(device), self.threads)
+                self.tuner = None if tuners is None else tuners.get(key)
+                if self.tuner is None:
+                    self.tuner = ThreadTuner(candidate_counts(self.threads), probe_steps=CALL_PROBES,
+                                             first=self.threads)
+                    if tuners is not None:
+                        tuners[key] = self.tuner
+                elif not self.tuner.probing:
+                    self.threads = self.tuner.threads()  # start on the earlier choice
         self._calls = 0
 
     def __enter__(self) -> "TunedCalls":
