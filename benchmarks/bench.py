@@ -397,6 +397,20 @@ def medians_by_load(rows: list[dict[str, Any]], modes: tuple[str, ...]) -> Any:
             yield name, k, these, {m: statistics.median(r[f"{m}_seconds"] for r in these) for m in modes}, idle
 
 
+def keep_other_rows(out: str, rows: list[dict[str, Any]], ran: list[str], order: list[str]
+                    ) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]]]:
+    """``rows`` (of the workloads ``ran``) with the other workloads' rows of an existing result file ``out``, sorted
+    by ``order`` (unknown workloads last); and that earlier result (``None`` when there was none). How a contention
+    benchmark run with ``--workloads`` keeps what the runs before it measured."""
+    path = Path(out)
+    if not path.exists():
+        return rows, None
+    earlier = json.loads(path.read_text())
+    rows = [r for r in earlier.get("rows", []) if r["workload"] not in ran] + rows
+    rows.sort(key=lambda r: order.index(r["workload"]) if r["workload"] in order else len(order))
+    return rows, earlier
+
+
 class Competitors:
     """``k`` separate busy-loop processes (``while True: pass``) at the normal priority, for the ``with`` block:
     other jobs on the machine's cores. On exit, ``busy``: the CPU they got, in cores (their CPU seconds over the

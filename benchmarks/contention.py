@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench import Competitors, machine_info, medians_by_load  # benchmarks/ is the script's directory
+from bench import Competitors, keep_other_rows, machine_info, medians_by_load  # benchmarks/ is the script's directory
 from pfm import PreferenceDataset, PreferenceFlow
 from pfm.io import atomic_file
 from pfm.train import step_threads
@@ -92,11 +91,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name}, {k} busy, seed {seed}: rule {row['rule_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
-    out = Path(args.out)
-    if out.exists():  # the rows of workloads not run now stay as they were (with the run that made them)
-        earlier = json.loads(out.read_text())
-        rows = [r for r in earlier.get("rows", []) if r["workload"] not in args.workloads] + rows
-        rows.sort(key=lambda r: list(WORKLOADS).index(r["workload"]) if r["workload"] in WORKLOADS else len(WORKLOADS))
+    # the rows of workloads not run now stay as they were (with the run that made them)
+    rows, _ = keep_other_rows(args.out, rows, args.workloads, list(WORKLOADS))
     result = {"steps": args.steps, "seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
               "machine": machine_info()}
     with atomic_file(args.out, "w") as f:

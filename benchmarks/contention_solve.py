@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench import Competitors, machine_info, medians_by_load  # benchmarks/ is the script's directory
+from bench import Competitors, keep_other_rows, machine_info, medians_by_load  # benchmarks/ is the script's directory
 from pfm import PreferenceFlow
 from pfm.io import atomic_file
 from pfm.train import threads as T
@@ -75,10 +74,7 @@ def main() -> None:
                     help="run these; the other workloads' rows of an existing --out are kept")
     args = ap.parse_args()
     began = time.perf_counter()
-    rows, kept = [], {}
-    if set(args.workloads) != set(WORKLOADS) and Path(args.out).exists():
-        kept = json.loads(Path(args.out).read_text())
-        rows = [r for r in kept["rows"] if r["workload"] not in args.workloads]
+    rows = []
     for name in args.workloads:
         spec = WORKLOADS[name]
         for seed in range(args.seeds):
@@ -97,7 +93,9 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name}, {k} busy, seed {seed}: before {row['before_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
-    rows.sort(key=lambda r: list(WORKLOADS).index(r["workload"]))
+    kept = None
+    if set(args.workloads) != set(WORKLOADS):
+        rows, kept = keep_other_rows(args.out, rows, args.workloads, list(WORKLOADS))
     result = {"seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
               "machine": machine_info()}
     if kept:

@@ -16,14 +16,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..io import atomic_dir
-from ..train.threads import ThreadTuner, candidate_counts, same_on_counts, step_threads
+from ..train.threads import ThreadTuner, candidate_counts, same_on_counts, step_threads, timed_on
 from ..errors import FileFormatError, InvalidInputError
 from .encoder import check_texts
 
@@ -224,6 +224,8 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
     rule = step_threads(params, batch_size, device)  # as pfm.optimize: then tuned, if the first batch allows
     tuner: Optional[ThreadTuner] = None
     check, step, outer = rule > 1 and device.type == "cpu", 0, torch.get_num_threads()
+    if rule != outer:
+        torch.set_num_threads(rule)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc="train LM", disable=not progress, unit="step")
     for ep in range(epochs):
@@ -250,19 +252,17 @@ def fit_lm(model: ConditionalLM, seqs: list[list[int]], cond: Optional[Tensor] =
                 check = False
                 if same_on_counts(lambda: [(lo := loss_of()), *torch.autograd.grad(lo, params)], rule):
                     tuner = ThreadTuner(candidate_counts(rule))
-            k = rule if tuner is None else tuner.threads()
-            if k != torch.get_num_threads():
-                torch.set_num_threads(k)
-            began = time.perf_counter()
-            loss = loss_of()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if tuner is not None:
-                tuner.record(step, time.perf_counter() - began)
+
+            def train_step(loss_of: Callable[[], Tensor] = loss_of) -> float:
+                loss = loss_of()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                return loss.item()
+
+            losses.append(train_step() if tuner is None else timed_on(tuner, step, train_step))
             step += 1
             bar.update(1)
         if torch.get_num_threads() != rule:

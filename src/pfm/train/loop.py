@@ -24,7 +24,7 @@ from ..config import PRECISIONS, TrainConfig, _check_bool, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
 from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, intra_op_threads, same_on_counts, step_threads,
-                      thread_invariant)
+                      thread_invariant, timed_on)
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
            "intra_op_threads", "epoch_order", "mix_seed", "resolve_steps"]
@@ -301,11 +301,7 @@ class _Loop:
                 if self.tuner is None:
                     self._step(index)
                 else:  # timed, on the count the tuner picks (the same step on any count: thread_invariant)
-                    if self.tuner.threads() != torch.get_num_threads():
-                        torch.set_num_threads(self.tuner.threads())
-                    began = time.perf_counter()
-                    self._step(index)
-                    self.tuner.record(step, time.perf_counter() - began)
+                    timed_on(self.tuner, step, lambda: self._step(index))
                 if self._after_step(step):
                     break
         return self._finish()

@@ -218,6 +218,19 @@ class ThreadTuner:
         self._since, self._steps_since = 0.0, 0
 
 
+def timed_on(tuner: ThreadTuner, step: int, fn: Callable[[], Any], per: int = 1) -> Any:
+    """Run ``fn()`` on the intra-op thread count ``tuner`` asks for now and record its time (divided by ``per``, e.g.
+    an evaluation's rows) as ``step``; returns what ``fn`` returns. The one way a training step or an evaluation is
+    run under a tuner (:func:`pfm.optimize`, :class:`TunedCalls`, the text decoder's language model)."""
+    k = tuner.threads()
+    if k != torch.get_num_threads():
+        torch.set_num_threads(k)
+    began = time.perf_counter()
+    out = fn()
+    tuner.record(step, (time.perf_counter() - began) / per)
+    return out
+
+
 CALL_PROBES = 1
 """Timed evaluations at each count in a :class:`TunedCalls` probe. A solve's evaluation is a big batch (8,192 rows
 by default), steadier than a training step, and a default solve makes only 8 per batch (midpoint, 4 steps), so a
@@ -274,12 +287,7 @@ class TunedCalls:
         tuner = self.tuner
 
         def call(t: Tensor, y: Tensor, *rest: Any) -> Tensor:
-            k = tuner.threads()
-            if k != torch.get_num_threads():
-                torch.set_num_threads(k)
-            began = time.perf_counter()
-            out = field(t, y, *rest)
-            tuner.record(self._calls, (time.perf_counter() - began) / max(1, y.shape[0]))
+            out = timed_on(tuner, self._calls, lambda: field(t, y, *rest), per=max(1, y.shape[0]))
             self._calls += 1
             return out
 
