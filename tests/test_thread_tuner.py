@@ -304,3 +304,81 @@ def test_the_text_decoders_language_model_is_checked_then_tuned_and_ends_as_on_o
     info, mixed = fit(2)
     assert {d[1] for d in info["threads"]} == {1, 2}, info["threads"]
     assert all(torch.equal(a, b) for a, b in zip(one, mixed)) and info["val_loss"] == info1["val_loss"]
+
+
+# ------------------------------------------------------------------ calls outside training (CheckedCalls)
+def test_run_on_both_compares_and_leaves_the_generators_as_after_one_run():
+    def draw(g):
+        return [torch.rand(5, generator=g), torch.randn(3)]
+
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(3)
+    same, out = T.run_on_both(lambda: draw(g), 2, [g])
+    after = (torch.rand(1, generator=g), torch.randn(1))
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(3)
+    once = draw(g)
+    assert same and all(torch.equal(a, b) for a, b in zip(out, once))
+    assert torch.equal(after[0], torch.rand(1, generator=g)) and torch.equal(after[1], torch.randn(1))
+    differs, on_two = T.run_on_both(lambda: torch.tensor(float(torch.get_num_threads())), 2)
+    assert not differs and on_two.item() == 2.0
+
+
+def test_checked_calls_tune_only_what_a_call_showed_the_same_and_restore_torchs_count(monkeypatch):
+    monkeypatch.setattr(T, "ThreadTuner", lambda c, **kw: AlternatingCalls(c))
+    calls, seen = T.CheckedCalls("test"), []
+
+    def same():
+        seen.append(torch.get_num_threads())
+        return torch.ones(3)
+
+    with calls.session("cpu") as run:
+        for _ in range(6):
+            run(same, per=3)
+        counts = [run(lambda: torch.tensor(float(torch.get_num_threads())), key="differs").item()
+                  for _ in range(4)]
+    assert seen[:2] == [1, 2] and set(seen[2:]) == {1, 2}  # the check on both counts, then the tuner's
+    assert counts == [2.0] * 4  # not identical on one thread: always torch's count
+    assert "not identical" in calls.decisions["(2, 'differs')"] and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    try:  # the user's (or pfm --threads') single thread stands: no check, no tuning
+        with calls.session("cpu") as run:
+            assert run(lambda: torch.get_num_threads()) == 1
+        assert len(calls.decisions) == 2
+    finally:
+        torch.set_num_threads(2)
+
+
+def test_sampling_the_language_model_on_changing_counts_equals_one_thread(monkeypatch):
+    from pfm.text import lm as L
+
+    torch.manual_seed(0)
+    model = L.ConditionalLM(L.LMConfig(300, dim=32, hidden=64, layers=1, cond_dim=8, max_len=12)).eval()
+    prefixes = [[5, 6][:i % 3] for i in range(40)]
+    cond = torch.randn(40, 8)
+
+    def draw(temperature):
+        return model.sample(prefixes, cond, temperature=temperature, generator=torch.Generator().manual_seed(1))
+
+    with T.intra_op_threads(1):
+        one = [draw(1.0), draw(0.0)]
+    made = []
+    monkeypatch.setattr(T, "ThreadTuner", lambda c, **kw: made.append(AlternatingCalls(c)) or made[-1])
+    assert [draw(1.0), draw(0.0)] == one and torch.get_num_threads() == 2
+    assert made and {d[1] for d in made[0].decisions} == {1, 2}
+
+
+def test_a_sentence_encoder_on_changing_counts_equals_one_thread(monkeypatch, tiny_bert):  # noqa: F811
+    from pfm.text.encoder import SentenceEncoder
+
+    texts = [" ".join(["the", "film", "was"] + ["good"] * (i % 5)) for i in range(50)]
+    with T.intra_op_threads(1):
+        one = SentenceEncoder(tiny_bert).encode(texts, batch_size=4)
+    made = []
+    monkeypatch.setattr(T, "ThreadTuner", lambda c, **kw: made.append(AlternatingCalls(c)) or made[-1])
+    enc = SentenceEncoder(tiny_bert)
+    assert torch.equal(enc.encode(texts, batch_size=4), one) and torch.get_num_threads() == 2
+    assert made and {d[1] for d in made[0].decisions} == {1, 2}
+
+
+from test_text_apply import tiny_bert  # noqa: E402,F401 (the fixture)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import atomic_dir
-from ..train.threads import ThreadTuner, candidate_counts, same_on_counts, step_threads, timed_on
+from ..train.threads import CheckedCalls, ThreadTuner, candidate_counts, same_on_counts, step_threads, timed_on
 from ..errors import FileFormatError, InvalidInputError
 from .encoder import check_texts
 
@@ -69,6 +69,7 @@ class ConditionalLM(nn.Module):
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.thread_calls = CheckedCalls("sample")  # the intra-op count sampling's token steps run on
 
     def _check_cond(self, cond: Optional[Tensor], b: int) -> None:
         if self.cfg.cond_dim and (cond is None or cond.shape != (b, self.cfg.cond_dim)):
@@ -122,30 +123,36 @@ class ConditionalLM(nn.Module):
         forced = forced.to(device)
         out = torch.full((b, self.cfg.max_len), EOS, dtype=torch.long, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
-        for t in range(self.cfg.max_len):
+
+        def next_token(tok: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
             logits, h = self.step(tok, cond, h)
             logits = logits[:, -1].float()
             logits[:, PAD] = -math.inf
             logits[:, BOS] = -math.inf
             if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = logits.topk(top_k, -1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                # inverse CDF: torch.multinomial is ~10x slower on the CPU for a vocabulary this size
-                cdf = logits.softmax(-1).cumsum(-1)
-                u = torch.rand(b, 1, generator=generator, device=device) * cdf[:, -1:]
-                nxt = torch.searchsorted(cdf, u).squeeze(1).clamp_max(logits.shape[-1] - 1)
-            if t < width:
-                nxt = torch.where(forced[:, t] >= 0, forced[:, t], nxt)
-            nxt = nxt.masked_fill(done, EOS)
-            out[:, t] = nxt
-            done |= nxt == EOS
-            if bool(done.all()):
-                break
-            tok = nxt[:, None]
+                return logits.argmax(-1), h
+            logits = logits / temperature
+            if top_k:
+                kth = logits.topk(top_k, -1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            # inverse CDF: torch.multinomial is ~10x slower on the CPU for a vocabulary this size
+            cdf = logits.softmax(-1).cumsum(-1)
+            u = torch.rand(b, 1, generator=generator, device=device) * cdf[:, -1:]
+            return torch.searchsorted(cdf, u).squeeze(1).clamp_max(logits.shape[-1] - 1), h
+
+        gens = () if generator is None else (generator,)
+        # each token step on the fastest intra-op count once one showed the same result on 1 thread (CheckedCalls)
+        with self.thread_calls.session(device) as run:
+            for t in range(self.cfg.max_len):
+                nxt, h = run(lambda: next_token(tok, h), per=b, key=b.bit_length(), generators=gens)
+                if t < width:
+                    nxt = torch.where(forced[:, t] >= 0, forced[:, t], nxt)
+                nxt = nxt.masked_fill(done, EOS)
+                out[:, t] = nxt
+                done |= nxt == EOS
+                if bool(done.all()):
+                    break
+                tok = nxt[:, None]
         lengths = (out != EOS).int().cumprod(1).sum(1).tolist()
         return [row[:n] for row, n in zip(out.tolist(), lengths)]
 

@@ -115,6 +115,101 @@ def same_on_counts(compute: Callable[[], Sequence[Tensor]], threads: int,
     return len(results[0]) == len(results[1]) and all(torch.equal(a, b) for a, b in zip(*results))
 
 
+def _tensors(result: Any) -> list[Any]:
+    """The tensors (and other leaves) of a call's result, nested tuples, lists and dicts flattened in order."""
+    if isinstance(result, (tuple, list)):
+        return [x for r in result for x in _tensors(r)]
+    if isinstance(result, dict):
+        return [x for k in sorted(result, key=str) for x in _tensors(result[k])]
+    return [result]
+
+
+def _identical(a: Any, b: Any) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    if len(ta) != len(tb):
+        return False
+    for x, y in zip(ta, tb):
+        if isinstance(x, Tensor) or isinstance(y, Tensor):
+            if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.shape == y.shape and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def run_on_both(fn: Callable[[], Any], threads: int, generators: Sequence[torch.Generator] = ()) -> tuple[bool, Any]:
+    """Run ``fn()`` on one intra-op thread and then on ``threads``, each from the same state of torch's global
+    generator and of ``generators``; returns whether the two results are bit-identical (every tensor in them,
+    nested in tuples, lists or dicts; other leaves equal) and the second result. The generators are left as one
+    run of ``fn`` leaves them, so the caller goes on as if it had called ``fn`` once."""
+    states = [g.get_state() for g in generators]
+    global_state = torch.get_rng_state()
+    with intra_op_threads(1):
+        first = fn()
+    for g, state in zip(generators, states):
+        g.set_state(state)
+    torch.set_rng_state(global_state)
+    with intra_op_threads(threads):
+        second = fn()
+    return _identical(first, second), second
+
+
+class CheckedCalls:
+    """The calls of one computation outside training (a sentence encoder's batches, a sampler's token steps), run
+    on the intra-op thread count that is fastest now once a call has shown that the count does not change the
+    result.
+
+    ``with calls.session(device) as run: out = run(fn, per=rows)``. On the CPU with torch set to more than one
+    thread, the first call of a size runs on one thread and on torch's count from the same random state
+    (:func:`run_on_both`); when the results are bit-identical, that size's later calls go through a
+    :class:`ThreadTuner` (timed per ``per``, e.g. a batch's tokens), else they run on torch's count, as before.
+    Sizes are kept apart by ``key`` (a batch of 16 rows is fastest on one thread where one of 256 gains from two).
+    Elsewhere (a GPU, one thread) calls run as they are. The session restores torch's count on exit, so a caller's
+    own setting (an :func:`pfm.optimize` step that samples) is never changed. ``decisions`` lists each size's
+    verdict and the tuner's choices, for a debug log or a record."""
+
+    def __init__(self, name: str, probe_steps: int = 2) -> None:
+        self.name, self.probe_steps = name, int(probe_steps)
+        self._tuners: dict[Any, Optional[ThreadTuner]] = {}
+        self._calls = 0
+
+    @property
+    def decisions(self) -> dict[str, Any]:
+        return {str(k): ("not identical on 1 thread: torch's count" if t is None else list(t.decisions))
+                for k, t in self._tuners.items()}
+
+    @contextlib.contextmanager
+    def session(self, device: torch.device | str) -> Iterator[Callable[..., Any]]:
+        outer = torch.get_num_threads()
+        active = torch.device(device).type == "cpu" and outer > 1
+
+        def run(fn: Callable[[], Any], per: int = 1, key: Any = None,
+                generators: Sequence[torch.Generator] = ()) -> Any:
+            if not active:
+                return fn()
+            full = (outer, key)
+            if full not in self._tuners:
+                same, out = run_on_both(fn, outer, generators)
+                self._tuners[full] = (ThreadTuner(candidate_counts(outer), probe_steps=self.probe_steps, first=outer)
+                                      if same else None)
+                log.debug("%s (%s): a call on 1 and %d threads is %s", self.name, key, outer,
+                          "bit-identical: tuning the count" if same else "not identical: torch's count")
+                return out
+            tuner = self._tuners[full]
+            if tuner is None:
+                if torch.get_num_threads() != outer:
+                    torch.set_num_threads(outer)
+                return fn()
+            self._calls += 1
+            return timed_on(tuner, self._calls, fn, per=max(1, int(per)))
+
+        try:
+            yield run
+        finally:
+            if torch.get_num_threads() != outer:
+                torch.set_num_threads(outer)
+
+
 def candidate_counts(threads: int) -> list[int]:
     """The counts a :class:`ThreadTuner` tries up to ``threads``: the powers of two below it, and it."""
     return [*(2 ** i for i in range(threads.bit_length())), threads]
