@@ -106,8 +106,12 @@ def test_block_is_checked(bad):
 def test_sub_blocks_do_not_depend_on_the_other_sub_blocks_in_a_call():
     """The pairing threads solve several batches in one call: each sub-block's partners must be those it gets alone."""
     g = torch.Generator().manual_seed(6)
-    for d in (2, 784):
+    for d, labels in ((2, None), (784, None), (2, torch.randint(0, 10, (1024,), generator=g))):
         y0, y1 = torch.randn(1024, d, generator=g), torch.randn(1024, d, generator=g)
-        together = couple(y0, y1, block=64)[1]
+        together = couple(y0, y1, labels, block=64)[1]
         for s in range(0, 1024, 256):
-            assert torch.equal(together[s:s + 256], couple(y0[s:s + 256], y1[s:s + 256], block=64)[1] + s)
+            part = None if labels is None else labels[s:s + 256]
+            assert torch.equal(together[s:s + 256], couple(y0[s:s + 256], y1[s:s + 256], part, block=64)[1] + s)
+        if labels is not None:  # within each label, as a sub-block coupled alone
+            assert torch.equal(labels[together], labels)
+            assert torch.equal(together[:64], couple(y0[:64], y1[:64], labels[:64])[1])

@@ -525,7 +525,7 @@ CASES: list[Case] = [
     Case(2, "fit --coupling-block 0", None, fit_args("{d}/good.npz", "--coupling-block", "0"), None,
          "--coupling-block: expected a positive integer or 'batch'"),
     Case(2, "fit --coupling-block above the batch", None, fit_args("{d}/good.npz", "--coupling-block", "512"), None,
-         r"--coupling-block must be at most batch_size \(256\)"),
+         r"--coupling-block must be at most --batch-size \(256\)"),
     Case(2, "fit --seed -1", None, fit_args("{d}/good.npz", "--seed", "-1"), None, "--seed"),
     Case(2, "fit --hidden with --field unet", None, fit_args("{d}/good.npz", "--field", "unet", "--hidden", "64"),
          None, "--hidden applies to --field mlp; the unet takes --channels"),

@@ -104,8 +104,8 @@ def couple(
         context = None
     if block is None or block >= B:
         return _couple(y0, y1, context, method, context_weight, reg, generator)
-    if method == "ot" and context is None:
-        return torch.arange(B, device=device), _exact_ot_blocks(y0, y1, block)
+    if method == "ot" and (context is None or not context.is_floating_point()):
+        return torch.arange(B, device=device), _exact_ot_blocks(y0, y1, block, context)
     parts = []
     for s in range(0, B, block):
         i0, i1 = _couple(y0[s:s + block], y1[s:s + block], None if context is None else context[s:s + block],
@@ -164,30 +164,42 @@ def _exact_ot(cost: Tensor, labels: Optional[Tensor]) -> Tensor:
     return torch.from_numpy(i1).to(cost.device)
 
 
-def _exact_ot_blocks(y0: Tensor, y1: Tensor, block: int) -> Tensor:
-    """Partners ``i1`` of exact OT within each sub-block of ``block`` rows, without contexts: the full sub-blocks'
-    costs in one batched call and a bare loop of assignments, where a call of :func:`_couple` per sub-block made a
-    dozen small torch calls each (each takes the GIL, which the training loop's steps wait for when a pairing thread
-    holds it). A sub-block's partners do not depend on the others in the call, so :class:`pfm.pairing.PairingPlan`
-    solves several batches in one call. (Scaling a block's cost, as the whole batch's is scaled, changes no
-    assignment: it is left out.)"""
-    from scipy.optimize import linear_sum_assignment
-
+def _exact_ot_blocks(y0: Tensor, y1: Tensor, block: int, labels: Optional[Tensor] = None) -> Tensor:
+    """Partners ``i1`` of exact OT within each sub-block of ``block`` rows (and within each label of ``labels``
+    ``(B,)``, integer, when given): the full sub-blocks' costs in one batched call and a bare loop of assignments,
+    where a call of :func:`_couple` per sub-block made a dozen small torch calls each (each takes the GIL, which the
+    training loop's steps wait for when a pairing thread holds it). A sub-block's partners do not depend on the
+    others in the call, so :class:`pfm.pairing.PairingPlan` solves several batches in one call. (Scaling a block's
+    cost, as the whole batch's is scaled, changes no assignment: it is left out.)"""
     B = y0.shape[0]
     k = B // block
     full = k * block
     i1 = np.empty(B, dtype=np.int64)
+    lab = None if labels is None else labels.detach().cpu().numpy()
     exact = "donot_use_mm_for_euclid_dist"  # each distance summed alone: the same however many sub-blocks a call has
     cost = torch.cdist(y0[:full].reshape(k, block, -1), y1[:full].reshape(k, block, -1), compute_mode=exact).pow(2)
     c = cost.double().cpu().numpy()
     for j in range(k):
-        rows, cols = linear_sum_assignment(c[j])
-        i1[j * block + rows] = j * block + cols
+        _assign(c[j], j * block, None if lab is None else lab[j * block:(j + 1) * block], i1)
     if full < B:  # the last, smaller sub-block
         rest = torch.cdist(y0[full:].reshape(B - full, -1), y1[full:].reshape(B - full, -1), compute_mode=exact).pow(2)
-        rows, cols = linear_sum_assignment(rest.double().cpu().numpy())
-        i1[full + rows] = full + cols
+        _assign(rest.double().cpu().numpy(), full, None if lab is None else lab[full:], i1)
     return torch.from_numpy(i1).to(y0.device)
+
+
+def _assign(c: np.ndarray, offset: int, labels: Optional[np.ndarray], i1: np.ndarray) -> None:
+    """Exact OT of one sub-block's cost ``c`` (its rows start at ``offset``), within each label when given: the
+    partners go into ``i1``."""
+    from scipy.optimize import linear_sum_assignment
+
+    if labels is None:
+        rows, cols = linear_sum_assignment(c)
+        i1[offset + rows] = offset + cols
+        return
+    for g in np.unique(labels):
+        idx = np.flatnonzero(labels == g)
+        rows, cols = linear_sum_assignment(c[np.ix_(idx, idx)])
+        i1[offset + idx[rows]] = offset + idx[cols]
 
 
 def _sinkhorn(cost: Tensor, penalty: Optional[Tensor], reg: float, generator: Optional[torch.Generator]) -> Tensor:

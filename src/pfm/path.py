@@ -64,4 +64,26 @@ def flow_matching_loss(
 ) -> Tensor:
     """Mean squared error between ``field(t, y_t, context)`` and ``y1 - y0`` for ``t ~ U[0, 1]``."""
     v, u = field_and_target(field, y0, y1, context, sigma, generator)
-    return (v - u).pow(2).mean()
+    return count_invariant_mean((v - u).pow(2))
+
+
+PARALLEL_REDUCTION = 32768
+"""torch's grain size: a CPU reduction of more values than this may be split among the intra-op threads."""
+
+
+def count_invariant_mean(x: Tensor) -> Tensor:
+    """``x.mean()`` whose value does not depend on torch's intra-op thread count, with ``x.mean()``'s gradient.
+
+    A CPU ``mean()`` of more than :data:`PARALLEL_REDUCTION` values sums them in one part per thread, so its last
+    bits change with the count (about half of random ``(256, 784)`` or ``(64, 1, 28, 28)`` tensors, 1 against 2
+    threads, torch 2.13): a loss recorded, or a held-out loss that picks the best step, would then depend on the
+    count a :class:`pfm.train.threads.ThreadTuner` picked. The mean of the rows' means is computed one row per
+    thread (the same on any count, whenever ``x`` has more than one row: 20 of 20 seeds for each of those shapes) and
+    returned as the value; the gradient is still ``mean()``'s (``mean + (value - mean)``, exact for two numbers this
+    close), so training is bit-for-bit what it was."""
+    mean = x.mean()
+    if x.dim() < 2 or x.shape[0] < 2 or x.numel() <= PARALLEL_REDUCTION:
+        return mean
+    with torch.no_grad():
+        value = x.flatten(1).mean(1).mean()
+    return mean + (value - mean.detach())

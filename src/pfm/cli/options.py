@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from typing import Any, Optional
 
@@ -149,6 +150,9 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
             if text.startswith(f.name + " "):
                 text = flag_of(f) + text[len(f.name):]
                 break
+        for f in dataclasses.fields(cls):  # another setting the message names ("at most batch_size"): its flag too
+            if "_" in f.name:
+                text = re.sub(rf"(?<![\w-]){f.name}(?!\w)", flag_of(f), text)
         raise type(exc)(text) from None
 
 
