@@ -1,5 +1,6 @@
-"""How many torch intra-op threads a training step runs on, and the BLAS setting that keeps matrix products
-independent of that count."""
+"""How many torch intra-op threads a training step (:class:`ThreadTuner`), a solve's field evaluations
+(:class:`TunedCalls`) and other repeated calls (:class:`CheckedCalls`: a sentence encoder's batches, a language
+model's sampling steps) run on, and the BLAS setting that keeps matrix products independent of that count."""
 
 from __future__ import annotations
 
