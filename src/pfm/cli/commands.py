@@ -88,11 +88,14 @@ def _read_pairs(args: argparse.Namespace, path: str):
         if not args.codec:
             raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
                                     "e.g. --codec minilm")
+        from ..text.pairs import read_text_pairs
+
+        pairs = read_text_pairs(path)  # a bad row fails here, before the codec's model loads (seconds)
         if getattr(args, "codec_object", None) is None:
             from ..text.codec import load_codec
 
             args.codec_object = load_codec(args.codec)
-        ds = PreferenceDataset.from_text_pairs(path, args.codec_object, progress=not args.quiet)
+        ds = PreferenceDataset.from_text_pairs(pairs, args.codec_object, progress=not args.quiet)
     elif args.codec:
         raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {path!r}")
     else:
