@@ -73,6 +73,7 @@ def test_a_saved_flow_naming_a_setting_of_the_other_network_is_refused(tmp_path)
         PreferenceFlow.load(tmp_path / "f")
 
 
+@pytest.mark.slow  # a subprocess: the fast tier leaves those to make test
 def test_pfm_fit_takes_every_size_of_the_config(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "p.npz", chosen=rng.normal(size=(40, 3)).astype("f4"),

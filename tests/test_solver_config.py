@@ -69,6 +69,7 @@ def test_a_wrong_solver_is_refused(flow):
     assert torch.equal(old, flow.transform(y, solver_steps=3))
 
 
+@pytest.mark.slow  # a subprocess: the fast tier leaves those to make test
 def test_pfm_apply_lays_its_options_over_the_flows_solver(flow, tmp_path):
     flow.save(tmp_path / "f")
     y = np.random.default_rng(0).normal(size=(10, 2)).astype("f4")

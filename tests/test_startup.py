@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pfm import PreferenceDataset, PreferenceFlow
 
 
+@pytest.mark.slow  # a subprocess: the fast tier leaves those to make test
 def test_loading_and_applying_a_flow_imports_no_dynamo(tmp_path):
     y = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
     ds = PreferenceDataset(y + 1, y)
