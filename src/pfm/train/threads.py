@@ -101,19 +101,12 @@ def same_on_counts(compute: Callable[[], Sequence[Tensor]], threads: int,
     :class:`ThreadTuner` switch counts (``optimize(invariant_loss="check")``; the text decoder's GRU language model)."""
     states = [g.get_state() for g in generators]
     global_state = torch.get_rng_state()
-    results = []
     try:
-        for k in (1, threads):
-            for g, state in zip(generators, states):
-                g.set_state(state)
-            torch.set_rng_state(global_state)
-            with intra_op_threads(k):
-                results.append([t.detach() for t in compute()])
+        return run_on_both(lambda: [t.detach() for t in compute()], threads, generators)[0]
     finally:
         for g, state in zip(generators, states):
             g.set_state(state)
         torch.set_rng_state(global_state)
-    return len(results[0]) == len(results[1]) and all(torch.equal(a, b) for a, b in zip(*results))
 
 
 def _tensors(result: Any) -> list[Any]:
