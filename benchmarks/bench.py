@@ -411,6 +411,20 @@ def keep_other_rows(out: str, rows: list[dict[str, Any]], ran: list[str], order:
     return rows, earlier
 
 
+def save_result(out: str, result: dict[str, Any], ran: list[str], order: list[str], earlier: str) -> None:
+    """Write ``result`` (its ``rows`` those of the workloads ``ran``, its ``seconds`` this run's) to ``out``
+    atomically. When ``ran`` is not every workload of ``order``, the other workloads' rows of an existing ``out``
+    are kept (:func:`keep_other_rows`) and ``seconds_per_run`` records each run's seconds (``earlier`` names the
+    runs of a file that had none)."""
+    if set(ran) != set(order):
+        result["rows"], kept = keep_other_rows(out, result["rows"], ran, order)
+        if kept:
+            result["seconds_per_run"] = {**kept.get("seconds_per_run", {earlier: kept["seconds"]}),
+                                         ", ".join(ran): result["seconds"]}
+    with atomic_file(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 class Competitors:
     """``k`` separate busy-loop processes (``while True: pass``) at the normal priority, for the ``with`` block:
     other jobs on the machine's cores. On exit, ``busy``: the CPU they got, in cores (their CPU seconds over the

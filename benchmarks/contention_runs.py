@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench import Competitors, keep_other_rows, machine_info  # benchmarks/ is the script's directory
-from pfm.io import atomic_file
+from bench import Competitors, machine_info, save_result  # benchmarks/ is the script's directory
 from pfm.runtime import data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,16 +138,8 @@ def main() -> None:
         finally:
             if args.baseline:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")])
-    kept = None
-    if set(args.runs) != set(RUNS):
-        rows, kept = keep_other_rows(args.out, rows, args.runs, list(RUNS))
-    result = {"rows": rows, "seconds": time.perf_counter() - began,
-              "machine": machine_info()}
-    if kept:
-        result["seconds_per_run"] = {**kept.get("seconds_per_run", {"earlier runs": kept["seconds"]}),
-                                     ", ".join(args.runs): result["seconds"]}
-    with atomic_file(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    result = {"rows": rows, "seconds": time.perf_counter() - began, "machine": machine_info()}
+    save_result(args.out, result, args.runs, list(RUNS), "earlier runs")
     print(table(result))
 
 

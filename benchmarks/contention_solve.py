@@ -24,15 +24,13 @@ what keeping the tuners with the flow buys: ``before`` is torch's setting on eve
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
 
-from bench import Competitors, keep_other_rows, machine_info, medians_by_load  # benchmarks/ is the script's directory
+from bench import Competitors, machine_info, medians_by_load, save_result  # benchmarks/ is the script's directory
 from pfm import PreferenceFlow
-from pfm.io import atomic_file
 from pfm.train import threads as T
 
 WORKLOADS = {
@@ -93,16 +91,9 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name}, {k} busy, seed {seed}: before {row['before_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
-    kept = None
-    if set(args.workloads) != set(WORKLOADS):
-        rows, kept = keep_other_rows(args.out, rows, args.workloads, list(WORKLOADS))
     result = {"seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
               "machine": machine_info()}
-    if kept:
-        result["seconds_per_run"] = {**kept.get("seconds_per_run", {"earlier workloads": kept["seconds"]}),
-                                     ", ".join(args.workloads): result["seconds"]}
-    with atomic_file(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(args.out, result, args.workloads, list(WORKLOADS), "earlier workloads")
     print(table(result))
 
 

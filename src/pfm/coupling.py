@@ -147,20 +147,9 @@ def _couple(y0: Tensor, y1: Tensor, context: Optional[Tensor], method: str, cont
 
 
 def _exact_ot(cost: Tensor, labels: Optional[Tensor]) -> Tensor:
-    from scipy.optimize import linear_sum_assignment
-
     c = cost.detach().cpu().numpy()
-    B = c.shape[0]
-    i1 = np.empty(B, dtype=np.int64)
-    if labels is None:
-        rows, cols = linear_sum_assignment(c)
-        i1[rows] = cols
-    else:
-        lab = labels.detach().cpu().numpy()
-        for g in np.unique(lab):
-            idx = np.flatnonzero(lab == g)
-            rows, cols = linear_sum_assignment(c[np.ix_(idx, idx)])
-            i1[idx[rows]] = idx[cols]
+    i1 = np.empty(c.shape[0], dtype=np.int64)
+    _assign(c, 0, None if labels is None else labels.detach().cpu().numpy(), i1)
     return torch.from_numpy(i1).to(cost.device)
 
 
@@ -188,8 +177,8 @@ def _exact_ot_blocks(y0: Tensor, y1: Tensor, block: int, labels: Optional[Tensor
 
 
 def _assign(c: np.ndarray, offset: int, labels: Optional[np.ndarray], i1: np.ndarray) -> None:
-    """Exact OT of one sub-block's cost ``c`` (its rows start at ``offset``), within each label when given: the
-    partners go into ``i1``."""
+    """Exact OT of the cost ``c`` of a batch or a sub-block (its rows start at ``offset``), within each label when
+    given: the partners go into ``i1``."""
     from scipy.optimize import linear_sum_assignment
 
     if labels is None:

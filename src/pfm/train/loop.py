@@ -311,8 +311,7 @@ class _Loop:
         ``self.threads``, computed from the same random state (:func:`pfm.train.threads.same_on_counts`)."""
         def compute() -> list[Tensor]:
             with self.autocast:
-                out = (self.loss_fn(index, self.gen, self.model) if self.takes_model
-                       else self.loss_fn(index, self.gen))
+                out = self._loss(index)
                 loss = out[0] if isinstance(out, tuple) else out
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             return [loss, *(g for g in grads if g is not None)]
@@ -322,10 +321,13 @@ class _Loop:
                   "bit-identical: tuning the count" if same else "not identical: keeping the rule")
         return same
 
+    def _loss(self, index: Tensor) -> Any:
+        """``loss_fn``'s result for the batch ``index`` (with the model when it takes one)."""
+        return self.loss_fn(index, self.gen, self.model) if self.takes_model else self.loss_fn(index, self.gen)
+
     def _step(self, index: Tensor) -> None:
         with self.autocast:
-            out = (self.loss_fn(index, self.gen, self.model) if self.takes_model
-                   else self.loss_fn(index, self.gen))
+            out = self._loss(index)
         loss, extras = out if isinstance(out, tuple) else (out, {})
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
