@@ -266,6 +266,27 @@ def test_a_checked_loss_that_differs_between_counts_keeps_the_rule(monkeypatch):
         optimize(net, loss_fn, 512, steps=2, progress=False, invariant_loss="maybe")
 
 
+def test_a_checked_module_with_a_convolution_keeps_the_rule_even_when_one_batch_agrees(monkeypatch):
+    """A convolution's gradients differ between counts on some batches and not on others: no first-batch check
+    can clear it, so it is not even asked."""
+    from pfm import optimize
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(32 * 64, 8))
+    data = torch.randn(128, 1, 8, 8)
+    monkeypatch.setattr(T, "SMALL_STEP", 1)  # the rule's count is torch's 2
+    checked, made = [], []
+    monkeypatch.setattr(loop, "same_on_counts", lambda *a, **k: checked.append(1) or True)
+    monkeypatch.setattr(loop, "ThreadTuner", lambda c: made.append(c))
+    h = optimize(net, lambda index, gen: net(data[index]).pow(2).mean(), 128, steps=2, batch_size=64,
+                 progress=False, invariant_loss="check")
+    assert not checked and not made and h.threads[0][:2] == (0, 2) and "convolution" in h.threads[0][2]
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64))
+    optimize(mlp, lambda index, gen: mlp(data[index]).pow(2).mean(), 128, steps=2, batch_size=64, progress=False,
+             invariant_loss="check")
+    assert checked and made  # without one, the check runs and (here made to agree) lets the tuner in
+
+
 def test_a_flows_solves_of_one_size_share_one_tuner(monkeypatch):
     """A sweep (choose_strength) makes many solves of one size: the first probes, the next go on from its choice."""
     made = []

@@ -23,8 +23,8 @@ from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, res
 from ..config import PRECISIONS, TrainConfig, _check_bool, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
-from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, intra_op_threads, same_on_counts, step_threads,
-                      thread_invariant, timed_on)
+from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, checkable, intra_op_threads, same_on_counts,
+                      step_threads, thread_invariant, timed_on)
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
            "intra_op_threads", "epoch_order", "mix_seed", "resolve_steps"]
@@ -151,9 +151,11 @@ def optimize(
     the count its own timed steps show fastest, chosen again when the machine's load changes
     (:class:`pfm.train.threads.ThreadTuner`); any other on torch's current setting. ``history.threads`` records
     the counts and why. ``invariant_loss="check"`` asks the loop to find out instead (for a ``loss_fn`` without side
-    effects, whose module may be any): before the first step it computes the first batch's loss and gradients on one
-    thread and on the rule's count, from the same random state, and tunes only if they are bit-identical (a
-    convolution's are not; a Gaussian policy's log-density's were), else keeps the rule; the history's ``threads``
+    effects, whose module may be any but one with a convolution, which keeps the rule: a convolution's gradients
+    depend on the count, though one batch's may agree, :data:`pfm.train.threads.COUNT_DEPENDENT`): before the first
+    step it computes the first batch's loss and gradients on one thread and on the rule's count, from the same
+    random state, and tunes only if they are bit-identical (a Gaussian policy's log-density's were), else keeps the
+    rule; the history's ``threads``
     says which. BC and DPO/IPO pass it (RLHF keeps the rule: its reward is the caller's function, which may count its calls), so a run's numbers do not depend on what the machine was doing.
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
@@ -198,7 +200,9 @@ class _Loop:
         if cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1:
             if invariant_loss is True and thread_invariant(module):
                 self.tuner = ThreadTuner(candidate_counts(self.threads))
-            self.check_counts = invariant_loss == "check" and not cfg.compile
+            self.check_counts = invariant_loss == "check" and not cfg.compile and checkable(module)
+            if invariant_loss == "check" and not checkable(module):
+                self.rule_why = "rule: a convolution's gradients depend on the count (pfm.train.threads.COUNT_DEPENDENT)"
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None

@@ -77,6 +77,20 @@ with labels; both MKL paths), a UNet's convolutions and group norms did not. :cl
 runs of modules built from these, so that which count it picks never changes a result."""
 
 
+COUNT_DEPENDENT = (nn.modules.conv._ConvNd,)
+"""Layers whose gradients are sums that torch and oneDNN split by thread: a UNet trained 12 steps on 1 and on 2
+threads ended with other weights (1 x 16 x 16 at batch 64, 1 x 28 x 28 at 50, 3 x 8 x 8 at 37), after one step
+through its output convolution's weight and bias gradients alone. One batch can still agree by chance (that UNet's
+did under a squared-output loss, and not under the flow-matching loss), so a first-batch check
+(``optimize(invariant_loss="check")``) never tunes a module holding one: :func:`checkable`."""
+
+
+def checkable(module: nn.Module) -> bool:
+    """Whether a first-batch check may let a :class:`ThreadTuner` switch ``module``'s count: it holds no layer of
+    :data:`COUNT_DEPENDENT`."""
+    return not any(isinstance(m, COUNT_DEPENDENT) for m in module.modules())
+
+
 VECTOR_SPLIT = 32
 """A hidden Linear layer's width must be a multiple of this for :func:`thread_invariant`. torch splits an
 elementwise op of ``N`` values into ``ceil(N / threads)``-value chunks and computes each chunk's tail past a
