@@ -62,3 +62,24 @@ def test_codec_specs_are_checked_before_any_model_loads(tmp_path):
     PreferenceFlow((2,), hidden=8, depth=1).save(tmp_path / "aflow")
     with pytest.raises(InvalidInputError, match="is a pfm flow, not a text encoder"):
         load_codec(str(tmp_path / "aflow"))
+
+
+def test_fit_reads_every_file_before_the_codec_loads(tmp_path, monkeypatch, capsys):
+    """A bad row of --validation text rows, or a --validation file of another format, failed only after the codec
+    had loaded and every training row was encoded (seconds to minutes); every file is now read first."""
+    import pfm.text.codec as codec
+    from pfm.cli import main
+
+    def no_model(*a, **k):
+        raise AssertionError("the codec loaded before the files were read")
+
+    monkeypatch.setattr(codec, "load_codec", no_model)
+    good = b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+    (tmp_path / "train.jsonl").write_bytes(good * 3)
+    (tmp_path / "val.jsonl").write_bytes(good + b'{"prompt": "a", "chosen": "b\xff", "rejected": "c"}\n')
+    (tmp_path / "val.pt").write_bytes(b"")
+    base = ["fit", str(tmp_path / "train.jsonl"), "--codec", "minilm", "--out", str(tmp_path / "f"), "-q"]
+    assert main(base + ["--validation", str(tmp_path / "val.jsonl")]) == 2
+    assert "val.jsonl line 2 is not UTF-8" in capsys.readouterr().err
+    assert main(base + ["--validation", str(tmp_path / "val.pt")]) == 2
+    assert "--codec applies to text preferences (.jsonl), not to" in capsys.readouterr().err

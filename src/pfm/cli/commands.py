@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..config import FieldConfig, FitConfig, SolverConfig
 from ..errors import InvalidInputError, MissingFileError
@@ -74,34 +74,47 @@ def fit(args: argparse.Namespace) -> int:
     args.config = config_from_args(FitConfig, args, checkpoint_dir=ckpt, progress=not args.quiet,
                                    threads=args.threads)
     args.solver = config_from_args(SolverConfig, args)
-    ds = _read_pairs(args, args.data)
-    validation = None
-    if args.validation is not None:
-        validation = _read_pairs(args, args.validation)
+    ds, validation = _read_pairs(args, [args.data, args.validation])
     return _distributed(args, ds, validation)
 
 
-def _read_pairs(args: argparse.Namespace, path: str):
+def _read_pairs(args: argparse.Namespace, paths: list[Optional[str]]) -> list:
+    """The preference data sets of ``paths`` (``None`` stays ``None``). Every file is read and checked before the
+    codec's model loads or any text is encoded (seconds each), so a bad row or a mismatched format in the last file
+    fails before the work on the first starts."""
     from ..data import PreferenceDataset
 
-    if str(path).lower().endswith(".jsonl"):
-        if not args.codec:
-            raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
-                                    "e.g. --codec minilm")
-        from ..text.pairs import read_text_pairs
+    for path in paths:
+        if path is None:
+            continue
+        if str(path).lower().endswith(".jsonl"):
+            if not args.codec:
+                raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
+                                        "e.g. --codec minilm")
+        elif args.codec:
+            raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {path!r}")
+    read: list = []
+    for path in paths:
+        if path is None:
+            read.append(None)
+        elif str(path).lower().endswith(".jsonl"):
+            from ..text.pairs import read_text_pairs
 
-        pairs = read_text_pairs(path)  # a bad row fails here, before the codec's model loads (seconds)
-        if getattr(args, "codec_object", None) is None:
-            from ..text.codec import load_codec
+            read.append(read_text_pairs(path))
+        else:
+            read.append(PreferenceDataset.load(path))
+    out: list = []
+    for path, got in zip(paths, read):
+        if path is not None and not isinstance(got, PreferenceDataset):
+            if getattr(args, "codec_object", None) is None:
+                from ..text.codec import load_codec
 
-            args.codec_object = load_codec(args.codec)
-        ds = PreferenceDataset.from_text_pairs(pairs, args.codec_object, progress=not args.quiet)
-    elif args.codec:
-        raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {path!r}")
-    else:
-        ds = PreferenceDataset.load(path)
-    log.info("loaded %r from %s", ds, path)
-    return ds
+                args.codec_object = load_codec(args.codec)
+            got = PreferenceDataset.from_text_pairs(got, args.codec_object, progress=not args.quiet)
+        if got is not None:
+            log.info("loaded %r from %s", got, path)
+        out.append(got)
+    return out
 
 
 def _distributed(args: argparse.Namespace, ds, validation) -> int:
