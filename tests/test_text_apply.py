@@ -234,16 +234,29 @@ def test_a_sentence_longer_than_the_encoders_positions_is_truncated_to_them(tiny
 
 
 @pytest.mark.slow  # the toy flow: 6 s on a free core
-def test_report_on_text_rows_shows_each_text_before_and_after(toy, tmp_path, capsys):
+def test_report_on_text_rows_shows_each_text_before_and_after(toy, tmp_path, capsys, monkeypatch):
     """pfm report FLOW rows.jsonl: the vectors' summary (moved, out of range, what it was trained on) and each row's
-    text before and after, as pfm apply returns it."""
+    text before and after, as pfm apply returns it, from one solve (it solved twice: once for the texts, once for
+    the summary)."""
+    from pfm import PreferenceFlow
+    from pfm.text.apply import improve_texts
+    from pfm.cli.text import flow_codec_spec
+    from pfm.text.codec import load_codec
+    from pfm.text.rows import read_text_rows
+
     rows = [{"text": t, "candidates": SENTENCES[i:i + 4]} for i, t in enumerate(SENTENCES[:6])]
     data = write_jsonl(tmp_path / "in.jsonl", rows)
+    solves, transform = [], PreferenceFlow.transform
+    monkeypatch.setattr(PreferenceFlow, "transform", lambda self, *a, **k: solves.append(1) or transform(self, *a, **k))
     assert main(["report", str(toy / "flow"), str(data), "--out", str(tmp_path / "r")]) == 0
+    assert len(solves) == 1
+    flow = PreferenceFlow.load(toy / "flow")
+    direct = improve_texts(flow, load_codec(flow_codec_spec(str(toy / "flow"))), read_text_rows(data), strength=1.0)
     assert "6 text rows of" in capsys.readouterr().out
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["n"] == 6 and rep["moved"] > 0 and rep["training"]
     assert [r["text"] for r in rep["texts"]] == SENTENCES[:6]
+    assert [r["improved"] for r in rep["texts"]] == [r["improved"] for r in direct]
     assert all(r["improved"] in rows[i]["candidates"] and r["improved_by"] == "candidate"
                for i, r in enumerate(rep["texts"]))
     md = (tmp_path / "r" / "report.md").read_text()

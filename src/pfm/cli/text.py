@@ -73,7 +73,7 @@ def text_report(args: argparse.Namespace, flow: Any) -> tuple[Any, str]:
     flow moves them), with each row's text before and after as ``pfm apply`` returns it (by the codec's decoder,
     or the nearest of the row's candidates). Returns the report and what was read."""
     from ..report import flow_report
-    from ..text.apply import improve_texts, plan
+    from ..text.apply import check_rows, plan, texts_of
     from ..text.codec import load_codec
     from ..text.rows import read_text_rows
 
@@ -81,10 +81,11 @@ def text_report(args: argparse.Namespace, flow: Any) -> tuple[Any, str]:
     rows = read_text_rows(args.input)
     plan(rows, "auto", (Path(spec) / "codec.json").is_file(), f"the codec {spec!r}")  # before loading the codec
     codec = load_codec(spec)
-    out = improve_texts(flow, codec, rows, strength=args.strength)  # checks the codec's width and the prompts
-    z = codec.encode([r.text for r in rows])  # from the codec's cache: improve_texts encoded them
+    rows, ways = check_rows(flow, codec, rows)  # the codec's width and the prompts
+    z = codec.encode([r.text for r in rows])
     context = codec.encode([r.prompt for r in rows]) if flow.context_kind is not None else None  # type: ignore[misc]
-    result = flow_report(flow, z, context, strength=args.strength)
+    result = flow_report(flow, z, context, strength=args.strength)  # one solve: its outputs give the texts too
+    out = texts_of(codec, rows, ways, z, result.after)
     result.texts = [{"text": r["text"], "improved": r["improved"], "improved_by": r["improved_by"],
                      "improved_cosine": r["improved_cosine"]} for r in out]
     return result, f"{len(rows)} text rows of {args.input} (codec {spec!r})"

@@ -67,10 +67,24 @@ def improve_texts(flow: Any, codec: Any, rows: Sequence[TextRow], *, mode: str =
         decode_samples: the decoder writes the greedy text and ``decode_samples - 1`` samples and keeps the one
             whose embedding is nearest the flowed vector (see :meth:`TextCodec.decode`).
     """
+    V.check_positive_int(iterations, "iterations")
+    rows, ways = check_rows(flow, codec, rows, mode, decode_samples)
+    conditional = flow.context_kind is not None
+    z = codec.encode([r.text for r in rows], batch_size=batch_size, progress=progress)
+    context = codec.encode([r.prompt for r in rows], batch_size=batch_size) if conditional else None
+    with torch.no_grad():
+        moved = move(flow, z, context, iterations=iterations, strength=strength, **solver).float()
+    return texts_of(codec, rows, ways, z, moved, decode_samples=decode_samples, seed=seed, batch_size=batch_size)
+
+
+def check_rows(flow: Any, codec: Any, rows: Sequence[TextRow], mode: str = "auto",
+               decode_samples: int = 1) -> tuple[list[TextRow], list[str]]:
+    """What :func:`improve_texts` checks before any text is encoded: the rows, ``mode`` (each row's way, as
+    :func:`plan` gives it), the codec's width against the flow's and, for a conditional flow, every row's prompt.
+    Returns the rows as a list and their ways."""
     rows = list(rows)
     if not all(isinstance(r, TextRow) for r in rows):
         raise InvalidInputError("rows must be TextRow objects (see pfm.text.rows.read_text_rows)")
-    V.check_positive_int(iterations, "iterations")
     V.check_positive_int(decode_samples, "decode_samples")
     ways = plan(rows, mode, getattr(codec, "decoder", None) is not None, f"codec {getattr(codec, 'spec', '')!r}")
     if tuple(flow.output_shape) != (codec.dim,):
@@ -82,10 +96,14 @@ def improve_texts(flow: Any, codec: Any, rows: Sequence[TextRow], *, mode: str =
         if missing is not None:
             raise InvalidInputError(f"row {missing} has no 'prompt': the flow was trained with prompts as its "
                                     "contexts, so every row needs one")
-    z = codec.encode([r.text for r in rows], batch_size=batch_size, progress=progress)
-    context = codec.encode([r.prompt for r in rows], batch_size=batch_size) if conditional else None
-    with torch.no_grad():
-        moved = move(flow, z, context, iterations=iterations, strength=strength, **solver).float()
+    return rows, ways
+
+
+def texts_of(codec: Any, rows: list[TextRow], ways: list[str], z: Tensor, moved: Tensor, *, decode_samples: int = 1,
+             seed: int = 0, batch_size: int = 64) -> list[dict[str, Any]]:
+    """The text of each row's flowed vector: ``z`` ``(N, d)`` the rows' vectors, ``moved`` ``(N, d)`` where the flow
+    took them, ``ways`` from :func:`check_rows`. Returns :func:`improve_texts`' dicts."""
+    moved = moved.float()
     V.check_finite(moved, "the flowed vectors")
     if bool(torch.allclose(z.norm(dim=1), torch.ones(len(z)), atol=1e-3)):
         moved = torch.nn.functional.normalize(moved, dim=-1)  # back on the sphere where the encoder's vectors live
