@@ -22,15 +22,13 @@ With ``--workloads``, the other workloads' rows of an existing ``--out`` are kep
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
 
-from bench import Competitors, keep_other_rows, machine_info, medians_by_load  # benchmarks/ is the script's directory
+from bench import Competitors, machine_info, medians_by_load, save_result  # benchmarks/ is the script's directory
 from pfm import PreferenceDataset, PreferenceFlow
-from pfm.io import atomic_file
 from pfm.train import step_threads
 
 WORKLOADS = {
@@ -91,12 +89,10 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name}, {k} busy, seed {seed}: rule {row['rule_seconds']:.2f} s, tuned "
                       f"{row['tuned_seconds']:.2f} s, identical {same}", flush=True)
-    # the rows of workloads not run now stay as they were (with the run that made them)
-    rows, _ = keep_other_rows(args.out, rows, args.workloads, list(WORKLOADS))
     result = {"steps": args.steps, "seeds": args.seeds, "rows": rows, "seconds": time.perf_counter() - began,
               "machine": machine_info()}
-    with atomic_file(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    # the rows of workloads not run now stay as they were (with the run that made them)
+    save_result(args.out, result, args.workloads, list(WORKLOADS), earlier="the runs before seconds_per_run")
     print(table(result))
 
 
