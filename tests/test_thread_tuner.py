@@ -189,10 +189,9 @@ def test_a_hidden_width_off_the_vector_split_is_not_adapted():
 
 
 def test_which_losses_are_tuned(monkeypatch):
-    """A flow's and a reward model's fit are tuned; BC and DPO are checked first (their first batch's gradients on 1
-    and on 2 threads), RLHF keeps the size rule (its reward is any function of the caller's, which may count calls;
-    an image experiment's CNN reward made RLHF's numbers depend on the count)."""
-    from pfm.baselines import RewardModel, behavior_cloning, dpo
+    """A flow's and a reward model's fit are tuned; BC, DPO and RLHF are checked first (their first batch's
+    gradients on 1 and on 2 threads)."""
+    from pfm.baselines import RewardModel, behavior_cloning, dpo, rlhf
     from pfm.policies import GaussianPolicy
 
     g = torch.Generator().manual_seed(0)
@@ -203,12 +202,13 @@ def test_which_losses_are_tuned(monkeypatch):
     assert rm_history.threads[0][2] != "rule"
     policy = GaussianPolicy(64, num_classes=3, hidden=256, depth=2)
     checked = []
-    real = loop._Loop._same_on_any_count
-    monkeypatch.setattr(loop._Loop, "_same_on_any_count", lambda self, index: checked.append(self.desc) or
+    real = loop._Loop._count_dependence
+    monkeypatch.setattr(loop._Loop, "_count_dependence", lambda self, index: checked.append(self.desc) or
                         real(self, index))
     behavior_cloning(policy, y0, labels, steps=3, batch_size=256, progress=False)
     dpo(policy, ds, steps=3, batch_size=256, progress=False)
-    assert checked == ["behavior cloning", "DPO (beta=0.1)"]
+    rlhf(policy, lambda y, c: -y.pow(2).sum(1), labels, steps=3, batch_size=256, progress=False)
+    assert checked == ["behavior cloning", "DPO (beta=0.1)", "RLHF (beta=0.1)"]
 
 
 def test_invariant_loss_must_be_a_bool():
@@ -266,25 +266,48 @@ def test_a_checked_loss_that_differs_between_counts_keeps_the_rule(monkeypatch):
         optimize(net, loss_fn, 512, steps=2, progress=False, invariant_loss="maybe")
 
 
-def test_a_checked_module_with_a_convolution_keeps_the_rule_even_when_one_batch_agrees(monkeypatch):
-    """A convolution's gradients differ between counts on some batches and not on others: no first-batch check
-    can clear it, so it is not even asked."""
+def test_a_checked_run_that_trains_a_convolution_keeps_the_rule_even_when_one_batch_agrees(monkeypatch):
+    """A convolution's (or group norm's) weight gradient differs between counts on some batches and not on others:
+    no first-batch check can clear it, so a check that runs one keeps the rule even when the batch agrees; a
+    convolution the loss differentiates only through (a frozen reward model's) or never calls does not."""
     from pfm import optimize
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(32 * 64, 8))
-    data = torch.randn(128, 1, 8, 8)
     monkeypatch.setattr(T, "SMALL_STEP", 1)  # the rule's count is torch's 2
-    checked, made = [], []
-    monkeypatch.setattr(loop, "same_on_counts", lambda *a, **k: checked.append(1) or True)
+    monkeypatch.setattr(T, "_identical", lambda a, b: True)  # every first batch agrees
+    made = []
     monkeypatch.setattr(loop, "ThreadTuner", lambda c: made.append(c))
-    h = optimize(net, lambda index, gen: net(data[index]).pow(2).mean(), 128, steps=2, batch_size=64,
-                 progress=False, invariant_loss="check")
-    assert not checked and not made and h.threads[0][:2] == (0, 2) and "convolution" in h.threads[0][2]
-    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64))
-    optimize(mlp, lambda index, gen: mlp(data[index]).pow(2).mean(), 128, steps=2, batch_size=64, progress=False,
-             invariant_loss="check")
-    assert checked and made  # without one, the check runs and (here made to agree) lets the tuner in
+    data = torch.randn(128, 1, 8, 8)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(32 * 64, 8))
+    norm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.Unflatten(1, (16, 4)),
+                               torch.nn.GroupNorm(4, 16), torch.nn.Flatten())
+    for net, op in ((conv, "convolution_backward"), (norm, "native_group_norm_backward")):
+        h = optimize(net, lambda index, gen: net(data[index]).pow(2).mean(), 128, steps=2, batch_size=64,
+                     progress=False, invariant_loss="check")
+        assert not made and h.threads[0][:2] == (0, 2) and op in h.threads[0][2]
+
+    frozen = torch.nn.Conv2d(1, 4, 3, padding=1).requires_grad_(False)  # a reward model: input gradients only
+    unused = torch.nn.Conv2d(1, 4, 3)  # e.g. a VAE's encoder, which a decoder's loss never calls
+    policy = torch.nn.ModuleDict({"decoder": torch.nn.Linear(64, 64), "encoder": unused})
+
+    def loss_fn(index, gen):
+        y = policy["decoder"](data[index].flatten(1)).reshape(-1, 1, 8, 8)
+        return -frozen(y).mean()
+
+    optimize(policy, loss_fn, 128, steps=2, batch_size=64, progress=False, invariant_loss="check")
+    assert made
+
+
+def test_split_reductions_sees_weight_gradients_not_input_gradients():
+    """The audit behind the check: a convolution's backward for its weight is recorded, for its input alone not."""
+    conv = torch.nn.Conv2d(1, 2, 3)
+    x = torch.randn(4, 1, 6, 6, requires_grad=True)
+    with T.SplitReductions() as split:
+        torch.autograd.grad(conv(x).sum(), [x])
+    assert split.found == []
+    with T.SplitReductions() as split:
+        torch.autograd.grad(conv(x).sum(), [conv.weight])
+    assert split.found == ["convolution_backward"]
 
 
 def test_a_flows_solves_of_one_size_share_one_tuner(monkeypatch):
@@ -300,11 +323,22 @@ def test_a_flows_solves_of_one_size_share_one_tuner(monkeypatch):
     flow = PreferenceFlow((64,))
     y = torch.randn(8192, 64)
     first = flow.transform(y)
-    assert len(made) == 1 and not flow._call_tuners()[(8192, "cpu", 2)].probing
+    assert len(made) == 1 and not flow._call_tuners()[("solve", 8192, "cpu", 2)].probing
     again = flow.transform(y, strength=0.5)
     assert len(made) == 1 and torch.equal(flow.transform(y), first) and again.shape == y.shape
     flow.transform(y[:4096])  # another size: its own tuner
     assert len(made) == 2 and "_solve_tuners" not in flow.state_dict()
+    # log_prob's solves with their divergence: one tuner of their own for the size, kept across calls (it was one
+    # per call, each probing again)
+    from pfm.likelihood import flow_divergence_pass
+
+    def divergence():
+        return flow_divergence_pass(flow, y[:4096], None, inverse=True, divergence="hutchinson", probes=1,
+                                    generator=torch.Generator().manual_seed(0), solver={"steps": 2})[1]
+
+    lp = divergence()
+    assert len(made) == 3 and ("divergence", 4096, "cpu", 2) in flow._call_tuners()
+    assert torch.equal(divergence(), lp) and len(made) == 3
 
 
 def test_the_text_decoders_language_model_is_checked_then_tuned_and_ends_as_on_one_thread(monkeypatch):

@@ -74,6 +74,7 @@ def divergence_integral(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     generator: Optional[torch.Generator] = None,
+    tuners: Optional[dict] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Solve the flow of ``field`` from ``y`` and integrate its divergence along the way.
 
@@ -87,6 +88,8 @@ def divergence_integral(
         probes: Rademacher probes per row for Hutchinson's estimator.
         method, steps, atol, rtol: solver settings (see :func:`pfm.solve.solve`).
         generator: draws the probes.
+        tuners: a dict the caller keeps across calls (a flow keeps one): the thread tuners of earlier calls of the
+            same size, so a loop of calls probes the thread counts once (:class:`pfm.train.threads.TunedCalls`).
 
     Returns:
         ``(end points, integral, stderr)``: the end points ``(B, *shape)``, the estimate of
@@ -121,7 +124,8 @@ def divergence_integral(
     state = torch.cat([y.reshape(B, D), torch.zeros(B, K, dtype=y.dtype, device=y.device)], 1)
     t_span = (float(end), 0.0) if inverse else (0.0, float(end))
     # a field that is a module runs on the thread count its timed evaluations show fastest (pfm.train.threads)
-    with TunedCalls(field if isinstance(field, torch.nn.Module) else None, B, y.device) as calls:
+    with TunedCalls(field if isinstance(field, torch.nn.Module) else None, B, y.device, tuners,
+                    kind="divergence") as calls:
         final = solve(calls.wrap(augmented), state, context, method=method, steps=steps, atol=atol, rtol=rtol,
                       t_span=t_span)
     integrals = final[:, D:] * (-1.0 if inverse else 1.0)  # always over t from 0 to end
@@ -151,7 +155,7 @@ def flow_divergence_pass(flow: Any, y: Any, context: Any, *, inverse: bool, dive
     try:
         z, integral, se = divergence_integral(flow.field, flow._norm_y(y.to(flow.device, flow.y_shift.dtype)), cb,
                                               inverse=inverse, end=end, divergence=divergence, probes=probes,
-                                              generator=generator, **opts)
+                                              generator=generator, tuners=flow._call_tuners(), **opts)
     finally:
         flow.train(was_training)
     return flow._denorm_y(z), integral, se

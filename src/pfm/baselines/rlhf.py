@@ -52,6 +52,11 @@ def rlhf(
             a differentiable reward); ``overrides`` are its field names (``beta=1.0, steps=200``, ...).
         reference: pi_ref for the KL term; default a frozen copy of ``policy`` as given.
 
+    On a CPU run of more than one thread the first batch's loss (``reward`` included) is computed twice more, on
+    one thread and on the size rule's count, to check that the count does not change the run's numbers before the
+    thread count is tuned (:func:`pfm.optimize`'s ``invariant_loss="check"``); a reward that must see each call
+    once (one that counts or logs its calls) runs unchecked with ``threads`` set.
+
     Returns:
         ``(fine_tuned_policy, history)``; ``history.extras`` holds ``reward`` and ``kl`` per step.
     """
@@ -105,5 +110,5 @@ def rlhf(
         return loss, {"reward": r.mean(), "kl": kl.mean()}
 
     history = optimize(pi, pathwise_loss if estimator == "pathwise" else loss_fn, n_rows, cfg, device=dev,
-                       desc=f"RLHF (beta={beta:g})")
+                       desc=f"RLHF (beta={beta:g})", invariant_loss="check")
     return pi.eval(), history

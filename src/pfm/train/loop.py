@@ -23,7 +23,7 @@ from .checkpoint import check_fingerprint, checkpoint_path, load_checkpoint, res
 from ..config import PRECISIONS, TrainConfig, _check_bool, merge
 from ..errors import FileFormatError, InvalidInputError, NonFiniteLossError
 from .order import Order, epoch_order, mix_seed, resolve_steps, run_order
-from .threads import (SMALL_STEP, ThreadTuner, candidate_counts, checkable, intra_op_threads, same_on_counts,
+from .threads import (SMALL_STEP, SplitReductions, ThreadTuner, candidate_counts, intra_op_threads, same_on_counts,
                       step_threads, thread_invariant, timed_on)
 
 __all__ = ["History", "NonFiniteLossError", "LossFn", "optimize", "PRECISIONS", "SMALL_STEP", "step_threads",
@@ -151,12 +151,12 @@ def optimize(
     the count its own timed steps show fastest, chosen again when the machine's load changes
     (:class:`pfm.train.threads.ThreadTuner`); any other on torch's current setting. ``history.threads`` records
     the counts and why. ``invariant_loss="check"`` asks the loop to find out instead (for a ``loss_fn`` without side
-    effects, whose module may be any but one with a convolution, which keeps the rule: a convolution's gradients
-    depend on the count, though one batch's may agree, :data:`pfm.train.threads.COUNT_DEPENDENT`): before the first
-    step it computes the first batch's loss and gradients on one thread and on the rule's count, from the same
-    random state, and tunes only if they are bit-identical (a Gaussian policy's log-density's were), else keeps the
-    rule; the history's ``threads``
-    says which. BC and DPO/IPO pass it (RLHF keeps the rule: its reward is the caller's function, which may count its calls), so a run's numbers do not depend on what the machine was doing.
+    effects: it runs twice more for the first batch): before the first step it computes the first batch's loss and
+    gradients on one thread and on the rule's count, from the same random state, and tunes only if they are
+    bit-identical (a Gaussian policy's log-density's were) and no op of them took a weight or bias gradient that
+    torch splits by thread (:data:`pfm.train.threads.SPLIT_REDUCTIONS`: a trained convolution or group norm, which
+    one batch cannot clear), else keeps the rule; the history's ``threads`` says which. BC, DPO/IPO and RLHF pass
+    it, so a run's numbers do not depend on what the machine was doing.
     """
     cfg = merge(config, overrides, TrainConfig, "optimize", renamed={"evaluate_every": "validate_every"})
     V.check_positive_int(n, "n")
@@ -200,9 +200,7 @@ class _Loop:
         if cfg.threads is None and self.threads > 1 and self.device.type == "cpu" and _rank_and_world()[1] == 1:
             if invariant_loss is True and thread_invariant(module):
                 self.tuner = ThreadTuner(candidate_counts(self.threads))
-            self.check_counts = invariant_loss == "check" and not cfg.compile and checkable(module)
-            if invariant_loss == "check" and not checkable(module):
-                self.rule_why = "rule: a convolution's gradients depend on the count (pfm.train.threads.COUNT_DEPENDENT)"
+            self.check_counts = invariant_loss == "check" and not cfg.compile
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
         self.opt = _adam(opt_cls, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = None
@@ -292,10 +290,11 @@ class _Loop:
             if self.check_counts and self.first_step < self.steps:
                 first = self.order(self.first_step // self.steps_per_epoch)
                 pos = (self.first_step % self.steps_per_epoch) * self.batch_size
-                if self._same_on_any_count(first[pos:pos + self.batch_size].to(self.device)):
+                why = self._count_dependence(first[pos:pos + self.batch_size].to(self.device))
+                if why is None:
                     self.tuner = ThreadTuner(candidate_counts(self.threads))
                 else:
-                    self.rule_why = "rule: the first batch's gradients differ on 1 thread and on more"
+                    self.rule_why = f"rule: {why}"
             for step in range(self.first_step, self.steps):
                 if step // self.steps_per_epoch != epoch:
                     epoch = step // self.steps_per_epoch
@@ -310,9 +309,11 @@ class _Loop:
                     break
         return self._finish()
 
-    def _same_on_any_count(self, index: Tensor) -> bool:
-        """Whether the loss and gradients of the batch ``index`` are bit-identical on one thread and on
-        ``self.threads``, computed from the same random state (:func:`pfm.train.threads.same_on_counts`)."""
+    def _count_dependence(self, index: Tensor) -> Optional[str]:
+        """Why the run's numbers could depend on the count, or None: the loss and gradients of the batch ``index``
+        must be bit-identical on one thread and on ``self.threads``, computed from the same random state
+        (:func:`pfm.train.threads.same_on_counts`), and their computation must run no op of
+        :data:`pfm.train.threads.SPLIT_REDUCTIONS` for a weight or bias gradient (one batch can agree by chance)."""
         def compute() -> list[Tensor]:
             with self.autocast:
                 out = self._loss(index)
@@ -320,10 +321,17 @@ class _Loop:
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             return [loss, *(g for g in grads if g is not None)]
 
-        same = same_on_counts(compute, self.threads, [self.gen])
-        log.debug("%s: the first batch's gradients on 1 and %d threads are %s", self.desc, self.threads,
-                  "bit-identical: tuning the count" if same else "not identical: keeping the rule")
-        return same
+        with SplitReductions() as split:
+            same = same_on_counts(compute, self.threads, [self.gen])
+        why = None
+        if split.found:
+            why = (f"the gradients take {', '.join(split.found)}'s weight or bias sums, which depend on the count "
+                   "(pfm.train.threads.SPLIT_REDUCTIONS)")
+        elif not same:
+            why = "the first batch's gradients differ on 1 thread and on more"
+        log.debug("%s: the first batch on 1 and %d threads: %s", self.desc, self.threads,
+                  why or "bit-identical: tuning the count")
+        return why
 
     def _loss(self, index: Tensor) -> Any:
         """``loss_fn``'s result for the batch ``index`` (with the model when it takes one)."""

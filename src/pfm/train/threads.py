@@ -77,18 +77,46 @@ with labels; both MKL paths), a UNet's convolutions and group norms did not. :cl
 runs of modules built from these, so that which count it picks never changes a result."""
 
 
-COUNT_DEPENDENT = (nn.modules.conv._ConvNd,)
-"""Layers whose gradients are sums that torch and oneDNN split by thread: a UNet trained 12 steps on 1 and on 2
-threads ended with other weights (1 x 16 x 16 at batch 64, 1 x 28 x 28 at 50, 3 x 8 x 8 at 37), after one step
-through its output convolution's weight and bias gradients alone. One batch can still agree by chance (that UNet's
-did under a squared-output loss, and not under the flow-matching loss), so a first-batch check
-(``optimize(invariant_loss="check")``) never tunes a module holding one: :func:`checkable`."""
+SPLIT_REDUCTIONS = ("convolution_backward", "native_group_norm_backward", "native_batch_norm_backward")
+"""Backward ops whose weight and bias gradients (asked for by their ``output_mask``) are sums over the batch that
+torch and oneDNN split by thread: a UNet trained 12 steps on 1 and on 2 threads ended with other weights (1 x 16 x
+16 at batch 64, 1 x 28 x 28 at 50, 3 x 8 x 8 at 37), after one step through its output convolution's weight and
+bias gradients alone, and with those computed in a fixed order (``benchmarks/conv_threads.py``), through its group
+norms' from the third step. One batch can agree by chance (that UNet's did under a squared-output loss, and not
+under the flow-matching loss), so a first-batch check (``optimize(invariant_loss="check")``) that runs one of them
+for a weight or bias gradient never tunes (:class:`SplitReductions`). Their input gradients are not sums over the
+batch (the same on 1 and 2 threads at every shape measured): a frozen convolutional reward model that RLHF
+differentiates through, or a convolutional encoder the loss never calls, does not stop the tuner."""
 
 
-def checkable(module: nn.Module) -> bool:
-    """Whether a first-batch check may let a :class:`ThreadTuner` switch ``module``'s count: it holds no layer of
-    :data:`COUNT_DEPENDENT`."""
-    return not any(isinstance(m, COUNT_DEPENDENT) for m in module.modules())
+class SplitReductions:
+    """Records the ops of :data:`SPLIT_REDUCTIONS` that compute a weight or bias gradient while the ``with`` block
+    runs (a ``TorchDispatchMode``, this thread's backward included): ``found`` lists their names."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        found: list[str] = []
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                kwargs = kwargs or {}
+                name = func.overloadpacket.__name__
+                if name in SPLIT_REDUCTIONS:
+                    mask = kwargs.get("output_mask", args[-1] if args else None)
+                    if isinstance(mask, (list, tuple)) and any(mask[1:]) and name not in found:
+                        found.append(name)
+                return func(*args, **kwargs)
+
+        self.found = found
+        self._mode = _Mode()
+
+    def __enter__(self) -> "SplitReductions":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
 
 
 VECTOR_SPLIT = 32
@@ -351,19 +379,21 @@ class TunedCalls:
     fairly). Anything else (``module`` None too) runs on torch's setting, as before. The count is restored on
     exit.
 
-    ``tuners``, a dict the caller keeps (a flow keeps one), holds the tuners of earlier calls by ``(rows, device,
-    threads)``: a later call of the same size goes on from the earlier choice (and its rechecks) instead of probing
-    again, so a sweep of many small solves (``choose_strength``) probes once."""
+    ``tuners``, a dict the caller keeps (a flow keeps one), holds the tuners of earlier calls by ``(kind, rows,
+    device, threads)``: a later call of the same size goes on from the earlier choice (and its rechecks) instead of
+    probing again, so a sweep of many small solves (``choose_strength``) probes once. ``kind`` keeps calls of
+    different cost apart (``"solve"``: field evaluations; ``"divergence"``: evaluations with their divergence, a
+    backward pass or more each), whose times one tuner must not compare."""
 
     def __init__(self, module: Optional[nn.Module], rows: int, device: torch.device,
-                 tuners: Optional[dict[Any, ThreadTuner]] = None) -> None:
+                 tuners: Optional[dict[Any, ThreadTuner]] = None, kind: str = "solve") -> None:
         self.outer = torch.get_num_threads()
         self.threads = self.outer
         self.tuner: Optional[ThreadTuner] = None
         if module is not None and thread_invariant(module):
             self.threads = step_threads(list(module.parameters()), rows, device)
             if self.threads > 1:
-                key = (int(rows), str(device), self.threads)
+                key = (kind, int(rows), str(device), self.threads)
                 self.tuner = None if tuners is None else tuners.get(key)
                 if self.tuner is None:
                     self.tuner = ThreadTuner(candidate_counts(self.threads), probe_steps=CALL_PROBES,
