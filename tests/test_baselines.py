@@ -18,6 +18,7 @@ def bt_pairs(n: int, seed: int = 0) -> PreferenceDataset:
     # (not the reference's seed: the same stream would correlate the outputs with the coin flips)
 
 
+@pytest.mark.slow  # 1.4 s
 def test_rlhf_reaches_the_kl_regularized_optimum():
     # pi* ∝ N(0, 1) exp(A y / beta) = N(A / beta, 1)
     for beta in (0.5, 2.0):

@@ -203,6 +203,7 @@ def test_the_loop_solves_ahead_while_the_thread_is_busy_and_keeps_the_first_resu
         gate.set()
 
 
+@pytest.mark.slow  # two fits, one with its pairing thread held back: 2.3 s
 def test_a_fit_whose_thread_is_slowed_matches_one_whose_thread_is_not(monkeypatch):
     g = torch.Generator().manual_seed(7)
     y0 = torch.randn(400, 2, generator=g)

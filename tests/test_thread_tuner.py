@@ -155,7 +155,8 @@ class AlternatingCalls(Alternating):
         self.probing = True
 
 
-@pytest.mark.parametrize("shape, labels", [((64,), False), ((784,), False), ((2,), True)])
+@pytest.mark.parametrize("shape, labels", [((64,), False), pytest.param((784,), False, marks=pytest.mark.slow),  # 2.1 s
+                                          ((2,), True)])
 def test_transform_and_log_prob_on_changing_counts_equal_one_thread(monkeypatch, shape, labels):
     torch.manual_seed(0)
     ctx = torch.arange(3000) % 3 if labels else None
@@ -341,6 +342,7 @@ def test_a_flows_solves_of_one_size_share_one_tuner(monkeypatch):
     assert torch.equal(divergence(), lp) and len(made) == 3
 
 
+@pytest.mark.slow  # a GRU language model trained three times: 2.3 s
 def test_the_text_decoders_language_model_is_checked_then_tuned_and_ends_as_on_one_thread(monkeypatch):
     from pfm.text import lm as L
 

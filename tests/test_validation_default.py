@@ -44,6 +44,7 @@ def test_fit_holds_out_a_tenth_keeps_the_best_weights_and_says_why():
         FitConfig(validation_fraction=1.0)
 
 
+@pytest.mark.slow  # a default fit through the CLI: 1.4 s
 def test_pfm_fit_without_options_keeps_the_best_weights_and_pfm_info_shows_the_training(tmp_path, capsys):
     chosen, rejected = memorizable(n=300)
     data = tmp_path / "pairs.npz"

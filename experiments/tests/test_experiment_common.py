@@ -261,6 +261,7 @@ def test_report_only_rewrites_the_toy2d_tables_from_the_json(tmp_path, capsys):
         report_only(tmp_path, reward="edge")
 
 
+@pytest.mark.slow  # three reports with their figures: 3.3 s
 def test_report_only_for_images_text_and_control(tmp_path):
     from pfm.cli import main
 
