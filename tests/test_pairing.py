@@ -314,3 +314,43 @@ def test_a_fit_in_sub_blocks():
     for bad, match in ((0, "coupling_block"), (65, "at most batch_size"), ("8", "coupling_block")):
         with pytest.raises(InvalidInputError, match=match):
             PreferenceFlow.for_dataset(ds).fit(ds, steps=2, batch_size=64, coupling_block=bad, progress=False)
+
+
+def test_a_fit_says_how_much_of_its_time_went_to_pairing(tmp_path, caplog, capsys):
+    """history.pairing holds where the pairing time went (kept in history.json, summed by pfm info); a fit whose
+    steps spent over PAIRING_SHARE of its time pairing whole batches by exact OT warns, naming --coupling-block."""
+    import json
+    import logging
+
+    from pfm.cli import main
+    from pfm.config import FitConfig
+    from pfm.flow.fit import PAIRING_SHARE, pairing_note
+    from pfm.train import History
+
+    g = torch.Generator().manual_seed(0)
+    ds = PreferenceDataset(torch.randn(2048, 2, generator=g) + 2, torch.randn(2048, 2, generator=g))
+    ds.save(tmp_path / "pairs.npz")
+    assert main(["fit", str(tmp_path / "pairs.npz"), "--steps", "4", "--hidden", "32", "--depth", "2",
+                 "--validation-fraction", "0", "--out", str(tmp_path / "f"), "-q"]) == 0
+    h = json.loads((tmp_path / "f" / "history.json").read_text())["pairing"]
+    assert set(h) == {"wait_s", "solve_s", "blocks", "thread_solve_s", "thread_blocks", "taken_over", "workers"}
+    assert h["blocks"] + h["thread_blocks"] >= 4 and h["workers"] == pairing.pairing_workers()
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "f")]) == 0
+    seconds = json.loads(capsys.readouterr().out)["training"]["pairing_seconds"]
+    assert seconds == pytest.approx(h["solve_s"] + h["wait_s"], abs=1e-3)
+
+    busy = History(seconds=20.0, pairing={"solve_s": 8.0, "wait_s": 2.0, "blocks": 90, "workers": 1})
+    idle = History(seconds=20.0, pairing={"solve_s": 20 * PAIRING_SHARE - 1, "wait_s": 0.5, "blocks": 9,
+                                          "workers": 1})
+    short = History(seconds=2.0, pairing={"solve_s": 1.9, "wait_s": 0.0, "blocks": 9, "workers": 1})
+    with caplog.at_level(logging.WARNING, logger="pfm"):
+        pairing_note(idle, FitConfig())
+        pairing_note(busy, FitConfig(coupling_block=128))
+        pairing_note(busy, FitConfig(coupling="sinkhorn"))
+        pairing_note(short, FitConfig())  # a fit of seconds: not worth a warning
+        assert not caplog.records
+        pairing_note(busy, FitConfig())
+    assert len(caplog.records) == 1
+    assert ("pairing took 50% of the fit (10.0 of 20.0 s: the steps solved exact OT of 90 batches themselves and "
+            "waited 2.0 s for 1 pairing thread)") in caplog.text and "--coupling-block 128" in caplog.text

@@ -330,8 +330,9 @@ def _number(v: Any) -> Any:
 
 def training_summary(flow_dir: Path) -> dict[str, Any]:
     """What ``history.json`` and ``codec.json`` beside a flow say about its training (``{}`` where they are
-    missing): ``{"training": {pairs, held_out, steps, seconds, final_loss, held_out_loss, zero_field, best_step,
-    summary}, "codec": {...}}``. Only plain numbers and strings are taken from the files."""
+    missing): ``{"training": {pairs, held_out, steps, seconds, pairing_seconds, final_loss, held_out_loss,
+    zero_field, best_step, summary}, "codec": {...}}`` (``pairing_seconds``: the steps' own pairing and their waits
+    for the pairing threads). Only plain numbers and strings are taken from the files."""
     from ..errors import PFMError
     from ..io import read_json
 
@@ -348,11 +349,14 @@ def training_summary(flow_dir: Path) -> dict[str, Any]:
             val = [v for v in h.get("validation") or [] if isinstance(v, list) and len(v) == 2]
             zero = (h.get("extras") or {}).get("validation_zero_field") if isinstance(h.get("extras"), dict) else None
             held = h.get("held_out") if isinstance(h.get("held_out"), dict) else None
+            pairing = h.get("pairing") if isinstance(h.get("pairing"), dict) else {}
+            paired = [_number(pairing.get(k)) for k in ("solve_s", "wait_s")]
             out["training"] = {
                 "pairs": _number(h.get("pairs")),
                 "held_out": {"pairs": _number(held.get("pairs")), "of": _number(held.get("of")),
                              "from_data": held.get("from_data") is True} if held else None,
                 "steps": _number(h.get("steps")), "seconds": _number(h.get("seconds")),
+                "pairing_seconds": round(sum(paired), 3) if None not in paired else None,
                 "final_loss": _number(loss[-1]) if loss else None,
                 "held_out_loss": min((_number(v[1]) for v in val if _number(v[1]) is not None), default=None),
                 "zero_field": _number(zero[0]) if isinstance(zero, list) and zero else None,

@@ -140,12 +140,45 @@ def fit_flow(flow: nn.Module, dataset: Any, cfg: FitConfig,
         if plan is not None:
             plan.close()
     history.pairs = len(ds)
+    if plan is not None:
+        history.pairing = {**{k: round(v, 4) if isinstance(v, float) else v for k, v in plan.stats.items()},
+                           "workers": plan.workers}
+        pairing_note(history, cfg)
     if zero_field is not None:
         _compare_with_zero_field(history, zero_field)
         history.held_out = {"pairs": len(held_out), "of": total, "from_data": from_data}
         history.summary = summary(history, cfg.total_steps(len(ds)), cfg.patience)
         log.info("fit: %s", history.summary)
     return history
+
+
+PAIRING_SHARE = 0.3
+"""The share of a fit's time that its steps spend pairing (solving batches themselves, or waiting for the pairing
+threads) above which :func:`pairing_note` warns. Exact OT of a 256-row batch takes 5.8 ms on one thread, a 2 x 64
+MLP's step 1.5 ms: in a run that sees each pair once or twice the steps then pair 60% of the time
+(``benchmarks/data_scaling.py``: 2.45x the bare step), while sub-blocks of 128 rows gave 1.23x and the same flow."""
+
+PAIRING_NOTE_SECONDS = 5.0
+"""The least pairing time (s) :func:`pairing_note` warns about: a fit of seconds is not worth a warning."""
+
+
+def pairing_note(history: History, cfg: FitConfig) -> None:
+    """Say how much of the fit went to pairing (debug log), and warn when it was over :data:`PAIRING_SHARE` of the
+    fit (and at least :data:`PAIRING_NOTE_SECONDS`) with exact OT of whole batches, naming the option that makes it
+    cheaper."""
+    stats = history.pairing or {}
+    spent = float(stats.get("solve_s", 0.0)) + float(stats.get("wait_s", 0.0))
+    share = spent / history.seconds if history.seconds > 0 else 0.0
+    log.debug("fit: pairing %.1f of %.1f s (%.0f%%): %s", spent, history.seconds, 100 * share, stats)
+    if share > PAIRING_SHARE and spent >= PAIRING_NOTE_SECONDS and cfg.coupling == "ot" and cfg.coupling_block is None:
+        block = 128 if cfg.batch_size > 128 else max(1, cfg.batch_size // 2)
+        log.warning("pairing took %.0f%% of the fit (%.1f of %.1f s: the steps solved exact OT of %d batches "
+                    "themselves and waited %.1f s for %d pairing thread%s): each step saw new pairs, as in a run "
+                    "over each pair once or twice; coupling_block=%d (--coupling-block %d) couples each batch in "
+                    "sub-blocks of %d rows, several times cheaper, with the same flow on the benchmark of "
+                    "docs/performance.md (Data size and pairing at scale)", 100 * share, spent, history.seconds,
+                    int(stats.get("blocks", 0)), float(stats.get("wait_s", 0.0)), int(stats.get("workers", 0)),
+                    "" if stats.get("workers") == 1 else "s", block, block, block)
 
 
 def reference_source(ds: PreferenceDataset) -> PreferenceDataset:

@@ -61,12 +61,17 @@ class History:
     """``(step, intra-op threads, why)`` from each step on which the run's thread count changed: chosen by timing
     (:class:`pfm.train.threads.ThreadTuner`, why: the mean step times it measured), given (``set``), or by the size rule
     (``rule``)."""
+    pairing: Optional[dict] = None
+    """Where a fit's pairing time went (fits whose batches a :class:`pfm.pairing.PairingPlan` coupled): the steps'
+    own solves (``solve_s``, ``blocks``), their waits for the pairing threads (``wait_s``), the threads' solves
+    (``thread_solve_s``, ``thread_blocks``), the blocks the steps took over (``taken_over``) and the threads
+    (``workers``)."""
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "steps": self.steps, "epochs": self.epochs, "seconds": self.seconds,
                 "extras": self.extras, "validation": [list(v) for v in self.validation], "best_step": self.best_step,
                 "summary": self.summary, "held_out": self.held_out, "pairs": self.pairs,
-                "threads": [list(t) for t in self.threads]}
+                "threads": [list(t) for t in self.threads], "pairing": self.pairing}
 
 
 def _rank_and_world() -> tuple[int, int]:
