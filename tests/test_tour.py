@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import sys
 import time
 import zipfile
@@ -1463,7 +1464,9 @@ def doc_rows(d: Path, capsys) -> list[str]:
                     msg = "(no error)"
                 except PFMError as exc:
                     msg = f"{type(exc).__name__}: {exc}"
-            msg = " ".join(msg.replace(str(d) + os.sep, "").replace(str(d), ".").split()).replace("|", "\\|")
+            msg = msg.replace(str(d) + os.sep, "").replace(str(d), ".")
+            msg = re.sub(re.escape(tempfile.gettempdir()) + r"/tmp\w+", "TMPDIR", msg)  # a case's own temporary directory
+            msg = " ".join(msg.split()).replace("|", "\\|")
             rows.append(f"| {c.name} | `{msg}` |")
     rows += ["", f"### 5. {LOAD_TITLE}", "",
              "Each case fits the same small flow (1,200 pairs, batch 128, 45 steps) on the machine as it is with a "
