@@ -83,29 +83,21 @@ def _read_pairs(args: argparse.Namespace, paths: list[Optional[str]]) -> list:
     codec's model loads or any text is encoded (seconds each), so a bad row or a mismatched format in the last file
     fails before the work on the first starts."""
     from ..data import PreferenceDataset
+    from ..text.pairs import read_text_pairs  # light: the codec's model is loaded below, after every file is read
 
-    for path in paths:
-        if path is None:
-            continue
-        if str(path).lower().endswith(".jsonl"):
-            if not args.codec:
-                raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
-                                        "e.g. --codec minilm")
-        elif args.codec:
+    text = [path is not None and str(path).lower().endswith(".jsonl") for path in paths]
+    for path, is_text in zip(paths, text):
+        if is_text and not args.codec:
+            raise InvalidInputError(f"{path!r} holds text: name the codec that turns it into vectors, "
+                                    "e.g. --codec minilm")
+        if path is not None and not is_text and args.codec:
             raise InvalidInputError(f"--codec applies to text preferences (.jsonl), not to {path!r}")
     read: list = []
-    for path in paths:
-        if path is None:
-            read.append(None)
-        elif str(path).lower().endswith(".jsonl"):
-            from ..text.pairs import read_text_pairs
-
-            read.append(read_text_pairs(path))
-        else:
-            read.append(PreferenceDataset.load(path))
+    for path, is_text in zip(paths, text):
+        read.append(read_text_pairs(path) if is_text else None if path is None else PreferenceDataset.load(path))
     out: list = []
-    for path, got in zip(paths, read):
-        if path is not None and not isinstance(got, PreferenceDataset):
+    for path, is_text, got in zip(paths, text, read):
+        if is_text:
             if getattr(args, "codec_object", None) is None:
                 from ..text.codec import load_codec
 

@@ -73,7 +73,7 @@ def improve_texts(flow: Any, codec: Any, rows: Sequence[TextRow], *, mode: str =
     z = codec.encode([r.text for r in rows], batch_size=batch_size, progress=progress)
     context = codec.encode([r.prompt for r in rows], batch_size=batch_size) if conditional else None
     with torch.no_grad():
-        moved = move(flow, z, context, iterations=iterations, strength=strength, **solver).float()
+        moved = move(flow, z, context, iterations=iterations, strength=strength, **solver)
     return texts_of(codec, rows, ways, z, moved, decode_samples=decode_samples, seed=seed, batch_size=batch_size)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 log = logging.getLogger("pfm")
 
@@ -89,34 +90,22 @@ batch (the same on 1 and 2 threads at every shape measured): a frozen convolutio
 differentiates through, or a convolutional encoder the loss never calls, does not stop the tuner."""
 
 
-class SplitReductions:
+class SplitReductions(TorchDispatchMode):
     """Records the ops of :data:`SPLIT_REDUCTIONS` that compute a weight or bias gradient while the ``with`` block
     runs (a ``TorchDispatchMode``, this thread's backward included): ``found`` lists their names."""
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
+        super().__init__()
+        self.found: list[str] = []
 
-        found: list[str] = []
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-                kwargs = kwargs or {}
-                name = func.overloadpacket.__name__
-                if name in SPLIT_REDUCTIONS:
-                    mask = kwargs.get("output_mask", args[-1] if args else None)
-                    if isinstance(mask, (list, tuple)) and any(mask[1:]) and name not in found:
-                        found.append(name)
-                return func(*args, **kwargs)
-
-        self.found = found
-        self._mode = _Mode()
-
-    def __enter__(self) -> "SplitReductions":
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._mode.__exit__(*exc)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in SPLIT_REDUCTIONS and name not in self.found:
+            mask = kwargs.get("output_mask", args[-1] if args else None)
+            if isinstance(mask, (list, tuple)) and any(mask[1:]):
+                self.found.append(name)
+        return func(*args, **kwargs)
 
 
 VECTOR_SPLIT = 32
