@@ -83,3 +83,17 @@ def test_fit_reads_every_file_before_the_codec_loads(tmp_path, monkeypatch, caps
     assert "val.jsonl line 2 is not UTF-8" in capsys.readouterr().err
     assert main(base + ["--validation", str(tmp_path / "val.pt")]) == 2
     assert "--codec applies to text preferences (.jsonl), not to" in capsys.readouterr().err
+
+
+def test_texts_of_needs_one_way_and_vector_per_row():
+    import torch
+
+    from pfm.text.apply import texts_of
+    from pfm.text.rows import TextRow
+
+    class Codec:
+        dim = 4
+
+    rows = [TextRow(text="a", fields={"text": "a"}), TextRow(text="b", fields={"text": "b"})]
+    with pytest.raises(InvalidInputError, match=r"for each of the 2 rows, got 2 ways, z \(2, 4\) and moved \(1, 4\)"):
+        texts_of(Codec(), rows, ["decoder", "decoder"], torch.zeros(2, 4), torch.zeros(1, 4))

@@ -463,3 +463,11 @@ def test_a_mean_loss_has_the_same_value_on_any_count_and_means_gradient():
         plain_differs += not torch.equal(*plain)
         assert torch.equal(*values) and all(torch.equal(ga, gb) for ga, gb in grads)
     assert plain_differs  # what it is for: torch's own mean changed with the count on some of these
+
+
+def test_divergence_integral_refuses_tuners_that_are_not_a_dict():
+    from pfm.errors import InvalidTypeError
+    from pfm.likelihood import divergence_integral
+
+    with pytest.raises(InvalidTypeError, match="tuners must be a dict the caller keeps"):
+        divergence_integral(lambda t, y, c: y, torch.zeros(2, 2), tuners=[])

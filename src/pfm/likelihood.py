@@ -98,6 +98,8 @@ def divergence_integral(
     """
     V.check_choice(divergence, "divergence", DIVERGENCES)
     V.check_positive_int(probes, "probes")
+    if tuners is not None and not isinstance(tuners, dict):
+        raise InvalidTypeError(f"tuners must be a dict the caller keeps (or None), got {type(tuners).__name__}")
     if not 0.0 < float(end) <= 1.0:
         raise InvalidInputError(f"end must be in (0, 1], got {end!r}")
     B, shape = y.shape[0], tuple(y.shape[1:])

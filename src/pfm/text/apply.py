@@ -103,6 +103,10 @@ def texts_of(codec: Any, rows: list[TextRow], ways: list[str], z: Tensor, moved:
              seed: int = 0, batch_size: int = 64) -> list[dict[str, Any]]:
     """The text of each row's flowed vector: ``z`` ``(N, d)`` the rows' vectors, ``moved`` ``(N, d)`` where the flow
     took them, ``ways`` from :func:`check_rows`. Returns :func:`improve_texts`' dicts."""
+    n = len(rows)
+    if len(ways) != n or tuple(z.shape) != (n, codec.dim) or tuple(moved.shape) != (n, codec.dim):
+        raise InvalidInputError(f"texts_of needs a way, a vector and a flowed vector ({codec.dim},) for each of the "
+                                f"{n} rows, got {len(ways)} ways, z {tuple(z.shape)} and moved {tuple(moved.shape)}")
     moved = moved.float()
     V.check_finite(moved, "the flowed vectors")
     if bool(torch.allclose(z.norm(dim=1), torch.ones(len(z)), atol=1e-3)):
